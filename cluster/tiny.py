@@ -1,0 +1,175 @@
+"""Build tiny, real Hugging Face models offline and deterministically (no hub): `python -m cluster.tiny OUT`.
+
+OUT/tokenizer  a word-level tokenizer over the review grammar (PreTrainedTokenizerFast, tokenizer.json)
+OUT/policy     a ~0.5 M-parameter LlamaForCausalLM pre-trained for a few hundred steps on grammar sentences
+OUT/reward     a LlamaForSequenceClassification (1 logit) trained to predict review_score (positive, well formed)
+OUT/nli        a 3-way NLI-style classifier (entailment/neutral/contradiction) trained on synthetic pairs
+
+Everything is written with save_pretrained (safetensors) and read back with from_pretrained by the
+actors, the reward service and the learner, exactly as a user's own checkpoint would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from cluster import review_grammar as grammar
+
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<sep>")
+PAD, BOS, EOS, UNK, SEP = range(len(SPECIALS))
+MAX_POSITIONS = 64
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    words = [f"\u2581{w}" for w in grammar.VOCABULARY]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <sep> $B:1", special_tokens=[("<s>", BOS), ("<sep>", SEP)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        sep_token="<sep>", model_max_length=MAX_POSITIONS, padding_side="left")
+
+
+def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
+        torch_dtype="float32", **overrides)
+
+
+def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], pairs: list[str] | None = None) -> dict:
+    return tokenizer(texts, pairs, padding=True, return_tensors="pt", padding_side="right")
+
+
+def pretrain_policy(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int) -> LlamaForCausalLM:
+    torch.manual_seed(rng.randrange(2**31))
+    model = LlamaForCausalLM(llama_config(len(tokenizer)))
+    corpus = [grammar.sentence(rng) for _ in range(20_000)]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(steps):
+        texts = [t + "</s>" for t in rng.sample(corpus, 64)]  # no space: "▁" alone is <unk>
+        enc = _encode(tokenizer, texts)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  policy step {step:4d}  nll/token {loss.item():.3f}", flush=True)
+    return model
+
+
+def _train_classifier(model, batches, steps: int, loss_fn, name: str) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for step in range(steps):
+        enc, target = batches()
+        loss = loss_fn(model(**enc).logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  {name} step {step:4d}  loss {loss.item():.3f}", flush=True)
+
+
+def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
+    torch.manual_seed(rng.randrange(2**31))
+    model = LlamaForSequenceClassification(llama_config(len(tokenizer), num_labels=1))
+
+    def batch():
+        texts = []
+        for _ in range(64):
+            s = grammar.sentence(rng, p_positive=rng.random())
+            texts.append(grammar.corrupt(rng, s) if rng.random() < 0.3 else s)
+        target = torch.tensor([grammar.review_score(t) for t in texts])
+        return _encode(tokenizer, texts), target
+
+    _train_classifier(model, batch, steps, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y), "reward")
+    return model
+
+
+NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
+
+
+def nli_pair(rng: random.Random) -> tuple[str, str, int]:
+    """A premise/hypothesis pair: a clause of the premise (entailment), its subject with an opposite
+    adjective (contradiction), or a clause about another subject (neutral)."""
+    subject = rng.choice(grammar.SUBJECTS)
+    adj = rng.choice(grammar.POSITIVE + grammar.NEGATIVE)
+    premise = f"{subject} was {adj} {grammar.END}"
+    label = rng.randrange(3)
+    if label == 0:
+        hyp = premise
+    elif label == 2:
+        opposite = grammar.NEGATIVE if adj in grammar.POSITIVE else grammar.POSITIVE
+        hyp = f"{subject} was {rng.choice(opposite)} {grammar.END}"
+    else:
+        other = rng.choice([s for s in grammar.SUBJECTS if s != subject])
+        hyp = f"{other} was {rng.choice(grammar.POSITIVE + grammar.NEGATIVE)} {grammar.END}"
+    return premise, hyp, label
+
+
+def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
+    torch.manual_seed(rng.randrange(2**31))
+    model = LlamaForSequenceClassification(llama_config(
+        len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()}))
+
+    def batch():
+        triples = [nli_pair(rng) for _ in range(64)]
+        enc = _encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
+        return enc, torch.tensor([y for _, _, y in triples])
+
+    _train_classifier(model, batch, steps, torch.nn.functional.cross_entropy, "nli")
+    return model
+
+
+def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int = 300, nli_steps: int = 200,
+          force: bool = False) -> Path:
+    """Write tokenizer, policy, reward and nli under `out` (skipped where already complete)."""
+    out = Path(out)
+    done = out / "COMPLETE"
+    if done.exists() and not force:
+        return out
+    t0 = time.time()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rng = random.Random(seed)
+    tokenizer = build_tokenizer()
+    print(f"building tiny models under {out} (vocab {len(tokenizer)})", flush=True)
+    for name, model in (("policy", pretrain_policy(tokenizer, rng, policy_steps)),
+                        ("reward", train_reward(tokenizer, rng, reward_steps)),
+                        ("nli", train_nli(tokenizer, rng, nli_steps))):
+        model.generation_config.pad_token_id = PAD
+        model.save_pretrained(out / name, safe_serialization=True)
+        tokenizer.save_pretrained(out / name)
+    tokenizer.save_pretrained(out / "tokenizer")
+    done.write_text(f"seed={seed}\n")
+    print(f"tiny models ready in {time.time() - t0:.0f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, nargs="?", default=Path("artifacts/tiny"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if OUT is complete")
+    args = parser.parse_args()
+    build(args.out, seed=args.seed, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

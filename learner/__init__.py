@@ -1,0 +1,1 @@
+"""The DeepSpeed learner: J-BOND update, EMA anchor, weight export, checkpoints."""

@@ -1,0 +1,1 @@
+"""Reward models (learned, NLI entailment, Python function) and their Ray Serve application."""

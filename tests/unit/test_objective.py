@@ -1,0 +1,252 @@
+"""Losses against slow literal per-sample implementations and exact expectations on an enumerable toy."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from bond.bon import bon_probs, kl_divergence
+from bond.objective import (
+    JBOND_PENALTY,
+    best_index,
+    bond_jeffreys_loss,
+    generalized_jsd,
+    jbond_loss,
+    jbond_reward,
+    leave_one_out_baseline,
+    reinforce_kl_loss,
+    rest_threshold_mask,
+    sequence_logprobs,
+)
+
+torch.set_default_dtype(torch.float64)
+
+
+def test_sequence_logprobs_literal():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 7, generator=g)
+    ids = torch.randint(0, 7, (3, 5), generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    got = sequence_logprobs(logits, ids, mask)
+    for b in range(3):
+        literal = 0.0
+        for t in range(5):
+            if mask[b, t]:
+                row = logits[b, t].tolist()
+                literal += row[ids[b, t]] - math.log(sum(math.exp(v) for v in row))
+        assert got[b].item() == pytest.approx(literal, rel=1e-6)
+
+
+def test_leave_one_out_literal():
+    x = torch.tensor([1.0, 4.0, -2.0, 7.0])
+    expected = [sum(x[j].item() for j in range(4) if j != i) / 3 for i in range(4)]
+    assert leave_one_out_baseline(x).tolist() == pytest.approx(expected)
+    assert leave_one_out_baseline(torch.tensor([3.0])).tolist() == [0.0]
+
+
+def test_leave_one_out_with_an_all_reduce_sees_the_global_batch():
+    x = torch.tensor([1.0, 4.0, -2.0, 7.0])
+    half_a, half_b = x[:2], x[2:]
+
+    def fake_two_rank_sum(other):
+        return lambda local: local + torch.stack([other.sum(), torch.tensor(float(other.numel()))])
+
+    got = torch.cat([leave_one_out_baseline(half_a, fake_two_rank_sum(half_b)),
+                     leave_one_out_baseline(half_b, fake_two_rank_sum(half_a))])
+    torch.testing.assert_close(got, leave_one_out_baseline(x))
+
+
+def test_jbond_reward_values():
+    policy = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.5])
+    anchors = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.0, 3.0], [0.5, 0.5]])
+    expected = [JBOND_PENALTY, 0.0, 0.0, 0.0, 0.0]  # only strictly worse than BOTH is penalised
+    assert jbond_reward(policy, anchors).tolist() == pytest.approx(expected)
+    assert JBOND_PENALTY == pytest.approx(-math.log(16))
+
+
+def test_best_index_takes_the_first_of_ties():
+    assert best_index(torch.tensor([[1.0, 1.0], [0.0, 2.0], [3.0, -1.0]])).tolist() == [0, 1, 0]
+
+
+def literal_jbond(logp_pol, logp_anc, logp_best, r_pol, r_anc, beta, gamma):
+    """The J-BOND loss written one sample at a time, straight from ALGORITHM.md section 3."""
+    B = len(logp_pol)
+    returns, ratios = [], []
+    for i in range(B):
+        worse = r_pol[i].item() < min(r_anc[i].tolist())
+        r_j = -math.log(16) if worse else 0.0
+        ratio = (logp_pol[i] - logp_anc[i]).item()
+        returns.append(r_j - ratio)
+        ratios.append(ratio)
+    total = 0
+    for i in range(B):
+        base_r = sum(returns[j] for j in range(B) if j != i) / (B - 1)
+        base_k = sum(ratios[j] for j in range(B) if j != i) / (B - 1)
+        fw = -logp_best[i]
+        bw = -(returns[i] - base_r) * logp_pol[i]
+        reg = (ratios[i] - base_k) * logp_pol[i]
+        total = total + ((1 - beta) * fw + beta * bw + gamma * reg) / B
+    return total
+
+
+def tabular_logps(logits, ids):
+    return torch.log_softmax(logits, -1)[ids]
+
+
+@pytest.mark.parametrize("beta,gamma", [(0.5, 0.0), (0.3, 1.0), (1.0, 2.0), (0.0, 0.5)])
+def test_jbond_gradient_equals_literal(beta, gamma):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, generator=g, requires_grad=True)
+    anchor_logits = torch.randn(6, generator=g)
+    y = torch.randint(0, 6, (5,), generator=g)
+    y_anchor = torch.randint(0, 6, (5, 2), generator=g)
+    rewards = torch.randint(0, 3, (6,), generator=g).double()
+    r_pol, r_anc = rewards[y], rewards[y_anchor]
+    best = y_anchor[torch.arange(5), best_index(r_anc)]
+
+    def grads(loss_fn):
+        logp = torch.log_softmax(logits, -1)
+        loss = loss_fn(logp[y], torch.log_softmax(anchor_logits, -1)[y], logp[best], r_pol, r_anc, beta, gamma)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        return torch.autograd.grad(loss, logits)[0], loss.item()
+
+    (g_fast, l_fast), (g_slow, l_slow) = grads(jbond_loss), grads(literal_jbond)
+    assert l_fast == pytest.approx(l_slow, rel=1e-10)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-10, atol=1e-12)
+
+
+def literal_reinforce(logp, logp_ref, r, beta_rl):
+    B = len(logp)
+    rets = [r[i].item() - beta_rl * (logp[i] - logp_ref[i]).item() for i in range(B)]
+    return sum(-(rets[i] - sum(rets[j] for j in range(B) if j != i) / (B - 1)) * logp[i] for i in range(B)) / B
+
+
+def test_reinforce_gradient_equals_literal():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, generator=g, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(5, generator=g), -1)
+    y = torch.randint(0, 5, (7,), generator=g)
+    r = torch.randn(5, generator=g)[y]
+    fast = reinforce_kl_loss(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)[0]
+    slow = literal_reinforce(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)
+    torch.testing.assert_close(torch.autograd.grad(fast, logits)[0], torch.autograd.grad(slow, logits)[0])
+
+
+def literal_bond(logp, logp_ref, logp_best, r, ref_rewards, n, beta):
+    B, k = ref_rewards.shape
+    rets = []
+    for i in range(B):
+        le = max(sum(1 for v in ref_rewards[i].tolist() if v <= r[i].item()) / k, 0.5 / k)
+        lt = sum(1 for v in ref_rewards[i].tolist() if v < r[i].item()) / k
+        r_bond = math.log(le) + math.log(sum((lt / le) ** (j - 1) for j in range(1, n + 1))) / (n - 1)
+        rets.append(r_bond - (logp[i] - logp_ref[i]).item() / (n - 1))
+    total = 0
+    for i in range(B):
+        base = sum(rets[j] for j in range(B) if j != i) / (B - 1)
+        total = total + ((1 - beta) * -logp_best[i] + beta * -(n - 1) * (rets[i] - base) * logp[i]) / B
+    return total
+
+
+def test_bond_jeffreys_gradient_equals_literal():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, generator=g, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, generator=g), -1)
+    rewards = torch.randint(0, 4, (6,), generator=g).double()
+    y = torch.randint(0, 6, (4,), generator=g)
+    ref_draws = torch.randint(0, 6, (4, 16), generator=g)
+    best = torch.randint(0, 6, (4,), generator=g)
+    def args():
+        logp = torch.log_softmax(logits, -1)
+        return logp[y], ref[y], logp[best], rewards[y], rewards[ref_draws], 4, 0.5
+
+    fast, slow = bond_jeffreys_loss(*args())[0], literal_bond(*args())
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-10)
+    torch.testing.assert_close(torch.autograd.grad(fast, logits)[0], torch.autograd.grad(slow, logits)[0])
+
+
+def exact_expected_jbond_grad(logits, anchor_probs, rewards, B, beta, gamma):
+    """E over every batch of B policy samples and 2B anchor samples of grad(jbond_loss), by enumeration."""
+    K = len(rewards)
+    pi = torch.softmax(logits, -1).detach()
+    total = torch.zeros_like(logits)
+    for ys in itertools.product(range(K), repeat=B):
+        p_ys = math.prod(pi[y].item() for y in ys)
+        for anchors in itertools.product(itertools.product(range(K), repeat=2), repeat=B):
+            p = p_ys * math.prod(anchor_probs[a].item() * anchor_probs[b].item() for a, b in anchors)
+            y, ya = torch.tensor(ys), torch.tensor(anchors)
+            r_anc = rewards[ya]
+            best = ya[torch.arange(B), best_index(r_anc)]
+            logp = torch.log_softmax(logits, -1)
+            loss, _ = jbond_loss(logp[y], torch.log(anchor_probs)[y], logp[best], rewards[y], r_anc, beta, gamma)
+            total += p * torch.autograd.grad(loss, logits)[0]
+    return total
+
+
+@pytest.mark.parametrize("beta,gamma", [(0.5, 0.0), (0.5, 1.0), (1.0, 0.0)])
+def test_expected_jbond_gradient_is_the_gradient_of_its_objective(beta, gamma):
+    """The leave-one-out baseline is unbiased: the expected J-BOND gradient equals the exact gradient of
+    (1-beta) CE(Bo2(anchor), pi) + beta (KL(pi||anchor) - E_pi[rbar]) + gamma KL(pi||anchor),
+    where rbar(y) = -log16 * P(y worse than both anchor samples) = -log16 * (1 - p_le_anchor(y))^2."""
+    K, B = 3, 2
+    logits = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)
+    anchor = torch.tensor([0.5, 0.3, 0.2])
+    rewards = torch.tensor([0.0, 1.0, 1.0])  # with a tie
+    expected = exact_expected_jbond_grad(logits, anchor, rewards, B, beta, gamma)
+
+    pi = torch.softmax(logits, -1)
+    p_le = torch.stack([anchor[rewards <= rewards[i]].sum() for i in range(K)])
+    r_bar = JBOND_PENALTY * (1 - p_le) ** 2
+    kl = kl_divergence(pi, anchor)
+    objective = (-(1 - beta) * (bon_probs(anchor, rewards, 2) * torch.log(pi)).sum()
+                 + beta * (kl - (pi * r_bar).sum()) + gamma * kl)
+    torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
+
+
+def test_expected_reinforce_gradient_is_unbiased():
+    K, B, beta_rl = 3, 3, 0.2
+    logits = torch.tensor([0.2, -0.1, 0.4], requires_grad=True)
+    ref = torch.tensor([0.2, 0.5, 0.3])
+    rewards = torch.tensor([1.0, -0.5, 0.25])
+    pi = torch.softmax(logits, -1).detach()
+    total = torch.zeros(K)
+    for ys in itertools.product(range(K), repeat=B):
+        y = torch.tensor(ys)
+        loss, _ = reinforce_kl_loss(torch.log_softmax(logits, -1)[y], torch.log(ref)[y], rewards[y], beta_rl)
+        total += math.prod(pi[i].item() for i in ys) * torch.autograd.grad(loss, logits)[0]
+    p = torch.softmax(logits, -1)
+    objective = -((p * rewards).sum() - beta_rl * kl_divergence(p, ref))
+    torch.testing.assert_close(total, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
+
+
+def literal_jsd(s_logits, t_logits, mask, beta):
+    total, count = 0.0, 0
+    for b in range(s_logits.shape[0]):
+        for t in range(s_logits.shape[1]):
+            if not mask[b, t]:
+                continue
+            s = torch.softmax(s_logits[b, t], -1).tolist()
+            q = torch.softmax(t_logits[b, t], -1).tolist()
+            m = [beta * qi + (1 - beta) * si for qi, si in zip(q, s, strict=True)]
+            kl_t = sum(qi * math.log(qi / mi) for qi, mi in zip(q, m, strict=True))
+            kl_s = sum(si * math.log(si / mi) for si, mi in zip(s, m, strict=True))
+            total += beta * kl_t + (1 - beta) * kl_s
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_generalized_jsd_literal(beta):
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert generalized_jsd(s, t, mask, beta).item() == pytest.approx(literal_jsd(s, t, mask, beta), rel=1e-9)
+    assert generalized_jsd(t, t, mask, beta).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rest_threshold_mask():
+    r = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert rest_threshold_mask(r, 0.0).all()
+    assert rest_threshold_mask(r, 0.5).tolist() == [False, True, True, True, False]
+    with pytest.raises(ValueError, match="quantile"):
+        rest_threshold_mask(r, 1.0)
