@@ -1,0 +1,23 @@
+"""`python -m bench`: run every bench/bench_*.py (each prints ratios measured side by side in one run)."""
+
+import importlib
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    only = set(sys.argv[1:])
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
+    for name in names:
+        if only and name.removeprefix("bench_") not in only and name not in only:
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        importlib.import_module(f"bench.{name}").main()
+        print(f"--- {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
