@@ -153,7 +153,8 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int =
     for name, model in (("policy", pretrain_policy(tokenizer, rng, policy_steps)),
                         ("reward", train_reward(tokenizer, rng, reward_steps)),
                         ("nli", train_nli(tokenizer, rng, nli_steps))):
-        model.generation_config.pad_token_id = PAD
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = PAD
         model.save_pretrained(out / name, safe_serialization=True)
         tokenizer.save_pretrained(out / name)
     tokenizer.save_pretrained(out / "tokenizer")
