@@ -1,0 +1,109 @@
+"""Map YAML/JSON documents and `--set section.field=value` overrides onto nested frozen dataclasses.
+
+Errors name the full dotted field ("algorithm.beta: must be in [0, 1], got 1.5"), unknown keys are
+refused (a typo must not silently fall back to a default), and values are parsed by the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bond.config import ConfigError
+
+T = TypeVar("T")
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """A YAML or JSON file as a dict (an empty file is an empty dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no such file {path}")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one 'a.b.c=value' override in place; the value is parsed as YAML (numbers, lists, true/false)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.field=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _parse(kind: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a section (mapping), got {value!r}")
+        return build(kind, value, prefix=f"{name}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(kind)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(inner, value, name)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(kind)
+        return tuple(_parse(inner, v, f"{name}[{i}]") for i, v in enumerate(value))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected one of {[m.value for m in kind]}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    return value  # the dataclass's own validation checks the type and range
+
+
+def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Construct dataclass `cls` from a mapping, recursing into nested dataclass fields."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
+    kwargs = {name: _parse(hints[name], value, prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+    except TypeError as e:  # e.g. a missing required field
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A config as plain YAML-able data (enums as values, paths as strings)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj

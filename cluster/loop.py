@@ -1,0 +1,89 @@
+"""The J-BOND training loop (the paper's Algorithm 2), on whatever `System` placed the components.
+
+Synchronous mode is exactly on-policy. Pipelined mode only changes *when* sampling runs: the actors
+sample step t+1 with the weights of step t while the learner trains on step t, so samples are at most
+one version behind; anything older than run.max_staleness is dropped (counted) and redrawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bond.records import Batch, Role, ScoredCompletion, StepStats
+from cluster.job_config import JobConfig, Mode
+from cluster.prompts import PromptCursor, take
+
+
+@dataclass(frozen=True)
+class LoopState:
+    step: int  # learner steps done
+    cursor: PromptCursor  # first prompt not yet trained on
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    stats: StepStats
+    samples: tuple[ScoredCompletion, ...]  # policy then anchor samples used in this step
+    seconds: dict[str, float]  # sample / score / learn / sync wall-clock
+    sync_bytes: dict[str, int]
+    state: LoopState  # after this step
+
+
+def make_batch(scored: Sequence[ScoredCompletion], n: int) -> Batch:
+    """Pair each prompt's policy sample with its n anchor samples (prompt_id = position in the step)."""
+    policy = sorted((s for s in scored if s.completion.role is Role.POLICY), key=lambda s: s.completion.prompt_id)
+    anchors: dict[int, list[ScoredCompletion]] = {}
+    for s in scored:
+        if s.completion.role is Role.ANCHOR:
+            anchors.setdefault(s.completion.prompt_id, []).append(s)
+    return Batch(policy=tuple(policy), anchor=tuple(tuple(anchors.get(p.completion.prompt_id, ()))
+                                                      for p in policy))
+
+
+def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_step: Callable[[StepRecord], None],
+          metrics=None) -> LoopState:
+    B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
+    state = start
+    version = {Role.POLICY: start.step, Role.ANCHOR: start.step}  # one version per optimizer step
+
+    def sample(step: int, cursor: PromptCursor):
+        chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
+        settings = dataclasses.replace(job.sampling, seed=job.run.seed * 1_000_003 + step)  # resume-deterministic
+        return system.start_sampling(list(enumerate(p for _, p in chosen)), n, settings), chosen, after
+
+    in_flight = sample(state.step, state.cursor)
+    while state.step < job.run.steps:
+        step, t0 = state.step, time.perf_counter()
+        job_refs, _, cursor_after = in_flight
+        samples = system.finish_sampling(job_refs)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
+        if pipelined and step + 1 < job.run.steps:  # the actors start on step t+1 while we learn on step t
+            in_flight = sample(step + 1, cursor_after)
+        stale = [c for c in samples.policy + samples.anchor
+                 if version[c.role] - c.weights_version > job.run.max_staleness]
+        if stale:  # never train on samples older than max_staleness: redraw them with the current weights
+            if metrics:
+                metrics.record_skip("stale", len(stale))
+            samples = system.finish_sampling(sample(step, state.cursor)[0])
+        t_sampled = time.perf_counter()
+
+        scored = system.score(samples.policy + samples.anchor)
+        t_scored = time.perf_counter()
+        stats = system.learn(make_batch(scored, n))  # J-BOND loss, Adam, EMA anchor
+        t_learned = time.perf_counter()
+        syncs = {role: system.sync(role) for role in (Role.POLICY, Role.ANCHOR)}  # versioned, confirmed
+        for role, report in syncs.items():
+            version[role] = report.version
+        t_synced = time.perf_counter()
+
+        state = LoopState(step=step + 1, cursor=cursor_after)
+        on_step(StepRecord(
+            stats=stats, samples=tuple(scored),
+            seconds={"sample": t_sampled - t0, "score": t_scored - t_sampled, "learn": t_learned - t_scored,
+                     "sync": t_synced - t_learned},
+            sync_bytes={role.value: r.num_bytes for role, r in syncs.items()}, state=state))
+        if not pipelined and state.step < job.run.steps:
+            in_flight = sample(state.step, state.cursor)
+    return state

@@ -1,0 +1,99 @@
+"""What a person looks at after (and during) a run: stats.jsonl, PNG plots, a summary table, sample texts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from bond.records import StepStats
+
+
+def append_stats(path: Path, stats: StepStats, seconds: dict[str, float]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({**dataclasses.asdict(stats), "phase_seconds": seconds}) + "\n")
+
+
+def read_stats(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """Rows of stats.jsonl (those with step <= up_to_step: a resumed run drops steps it will redo)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+def rewrite_stats(path: Path, rows: Sequence[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
+    """reward and KL vs step, and reward vs KL(pi || pi_ref) (the paper's Pareto view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return []
+    steps = [r["step"] for r in rows]
+    reward = [r["reward_policy"] for r in rows]
+    kl_ref = [r["kl_ref"] for r in rows]
+    kl_anchor = [r["kl_anchor"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(steps, reward, label="policy reward")
+    ax1.plot(steps, [r["reward_anchor"] for r in rows], label="anchor reward", alpha=0.7)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("reward")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(steps, kl_ref, label="KL(pi || ref)")
+    ax2.plot(steps, kl_anchor, label="KL(pi || anchor)")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("nats")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    curves = out_dir / "reward_kl_vs_step.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    points = ax.scatter(kl_ref, reward, c=steps, cmap="viridis", s=12)
+    fig.colorbar(points, label="step")
+    ax.set_xlabel("KL(pi || ref), nats")
+    ax.set_ylabel("policy reward")
+    ax.set_title("reward vs KL")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    pareto = out_dir / "reward_vs_kl.png"
+    fig.savefig(pareto, dpi=110)
+    plt.close(fig)
+    return [curves, pareto]
+
+
+def window_mean(rows: Sequence[dict], key: str, first: bool, width: int = 10) -> float:
+    part = rows[:width] if first else rows[-width:]
+    return sum(r[key] for r in part) / max(1, len(part))
+
+
+def summary_table(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "no steps"
+    keys = [("reward_policy", "policy reward"), ("reward_anchor", "anchor reward"), ("kl_ref", "KL(pi||ref)"),
+            ("kl_anchor", "KL(pi||anchor)"), ("frac_penalised", "frac r_J=-log16"), ("loss_fw", "loss_fw"),
+            ("loss_bw", "loss_bw"), ("seconds", "learner s/step")]
+    lines = [f"{'metric':<18}{'first 10 steps':>16}{'last 10 steps':>16}"]
+    lines += [f"{label:<18}{window_mean(rows, k, True):>16.4f}{window_mean(rows, k, False):>16.4f}"
+              for k, label in keys]
+    phases = {p: sum(r["phase_seconds"][p] for r in rows) / len(rows) for p in rows[0]["phase_seconds"]}
+    lines.append("mean seconds/step: " + ", ".join(f"{p} {s:.2f}" for p, s in phases.items()))
+    return "\n".join(lines)
+
+
+def samples_table(title: str, prompts: Sequence[str], texts: Sequence[str], rewards: Sequence[float]) -> str:
+    lines = [title]
+    lines += [f"  {r:+6.2f}  {p} | {t.strip()}" for p, t, r in zip(prompts, texts, rewards, strict=True)]
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""Placing and wiring the boxes on Ray: actors (policy, anchor), the reward service, the learner ranks.
+
+The same code runs on one laptop and on a cluster: placement groups reserve each role's bundles, and
+every component is the plain class from actors/, learner/ or reward_service/ run as a Ray actor (or a
+Serve deployment). The algorithm never sees Ray; this file is where Ray lives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.sampling import SamplingSettings
+from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats, WeightUpdate
+from cluster.job_config import JobConfig, SamplerBackend
+from cluster.weight_sync import SyncReport, push_weights
+from reward_service import serve_app
+
+# vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
+SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class LearnerRank:
+    """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
+
+    def __init__(self, job: JobConfig, reference: str, rank: int, world_size: int, master_addr: str,
+                 master_port: int):
+        from learner.learner import Learner
+
+        self.rank = rank
+        self.learner = Learner(reference, job.algorithm, job.learner, rank=rank, world_size=world_size,
+                               master_addr=master_addr, master_port=master_port)
+        self._export_bytes = 0
+
+    def step(self, batch: Batch) -> StepStats:
+        return self.learner.step(batch)
+
+    def weights(self, role: Role) -> Iterator[WeightUpdate]:
+        """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store."""
+        self._export_bytes = 0
+        for update in self.learner.weights(role):
+            self._export_bytes += update.num_bytes
+            if self.rank == 0:
+                yield update
+
+    def last_export_bytes(self) -> int:
+        return self._export_bytes
+
+    def version(self, role: Role) -> int:
+        return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
+
+    def save(self, directory: str, extra: dict) -> None:
+        self.learner.save(directory, extra=extra)
+
+    def restore(self, directory: str) -> dict:
+        return self.learner.restore(directory)
+
+    def export_hf(self, directory: str) -> None:
+        self.learner.export_hf(directory)
+
+
+def _free_port() -> tuple[str, int]:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Samples:
+    policy: list[Completion]  # [B] one per prompt
+    anchor: list[Completion]  # [B * n] n per prompt, consecutive
+    seconds: float
+
+
+class System:
+    """Handles to every component of a running job."""
+
+    def __init__(self, job: JobConfig):
+        self.job = job
+        res = job.resources
+        self._groups = []
+        sampler_cls = _sampler_class(job.models.sampler_backend)
+        self.actors: dict[Role, list] = {}
+        for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
+            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
+            self.actors[role] = [
+                ray.remote(sampler_cls).options(
+                    num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, runtime_env={"env_vars": SAMPLER_ENV},
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+                    name=None,
+                ).remote(job.models.policy, role, dtype=job.models.sampler_dtype, seed=job.run.seed + 1000 * i
+                         + (0 if role is Role.POLICY else 500))
+                for i in range(count)
+            ]
+        pg = self._placement([{"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}] * res.learner_ranks)
+        strategy = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+                    for i in range(res.learner_ranks)]
+        addr, port = ray.get(ray.remote(_free_port).options(num_cpus=0, scheduling_strategy=strategy[0]).remote())
+        self.learner = [
+            ray.remote(LearnerRank).options(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner,
+                                            scheduling_strategy=strategy[r]).remote(
+                job, job.models.policy, r, res.learner_ranks, addr, port)
+            for r in range(res.learner_ranks)
+        ]
+        self.reward = serve_app.deploy(job.reward)
+        ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
+                + [r.__ray_ready__.remote() for r in self.learner])
+
+    def _placement(self, bundles: list[dict[str, float]]):
+        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
+        pg = placement_group(bundles, strategy="PACK")
+        ray.get(pg.ready())
+        self._groups.append(pg)
+        return pg
+
+    # --- the verbs the loop uses -------------------------------------------------------------------------
+
+    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int,
+                       settings: SamplingSettings) -> tuple[list, list, float]:
+        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (futures)."""
+        return (self._fan_out(Role.POLICY, prompts, 1, settings), self._fan_out(Role.ANCHOR, prompts, n_anchor,
+                                                                               settings), time.perf_counter())
+
+    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int, settings: SamplingSettings) -> list:
+        actors = self.actors[role]
+        if settings.seed is not None:  # policy and anchor must not share random streams (equal at step 0)
+            settings = dataclasses.replace(settings, seed=2 * settings.seed + (role is Role.ANCHOR))
+        shares = [prompts[i::len(actors)] for i in range(len(actors))]
+        return [a.generate.remote([p for _, p in share], n, settings, prompt_ids=[i for i, _ in share])
+                for a, share in zip(actors, shares, strict=True) if share]
+
+    @staticmethod
+    def finish_sampling(job: tuple[list, list, float]) -> Samples:
+        policy_refs, anchor_refs, t0 = job
+        policy = [c for part in ray.get(policy_refs) for c in part]
+        anchor = [c for part in ray.get(anchor_refs) for c in part]
+        return Samples(policy=policy, anchor=anchor, seconds=time.perf_counter() - t0)
+
+    def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
+        """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
+        chunks = [completions[i:i + chunk] for i in range(0, len(completions), chunk)]
+        replies = [self.reward.score.remote([c.prompt for c in part], [c.text for c in part]) for part in chunks]
+        scored = []
+        for part, reply in zip(chunks, replies, strict=True):
+            result = reply.result()
+            scored += [ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id)
+                       for c, r in zip(part, result.rewards, strict=True)]
+        return scored
+
+    def learn(self, batch: Batch) -> StepStats:
+        ref = ray.put(batch)  # one put, every rank reads it and takes its share
+        return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
+
+    def sync(self, role: Role) -> SyncReport:
+        return push_weights(self.learner, self.actors[role], role)
+
+    def save(self, directory: Path, extra: dict) -> None:
+        ray.get([rank.save.remote(str(directory), extra) for rank in self.learner])
+
+    def restore(self, directory: Path) -> dict:
+        return ray.get([rank.restore.remote(str(directory)) for rank in self.learner])[0]
+
+    def export_hf(self, directory: Path) -> None:
+        ray.get([rank.export_hf.remote(str(directory)) for rank in self.learner])
+
+    def shutdown(self) -> None:
+        serve_app.shutdown()
+        for group in self.actors.values():
+            for a in group:
+                ray.kill(a)
+        for r in self.learner:
+            ray.kill(r)
+        for pg in self._groups:
+            remove_placement_group(pg)
+
+
+def _sampler_class(backend: SamplerBackend):
+    if backend is SamplerBackend.VLLM:
+        from actors.vllm_sampler import VllmSampler
+
+        return VllmSampler
+    from actors.hf_sampler import HfSampler
+
+    return HfSampler
+
+
+def init_ray(job: JobConfig) -> None:
+    """Join the cluster of `ray job submit` / RAY_ADDRESS / run.ray_address, or start a local one."""
+    address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    res = job.resources
+    needed = ((res.policy_actors + res.anchor_actors) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
+              + job.reward.replicas * job.reward.cpus_per_replica + 1)
+    kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
+    # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}, **kwargs)

@@ -1,0 +1,76 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bond.records import Completion, Role, ScoredCompletion
+from cluster.episodes import EpisodeWriter, read_episodes
+from cluster.loop import make_batch
+from cluster.prompts import PromptCursor, PromptFormat, PromptSource, load_prompts, take
+
+
+def test_jsonl_bad_rows_are_counted_not_lost(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "the movie"}, {"prompt": ""}, {"text": "x"}, {"prompt": 3}, {"prompt": " the film "}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = load_prompts(PromptSource(path=str(path)))
+    assert got.prompts == ("the movie", "the film")
+    assert got.skipped == {"empty": 1, "missing field 'prompt'": 1, "not a string (int)": 1}
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2"):
+        load_prompts(PromptSource(path=str(path)))
+
+
+def test_parquet_and_empty_source(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"q": ["a", "b", None]}), path)
+    assert load_prompts(PromptSource(path=str(path), format=PromptFormat.PARQUET, field="q")).prompts == ("a", "b")
+    with pytest.raises(ValueError, match="no column 'prompt'"):
+        load_prompts(PromptSource(path=str(path), format=PromptFormat.PARQUET))
+    empty = tmp_path / "e.jsonl"
+    empty.write_text('{"prompt": ""}\n')
+    with pytest.raises(ValueError, match="no usable prompt"):
+        load_prompts(PromptSource(path=str(empty)))
+
+
+def test_cursor_walks_epochs_deterministically():
+    prompts = tuple("abcde")
+    first, cur = take(prompts, PromptCursor(), 3, seed=1, shuffle=True)
+    second, cur2 = take(prompts, cur, 4, seed=1, shuffle=True)
+    assert cur == PromptCursor(0, 3) and cur2 == PromptCursor(1, 2)
+    assert sorted(p for _, p in first + second[:2]) == list("abcde")  # one full epoch, no repeats
+    again, _ = take(prompts, cur, 4, seed=1, shuffle=True)  # resuming from a saved cursor repeats exactly
+    assert again == second
+
+
+def sample(role, prompt_id, reward, j=0):
+    c = Completion(prompt_id=prompt_id, prompt=f"p{prompt_id}", prompt_token_ids=(1,), token_ids=(5, 2),
+                   text=f"y{j}", logprobs=(-0.1, -0.2), role=role, weights_version=4, finish_reason="stop")
+    return ScoredCompletion(c, reward=reward, reward_model_id="rm")
+
+
+def test_make_batch_pairs_by_prompt():
+    scored = [sample(Role.ANCHOR, 1, 0.5, 0), sample(Role.POLICY, 1, 1.0), sample(Role.POLICY, 0, 0.0),
+              sample(Role.ANCHOR, 0, 0.1, 0), sample(Role.ANCHOR, 0, 0.2, 1), sample(Role.ANCHOR, 1, 0.6, 1)]
+    batch = make_batch(scored, 2)
+    assert [p.completion.prompt_id for p in batch.policy] == [0, 1]
+    assert [[a.reward for a in g] for g in batch.anchor] == [[0.1, 0.2], [0.5, 0.6]]
+
+
+def test_episodes_rlds_rows(tmp_path):
+    writer = EpisodeWriter(tmp_path)
+    writer.write(1, [sample(Role.POLICY, 0, 1.5), sample(Role.ANCHOR, 0, 0.5)])
+    writer.write(2, [sample(Role.POLICY, 0, 2.5)])
+    table = read_episodes(tmp_path)
+    assert table.num_rows == 3
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["is_first"] and row["is_last"] and row["is_terminal"] and row["discount"] == 1.0
+    assert (row["observation"], row["action"], row["reward"], row["role"], row["weights_version"]) == (
+        "p0", "y0", 1.5, "policy", 4)
+    assert row["logprobs"] == pytest.approx([-0.1, -0.2])
+    assert not list(tmp_path.glob("*.tmp"))
