@@ -1,0 +1,50 @@
+"""What can go wrong when scoring, as exception types a caller can catch (and Serve can map to HTTP codes).
+
+Each error carries a short `reason`, used as the tag of the service's error counter, so a dashboard
+can tell bad requests from broken reward models from timeouts.
+"""
+
+from __future__ import annotations
+
+
+class RewardServiceError(Exception):
+    """Base class: scoring failed; `reason` says why in one word."""
+
+    default_reason = "error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+
+    def __reduce__(self):
+        # Ray ships exceptions between processes by pickling: keep `reason` across the trip
+        # (the default Exception pickling would call __init__ with the message only).
+        return type(self), (self.message, self.reason)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequestError(RewardServiceError):
+    """The request itself is malformed (bad JSON, a missing field, wrong types, lengths that differ)."""
+
+    default_reason = "bad_request"
+
+
+class RewardModelError(RewardServiceError):
+    """The reward model failed on a well-formed request (it raised, or returned something unusable)."""
+
+    default_reason = "model_error"
+
+
+class NonFiniteRewardError(RewardModelError):
+    """The reward model returned NaN or +-inf: never passed on, since one NaN poisons a whole learner step."""
+
+    default_reason = "non_finite"
+
+
+class RewardTimeoutError(RewardServiceError):
+    """Scoring took longer than the service's request timeout."""
+
+    default_reason = "timeout"

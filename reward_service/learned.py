@@ -1,0 +1,50 @@
+"""A learned reward model: r(x, y) = the scalar logit of a sequence classifier on the text x + y.
+
+Input format: the classifier reads ONE text, the prompt and the completion joined as a reader would
+see them (`join_text`), not a tokenizer pair. That is how reward models trained on whole responses
+(and the tiny reward model, trained on whole review sentences whose first words are the prompt) see
+their inputs. Too-long inputs are cut from the left, keeping the end of the completion, since these
+classifiers read the last token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from reward_service.reward_model import check_pairs, checked_rewards
+from reward_service.sequence_classifier import SequenceClassifier
+
+
+def join_text(prompt: str, completion: str) -> str:
+    """prompt + " " + completion, without doubling whitespace already at the seam.
+
+    A word-level tokenizer turns a double space into an unknown token, and a completion that starts
+    with its own space or newline already says how it attaches to the prompt.
+    """
+    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
+        return prompt + completion
+    return f"{prompt} {completion}"
+
+
+class LearnedRewardModel:
+    """Any Hugging Face AutoModelForSequenceClassification with one output logit, as a RewardModel."""
+
+    def __init__(self, path_or_hub_id: str, device: str = "cpu", max_length: int | None = None,
+                 batch_size: int = 64) -> None:
+        self._classifier = SequenceClassifier(path_or_hub_id, device=device, max_length=max_length,
+                                              batch_size=batch_size, truncation_side="left")
+        if self._classifier.num_labels != 1:
+            labels = self._classifier.config.id2label
+            raise ValueError(f"LearnedRewardModel({path_or_hub_id!r}): a reward model has 1 output logit, this "
+                             f"classifier has {self._classifier.num_labels} (labels {labels}); "
+                             "for an NLI classifier use the entailment reward")
+        self.model_id = f"learned:{path_or_hub_id}@{self._classifier.fingerprint}"
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        check_pairs(prompts, completions)
+        texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        logits = self._classifier.logits(texts)
+        return checked_rewards(logits[:, 0].tolist(), len(texts), self.model_id)
+
+    def __repr__(self) -> str:
+        return f"LearnedRewardModel({self.model_id!r})"

@@ -1,0 +1,127 @@
+"""RewardSpec: which reward model to serve and how (frozen, validated), and build_reward_model(spec).
+
+The model-side fields (kind, path_or_name, max_length_tokens, forward_batch_size, premise_pattern)
+make the RewardModel; the rest are per-deployment knobs read by serve_app.py. Resources are per replica.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bond.config import check_types, require
+from reward_service.reward_model import RewardModel
+
+
+class RewardKind(enum.StrEnum):
+    LEARNED = "learned"  # a sequence classifier's scalar logit on prompt + completion
+    ENTAILMENT = "entailment"  # log P(entailment | premise from the prompt, hypothesis = completion)
+    FUNCTION = "function"  # an importable Python function (prompt, completion) -> float
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    kind: RewardKind
+    """Which kind of reward model (a RewardKind or its string value)."""
+    path_or_name: str
+    """learned/entailment: a local checkpoint directory or hub id; function: "package.module:function"."""
+    replicas: int = 1
+    """Replicas to run (the initial count when autoscaling)."""
+    min_replicas: int | None = None
+    """Autoscaling lower bound; set both bounds to autoscale, leave both unset for a fixed `replicas`."""
+    max_replicas: int | None = None
+    """Autoscaling upper bound."""
+    target_ongoing_requests: float = 2.0
+    """Autoscaling target: requests in flight per replica before Serve adds one."""
+    cpus_per_replica: float = 1.0
+    """CPU cores reserved per replica (Ray also sizes the replica's torch thread pool from it)."""
+    gpus_per_replica: float = 0.0
+    """GPUs per replica; > 0 runs the model on CUDA."""
+    max_batch_size: int = 32
+    """Dynamic batching: at most this many requests are scored in one model call."""
+    batch_wait_timeout_s: float = 0.01
+    """Dynamic batching: how long a partial batch waits for more requests."""
+    forward_batch_size: int = 64
+    """Samples per model forward pass inside one batch (bounds activation memory)."""
+    max_length_tokens: int | None = None
+    """Truncate model inputs to this many tokens (default: the tokenizer's / model's own limit)."""
+    premise_pattern: str | None = None
+    """entailment only: regex picking the source document out of the prompt (default: the whole prompt)."""
+    request_timeout_s: float = 30.0
+    """A request not scored within this many seconds fails with a timeout error."""
+    http_host: str = "127.0.0.1"
+    """Address the Serve HTTP proxy binds (loopback by default: the service has no authentication)."""
+    http_port: int = 8000
+    """Port of the Serve HTTP proxy (one per Ray cluster: the first deploy() starts it)."""
+    route_prefix: str = "/reward"
+    """HTTP path of this application's JSON endpoint."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, str) and not isinstance(self.kind, RewardKind):
+            require(self.kind in {k.value for k in RewardKind}, "kind",
+                    f"expected one of {[k.value for k in RewardKind]}, got {self.kind!r}")
+            object.__setattr__(self, "kind", RewardKind(self.kind))
+        check_types(self)
+        require(bool(self.path_or_name), "path_or_name", "must not be empty")
+        if self.kind is RewardKind.FUNCTION:
+            module, sep, attr = self.path_or_name.partition(":")
+            require(bool(sep and module and attr), "path_or_name",
+                    f"a function reward is named 'package.module:function', got {self.path_or_name!r}")
+        require(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
+        require((self.min_replicas is None) == (self.max_replicas is None), "min_replicas",
+                "set both min_replicas and max_replicas to autoscale, or neither")
+        if self.min_replicas is not None:
+            for name in ("min_replicas", "max_replicas"):
+                value = getattr(self, name)
+                require(isinstance(value, int) and not isinstance(value, bool), name,
+                        f"expected an integer, got {value!r}")
+            require(self.min_replicas >= 0, "min_replicas", f"must be >= 0, got {self.min_replicas}")
+            require(self.max_replicas >= 1, "max_replicas", f"must be >= 1, got {self.max_replicas}")
+            require(self.min_replicas <= self.replicas <= self.max_replicas, "replicas",
+                    f"the initial {self.replicas} replicas must lie within [min_replicas, max_replicas] = "
+                    f"[{self.min_replicas}, {self.max_replicas}]")
+        require(self.target_ongoing_requests > 0, "target_ongoing_requests",
+                f"must be > 0, got {self.target_ongoing_requests}")
+        require(self.cpus_per_replica >= 0, "cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
+        require(self.gpus_per_replica >= 0, "gpus_per_replica", f"must be >= 0, got {self.gpus_per_replica}")
+        require(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
+        require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s",
+                f"must be >= 0, got {self.batch_wait_timeout_s}")
+        require(self.forward_batch_size >= 1, "forward_batch_size", f"must be >= 1, got {self.forward_batch_size}")
+        if self.max_length_tokens is not None:
+            require(isinstance(self.max_length_tokens, int) and self.max_length_tokens >= 1, "max_length_tokens",
+                    f"must be a positive integer, got {self.max_length_tokens!r}")
+        if self.premise_pattern is not None:
+            require(self.kind is RewardKind.ENTAILMENT, "premise_pattern", "only applies to the entailment kind")
+            require(isinstance(self.premise_pattern, str), "premise_pattern",
+                    f"expected a string, got {self.premise_pattern!r}")
+        require(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        require(bool(self.http_host), "http_host", "must not be empty")
+        require(1 <= self.http_port <= 65535, "http_port", f"must be a TCP port in 1..65535, got {self.http_port}")
+        require(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas is not None
+
+    @property
+    def device(self) -> str:
+        """Where the model runs inside a replica: CUDA when the replica is given a GPU."""
+        return "cuda" if self.gpus_per_replica > 0 else "cpu"
+
+
+def build_reward_model(spec: RewardSpec) -> RewardModel:
+    """The in-process RewardModel a spec names (imports torch/transformers only for the model kinds)."""
+    if spec.kind is RewardKind.LEARNED:
+        from reward_service.learned import LearnedRewardModel
+
+        return LearnedRewardModel(spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens,
+                                  batch_size=spec.forward_batch_size)
+    if spec.kind is RewardKind.ENTAILMENT:
+        from reward_service.entailment import EntailmentReward
+
+        return EntailmentReward(spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens,
+                                batch_size=spec.forward_batch_size, premise_pattern=spec.premise_pattern)
+    from reward_service.function import FunctionReward
+
+    return FunctionReward(spec.path_or_name)

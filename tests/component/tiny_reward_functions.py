@@ -1,0 +1,25 @@
+"""Reward functions for the function-reward tests, importable by Serve replicas as
+"tests.component.tiny_reward_functions:<name>" (Ray puts the driver's working directory on their path)."""
+
+import math
+import time
+
+from cluster.review_grammar import review_score
+
+
+def positive_and_well_formed(prompt: str, completion: str) -> float:
+    """The tiny task's exact label: sentiment of the whole sentence, -2 if it is not well formed."""
+    return review_score(f"{prompt} {completion}")
+
+
+def misbehaving(prompt: str, completion: str) -> float:
+    """Fails on command, to test the service's error paths: completions "NAN", "INF", "RAISE", "SLOW <seconds>"."""
+    if completion == "NAN":
+        return math.nan
+    if completion == "INF":
+        return math.inf
+    if completion == "RAISE":
+        raise RuntimeError("asked to fail")
+    if completion.startswith("SLOW"):
+        time.sleep(float(completion.split()[1]))
+    return float(len(prompt) + len(completion))
