@@ -88,7 +88,9 @@ def run(job: JobConfig) -> dict:
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False))
 
-    init_ray(job)
+    owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
+    if owns_ray:
+        init_ray(job)
     metrics = JobMetrics(run=run_dir.name)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
@@ -101,7 +103,8 @@ def run(job: JobConfig) -> dict:
         return _train(job, system, metrics, prompt_set.prompts, run_dir)
     finally:
         system.shutdown()
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
 
 
 def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: Path) -> dict:

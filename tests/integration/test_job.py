@@ -1,0 +1,155 @@
+"""End-to-end J-BOND on a real local Ray: vLLM actors, the Ray Serve reward service, the DeepSpeed learner.
+
+One Ray session is shared by the in-process runs of this module (each run places and tears down its own
+actors, reward service and learner); `ray job submit` gets its own head started with `ray start`.
+"""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from bond.records import Role
+from cluster import config_loading
+from cluster.episodes import read_episodes
+from cluster.job_config import JobConfig
+from cluster.main import run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
+    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    config_loading.apply_override(data, f"models.policy={tiny_dir / 'policy'}")
+    config_loading.apply_override(data, f"reward.path_or_name={tiny_dir / 'reward'}")
+    config_loading.apply_override(data, f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}")
+    config_loading.apply_override(data, f"run.run_dir={tmp_path}")
+    config_loading.apply_override(data, "run.progress=false")
+    config_loading.apply_override(data, "run.show_samples=2")
+    for key, value in overrides.items():
+        config_loading.apply_override(data, f"{key.replace('__', '.')}={value}")
+    return config_loading.build(JobConfig, data)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tiny_dir):
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield
+    ray.shutdown()
+
+
+def stats_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+
+
+def test_sync_run_end_to_end(local_ray, tiny_dir, tmp_path):
+    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__checkpoint_every=1)
+    summary = run(job)
+    assert summary["steps"] == 3
+    rows = stats_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # on-policy: the samples of step s were drawn by version s-1 of both models
+        assert r["sample_policy_version"] == r["step"] - 1 == r["sample_anchor_version"]
+        assert r["policy_version"] == r["anchor_version"] == r["step"]
+    episodes = read_episodes(tmp_path / "episodes").to_pylist()
+    B = job.algorithm.prompts_per_step
+    assert len(episodes) == 3 * B * (1 + job.algorithm.n)
+    assert {e["reward_model_id"] for e in episodes} and all(e["reward_model_id"] for e in episodes)
+    assert all(e["weights_version"] == e["train_step"] - 1 for e in episodes)
+    for name in ("reward_kl_vs_step.png", "reward_vs_kl.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+    assert (tmp_path / "final_policy" / "config.json").exists()
+    assert "samples after training" in (tmp_path / "summary.txt").read_text()
+
+
+def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
+    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__mode="pipelined", run__max_staleness=1)
+    run(job)
+    rows = stats_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    lags = [(r["step"] - 1) - r["sample_policy_version"] for r in rows]
+    assert all(0 <= lag <= 1 for lag in lags), lags
+    assert max(lags) == 1, f"pipelined mode should sample one version behind after step 1: {lags}"
+
+
+def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_path):
+    """After a step and a push, the policy actor's log-probs of a sequence equal the learner's (fp32)."""
+    from cluster.loop import LoopState, train
+    from cluster.prompts import PromptCursor, load_prompts
+    from cluster.system import System
+
+    job = smoke_job(tmp_path, tiny_dir, run__steps=2)
+    system = System(job)
+    try:
+        prompts = load_prompts(job.prompts).prompts
+        train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: None)
+        system.export_hf(tmp_path / "learner_policy")
+        actor = system.actors[Role.POLICY][0]
+        assert ray.get(actor.__ray_call__.remote(lambda a: a.weights_version)) == 2
+        texts = ["the movie", "the plot"]
+        ids = [[51, 33, 55, 25, 5, 2], [33, 13, 5, 2]]
+        served = ray.get(actor.score_logprobs.remote(texts, ids))
+        from actors.hf_sampler import HfSampler
+
+        reference = HfSampler(str(tmp_path / "learner_policy"), Role.POLICY).score_logprobs(texts, ids)
+        untrained = HfSampler(str(tiny_dir / "policy"), Role.POLICY).score_logprobs(texts, ids)
+        assert served == pytest.approx(reference, abs=1e-4)
+        assert max(abs(a - b) for a, b in zip(served, untrained, strict=True)) > 1e-3  # the update took effect
+    finally:
+        system.shutdown()
+
+
+def test_resume_reproduces_the_next_step(local_ray, tiny_dir, tmp_path):
+    full = tmp_path / "uninterrupted"
+    run(smoke_job(full, tiny_dir, run__steps=3, run__checkpoint_every=1))
+    cut = tmp_path / "interrupted"
+    run(smoke_job(cut, tiny_dir, run__steps=2, run__checkpoint_every=1))
+    run(smoke_job(cut, tiny_dir, run__steps=3, run__checkpoint_every=1, run__resume="true"))
+    a, b = stats_rows(full), stats_rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor", "grad_norm"):
+        assert b[2][key] == pytest.approx(a[2][key], rel=1e-5, abs=1e-6), key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tiny_dir, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    bin_dir = Path(sys.executable).parent
+    port, dash = _free_port(), _free_port()
+    temp = Path("/tmp") / f"rayjob{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    try:
+        overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
+                     f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "run.progress=false", "run.show_samples=0"]
+        cmd = [bin_dir / "ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+               "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
+        for o in overrides:
+            cmd += ["--set", o]
+        t0 = time.time()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-4000:]
+        assert "succeeded" in log, log[-4000:]
+        assert (tmp_path / "run" / "stats.jsonl").exists(), log[-4000:]
+        assert len(stats_rows(tmp_path / "run")) == 2
+        print(f"ray job submit: {time.time() - t0:.0f} s")
+    finally:
+        # stop only this head's processes (their command lines name its temp dir), not other Ray sessions
+        subprocess.run(["pkill", "-f", str(temp)], capture_output=True)
