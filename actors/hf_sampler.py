@@ -1,0 +1,151 @@
+"""The reference sampler: plain Hugging Face transformers `generate`, the same Sampler role as VllmSampler.
+
+Slow, but every line is the textbook computation, so tests hold the vLLM engine to it; it is also the
+fallback where vLLM does not run. Logprobs are taken from the raw logits (untempered), as vLLM reports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.weight_staging import ParamSpec, WeightStaging
+from bond.records import Completion, Role, WeightUpdate
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HfSampler:
+    """Sampler role on `AutoModelForCausalLM.from_pretrained(model)`; weights are copied into the module."""
+
+    def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
+                 device: str = "cpu", max_model_len: int | None = None, initial_version: int = 0) -> None:
+        if not isinstance(role, Role):
+            raise ValueError(f"role must be a bond.records.Role, got {role!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._role = role
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        self.max_model_len = max_model_len or int(self.model.config.max_position_embeddings)
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos))
+        state = self.model.state_dict()
+        self._params = state
+        # No fused layers and no host copy needed: HF modules take any subset of parameters as they are.
+        self._staging = WeightStaging({k: ParamSpec(tuple(v.shape), v.dtype) for k, v in state.items()},
+                                      role, initial_version)
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def weights_version(self) -> int:
+        return self._staging.version
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [list(self.tokenizer(p).input_ids) for p in prompts]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
+                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+        ids = check_request(prompts, n, prompt_ids)
+        if not isinstance(settings, SamplingSettings):
+            raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        token_ids = self.encode(prompts)
+        check_prompt_lengths(token_ids, self.max_model_len)
+        # One batch per token budget, so no sequence runs past the context (usually a single batch).
+        budgets = [min(settings.max_new_tokens, self.max_model_len - len(t)) for t in token_ids]
+        results: dict[int, list[Completion]] = {}
+        with torch.random.fork_rng(devices=[]):
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            for budget in sorted(set(budgets)):
+                group = [i for i, b in enumerate(budgets) if b == budget]
+                for i, samples in zip(group, self._generate_group([token_ids[i] for i in group], n, budget, settings),
+                                      strict=True):
+                    results[i] = [self._completion(ids[i], prompts[i], token_ids[i], toks, lps, settings)
+                                  for toks, lps in samples]
+        return [c for i in range(len(prompts)) for c in results[i]]
+
+    def _generate_group(self, token_ids: list[list[int]], n: int, budget: int, settings: SamplingSettings
+                        ) -> list[list[tuple[list[int], list[float]]]]:
+        width = max(len(t) for t in token_ids)
+        device = self.model.device
+        input_ids = torch.tensor([[self._pad] * (width - len(t)) + t for t in token_ids], device=device)
+        mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_ids], device=device)
+        sampling = {} if settings.greedy else {"temperature": settings.temperature,
+                                               "top_p": settings.top_p, "top_k": 0}
+        out = self.model.generate(
+            # each prompt's row repeated n times (HF refuses num_return_sequences > 1 when greedy)
+            input_ids=input_ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+            max_new_tokens=budget, min_new_tokens=0, do_sample=not settings.greedy, pad_token_id=self._pad,
+            return_dict_in_generate=True, output_logits=True, **sampling)
+        new = out.sequences[:, width:]  # [len(token_ids) * n, T], prompt i's samples at rows i*n .. i*n+n-1
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [rows, T, V] raw, untempered
+        chosen = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        grouped = []
+        for i in range(len(token_ids)):
+            samples = []
+            for row in range(i * n, (i + 1) * n):
+                toks = new[row].tolist()
+                end = next((t + 1 for t, tok in enumerate(toks) if tok in self._eos), len(toks))
+                samples.append((toks[:end], chosen[row, :end].tolist()))
+            grouped.append(samples)
+        return grouped
+
+    def _completion(self, prompt_id: int, prompt: str, prompt_tokens: list[int], toks: list[int],
+                    lps: list[float], settings: SamplingSettings) -> Completion:
+        finish = "stop" if toks and toks[-1] in self._eos else "length"
+        text = self._text(prompt_tokens, toks)
+        if settings.stop:
+            # Like vLLM: end at the token that completes a stop string; the text excludes the stop string.
+            for t in range(1, len(toks) + 1):
+                partial = self._text(prompt_tokens, toks[:t])
+                hit = min((partial.find(s) for s in settings.stop if s in partial), default=-1)
+                if hit >= 0:
+                    toks, lps, text, finish = toks[:t], lps[:t], partial[:hit], "stop"
+                    break
+        return Completion(prompt_id=prompt_id, prompt=prompt, prompt_token_ids=tuple(prompt_tokens),
+                          token_ids=tuple(toks), text=text, logprobs=tuple(lps), role=self._role,
+                          weights_version=self.weights_version, finish_reason=finish)
+
+    def _text(self, prompt_tokens: list[int], toks: list[int]) -> str:
+        # Decoding prompt + completion keeps the completion's leading space, as vLLM's detokeniser does.
+        whole = self.tokenizer.decode(prompt_tokens + toks, skip_special_tokens=True)
+        return whole[len(self.tokenizer.decode(prompt_tokens, skip_special_tokens=True)):]
+
+    def load_weights(self, update: WeightUpdate) -> int:
+        tensors = self._staging.stage(update)
+        if tensors is None:
+            return self.weights_version
+        with torch.no_grad():
+            for name, t in tensors.items():
+                self._params[name].copy_(t)
+        self._staging.applied(tensors, update.version)
+        return self.weights_version
+
+    @torch.no_grad()
+    def token_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]
+                       ) -> list[tuple[float, ...]]:
+        """log pi(y_t | x, y_<t) of given completions (one unpadded forward each: the exact reference)."""
+        check_request(prompts, 1, None)
+        if len(completions_token_ids) != len(prompts):
+            raise ValueError(f"{len(completions_token_ids)} completions for {len(prompts)} prompts")
+        result = []
+        for p, y in zip(self.encode(prompts), completions_token_ids, strict=True):
+            seq = torch.tensor([p + [int(t) for t in y]], device=self.model.device)
+            logprobs = self.model(input_ids=seq).logits[0, :-1].float().log_softmax(-1)
+            targets = seq[0, 1:]
+            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1:]
+            result.append(tuple(chosen.tolist()))
+        return result
+
+    def score_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]) -> list[float]:
+        return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]

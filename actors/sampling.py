@@ -1,0 +1,97 @@
+"""What a sampler promises: its settings record, the Sampler role, and the checks on its inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bond.config import check_types, require
+from bond.records import Completion, Role, WeightUpdate
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample completions (one record for every sampler; fields validated at construction)."""
+
+    max_new_tokens: int = 32
+    """Most tokens generated per completion (EOS included)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy. Logprobs are always those of the untempered model."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]; 1 samples from the full distribution."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (excluded from its text)."""
+    seed: int | None = None
+    """None: the engine's running random stream. An int makes a call reproducible: sample j of prompt i
+    uses its own seed derived from (seed, i, j), so the n samples of a prompt still differ."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.temperature >= 0.0, "temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
+        require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop), "stop",
+                f"expected a tuple of non-empty strings, got {self.stop!r}")
+        require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                      and self.seed >= 0), "seed", f"expected None or an int >= 0, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def sample_seed(self, prompt_index: int, sample_index: int) -> int | None:
+        """The seed of sample `sample_index` of the call's prompt `prompt_index` (None when unseeded)."""
+        if self.seed is None:
+            return None
+        # splitmix-style mixing: distinct, well spread seeds for nearby (seed, i, j)
+        x = (self.seed * 0x9E3779B97F4A7C15 + prompt_index * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB)
+        x = (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+        return x % (2**31 - 1)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A sampling worker holding one role's weights. Works in-process; cluster/ wraps it as a Ray actor."""
+
+    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
+                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+        """n completions per prompt: for each prompt in order, its n completions consecutively.
+        prompt_ids[i] (default i) is copied into each Completion of prompt i."""
+        ...
+
+    def load_weights(self, update: WeightUpdate) -> int:
+        """Take a (bucket of a) weight push; returns the version now held (it changes on the last bucket)."""
+        ...
+
+    @property
+    def weights_version(self) -> int: ...
+
+    @property
+    def role(self) -> Role: ...
+
+
+def check_request(prompts: Sequence[str], n: int, prompt_ids: Sequence[int] | None) -> list[int]:
+    """Raise ValueError for a request no sampler can serve; return the prompt ids to use."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a sequence of strings, got a single string")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string")
+        if not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    if prompt_ids is None:
+        return list(range(len(prompts)))
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
+    return [int(i) for i in prompt_ids]
+
+
+def check_prompt_lengths(token_ids: Sequence[Sequence[int]], max_model_len: int) -> None:
+    """A prompt must leave room for at least one generated token in the model's context."""
+    for i, ids in enumerate(token_ids):
+        if len(ids) >= max_model_len:
+            raise ValueError(f"prompt {i} is {len(ids)} tokens long; the model's context is {max_model_len} tokens, "
+                             f"which leaves no room for a completion")

