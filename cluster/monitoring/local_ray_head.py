@@ -1,0 +1,130 @@
+"""A throwaway Ray head on this machine: free ports, its own temp dir, token auth on, stopped by process group.
+
+Used by the monitoring test and the dashboard screenshot. Why not `ray stop`: it kills every Ray process on
+the machine (it matches process names), including other people's clusters; this head is started in its own
+session, so signalling its process group ends exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel's pick), so concurrent test runs do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRayHead:
+    """`ray start --head --block` on free ports; `env` is what a client (driver, `ray job submit`) needs."""
+
+    def __init__(self, num_cpus: int = 2):
+        # A short path under /tmp: Ray's unix sockets live under the temp dir and are limited to ~107 chars.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="jmon-", dir="/tmp"))
+        self.port, self.dashboard_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.num_cpus = num_cpus
+        # Token auth on, with a token of our own: ~/.ray/auth_token is shared with anyone else on the machine.
+        self.token = secrets.token_hex(16)
+        token_path = self.temp_dir / "auth_token"
+        token_path.write_text(self.token)
+        token_path.chmod(0o600)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
+                    "RAY_ADDRESS": f"127.0.0.1:{self.port}",
+                    # The autoscaler's and the dashboard's own metrics endpoints default to fixed ports
+                    # (44217, 44227): two heads on one machine would fight over them.
+                    "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port())}
+        self.log = self.temp_dir / "ray_start.log"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def service_discovery_file(self) -> Path:
+        """Ray rewrites this every few seconds with every node's metrics endpoint (Prometheus file_sd format)."""
+        return self.temp_dir / "ray" / "prom_metrics_service_discovery.json"
+
+    def start(self, timeout_s: float = 90) -> LocalRayHead:
+        cmd = [str(RAY), "start", "--head", "--block", "--port", str(self.port),
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+               "--metrics-export-port", str(self.metrics_port), "--temp-dir", str(self.temp_dir / "ray"),
+               "--num-cpus", str(self.num_cpus), "--include-dashboard", "true", "--disable-usage-stats"]
+        with open(self.log, "w") as log:
+            self._proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self._proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            # Up = the dashboard answers and the node's metrics endpoint is listed for Prometheus.
+            if self._lists_metrics_port() and self._answers(self.dashboard_url + "/api/version"):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"Ray head not up after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def _lists_metrics_port(self) -> bool:
+        try:
+            return f":{self.metrics_port}\"" in self.service_discovery_file.read_text()
+        except OSError:
+            return False
+
+    def _answers(self, url: str) -> bool:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, grace_s: float = 3) -> None:
+        if self._proc is not None:
+            pgid = self._proc.pid  # session leader: its pid is the group id of everything Ray spawned
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and (self._proc.poll() is None or _group_alive(pgid)):
+                time.sleep(0.3)
+            _signal_group(pgid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+            self._proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRayHead:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any live (not zombie) process in the group? Read from /proc: state and pgrp follow the ')' of comm."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
