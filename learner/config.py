@@ -1,0 +1,48 @@
+"""LearnerConfig: how the learner runs (engine, precision, batching, export), apart from the maths in BondConfig."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bond.config import check_types, require
+
+
+class Dtype(enum.StrEnum):
+    FP32 = "fp32"  # CPU and reference runs: no loss scaling, bit-comparable across engines
+    BF16 = "bf16"  # GPU: DeepSpeed bf16 mixed precision (fp32 master weights in the optimizer)
+
+
+class Device(enum.StrEnum):
+    CPU = "cpu"  # gloo process group
+    CUDA = "cuda"  # NCCL process group, one GPU per rank
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Per-replica knobs of the learner. The global batch (prompts_per_step) lives in BondConfig."""
+
+    zero_stage: int = 3
+    """0 = plain torch (data parallel by all-reduce, the reference); 1/2/3 = DeepSpeed ZeRO stage."""
+    micro_batch_prompts: int = 8
+    """Prompts per forward/backward on one rank; the rank's share is split into micro-batches (gradient
+    accumulation), so the update is the same for any value that divides the share."""
+    dtype: Dtype = Dtype.FP32
+    """Precision of the model weights and of exported weights (bf16 needs device cuda)."""
+    device: Device = Device.CPU
+    bucket_bytes: int = 1 << 30
+    """Largest weight-export bucket (bytes, in the export dtype). Under ZeRO-3 this is also the most that is
+    ever gathered at once; it must hold the largest single parameter (checked at start-up)."""
+    seed: int = 0
+    """torch seed of every rank (nothing in a step is random today: dropout is off; kept for restorability)."""
+    timeout_s: int = 1800
+    """Process-group timeout: how long a rank waits for the others in a collective before failing."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(self.micro_batch_prompts >= 1, "micro_batch_prompts", f"must be >= 1, got {self.micro_batch_prompts}")
+        require(self.bucket_bytes >= 1, "bucket_bytes", f"must be >= 1, got {self.bucket_bytes}")
+        require(self.timeout_s >= 1, "timeout_s", f"must be >= 1, got {self.timeout_s}")
+        require(not (self.dtype is Dtype.BF16 and self.device is Device.CPU), "dtype",
+                "bf16 is for device cuda; use fp32 on cpu (DeepSpeed's CPU bf16 path is untested here)")

@@ -1,0 +1,113 @@
+"""zero_stage 1/2/3: DeepSpeed. The ONE module that imports deepspeed.
+
+Adam is torch AdamW (weight decay from BondConfig) admitted with zero_allow_untested_optimizer; the
+learning rate is set on it before every optimizer step from BondConfig.lr_at (a pure function of the
+step count, so the step count is the whole scheduler state). bf16 mixed precision on GPU, fp32 on CPU.
+Gradient accumulation is DeepSpeed's own: one `backward` per micro-batch, and the optimizer steps on the
+last one. ZeRO-3 partitions every parameter (stage3_param_persistence_threshold = 0): the anchor and
+reference copies mirror the partitions, which would not hold for persistent (unpartitioned) ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from bond.config import BondConfig
+from learner.config import Dtype, LearnerConfig
+
+_TAG = "zero"  # DeepSpeed checkpoint tag: one subfolder per checkpoint directory
+
+
+class DeepSpeedEngine:
+    def __init__(self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int,
+                 micro_batches: int) -> None:
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+        self.zero_stage, self.micro_batches, self.world_size = cfg.zero_stage, micro_batches, world_size
+        self.rank = dist.get_rank()
+        self.torch_optimizer = torch.optim.AdamW(
+            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            weight_decay=bond.weight_decay)
+        zero: dict = {"stage": cfg.zero_stage}
+        if cfg.zero_stage == 3:
+            zero["stage3_param_persistence_threshold"] = 0
+        config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_prompts,  # in prompts; bookkeeping only
+            "gradient_accumulation_steps": micro_batches,
+            "train_batch_size": cfg.micro_batch_prompts * micro_batches * world_size,
+            "gradient_clipping": bond.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": cfg.dtype is Dtype.BF16},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False)
+        self.module = self.engine.module
+        self._pending = 0  # backward calls since the last optimizer step
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._pending == self.micro_batches:
+            raise RuntimeError(f"backward called more than {self.micro_batches} times before step()")
+        # The caller's loss is already the micro-batch's share of the rank's loss: no division by GAS.
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self._pending += 1
+        if self._pending < self.micro_batches:
+            self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
+
+    def step(self, lr: float) -> float:
+        if self._pending != self.micro_batches:
+            raise RuntimeError(f"step() after {self._pending} of {self.micro_batches} micro-batch backward calls")
+        for group in self.torch_optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()
+        self._pending = 0
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def local(self, param: torch.nn.Parameter) -> torch.Tensor:
+        return param.ds_tensor.data if self.zero_stage == 3 else param.data
+
+    def full_shape(self, param: torch.nn.Parameter) -> torch.Size:
+        return param.ds_shape if self.zero_stage == 3 else param.shape
+
+    def gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager[None]:
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def gather_local(self, param: torch.nn.Parameter, local: torch.Tensor) -> torch.Tensor:
+        if self.zero_stage != 3:
+            return local
+        if self.world_size == 1:
+            flat = local
+        else:
+            pieces = [torch.empty_like(local) for _ in range(self.world_size)]
+            dist.all_gather(pieces, local.contiguous())
+            flat = torch.cat(pieces)
+        return flat[: param.ds_numel].view(param.ds_shape)
+
+    def scatter_full(self, param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
+        if self.zero_stage != 3:
+            return full
+        size = param.ds_tensor.ds_numel  # partition size: ceil(numel / world), the last one zero-padded
+        flat = full.reshape(-1)
+        piece = flat[self.rank * size: (self.rank + 1) * size]
+        return torch.cat([piece, piece.new_zeros(size - piece.numel())]) if piece.numel() < size else piece
+
+    def save_state(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)
+
+    def load_state(self, path: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(
+            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/{_TAG}")

@@ -1,0 +1,359 @@
+"""The Learner: one J-BOND (or REINFORCE) optimizer step per Batch, the EMA anchor, weight export, checkpoints.
+
+Data parallelism: rank r of W runs in its own process and takes prompts [r*B/W, (r+1)*B/W) of every
+global Batch of B prompts; it splits them into micro-batches of `micro_batch_prompts` (gradient
+accumulation). Leave-one-out baselines see the whole global batch through an all_reduce, so the
+update does not depend on W or on the micro-batch size.
+
+Where the three models live (one module, one engine, two shadow copies; see shadow_weights.py):
+- policy pi: the engine's model (ZeRO partitions under stage 3) with its optimizer state.
+- anchor pi_anchor: fp32 tensors laid out exactly like each rank's storage of the policy (its ZeRO-3
+  partition, or the whole tensor under stages 0/1/2). The EMA after every step is elementwise on the
+  local piece (bond.anchor.ema_update_), with no gather. Memory: 4 bytes/parameter, divided by W under ZeRO-3.
+- reference pi_ref: a frozen copy in the model dtype (2 bytes/parameter in bf16, 4 in fp32), laid out the
+  same way; not checkpointed (it is the model the learner was built from, named by reference_id).
+Their log-probabilities come from the policy's own forward with the copy swapped into its storage for a
+no-grad pass (plus a transient model-dtype copy of the local storage while swapped). Against bf16 mixed-
+precision Adam (~16 bytes/parameter) the anchor and reference add 6 bytes/parameter (/W under ZeRO-3).
+Under ZeRO-3 the anchor's EMA reads the policy's bf16 partition (what the actors sample with), not the
+optimizer's fp32 master copy; on CPU (fp32) the two are the same.
+
+Per step, for each micro-batch: log pi(y) and log pi(y'_best) with grad, log pi_anchor(y) and log pi_ref(y)
+without. With more than one micro-batch the loss (bond.objective) is first evaluated on no-grad
+log-probabilities of the whole share to get d loss / d log pi per sequence; each micro-batch then
+back-propagates sum(coefficient * log pi), which by the chain rule accumulates exactly the gradient of
+the loss over the share while holding one micro-batch's activations at a time.
+
+Dropout is off (module.eval()): log pi must be a deterministic function of the weights.
+Checkpoints and exports assume every rank sees the same file system (rank 0 writes the shared files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from bond.anchor import ema_update_
+from bond.config import Algorithm, BondConfig
+from bond.objective import LossTerms, best_index, jbond_loss, reinforce_kl_loss
+from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
+from learner import checkpoint_dir, rendezvous, safetensors_shards
+from learner.config import Dtype, LearnerConfig
+from learner.engine import Engine
+from learner.sequences import Packed, completion_logprobs, pack
+from learner.shadow_weights import ShadowWeights
+from learner.torch_engine import TorchEngine
+
+# Files besides the weights that make a model directory loadable (tokenizer, generation defaults).
+_SIDE_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
+               "chat_template*", "generation_config.json")
+
+
+def _local_model_dir(model: str | Path) -> Path:
+    if Path(model).is_dir():
+        return Path(model).resolve()
+    from huggingface_hub import snapshot_download  # only for hub ids
+
+    return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", *_SIDE_FILES]))
+
+
+class Learner:
+    def __init__(self, model: str | Path, bond: BondConfig, config: LearnerConfig | None = None, rank: int = 0,
+                 world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
+        config = config or LearnerConfig()
+        if bond.algorithm is Algorithm.BOND:
+            raise NotImplementedError("the learner does not run algorithm=bond yet: BOND needs k_quantile samples "
+                                      "of pi_ref per prompt, which Batch does not carry; use jbond or reinforce")
+        if bond.prompts_per_step % world_size:
+            raise ValueError(f"prompts_per_step={bond.prompts_per_step} must be divisible by world_size={world_size}")
+        self._share = bond.prompts_per_step // world_size
+        if self._share % config.micro_batch_prompts:
+            raise ValueError(f"micro_batch_prompts={config.micro_batch_prompts} must divide each rank's share of "
+                             f"{self._share} prompts (prompts_per_step / world_size)")
+        self.bond, self.config, self.rank, self.world_size = bond, config, rank, world_size
+        rendezvous.join(rank, world_size, master_addr, master_port, config.device.value, config.timeout_s)
+        torch.manual_seed(config.seed)
+        self._device = torch.device("cuda", torch.cuda.current_device()) if config.device.value == "cuda" \
+            else torch.device("cpu")
+        self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
+        self._model_dir = _local_model_dir(model)
+        self.reference_id = str(model)
+        module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
+        module.eval()  # no dropout: see module docstring
+        self._pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else 0
+        self._names = [n for n, _ in module.named_parameters()]
+        self._check_names()
+        micro_batches = self._share // config.micro_batch_prompts
+        if config.zero_stage == 0:
+            self.engine: Engine = TorchEngine(module, bond, rank, world_size)
+        else:
+            from learner.deepspeed_engine import DeepSpeedEngine  # zero_stage 0 never imports deepspeed
+
+            self.engine = DeepSpeedEngine(module, bond, config, world_size, micro_batches)
+        self._params = [p for _, p in self.engine.module.named_parameters()]
+        self._check_buckets()
+        self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
+        self._reference = ShadowWeights(self.engine, self._params, self._dtype)
+        self._step = 0
+
+    # ---- versions ------------------------------------------------------------------------------------------
+    @property
+    def policy_version(self) -> int:
+        """Optimizer steps taken: the version of the policy weights."""
+        return self._step
+
+    @property
+    def anchor_version(self) -> int:
+        """EMA updates taken (one per optimizer step): the version of the anchor weights."""
+        return self._step
+
+    # ---- the update ----------------------------------------------------------------------------------------
+    def step(self, batch: Batch) -> StepStats:
+        """One optimizer step on the global batch (every rank passes the same Batch), then the EMA anchor update."""
+        t0 = time.perf_counter()
+        if batch.size != self.bond.prompts_per_step:
+            raise ValueError(f"Batch has {batch.size} prompts, prompts_per_step is {self.bond.prompts_per_step}")
+        jbond = self.bond.algorithm is Algorithm.JBOND
+        share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
+        mb = self.config.micro_batch_prompts
+        micro = [share.slice(i, i + mb) for i in range(0, self._share, mb)]
+        policy_packs = [self._pack([s.completion for s in m.policy]) for m in micro]
+        # J-BOND's SFT half: one forward holds the policy samples and the better anchor sample of each prompt.
+        grad_packs = [self._pack([s.completion for s in m.policy] + _best_anchor(m)) for m in micro] if jbond \
+            else policy_packs
+        r_policy = torch.tensor([s.reward for s in share.policy], dtype=torch.float32, device=self._device)
+        r_anchor = torch.tensor([[a.reward for a in g] for g in share.anchor], dtype=torch.float32,
+                                device=self._device)
+
+        with torch.no_grad():
+            with self._anchor.swapped_in():
+                logp_anchor = torch.cat([self._logprobs(p) for p in policy_packs])
+            with self._reference.swapped_in():
+                logp_ref = torch.cat([self._logprobs(p) for p in policy_packs])
+
+        def objective(logp: torch.Tensor, logp_best: torch.Tensor | None) -> tuple[torch.Tensor, LossTerms]:
+            if jbond:
+                return jbond_loss(logp, logp_anchor, logp_best, r_policy, r_anchor, self.bond.beta, self.bond.gamma,
+                                  all_reduce_sum=rendezvous.all_reduce_sum)
+            return reinforce_kl_loss(logp, logp_ref, r_policy, self.bond.beta_rl,
+                                     all_reduce_sum=rendezvous.all_reduce_sum)
+
+        def split(logps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return (logps[:n], logps[n:]) if jbond else (logps, None)
+
+        if len(micro) == 1:
+            logp, logp_best = split(self._logprobs(grad_packs[0]), mb)
+            loss, terms = objective(logp, logp_best)
+            self.engine.backward(loss)
+        else:
+            with torch.no_grad():
+                parts = [split(self._logprobs(p), mb) for p in grad_packs]
+            logp = torch.cat([a for a, _ in parts]).requires_grad_()
+            logp_best = torch.cat([b for _, b in parts]).requires_grad_() if jbond else None
+            loss, terms = objective(logp, logp_best)
+            leaves = [logp] + ([logp_best] if jbond else [])
+            coefficients = torch.autograd.grad(loss, leaves)  # d loss / d log pi per sequence
+            for i, p in enumerate(grad_packs):
+                rows = slice(i * mb, (i + 1) * mb)
+                lp, lb = split(self._logprobs(p), mb)
+                surrogate = (coefficients[0][rows] * lp).sum()
+                if jbond:
+                    surrogate = surrogate + (coefficients[1][rows] * lb).sum()
+                self.engine.backward(surrogate)
+            logp = logp.detach()
+
+        lr = self.bond.lr_at(self._step)
+        grad_norm = self.engine.step(lr)
+        ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self.bond.eta)
+        self._step += 1
+
+        logp = logp.detach()
+        local = torch.tensor([terms.loss, terms.loss_fw, terms.loss_bw, terms.loss_reg, terms.frac_penalised,
+                              (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item()],
+                             dtype=torch.float64, device=self._device)
+        g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()  # equal shares: mean of rank means
+        tokens = sum(len(s.completion.token_ids) for s in batch.policy)
+        if jbond:
+            tokens += sum(len(c.token_ids) for c in _best_anchor(batch))
+        anchor_samples = [a for group in batch.anchor for a in group]
+        return StepStats(
+            step=self._step, loss=g[0], loss_fw=g[1], loss_bw=g[2], loss_reg=g[3], frac_penalised=g[4],
+            kl_ref=g[5], kl_anchor=g[6],
+            reward_policy=sum(s.reward for s in batch.policy) / batch.size,
+            reward_anchor=sum(a.reward for a in anchor_samples) / len(anchor_samples),
+            grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
+            sample_policy_version=sum(s.completion.weights_version for s in batch.policy) / batch.size,
+            sample_anchor_version=sum(a.completion.weights_version for a in anchor_samples) / len(anchor_samples),
+            tokens=tokens, seconds=time.perf_counter() - t0)
+
+    def logprobs(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> torch.Tensor:
+        """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync).
+
+        A collective under ZeRO-3: every rank calls it with the same number of completions.
+        """
+        chunk = 2 * self.config.micro_batch_prompts
+        packs = [self._pack(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        swap = {Role.POLICY: None, Role.ANCHOR: self._anchor, Role.REFERENCE: self._reference}[role]
+        with torch.no_grad():
+            if swap is None:
+                out = [self._logprobs(p) for p in packs]
+            else:
+                with swap.swapped_in():
+                    out = [self._logprobs(p) for p in packs]
+        return torch.cat(out).float().cpu()
+
+    # ---- weights out ---------------------------------------------------------------------------------------
+    def weights(self, role: Role) -> Iterator[WeightUpdate]:
+        """The role's weights in buckets of at most bucket_bytes, with the checkpoint's parameter names.
+
+        Every rank must drain the iterator (each bucket is a collective under ZeRO-3); every rank gets the
+        full tensors, on the learner's device, in the model dtype. version = optimizer steps (0 for the
+        reference); the last bucket has last_bucket=True.
+        """
+        version = 0 if role is Role.REFERENCE else self._step
+        plan = self._bucket_plan(self._dtype)
+        for b, indices in enumerate(plan):
+            yield WeightUpdate(role=role, version=version, tensors=self._gather(role, indices, self._dtype),
+                               last_bucket=b == len(plan) - 1)
+
+    def _gather(self, role: Role, indices: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        if role is Role.POLICY:
+            params = [self._params[i] for i in indices]
+            with self.engine.gathered(params):  # one bucket at a time under ZeRO-3, never the whole model
+                return {self._names[i]: self._params[i].data.detach().to(dtype=dtype, copy=True) for i in indices}
+        shadow = self._anchor if role is Role.ANCHOR else self._reference
+        return {self._names[i]: shadow.full(i).to(dtype=dtype, copy=True) for i in indices}
+
+    def _bucket_plan(self, dtype: torch.dtype) -> list[list[int]]:
+        size = torch.tensor([], dtype=dtype).element_size()
+        plan: list[list[int]] = [[]]
+        used = 0
+        for i, p in enumerate(self._params):
+            nbytes = math.prod(self.engine.full_shape(p)) * size
+            if plan[-1] and used + nbytes > self.config.bucket_bytes:
+                plan.append([])
+                used = 0
+            plan[-1].append(i)
+            used += nbytes
+        return plan
+
+    def _check_buckets(self) -> None:
+        size = torch.tensor([], dtype=self._dtype).element_size()
+        largest = max(range(len(self._params)), key=lambda i: math.prod(self.engine.full_shape(self._params[i])))
+        nbytes = math.prod(self.engine.full_shape(self._params[largest])) * size
+        if nbytes > self.config.bucket_bytes:
+            raise ValueError(f"bucket_bytes={self.config.bucket_bytes} is smaller than parameter "
+                             f"{self._names[largest]} ({nbytes} bytes); raise bucket_bytes to at least {nbytes}")
+
+    def _check_names(self) -> None:
+        """Exported names must be the checkpoint's, or a vLLM worker cannot load them."""
+        try:
+            on_disk = set(safetensors_shards.file_of_each(self._model_dir))
+        except FileNotFoundError:
+            return  # not a safetensors checkpoint (e.g. .bin): nothing to compare against
+        ours = set(self._names)
+        if not ours <= on_disk:
+            raise ValueError(f"parameter names differ from the checkpoint in {self._model_dir}: "
+                             f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}")
+
+    # ---- files ---------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        """Checkpoint (collective): policy, anchor, optimizer, step, RNG, reference id and the caller's `extra`
+        (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py."""
+        final = Path(directory)
+        partial = checkpoint_dir.partial_path(final)
+        extra_text = json.dumps(extra or {})  # fail before writing anything if extra is not JSON
+        if self.rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        rendezvous.barrier()
+        self._write_weights(Role.POLICY, self._dtype, partial / "policy")
+        self._write_weights(Role.ANCHOR, torch.float32, partial / "anchor")  # full precision of the EMA
+        self.engine.save_state(partial / "engine")
+        (partial / "rng").mkdir(exist_ok=True)
+        torch.save(_rng_state(), partial / "rng" / f"rank{self.rank}.pt")
+        rendezvous.barrier()
+        if self.rank == 0:
+            self.engine.module.config.save_pretrained(partial / "policy")  # policy/ is itself a model dir
+            (partial / "extra.json").write_text(extra_text)
+            checkpoint_dir.seal(partial, final, {
+                "step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
+                "reference_id": self.reference_id, "world_size": self.world_size,
+                "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value})
+        rendezvous.barrier()
+
+    def restore(self, directory: str | Path) -> dict:
+        """Load a checkpoint written by save (collective); returns its `extra`. Refuses partial or corrupt ones."""
+        path = checkpoint_dir.resolve(Path(directory))
+        meta = checkpoint_dir.verify(path)
+        for key, ours in (("reference_id", self.reference_id), ("world_size", self.world_size),
+                          ("zero_stage", self.config.zero_stage), ("dtype", self.config.dtype.value)):
+            if meta[key] != ours:
+                raise checkpoint_dir.CheckpointError(
+                    f"checkpoint {path} has {key}={meta[key]!r} but this learner has {ours!r}")
+        self.engine.load_state(path / "engine")
+        for i, (_, full) in enumerate(safetensors_shards.read(path / "anchor", self._names)):
+            self._anchor.load_full(i, full)
+        rng = path / "rng" / f"rank{self.rank}.pt"
+        _set_rng_state(torch.load(rng, weights_only=True))
+        self._step = meta["step"]
+        rendezvous.barrier()
+        return json.loads((path / "extra.json").read_text())
+
+    def export_hf(self, directory: str | Path) -> None:
+        """The policy as a Hugging Face model directory (safetensors, config, tokenizer); collective."""
+        final = Path(directory)
+        partial = checkpoint_dir.partial_path(final)
+        if self.rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        self._write_weights(Role.POLICY, self._dtype, partial)
+        if self.rank == 0:
+            self.engine.module.config.save_pretrained(partial)
+            for pattern in _SIDE_FILES:
+                for f in self._model_dir.glob(pattern):
+                    shutil.copy2(f, partial / f.name)
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+        rendezvous.barrier()
+
+    def _write_weights(self, role: Role, dtype: torch.dtype, out: Path) -> None:
+        buckets = (self._gather(role, indices, dtype) for indices in self._bucket_plan(dtype))
+        if self.rank == 0:
+            safetensors_shards.write_shards(buckets, out)
+        else:
+            for _ in buckets:  # the gathers are collectives: take part, write nothing
+                pass
+
+    # ---- internals -----------------------------------------------------------------------------------------
+    def _pack(self, completions: Sequence[Completion]) -> Packed:
+        return pack(completions, self._pad_id, self._device)
+
+    def _logprobs(self, packed: Packed) -> torch.Tensor:
+        return completion_logprobs(self.engine.forward, packed)
+
+
+def _best_anchor(batch: Batch) -> list[Completion]:
+    """y'_best per prompt: the anchor sample with the highest reward (ties to the first)."""
+    rewards = torch.tensor([[a.reward for a in g] for g in batch.anchor])
+    return [g[int(j)].completion for g, j in zip(batch.anchor, best_index(rewards), strict=True)]
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+

@@ -1,0 +1,58 @@
+"""Completion records -> padded model inputs, and the model's log pi(y) of each completion.
+
+Each sequence is prompt + completion, right-padded; position t's logits predict token t+1, so the
+targets are input_ids shifted by one and the mask marks the targets that are completion tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bond.objective import sequence_logprobs
+from bond.records import Completion
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits [S, L, V]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """S sequences of prompt + completion, right-padded to length L."""
+
+    input_ids: torch.Tensor  # [S, L] int64, pad_id after the end
+    attention_mask: torch.Tensor  # [S, L] int64, 1 on real tokens
+    targets: torch.Tensor  # [S, L - 1] input_ids[:, 1:]
+    target_mask: torch.Tensor  # [S, L - 1] 1 where the target is a completion token
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self.target_mask.sum().item())
+
+
+def pack(completions: Sequence[Completion], pad_id: int, device: torch.device) -> Packed:
+    """Right-pad prompt + completion; the prompt needs >= 1 token (a position must predict the first y_t)."""
+    if not completions:
+        raise ValueError("pack: no completions")
+    for c in completions:
+        if not c.prompt_token_ids:
+            raise ValueError(f"pack: completion for prompt {c.prompt_id} has no prompt tokens; "
+                             "log pi(y_1 | x) needs at least one (e.g. BOS)")
+    length = max(len(c.prompt_token_ids) + len(c.token_ids) for c in completions)
+    ids = torch.full((len(completions), length), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    completion = torch.zeros_like(ids)
+    for i, c in enumerate(completions):
+        p, t = len(c.prompt_token_ids), len(c.token_ids)
+        ids[i, : p + t] = torch.tensor(c.prompt_token_ids + c.token_ids, dtype=torch.long)
+        attn[i, : p + t] = 1
+        completion[i, p : p + t] = 1
+    ids, attn, completion = ids.to(device), attn.to(device), completion.to(device)
+    return Packed(input_ids=ids, attention_mask=attn, targets=ids[:, 1:], target_mask=completion[:, 1:])
+
+
+def completion_logprobs(forward: Forward, packed: Packed) -> torch.Tensor:
+    """[S] log pi(y | x) summed over completion tokens (grad flows if forward builds a graph)."""
+    logits = forward(packed.input_ids, packed.attention_mask)
+    return sequence_logprobs(logits[:, :-1], packed.targets, packed.target_mask)

@@ -1,0 +1,77 @@
+"""zero_stage 0: plain torch data parallelism (all-reduce of gradients); the reference for the DeepSpeed engine."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+
+from bond.config import BondConfig
+
+
+class TorchEngine:
+    """Every rank holds the whole model and optimizer; gradients are averaged by all_reduce before the step."""
+
+    def __init__(self, module: torch.nn.Module, bond: BondConfig, rank: int, world_size: int) -> None:
+        self.module, self.rank, self.world_size = module, rank, world_size
+        self.max_grad_norm = bond.max_grad_norm
+        self.optimizer = torch.optim.AdamW(
+            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            weight_decay=bond.weight_decay)
+        if world_size > 1:  # start identical on every rank, whatever each rank loaded
+            for p in module.parameters():
+                dist.broadcast(p.data, src=0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, lr: float) -> float:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if self.world_size > 1:
+            for p in params:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world_size)
+        # max_norm=inf measures the norm without clipping (clip_grad_norm_ returns the pre-clip norm).
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else math.inf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def local(self, param: torch.nn.Parameter) -> torch.Tensor:
+        return param.data
+
+    def full_shape(self, param: torch.nn.Parameter) -> torch.Size:
+        return param.shape
+
+    def gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def gather_local(self, param: torch.nn.Parameter, local: torch.Tensor) -> torch.Tensor:
+        return local
+
+    def scatter_full(self, param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
+        return full
+
+    def save_state(self, path: Path) -> None:
+        if self.rank == 0:  # every rank holds the same state
+            path.mkdir(parents=True, exist_ok=True)
+            save_model(self.module, str(path / "model.safetensors"))  # handles tied weights
+            torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+
+    def load_state(self, path: Path) -> None:
+        load_model(self.module, str(path / "model.safetensors"), device=str(_device(self.module)))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
+                                                  map_location=_device(self.module)))
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
