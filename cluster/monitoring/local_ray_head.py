@@ -7,6 +7,7 @@ session, so signalling its process group ends exactly the processes it started.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -85,12 +86,39 @@ class LocalRayHead:
             return False
 
     def _answers(self, url: str) -> bool:
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with urllib.request.urlopen(self._request(url), timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
+
+    def _request(self, url: str) -> urllib.request.Request:
+        return urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+
+    def get_json(self, path: str):
+        """GET the dashboard's HTTP API (e.g. /api/jobs/) with this head's token."""
+        with urllib.request.urlopen(self._request(self.dashboard_url + path), timeout=10) as response:
+            return json.load(response)
+
+    def submit(self, entrypoint: str, submission_id: str, log: Path) -> subprocess.CompletedProcess:
+        """`ray job submit --no-wait` through the CLI, as a user would (RAY_AUTH_MODE=token + our token)."""
+        with open(log, "a") as out:
+            return subprocess.run([str(RAY), "job", "submit", "--address", self.dashboard_url, "--no-wait",
+                                   "--submission-id", submission_id, "--", "bash", "-c", entrypoint],
+                                  env=self.env, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=True)
+
+    def wait_for_job(self, submission_id: str, timeout_s: float) -> dict:
+        """Poll the jobs API until the job ends; returns its record (status SUCCEEDED / FAILED / STOPPED)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self.get_json(f"/api/jobs/{submission_id}")
+            if record["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return record
+            time.sleep(2)
+        raise TimeoutError(f"job {submission_id} still {record['status']} after {timeout_s} s")
+
+    def job_logs(self, submission_id: str) -> str:
+        return self.get_json(f"/api/jobs/{submission_id}/logs")["logs"]
 
     def stop(self, grace_s: float = 3) -> None:
         if self._proc is not None:
