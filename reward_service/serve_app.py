@@ -1,0 +1,209 @@
+"""The reward service: a Ray Serve application around any RewardModel (which itself knows nothing of Ray).
+
+    handle = deploy(spec, name="reward")                      # Ray must already be initialised
+    reply = handle.score.remote(prompts, completions).result()  # -> RewardReply
+    POST http://127.0.0.1:8000/reward  {"prompts": [...], "completions": [...]}
+        -> 200 {"rewards": [...], "reward_model_id": ..., "replica": ..., "batch_requests": .., "batch_samples": ..}
+        -> 400 (bad request) / 500 (reward model failed) / 504 (timed out): {"error": reason, "message": ...}
+
+Concurrent requests are merged by @serve.batch into one model call. A failure is counted in the
+`reward_errors` metric (exported as ray_reward_errors_total{reason=...}) and reported to its own caller
+only; the replica keeps serving. This is the only module of reward_service/ that imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.util import metrics
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from reward_service.errors import (
+    BadRequestError,
+    RewardModelError,
+    RewardServiceError,
+    RewardTimeoutError,
+)
+from reward_service.reply import RewardReply
+from reward_service.request import ScoreRequest
+from reward_service.reward_model import checked_rewards
+from reward_service.spec import RewardSpec, build_reward_model
+
+_LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+
+
+def http_status(error: RewardServiceError) -> int:
+    """Bad requests are the caller's to fix (4xx); a failing model or a timeout is the service's (5xx)."""
+    if isinstance(error, BadRequestError):
+        return 400
+    if isinstance(error, RewardTimeoutError):
+        return 504
+    return 500
+
+
+@serve.deployment
+class RewardDeployment:
+    """One replica: a RewardModel built from the spec, dynamic batching, metrics, a handle and an HTTP API."""
+
+    def __init__(self, spec: RewardSpec) -> None:
+        self._spec = spec
+        self._model = build_reward_model(spec)
+        context = serve.get_replica_context()
+        self._replica = context.replica_id.unique_id
+        tags = {"app": context.app_name, "reward_model": self._model.model_id}
+        self._errors = metrics.Counter("reward_errors", "Scoring requests that failed, by reason.",
+                                       tag_keys=("app", "reward_model", "reason"))
+        self._latency = metrics.Histogram("reward_request_latency_s", "Seconds from request to reply.",
+                                          boundaries=_LATENCY_BOUNDARIES_S, tag_keys=("app", "reward_model"))
+        self._batch_samples = metrics.Histogram("reward_batch_samples", "Samples scored per model call.",
+                                                boundaries=_BATCH_BOUNDARIES, tag_keys=("app", "reward_model"))
+        self._batch_requests = metrics.Histogram("reward_batch_requests", "Requests merged per model call.",
+                                                 boundaries=_BATCH_BOUNDARIES, tag_keys=("app", "reward_model"))
+        for metric in (self._errors, self._latency, self._batch_samples, self._batch_requests):
+            metric.set_default_tags(tags)
+        self._score_batch.set_max_batch_size(spec.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
+
+    async def score(self, prompts: Sequence[str], completions: Sequence[str]) -> RewardReply:
+        """The Python handle API: rewards for (prompts[i], completions[i]); raises a RewardServiceError."""
+        return await self._serve(lambda: ScoreRequest.of(prompts, completions))
+
+    async def model_id(self) -> str:
+        return self._model.model_id
+
+    async def __call__(self, http_request: Request) -> JSONResponse:
+        """The HTTP JSON API (POST to the route prefix)."""
+        if http_request.method != "POST":
+            return JSONResponse({"error": "method_not_allowed", "message": "POST a JSON body "
+                                 '{"prompts": [...], "completions": [...]}'}, status_code=405)
+        body = await http_request.body()
+        try:
+            reply = await self._serve(lambda: ScoreRequest.from_json(body))
+        except RewardServiceError as error:
+            return JSONResponse({"error": error.reason, "message": error.message}, status_code=http_status(error))
+        return JSONResponse(reply.to_json())
+
+    async def _serve(self, parse: Callable[[], ScoreRequest]) -> RewardReply:
+        """Validate, score within the timeout, count what failed: every error leaves as a RewardServiceError."""
+        start = time.perf_counter()
+        try:
+            request = parse()
+            if request.size == 0:
+                return RewardReply((), self._model.model_id, self._replica, 0, 0)
+            outcome = await asyncio.wait_for(self._score_batch(request), self._spec.request_timeout_s)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        except TimeoutError:
+            error = RewardTimeoutError(f"reward model {self._model.model_id!r} did not answer within "
+                                       f"request_timeout_s={self._spec.request_timeout_s}")
+        except RewardServiceError as exc:
+            error = exc
+        except Exception as exc:  # a model bug must not take the replica down: report it as a model error
+            error = RewardModelError(f"reward model {self._model.model_id!r} failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._latency.observe(time.perf_counter() - start)
+        self._errors.inc(1, tags={"reason": error.reason})
+        raise error
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)  # both reset from the spec in __init__
+    async def _score_batch(self, requests: list[ScoreRequest]) -> list[RewardReply | Exception]:
+        """One model call for all merged requests; if it fails, each request is retried alone so that
+        only the request that broke the model gets the error (the others' rewards are still good)."""
+        prompts = [p for r in requests for p in r.prompts]
+        completions = [c for r in requests for c in r.completions]
+        self._batch_samples.observe(len(prompts))
+        self._batch_requests.observe(len(requests))
+        try:
+            rewards = await self._run_model(prompts, completions)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+            return [await self._score_alone(r) for r in requests]
+        replies, offset = [], 0
+        for r in requests:
+            replies.append(RewardReply(tuple(rewards[offset:offset + r.size]), self._model.model_id,
+                                       self._replica, len(requests), len(prompts)))
+            offset += r.size
+        return replies
+
+    async def _score_alone(self, request: ScoreRequest) -> RewardReply | Exception:
+        try:
+            rewards = await self._run_model(list(request.prompts), list(request.completions))
+        except Exception as exc:
+            return exc
+        return RewardReply(tuple(rewards), self._model.model_id, self._replica, 1, request.size)
+
+    async def _run_model(self, prompts: list[str], completions: list[str]) -> list[float]:
+        # In a worker thread: a long forward pass must not stall the replica's event loop, which keeps
+        # accepting (and batching) requests, answering health checks and enforcing timeouts meanwhile.
+        values = await asyncio.to_thread(self._model.score, prompts, completions)
+        return checked_rewards(values, len(prompts), self._model.model_id)
+
+
+def deployment_options(spec: RewardSpec) -> dict:
+    """Serve deployment options from the spec: resources per replica, replica count or autoscaling bounds."""
+    options = {
+        "ray_actor_options": {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica},
+        # Enough requests in flight per replica to fill one batch while the previous one is scored;
+        # Serve's default (5) would cap every batch at 5 requests.
+        "max_ongoing_requests": 2 * spec.max_batch_size,
+    }
+    if spec.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
+                                         "initial_replicas": spec.replicas,
+                                         "target_ongoing_requests": spec.target_ongoing_requests}
+    else:
+        options["num_replicas"] = spec.replicas
+    return options
+
+
+def deploy(spec: RewardSpec, *, name: str = "reward") -> DeploymentHandle:
+    """Start (or update) the Serve application `name` for `spec`; returns its handle once replicas are up.
+
+    Ray must already be initialised (cluster/ owns ray.init). The first deploy starts Serve's HTTP proxy
+    on spec.http_host:spec.http_port; a later spec asking for another host or port is an error, because
+    Serve has one proxy per cluster and would otherwise silently ignore it.
+    """
+    return deploy_many({name: spec})[name]
+
+
+def deploy_many(specs: Mapping[str, RewardSpec]) -> dict[str, DeploymentHandle]:
+    """deploy() for several applications (name -> spec) at once: their replicas start side by side."""
+    if not ray.is_initialized():
+        raise RuntimeError("reward_service.deploy: Ray is not initialised; call ray.init() (cluster/ does) first")
+    routes = [spec.route_prefix for spec in specs.values()]
+    if len(set(routes)) != len(routes):
+        raise ValueError(f"reward_service.deploy: applications need distinct route_prefix values, got {routes}")
+    for spec in specs.values():
+        serve.start(http_options={"host": spec.http_host, "port": spec.http_port})
+        _check_http_proxy(spec)
+    targets = [serve.RunTarget(RewardDeployment.options(name="RewardDeployment", **deployment_options(spec))
+                               .bind(spec), name=name, route_prefix=spec.route_prefix)
+               for name, spec in specs.items()]
+    return dict(zip(specs, serve.run_many(targets), strict=True))
+
+
+def _check_http_proxy(spec: RewardSpec) -> None:
+    from ray.serve.context import _get_global_client  # Serve exposes the running proxy's config only here
+
+    running = _get_global_client().http_config
+    if (running.host, running.port) != (spec.http_host, spec.http_port):
+        raise RuntimeError(f"Serve's HTTP proxy already listens on {running.host}:{running.port}, but the reward "
+                           f"spec asks for {spec.http_host}:{spec.http_port}; use the same http_host/http_port "
+                           "for every application in this Ray cluster")
+
+
+def shutdown(name: str | None = None) -> None:
+    """Delete the application `name`, or (name=None) shut all of Serve down, proxy included."""
+    if name is None:
+        serve.shutdown()
+    else:
+        serve.delete(name)

@@ -1,0 +1,206 @@
+"""The reward service on a real local Ray + Serve (started once for this module): batching, replicas,
+the handle and HTTP APIs, every error path, and the metrics they leave behind."""
+
+import json
+import math
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from reward_service.entailment import EntailmentReward  # noqa: E402
+from reward_service.errors import BadRequestError, NonFiniteRewardError, RewardModelError  # noqa: E402
+from reward_service.learned import LearnedRewardModel  # noqa: E402
+from reward_service.reply import RewardReply  # noqa: E402
+from reward_service.spec import RewardSpec  # noqa: E402
+
+FUNCTIONS = "tests.component.tiny_reward_functions"
+PROMPTS = ["the movie", "the film", "the plot", "i thought the film", "the acting", "the music"]
+COMPLETIONS = ["was great .", "was awful .", "great . was", "was really moving .", "seemed quite dull .", "was"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_dir):
+    """One local Ray (4 logical CPUs, fast metrics export) and three reward apps sharing one HTTP port."""
+    from reward_service import serve_app
+
+    metrics_port, http_port = free_port(), free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    common = {"http_port": http_port, "cpus_per_replica": 0.5}
+    specs = {
+        "learned": RewardSpec("learned", str(tiny_dir / "reward"), replicas=2, max_batch_size=16,
+                              batch_wait_timeout_s=0.05, route_prefix="/reward-learned", **common),
+        "nli": RewardSpec("entailment", str(tiny_dir / "nli"), route_prefix="/reward-nli", **common),
+        "fn": RewardSpec("function", f"{FUNCTIONS}:misbehaving", request_timeout_s=1.0, batch_wait_timeout_s=0.05,
+                         route_prefix="/reward-fn", **common),
+    }
+    try:
+        handles = serve_app.deploy_many({f"reward-{name}": spec for name, spec in specs.items()})
+        handles = {name: handles[f"reward-{name}"] for name in specs}
+        yield {"handles": handles, "specs": specs, "http_port": http_port, "metrics_port": metrics_port}
+    finally:
+        serve_app.shutdown()
+        ray.shutdown()
+
+
+def test_deploy_needs_ray_and_deployment_options_follow_the_spec():
+    from reward_service import serve_app
+
+    if not ray.is_initialized():  # cluster/ owns ray.init; deploy must say so rather than start its own
+        with pytest.raises(RuntimeError, match="ray.init"):
+            serve_app.deploy(RewardSpec("function", f"{FUNCTIONS}:misbehaving"))
+    fixed = serve_app.deployment_options(RewardSpec("learned", "p", replicas=3, cpus_per_replica=2.0,
+                                                    gpus_per_replica=0.5, max_batch_size=8))
+    assert fixed == {"ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5}, "max_ongoing_requests": 16,
+                     "num_replicas": 3}
+    scaled = serve_app.deployment_options(RewardSpec("learned", "p", replicas=2, min_replicas=1, max_replicas=4))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
+                                            "target_ongoing_requests": 2.0}
+
+
+def test_a_second_http_port_is_refused(cluster):
+    from reward_service import serve_app
+
+    other = RewardSpec("function", f"{FUNCTIONS}:misbehaving", http_port=cluster["http_port"] + 1, route_prefix="/x")
+    with pytest.raises(RuntimeError, match="already listens on"):
+        serve_app.deploy(other, name="reward-other")
+
+
+def post(cluster, route: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{cluster['http_port']}{route}", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def score_json(prompts, completions) -> bytes:
+    return json.dumps({"prompts": prompts, "completions": completions}).encode()
+
+
+def test_serve_equals_in_process(cluster, tiny_dir):
+    reply = cluster["handles"]["learned"].score.remote(PROMPTS, COMPLETIONS).result(timeout_s=60)
+    local = LearnedRewardModel(str(tiny_dir / "reward"))
+    assert isinstance(reply, RewardReply)
+    assert reply.reward_model_id == local.model_id
+    assert list(reply.rewards) == pytest.approx(local.score(PROMPTS, COMPLETIONS), abs=1e-5)
+
+
+def test_entailment_through_serve(cluster, tiny_dir):
+    premise = "the movie was great ."
+    hyps = [premise, "the movie was awful .", "the plot was dull ."]
+    reply = cluster["handles"]["nli"].score.remote([premise] * 3, hyps).result(timeout_s=60)
+    assert all(r <= 0.0 for r in reply.rewards)
+    assert list(reply.rewards) == pytest.approx(EntailmentReward(str(tiny_dir / "nli")).score([premise] * 3, hyps),
+                                                abs=1e-5)
+
+
+def test_concurrent_requests_are_batched_across_two_replicas(cluster, tiny_dir):
+    handle = cluster["handles"]["learned"]
+    pairs = [(PROMPTS[i % len(PROMPTS)], COMPLETIONS[(i * 5) % len(COMPLETIONS)]) for i in range(96)]
+    responses = [handle.score.remote([p], [c]) for p, c in pairs]
+    replies = [r.result(timeout_s=60) for r in responses]
+    assert max(r.batch_requests for r in replies) > 1  # dynamic batching merged concurrent requests
+    assert max(r.batch_requests for r in replies) <= cluster["specs"]["learned"].max_batch_size
+    assert len({r.replica for r in replies}) == 2  # both replicas took traffic
+    # Batching does not change any sample's reward.
+    local = LearnedRewardModel(str(tiny_dir / "reward"))
+    expected = local.score([p for p, _ in pairs], [c for _, c in pairs])
+    assert [r.rewards[0] for r in replies] == pytest.approx(expected, abs=1e-5)
+
+
+def test_http_scoring_and_the_tiny_task(cluster):
+    status, body = post(cluster, "/reward-learned", score_json(["the movie"] * 3,
+                                                               ["was great .", "was awful .", "great . was"]))
+    assert status == 200, body
+    good, bad, shuffled = body["rewards"]
+    assert good > bad > shuffled  # positive well-formed > negative > shuffled
+    assert body["reward_model_id"].startswith("learned:") and body["batch_samples"] >= 3
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"{not json", "bad_json"),
+    (b'{"prompts": ["a"]}', "missing_field"),
+    (b'{"prompts": ["a", "b"], "completions": ["c"]}', "length_mismatch"),
+    (b'{"prompts": [1], "completions": ["c"]}', "wrong_type"),
+    (b'{"prompts": "a", "completions": "c"}', "wrong_type"),
+])
+def test_http_bad_requests_get_400_and_the_service_keeps_serving(cluster, body, reason):
+    status, reply = post(cluster, "/reward-fn", body)
+    assert status == 400 and reply["error"] == reason and reply["message"], reply
+    assert post(cluster, "/reward-fn", score_json(["ab"], ["c"])) == (200, {
+        "rewards": [3.0], "reward_model_id": cluster["handles"]["fn"].model_id.remote().result(timeout_s=30),
+        "replica": cluster["handles"]["fn"].score.remote(["a"], ["b"]).result(timeout_s=30).replica,
+        "batch_requests": 1, "batch_samples": 1})
+
+
+@pytest.mark.parametrize("completion, status, reason", [("NAN", 500, "non_finite"), ("INF", 500, "non_finite"),
+                                                        ("RAISE", 500, "model_error"), ("SLOW 2.5", 504, "timeout")])
+def test_http_model_failures_get_5xx_and_the_service_keeps_serving(cluster, completion, status, reason):
+    got, reply = post(cluster, "/reward-fn", score_json(["p", "q"], ["fine", completion]))
+    assert got == status and reply["error"] == reason, reply
+    assert "misbehaving" in reply["message"]
+    if reason != "timeout":
+        assert "sample 1" in reply["message"]
+    time.sleep(2.0 if reason == "timeout" else 0.0)  # let the slow call finish before the next test
+    assert post(cluster, "/reward-fn", score_json(["ab"], ["c"]))[1]["rewards"] == [3.0]
+
+
+def test_handle_errors_are_typed(cluster):
+    handle = cluster["handles"]["fn"]
+    with pytest.raises(NonFiniteRewardError, match="sample 0"):
+        handle.score.remote(["p"], ["NAN"]).result(timeout_s=30)
+    with pytest.raises(RewardModelError, match="asked to fail"):
+        handle.score.remote(["p"], ["RAISE"]).result(timeout_s=30)
+    with pytest.raises(BadRequestError, match="2 prompts but 1 completions"):
+        handle.score.remote(["p", "q"], ["c"]).result(timeout_s=30)
+    assert handle.score.remote([], []).result(timeout_s=30).rewards == ()
+
+
+def test_one_bad_request_does_not_fail_its_batch_mates(cluster):
+    handle = cluster["handles"]["fn"]
+    completions = ["ok"] * 7 + ["NAN"] + ["ok"] * 7
+    responses = [handle.score.remote(["p"], [c]) for c in completions]
+    failed = 0
+    for response, completion in zip(responses, completions, strict=True):
+        if completion == "NAN":
+            with pytest.raises(NonFiniteRewardError):
+                response.result(timeout_s=30)
+            failed += 1
+        else:
+            assert response.result(timeout_s=30).rewards == (3.0,)
+    assert failed == 1
+
+
+def test_errors_latency_and_batch_size_are_exported_as_metrics(cluster):
+    post(cluster, "/reward-fn", b"{not json")  # at least one error of each kind we look for
+    post(cluster, "/reward-fn", score_json(["p"], ["NAN"]))
+    wanted = ['ray_reward_errors_total{', 'reason="bad_json"', 'reason="non_finite"',
+              "ray_reward_request_latency_s_bucket", "ray_reward_batch_samples_bucket"]
+    text = ""
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster['metrics_port']}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if all(w in text for w in wanted):
+            break
+        time.sleep(1.0)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"metrics missing {missing}"
+    errors = [line for line in text.splitlines() if line.startswith("ray_reward_errors_total{")]
+    assert any('reason="non_finite"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in errors)
+    assert all(math.isfinite(float(line.rsplit(" ", 1)[1])) for line in errors)
