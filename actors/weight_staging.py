@@ -80,7 +80,10 @@ class WeightStaging:
             if tensor.dtype != spec.dtype:
                 raise ValueError(f"weight update: parameter {name!r} has dtype {tensor.dtype}, the sampler "
                                  f"serves {spec.dtype} (convert on the sending side)")
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            # One reduction (NaN/inf propagate through a sum) instead of a bool copy of every tensor;
+            # the exact elementwise check runs only to confirm a hit.
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) \
+                    and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"weight update: parameter {name!r} has non-finite values")
 
     def stage(self, update: WeightUpdate) -> dict[str, torch.Tensor] | None:

@@ -82,6 +82,10 @@ def test_greedy_equals_hf_greedy(policy, reference):
     assert all(c.role is Role.POLICY and c.weights_version == policy.weights_version for c in got)
     assert any(c.finish_reason == "stop" and c.token_ids[-1] == 2 for c in got)  # EOS kept in token_ids
     assert_same(got, reference.generate(PROMPTS, 2, GREEDY))
+    stopping = SamplingSettings(temperature=0.0, max_new_tokens=24, stop=("terrible", "boring"))
+    got = policy.generate(PROMPTS, 1, stopping)
+    assert any(c.finish_reason == "stop" and c.token_ids[-1] != 2 for c in got)  # a stop string fired
+    assert_same(got, reference.generate(PROMPTS, 1, stopping))
 
 
 def test_sampled_logprobs_are_the_models(policy, reference):
