@@ -100,8 +100,8 @@ class WeightStaging:
         self._pending.update(update.tensors)
         if not update.last_bucket:
             return None
-        tensors, self._pending, self._pending_version = self._complete_groups(self._pending), {}, None
-        return tensors
+        pending, self._pending, self._pending_version = self._pending, {}, None
+        return self._complete_groups(pending)  # if this refuses the push, all of its buckets are gone
 
     def _complete_groups(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add the current values of the other members of every fused layer the update touches."""

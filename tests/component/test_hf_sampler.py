@@ -89,3 +89,26 @@ def test_bad_inputs(sampler):
         sampler.generate(["the movie"], 1, SamplingSettings(), prompt_ids=[1, 2])
     near = sampler.generate([" ".join(["the"] * 60)], 2, SamplingSettings(seed=1, max_new_tokens=32))
     assert all(len(c.token_ids) <= 3 for c in near)
+
+
+def test_staging_fused_layers_and_bucket_versions():
+    """Without a host copy, part of a fused layer is refused; a newer push replaces a half-received one."""
+    from actors.weight_staging import ParamSpec, WeightStaging
+
+    names = [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"]
+    specs = {n: ParamSpec((2, 2), torch.float32) for n in names}
+    fused = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    t = torch.ones(2, 2)
+    bare = WeightStaging(specs, Role.POLICY, 0, fused=fused)
+    with pytest.raises(ValueError, match=r"fused with \['model.layers.0.self_attn.k_proj.weight'"):
+        bare.stage(WeightUpdate(Role.POLICY, 1, {names[0]: t}))
+    assert list(bare.stage(WeightUpdate(Role.POLICY, 1, {names[3]: t}))) == [names[3]]  # o_proj stands alone
+    held = WeightStaging(specs, Role.POLICY, 0, fused=fused, host_weights={n: torch.zeros(2, 2) for n in names})
+    assert held.stage(WeightUpdate(Role.POLICY, 1, {names[0]: t}, last_bucket=False)) is None
+    out = held.stage(WeightUpdate(Role.POLICY, 2, {names[1]: t}))  # version 2 drops version 1's bucket
+    assert list(out) == names[:3] and torch.equal(out[names[0]], torch.zeros(2, 2))
+    held.applied(out, 2)
+    assert held.version == 2 and torch.equal(held.host_weights[names[1]], t)
+    held.stage(WeightUpdate(Role.POLICY, 4, {names[3]: t}, last_bucket=False))
+    with pytest.raises(ValueError, match="version 3 arrived while version 4 was half received"):
+        held.stage(WeightUpdate(Role.POLICY, 3, {names[3]: t}))
