@@ -1,0 +1,90 @@
+"""Learner step time on the tiny model: DeepSpeed ZeRO-2/3 vs plain torch on 1 rank, and 1 vs 2 gloo ranks.
+
+One process per rank (one torch thread each, so 2 ranks use 2 cores), the same global batch of 32 prompts;
+the engines of a rank count are stepped in turn (a load spike hits each alike); medians over the timed steps.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import socket
+import statistics
+from pathlib import Path
+
+import torch
+
+from bond.config import BondConfig
+from bond.records import Batch, Completion, Role, ScoredCompletion
+
+PROMPTS, STEPS, WARMUP = 32, 6, 1
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _batch(seed: int) -> Batch:
+    rng = random.Random(seed)
+
+    def sample(i: int, role: Role) -> ScoredCompletion:
+        prompt = (1,) + tuple(rng.randrange(5, 58) for _ in range(8))
+        tokens = tuple(rng.randrange(2, 58) for _ in range(rng.randint(12, 24)))
+        c = Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
+                       logprobs=(-1.0,) * len(tokens), role=role, weights_version=0)
+        return ScoredCompletion(c, rng.random(), "bench")
+
+    return Batch(policy=tuple(sample(i, Role.POLICY) for i in range(PROMPTS)),
+                 anchor=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
+
+
+def _rank(rank: int, world_size: int, stages: tuple[int, ...], port: int, model: Path, results) -> None:
+    """One rank holding a learner per ZeRO stage, stepped in turn so load spikes hit every engine alike."""
+    torch.set_num_threads(1)
+    from learner.config import LearnerConfig
+    from learner.learner import Learner
+
+    bond = BondConfig(prompts_per_step=PROMPTS, lr=1e-4, warmup_steps=0)
+    learners = {z: Learner(model, bond, LearnerConfig(zero_stage=z, micro_batch_prompts=PROMPTS // world_size),
+                           rank=rank, world_size=world_size, master_port=port) for z in stages}
+    seconds: dict[int, list[float]] = {z: [] for z in stages}
+    tokens = 0
+    for s in range(WARMUP + STEPS):
+        for z, learner in learners.items():
+            stats = learner.step(_batch(s))
+            tokens = stats.tokens
+            if s >= WARMUP:
+                seconds[z].append(stats.seconds)
+    if rank == 0:
+        results.put(({z: statistics.median(t) for z, t in seconds.items()}, tokens))
+
+
+def _measure(world_size: int, stages: tuple[int, ...], model: Path) -> tuple[dict[int, float], int]:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_rank, args=(r, world_size, stages, port, model, results))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    out = results.get(timeout=300)
+    for p in procs:
+        p.join(timeout=60)
+    return out
+
+
+def main() -> None:
+    from cluster.tiny import build
+
+    model = build(ROOT / "artifacts" / "tiny") / "policy"
+    print(f"tiny policy, {PROMPTS} prompts/step (1 policy + 2 anchor samples each), 1 torch thread per rank")
+    times = {}
+    for world_size, stages in ((1, (0, 2, 3)), (2, (0, 3))):
+        medians, tokens = _measure(world_size, stages, model)
+        for zero_stage, seconds in medians.items():
+            times[world_size, zero_stage] = seconds
+            engine = "plain torch" if zero_stage == 0 else f"DeepSpeed ZeRO-{zero_stage}"
+            print(f"  {world_size} rank{'s' if world_size > 1 else ' '} {engine:18s} {seconds * 1e3:7.1f} ms/step  "
+                  f"{tokens / seconds:8.0f} tokens/s", flush=True)
+    t = times
+    print(f"DeepSpeed / torch, 1 rank:   ZeRO-2 {t[1, 2] / t[1, 0]:.2f}x  ZeRO-3 {t[1, 3] / t[1, 0]:.2f}x")
+    print(f"1 rank / 2 ranks (speed-up): torch {t[1, 0] / t[2, 0]:.2f}x  ZeRO-3 {t[1, 3] / t[2, 3]:.2f}x")
