@@ -43,8 +43,9 @@ def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     kl_ref = [r["kl_ref"] for r in rows]
     kl_anchor = [r["kl_anchor"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(steps, reward, label="policy reward")
-    ax1.plot(steps, [r["reward_anchor"] for r in rows], label="anchor reward", alpha=0.7)
+    ax1.plot(steps, reward, label="policy reward", alpha=0.35, color="C0")
+    ax1.plot(steps, smooth(reward), label="policy reward (10-step mean)", color="C0")
+    ax1.plot(steps, smooth([r["reward_anchor"] for r in rows]), label="anchor reward (10-step mean)", color="C1")
     ax1.set_xlabel("step")
     ax1.set_ylabel("reward")
     ax1.legend()
@@ -72,6 +73,11 @@ def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     fig.savefig(pareto, dpi=110)
     plt.close(fig)
     return [curves, pareto]
+
+
+def smooth(values: Sequence[float], width: int = 10) -> list[float]:
+    """Trailing mean over up to `width` points (per-step values are noisy at small batch sizes)."""
+    return [sum(values[max(0, i - width + 1): i + 1]) / (i + 1 - max(0, i - width + 1)) for i in range(len(values))]
 
 
 def window_mean(rows: Sequence[dict], key: str, first: bool, width: int = 10) -> float:

@@ -27,7 +27,8 @@ from reward_service import serve_app
 
 # vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
 SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false"}
+               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false",
+               "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 class LearnerRank:
