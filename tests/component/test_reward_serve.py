@@ -148,6 +148,12 @@ def test_http_bad_requests_get_400_and_the_service_keeps_serving(cluster, body, 
         "batch_requests": 1, "batch_samples": 1})
 
 
+def test_http_get_is_refused_with_a_hint(cluster):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster['http_port']}/reward-fn", timeout=30)
+    assert info.value.code == 405 and "POST" in json.loads(info.value.read())["message"]
+
+
 @pytest.mark.parametrize("completion, status, reason", [("NAN", 500, "non_finite"), ("INF", 500, "non_finite"),
                                                         ("RAISE", 500, "model_error"), ("SLOW 2.5", 504, "timeout")])
 def test_http_model_failures_get_5xx_and_the_service_keeps_serving(cluster, completion, status, reason):
