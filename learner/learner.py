@@ -167,7 +167,6 @@ class Learner:
                 if jbond:
                     surrogate = surrogate + (coefficients[1][rows] * lb).sum()
                 self.engine.backward(surrogate)
-            logp = logp.detach()
 
         lr = self.bond.lr_at(self._step)
         grad_norm = self.engine.step(lr)
