@@ -33,7 +33,7 @@ def free_port() -> int:
 class LocalRayHead:
     """`ray start --head --block` on free ports; `env` is what a client (driver, `ray job submit`) needs."""
 
-    def __init__(self, num_cpus: int = 2):
+    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000):
         # A short path under /tmp: Ray's unix sockets live under the temp dir and are limited to ~107 chars.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="jmon-", dir="/tmp"))
         self.port, self.dashboard_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -47,7 +47,11 @@ class LocalRayHead:
                     "RAY_ADDRESS": f"127.0.0.1:{self.port}",
                     # The autoscaler's and the dashboard's own metrics endpoints default to fixed ports
                     # (44217, 44227): two heads on one machine would fight over them.
-                    "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port())}
+                    "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port()),
+                    # Every Ray process pushes its metrics to the node's endpoint this often (default 10 s).
+                    # A short run finishes its steps within one default interval, so each counter would
+                    # appear once, at its final value, and rate() would see no increase at all.
+                    "RAY_metrics_report_interval_ms": str(metrics_report_interval_ms)}
         self.log = self.temp_dir / "ray_start.log"
         self._proc: subprocess.Popen | None = None
 
@@ -64,7 +68,11 @@ class LocalRayHead:
         cmd = [str(RAY), "start", "--head", "--block", "--port", str(self.port),
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                "--metrics-export-port", str(self.metrics_port), "--temp-dir", str(self.temp_dir / "ray"),
-               "--num-cpus", str(self.num_cpus), "--include-dashboard", "true", "--disable-usage-stats"]
+               "--num-cpus", str(self.num_cpus), "--include-dashboard", "true", "--disable-usage-stats",
+               # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
+               # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
+               *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port", "ray-client-server-port"))]
         with open(self.log, "w") as log:
             self._proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)
@@ -100,12 +108,19 @@ class LocalRayHead:
         with urllib.request.urlopen(self._request(self.dashboard_url + path), timeout=10) as response:
             return json.load(response)
 
-    def submit(self, entrypoint: str, submission_id: str, log: Path) -> subprocess.CompletedProcess:
+    def submit(self, entrypoint: str, submission_id: str, timeout_s: float = 120) -> None:
         """`ray job submit --no-wait` through the CLI, as a user would (RAY_AUTH_MODE=token + our token)."""
-        with open(log, "a") as out:
-            return subprocess.run([str(RAY), "job", "submit", "--address", self.dashboard_url, "--no-wait",
-                                   "--submission-id", submission_id, "--", "bash", "-c", entrypoint],
-                                  env=self.env, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=True)
+        cmd = [str(RAY), "job", "submit", "--address", self.dashboard_url, "--no-wait",
+               "--submission-id", submission_id, "--", "bash", "-c", entrypoint]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+            if out.returncode == 0:
+                return
+            # The head answers HTTP before its node's job agent has registered; that one is worth a retry.
+            if "No available agent" not in out.stderr + out.stdout or time.monotonic() > deadline:
+                raise RuntimeError(f"ray job submit failed ({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}")
+            time.sleep(2)
 
     def wait_for_job(self, submission_id: str, timeout_s: float) -> dict:
         """Poll the jobs API until the job ends; returns its record (status SUCCEEDED / FAILED / STOPPED)."""
