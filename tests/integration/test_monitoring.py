@@ -179,7 +179,9 @@ def test_every_dashboard_query_returns_data(monitored_run):
             continue
         values = [float(v) for series in result for _, v in series["values"]]
         if not values:
-            failures.append(f"{title}: no data for {query}")
+            never = [n for n in sorted(metric_names(expr)) if not prom.query_range(f"count({n})", *window)]
+            failures.append(f"{title}: no data for {query}"
+                            + (f" ({', '.join(never)}: never exported by the run)" if never else ""))
         elif not any(math.isfinite(v) for v in values):
             failures.append(f"{title}: only NaN/Inf for {query}")
     assert checked == len(dashboard_targets())
