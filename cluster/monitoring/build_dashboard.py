@@ -19,6 +19,14 @@ RUN = '{run=~"$run"}'
 APP = '{app=~"$reward_app"}'  # the reward service's own metrics
 SERVE = '{application=~"$reward_app"}'  # Ray Serve's built-in metrics name the same thing `application`
 RATE = "[$__rate_interval]"
+# Ray drops a gauge from its endpoint two report intervals (default 2 x 10 s) after its last set(), even while
+# the process lives; a J-BOND step can take longer, so raw gauges would show gaps between steps. Holding the
+# last value for 5 minutes restores Prometheus's usual lookback for gauges.
+HOLD = "[5m]"
+
+
+def held(metric: str, selector: str = RUN) -> str:
+    return f"last_over_time({metric}{selector}{HOLD})"
 
 
 @dataclass(frozen=True)
@@ -44,26 +52,26 @@ def mean_of(metric: str, by: str, selector: str) -> str:
 ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     ("Objective", (
         Panel("Reward (mean of the step's samples)", (
-            (f"avg by (run) (ray_jbond_reward_policy{RUN})", "{{run}} policy"),
-            (f"avg by (run) (ray_jbond_reward_anchor{RUN})", "{{run}} anchor"))),
+            (f"avg by (run) ({held('ray_jbond_reward_policy')})", "{{run}} policy"),
+            (f"avg by (run) ({held('ray_jbond_reward_anchor')})", "{{run}} anchor"))),
         Panel("Policy reward quantiles", (
-            (f"avg by (run, quantile) (ray_jbond_reward_policy_quantile{RUN})", "{{run}} q{{quantile}}"),),
+            (f"avg by (run, quantile) ({held('ray_jbond_reward_policy_quantile')})", "{{run}} q{{quantile}}"),),
             description="Quantiles 0.1 / 0.5 / 0.9 of the rewards of the step's policy samples."),
-        Panel("KL(π ‖ reference)", ((f"avg by (run) (ray_jbond_kl_ref{RUN})", "{{run}}"),), "none",
+        Panel("KL(π ‖ reference)", ((f"avg by (run) ({held('ray_jbond_kl_ref')})", "{{run}}"),), "none",
               "Mean log π(y) − log π_ref(y) on policy samples, nats. Should stay bounded."),
-        Panel("KL(π ‖ anchor)", ((f"avg by (run) (ray_jbond_kl_anchor{RUN})", "{{run}}"),), "none",
+        Panel("KL(π ‖ anchor)", ((f"avg by (run) ({held('ray_jbond_kl_anchor')})", "{{run}}"),), "none",
               "Mean log π(y) − log π_anchor(y) on policy samples, nats."),
         Panel("J-BOND loss terms", (
-            (f"avg by (run) (ray_jbond_loss{RUN})", "{{run}} loss"),
-            (f"avg by (run) (ray_jbond_loss_fw{RUN})", "{{run}} forward KL (SFT on best anchor)"),
-            (f"avg by (run) (ray_jbond_loss_bw{RUN})", "{{run}} backward KL (policy gradient)"),
-            (f"avg by (run) (ray_jbond_loss_reg{RUN})", "{{run}} KL(π‖anchor) regulariser")),
+            (f"avg by (run) ({held('ray_jbond_loss')})", "{{run}} loss"),
+            (f"avg by (run) ({held('ray_jbond_loss_fw')})", "{{run}} forward KL (SFT on best anchor)"),
+            (f"avg by (run) ({held('ray_jbond_loss_bw')})", "{{run}} backward KL (policy gradient)"),
+            (f"avg by (run) ({held('ray_jbond_loss_reg')})", "{{run}} KL(π‖anchor) regulariser")),
             description="loss = (1 − β)·forward + β·backward + γ·regulariser"),
         Panel("Fraction of policy samples penalised", (
-            (f"avg by (run) (ray_jbond_frac_penalised{RUN})", "{{run}}"),), "percentunit",
+            (f"avg by (run) ({held('ray_jbond_frac_penalised')})", "{{run}}"),), "percentunit",
             "Policy samples whose J-BOND reward is −log 16 (worse than both anchor samples)."),
-        Panel("Gradient norm (before clipping)", ((f"avg by (run) (ray_jbond_grad_norm{RUN})", "{{run}}"),)),
-        Panel("Learning rate", ((f"avg by (run) (ray_jbond_lr{RUN})", "{{run}}"),)),
+        Panel("Gradient norm (before clipping)", ((f"avg by (run) ({held('ray_jbond_grad_norm')})", "{{run}}"),)),
+        Panel("Learning rate", ((f"avg by (run) ({held('ray_jbond_lr')})", "{{run}}"),)),
     )),
     ("Speed", (
         Panel("Loop phase seconds, p50 / p95",
@@ -74,20 +82,20 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (f'60 * sum by (run) (rate(ray_jbond_phase_seconds_count{{run=~"$run", phase="learn"}}{RATE}))',
              "{{run}}"),)),
         Panel("Actor tokens/s by role", (
-            (f"sum by (run, role) (ray_jbond_actor_tokens_per_second{RUN})", "{{run}} {{role}}"),),
+            (f"sum by (run, role) ({held('ray_jbond_actor_tokens_per_second')})", "{{run}} {{role}}"),),
             description="Completion tokens per second of sampling, per actor group (policy, anchor)."),
     )),
     ("Weights", (
-        Panel("Weight sync seconds", ((f"avg by (run, role) (ray_jbond_weight_sync_seconds{RUN})",
+        Panel("Weight sync seconds", ((f"avg by (run, role) ({held('ray_jbond_weight_sync_seconds')})",
                                        "{{run}} {{role}}"),), "s"),
         Panel("Weight sync bytes/s", ((f"sum by (run, role) (rate(ray_jbond_weight_sync_bytes_total{RUN}{RATE}))",
                                        "{{run}} {{role}}"),), "Bps"),
         Panel("Versions", (
-            (f"max by (run) (ray_jbond_policy_version{RUN})", "{{run}} policy"),
-            (f"max by (run) (ray_jbond_anchor_version{RUN})", "{{run}} anchor"),
-            (f"max by (run) (ray_jbond_step{RUN})", "{{run}} learner step"))),
+            (f"max by (run) ({held('ray_jbond_policy_version')})", "{{run}} policy"),
+            (f"max by (run) ({held('ray_jbond_anchor_version')})", "{{run}} anchor"),
+            (f"max by (run) ({held('ray_jbond_step')})", "{{run}} learner step"))),
         Panel("Sample staleness (versions behind)", (
-            (f"max by (run, role) (ray_jbond_sample_staleness{RUN})", "{{run}} {{role}}"),),
+            (f"max by (run, role) ({held('ray_jbond_sample_staleness')})", "{{run}} {{role}}"),),
             description="Learner version minus the version that drew the samples: 0 in sync mode, ≤ 1 pipelined."),
     )),
     ("Health", (
@@ -97,7 +105,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         Panel("Errors (total, by component and reason)", (
             (f"sum by (run, component, reason) (ray_jbond_errors_total{RUN})", "{{run}} {{component}}: {{reason}}"),),
             description="No data = no error recorded."),
-        Panel("Queue depth", ((f"max by (run) (ray_jbond_queue_depth{RUN})", "{{run}}"),),
+        Panel("Queue depth", ((f"max by (run) ({held('ray_jbond_queue_depth')})", "{{run}}"),),
               description="Sampling batches in flight ahead of the learner."),
     )),
     ("Reward service", (
