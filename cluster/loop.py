@@ -43,6 +43,23 @@ def make_batch(scored: Sequence[ScoredCompletion], n: int) -> Batch:
                                                       for p in policy))
 
 
+SCORE_ATTEMPTS = 3
+
+
+def score_with_retries(system, completions, metrics=None) -> list[ScoredCompletion]:
+    """A failed scoring call (dead replica, timeout) is counted and retried; the third failure ends the run."""
+    for attempt in range(1, SCORE_ATTEMPTS + 1):
+        try:
+            return system.score(completions)
+        except Exception as e:  # noqa: BLE001 - every failure is counted by type, then re-raised at the end
+            reason = getattr(e, "reason", None) or type(e).__name__
+            if metrics:
+                metrics.record_error("reward_service", reason)
+            if attempt == SCORE_ATTEMPTS:
+                raise RuntimeError(f"scoring failed {SCORE_ATTEMPTS} times, last: {reason}: {e}") from e
+    raise AssertionError("unreachable")
+
+
 def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_step: Callable[[StepRecord], None],
           metrics=None) -> LoopState:
     B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
@@ -59,8 +76,11 @@ def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_s
         step, t0 = state.step, time.perf_counter()
         job_refs, _, cursor_after = in_flight
         samples = system.finish_sampling(job_refs)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
-        if pipelined and step + 1 < job.run.steps:  # the actors start on step t+1 while we learn on step t
+        ahead = pipelined and step + 1 < job.run.steps
+        if ahead:  # the actors start on step t+1 while we learn on step t
             in_flight = sample(step + 1, cursor_after)
+        if metrics:
+            metrics.record_queue_depth(int(ahead))
         stale = [c for c in samples.policy + samples.anchor
                  if version[c.role] - c.weights_version > job.run.max_staleness]
         if stale:  # never train on samples older than max_staleness: redraw them with the current weights
@@ -69,7 +89,7 @@ def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_s
             samples = system.finish_sampling(sample(step, state.cursor)[0])
         t_sampled = time.perf_counter()
 
-        scored = system.score(samples.policy + samples.anchor)
+        scored = score_with_retries(system, samples.policy + samples.anchor, metrics)
         t_scored = time.perf_counter()
         stats = system.learn(make_batch(scored, n))  # J-BOND loss, Adam, EMA anchor
         t_learned = time.perf_counter()

@@ -81,7 +81,7 @@ def is_well_formed(text: str) -> bool:
     if not words or words[-1] != END or words.count(END) != 1:
         return False
     words = words[:-1]
-    if words[:1] == ["i"]:
+    if words[:1] == ["i"] and words[1:2] != ["thought"]:
         return len(words) == 4 and words[1] in LIKE + DISLIKE and " ".join(words[2:]) in SUBJECTS
     if words and words[0] in ("honestly", "overall"):
         words = words[1:]

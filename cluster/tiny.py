@@ -75,8 +75,8 @@ def pretrain_policy(tokenizer: PreTrainedTokenizerFast, rng: random.Random, step
     return model
 
 
-def _train_classifier(model, batches, steps: int, loss_fn, name: str) -> None:
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+def _train_classifier(model, batches, steps: int, loss_fn, name: str, lr: float) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     for step in range(steps):
         enc, target = batches()
         loss = loss_fn(model(**enc).logits, target)
@@ -99,7 +99,8 @@ def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: 
         target = torch.tensor([grammar.review_score(t) for t in texts])
         return _encode(tokenizer, texts), target
 
-    _train_classifier(model, batch, steps, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y), "reward")
+    _train_classifier(model, batch, steps, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y), "reward",
+                      lr=2e-3)
     return model
 
 
@@ -134,11 +135,12 @@ def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int
         enc = _encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
         return enc, torch.tensor([y for _, _, y in triples])
 
-    _train_classifier(model, batch, steps, torch.nn.functional.cross_entropy, "nli")
+    # comparing two sentences is harder than scoring one: at 2e-3 it collapses to the label prior (loss ln 3)
+    _train_classifier(model, batch, steps, torch.nn.functional.cross_entropy, "nli", lr=3e-4)
     return model
 
 
-def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int = 300, nli_steps: int = 200,
+def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int = 300, nli_steps: int = 500,
           force: bool = False) -> Path:
     """Write tokenizer, policy, reward and nli under `out` (skipped where already complete)."""
     out = Path(out)

@@ -105,11 +105,10 @@ def test_entailment_rewards_are_log_probabilities(entailment, tiny_dir):
 
 def test_entailment_ranks_entailed_above_contradiction(entailment):
     premise = "the movie was great ."
-    entailed, contradiction = entailment.score([premise] * 2, [premise, "the movie was awful ."])
-    if abs(entailed - contradiction) < 1e-3:
-        pytest.xfail("artifacts/tiny/nli gives the same output for every pair (it did not learn in cluster/tiny.py's "
-                     f"200 steps): entailed {entailed:.5f} vs contradiction {contradiction:.5f}")
-    assert entailed > contradiction
+    entailed, contradiction, neutral = entailment.score(
+        [premise] * 3, [premise, "the movie was awful .", "the music was dull ."])
+    assert entailed > contradiction + 1.0 and entailed > neutral + 1.0
+    assert entailed > -0.5  # the tiny classifier is confident on pairs of its own grammar
 
 
 def test_entailment_premise_extraction(entailment):

@@ -4,7 +4,6 @@ One Ray session is shared by the in-process runs of this module (each run places
 actors, reward service and learner); `ray job submit` gets its own head started with `ray start`.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -25,8 +24,18 @@ from cluster.main import run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SERVE_PORT = _free_port()  # one Serve HTTP proxy per Ray session: every run of this module shares it
+
+
 def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
     data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    config_loading.apply_override(data, f"reward.http_port={SERVE_PORT}")
     config_loading.apply_override(data, f"models.policy={tiny_dir / 'policy'}")
     config_loading.apply_override(data, f"reward.path_or_name={tiny_dir / 'reward'}")
     config_loading.apply_override(data, f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}")
@@ -118,38 +127,38 @@ def test_resume_reproduces_the_next_step(local_ray, tiny_dir, tmp_path):
         assert b[2][key] == pytest.approx(a[2][key], rel=1e-5, abs=1e-6), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit(tiny_dir, tmp_path):
+    """As README documents it: a Ray head, then `ray job submit --working-dir . -- python -m cluster.main ...`."""
+    from cluster.monitoring.local_ray_head import LocalRayHead, free_port
+
     if ray.is_initialized():
         ray.shutdown()
     bin_dir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
-    temp = Path("/tmp") / f"rayjob{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    subprocess.run([bin_dir / "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
-                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    head = LocalRayHead(num_cpus=4)
+    # the venv's bin first on PATH, as for a user with the environment active: the job's `python` is that one
+    head.env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', '')}"
+    head.start()
     try:
         overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-                     f"run.run_dir={tmp_path / 'run'}", "run.steps=2", "run.progress=false", "run.show_samples=0"]
-        cmd = [bin_dir / "ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                     f"run.run_dir={tmp_path / 'run'}", "run.steps=2", f"reward.http_port={free_port()}",
+                     "run.progress=false", "run.show_samples=0"]
+        cmd = [bin_dir / "ray", "job", "submit", f"--address={head.dashboard_url}", "--working-dir", str(ROOT),
                "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
         for o in overrides:
             cmd += ["--set", o]
         t0 = time.time()
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        for _ in range(30):  # the head answers before its job agent registers: "No available agent" is retried
+            out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+            if "No available agent" not in out.stdout + out.stderr:
+                break
+            time.sleep(2)
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-4000:]
         assert "succeeded" in log, log[-4000:]
-        assert (tmp_path / "run" / "stats.jsonl").exists(), log[-4000:]
+        assert "J-BOND" in log or "run dir:" in log, log[-4000:]  # the job's own output streamed back
         assert len(stats_rows(tmp_path / "run")) == 2
+        jobs = head.get_json("/api/jobs/")
+        assert any(j["status"] == "SUCCEEDED" and "cluster.main" in j["entrypoint"] for j in jobs)
         print(f"ray job submit: {time.time() - t0:.0f} s")
     finally:
-        # stop only this head's processes (their command lines name its temp dir), not other Ray sessions
-        subprocess.run(["pkill", "-f", str(temp)], capture_output=True)
+        head.stop()

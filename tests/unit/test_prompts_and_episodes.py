@@ -74,3 +74,18 @@ def test_episodes_rlds_rows(tmp_path):
         "p0", "y0", 1.5, "policy", 4)
     assert row["logprobs"] == pytest.approx([-0.1, -0.2])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_grammar_accepts_what_it_generates_and_rejects_corruptions():
+    import random
+
+    from cluster import review_grammar as g
+
+    rng = random.Random(0)
+    sentences = [g.sentence(rng, p_positive=0.5) for _ in range(2000)]
+    assert all(g.is_well_formed(s) for s in sentences)
+    assert any(s.startswith("i thought") for s in sentences)
+    assert g.review_score("i thought the movie was great .") == 1.0
+    assert g.review_score("the movie was great but the plot was dull .") == 0.0
+    assert g.review_score("great great great .") == -2.0
+    assert not g.is_well_formed("the movie was . great")
