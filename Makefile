@@ -12,7 +12,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-unit test-gpu bench lint tiny clean
+.PHONY: install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring
 
 install: $(STAMP)
 
@@ -37,6 +37,7 @@ run: install tiny
 	$(BIN)/python -m cluster.main --config configs/local.yaml
 
 test: install tiny
+	@bash cluster/monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
 	$(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
 test-unit: install
@@ -50,6 +51,20 @@ bench: install tiny
 
 lint: install
 	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
+
+# Debian's prometheus, for the monitoring test (`ray metrics launch-prometheus` would download it).
+prometheus:
+	bash cluster/monitoring/install_prometheus.sh
+
+grafana-dashboard: install
+	$(BIN)/python -m cluster.monitoring.build_dashboard
+
+# artifacts/ray_dashboard.png: headless Chromium on the Ray dashboard during a short run
+dashboard-screenshot: install tiny
+	$(BIN)/python -m cluster.monitoring.screenshot_dashboard
+
+test-monitoring: install tiny prometheus
+	$(BIN)/python -m pytest tests/integration/test_monitoring.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts runs .pytest_cache
