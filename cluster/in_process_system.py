@@ -1,0 +1,86 @@
+"""The loop's verbs with every part in this one process and no Ray: the naive baseline of bench_system,
+and a way to step through the training loop in a debugger.
+
+Same classes as the distributed system (samplers, reward model, learner), so `loop.train` runs unchanged;
+only the placement differs (RLlib's lesson: a component works in-process and remote alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from actors.sampling import SamplingSettings
+from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
+from cluster.job_config import JobConfig, SamplerBackend
+from cluster.system import Samples
+from cluster.weight_sync import SyncReport, WeightSyncError
+from learner.learner import Learner
+from reward_service.spec import build_reward_model
+
+
+class InProcessSystem:
+    def __init__(self, job: JobConfig):
+        if job.resources.learner_ranks != 1:
+            raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
+        if job.models.sampler_backend is SamplerBackend.VLLM:
+            from actors.vllm_sampler import VllmSampler as sampler_cls
+        else:
+            from actors.hf_sampler import HfSampler as sampler_cls
+        self.actors = {role: [sampler_cls(job.models.policy, role, dtype=job.models.sampler_dtype)]
+                       for role in (Role.POLICY, Role.ANCHOR)}
+        self.reward = build_reward_model(job.reward)
+        self.learner = Learner(job.models.policy, job.algorithm, job.learner)
+
+    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings):
+        t0 = time.perf_counter()
+        ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
+        anchor_settings = settings
+        if settings.seed is not None:  # as in System: policy and anchor never share a random stream
+            settings = dataclasses.replace(settings, seed=2 * settings.seed)
+            anchor_settings = dataclasses.replace(anchor_settings, seed=2 * anchor_settings.seed + 1)
+        policy = self.actors[Role.POLICY][0].generate(texts, 1, settings, prompt_ids=ids)
+        anchor = self.actors[Role.ANCHOR][0].generate(texts, n_anchor, anchor_settings, prompt_ids=ids)
+        return policy, anchor, t0
+
+    @staticmethod
+    def finish_sampling(job) -> Samples:
+        policy, anchor, t0 = job
+        return Samples(policy=list(policy), anchor=list(anchor), seconds=time.perf_counter() - t0)
+
+    def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
+        rewards = self.reward.score([c.prompt for c in completions], [c.text for c in completions])
+        return [ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
+                for c, r in zip(completions, rewards, strict=True)]
+
+    def learn(self, batch: Batch) -> StepStats:
+        return self.learner.step(batch)
+
+    def sync(self, role: Role) -> SyncReport:
+        t0, buckets, num_bytes, versions = time.perf_counter(), 0, 0, []
+        for update in self.learner.weights(role):
+            versions = [actor.load_weights(update) for actor in self.actors[role]]
+            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
+        expected = self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
+        if set(versions) != {expected}:
+            raise WeightSyncError(f"{role} actors confirmed versions {versions}, learner is at {expected}")
+        return SyncReport(role=role, version=expected, buckets=buckets, num_bytes=num_bytes,
+                          seconds=time.perf_counter() - t0)
+
+    def save(self, directory: Path, extra: dict) -> None:
+        self.learner.save(directory, extra=extra)
+
+    def restore(self, directory: Path) -> dict:
+        return self.learner.restore(directory)
+
+    def export_hf(self, directory: Path) -> None:
+        self.learner.export_hf(directory)
+
+    def shutdown(self) -> None:
+        for group in self.actors.values():
+            for actor in group:
+                close = getattr(actor, "close", None)
+                if close:
+                    close()
