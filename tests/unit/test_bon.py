@@ -9,7 +9,6 @@ import torch
 from bond.bon import bon_probs, bond_reward, kl_divergence, mc_quantiles, reward_quantiles
 
 
-
 @pytest.fixture(autouse=True)
 def float64_by_default():
     """Exact comparisons need float64; restored afterwards so other test modules see torch's default."""

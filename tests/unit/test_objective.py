@@ -21,7 +21,6 @@ from bond.objective import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def float64_by_default():
     """Exact comparisons need float64; restored afterwards so other test modules see torch's default."""
