@@ -8,14 +8,7 @@ import torch
 
 from bond.bon import bon_probs, bond_reward, kl_divergence, mc_quantiles, reward_quantiles
 
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Exact comparisons need float64; restored afterwards so other test modules see torch's default."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_by_default")
 
 
 def brute_force_bon(ref: list[float], rewards: list[float], n: int) -> list[float]:

@@ -20,14 +20,7 @@ from bond.objective import (
     sequence_logprobs,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Exact comparisons need float64; restored afterwards so other test modules see torch's default."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_by_default")
 
 
 def test_sequence_logprobs_literal():
