@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
-from bond.config import BondConfig, check_types, require
+from bond.config import Algorithm, BondConfig, check_types, require
 from cluster.prompts import PromptSource
 from learner.config import LearnerConfig
 from reward_service.spec import RewardSpec
@@ -109,6 +109,9 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        require(self.algorithm.algorithm is not Algorithm.BOND, "algorithm.algorithm",
+                "bond (against Best-of-n of the frozen reference) needs k reference samples per prompt, which the "
+                "job does not draw yet; use jbond or reinforce (the BOND loss itself is bond.objective.bond_jeffreys_loss)")
         require(self.algorithm.prompts_per_step % self.resources.learner_ranks == 0, "algorithm.prompts_per_step",
                 f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
                 f"{self.resources.learner_ranks} learner ranks")

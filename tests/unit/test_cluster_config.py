@@ -26,6 +26,7 @@ def test_yaml_and_overrides(tmp_path):
     ("sampling.temperature=-1", "sampling.temperature"),
     ("prompts.format=csv", "prompts.format"),
     ("algorithm.prompts_per_step=7", "algorithm.prompts_per_step"),
+    ("algorithm.algorithm=bond", "algorithm.algorithm"),
 ])
 def test_bad_values_fail_naming_the_field(assignment, field):
     data = {"resources": {"learner_ranks": 2}} if "prompts_per_step=7" in assignment else {}
