@@ -110,8 +110,8 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         require(self.algorithm.algorithm is not Algorithm.BOND, "algorithm.algorithm",
-                "bond (against Best-of-n of the frozen reference) needs k reference samples per prompt, which the "
-                "job does not draw yet; use jbond or reinforce (the BOND loss itself is bond.objective.bond_jeffreys_loss)")
+                "bond (against Best-of-n of the frozen reference) needs k reference samples per prompt, which "
+                "the job does not draw yet; use jbond or reinforce (the loss is bond.objective.bond_jeffreys_loss)")
         require(self.algorithm.prompts_per_step % self.resources.learner_ranks == 0, "algorithm.prompts_per_step",
                 f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
                 f"{self.resources.learner_ranks} learner ranks")
