@@ -35,6 +35,11 @@ class InProcessSystem:
         self.learner = Learner(job.models.policy, job.algorithm, job.learner)
 
     def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings):
+        """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
+        "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
+        return lambda: self._sample(prompts, n_anchor, settings)
+
+    def _sample(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings):
         t0 = time.perf_counter()
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
         anchor_settings = settings
@@ -47,7 +52,7 @@ class InProcessSystem:
 
     @staticmethod
     def finish_sampling(job) -> Samples:
-        policy, anchor, t0 = job
+        policy, anchor, t0 = job()
         return Samples(policy=list(policy), anchor=list(anchor), seconds=time.perf_counter() - t0)
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
