@@ -7,16 +7,15 @@ only the placement differs (RLlib's lesson: a component works in-process and rem
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
 from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
-from cluster.job_config import JobConfig, SamplerBackend
-from cluster.system import Samples
-from cluster.weight_sync import SyncReport, WeightSyncError
+from cluster.job_config import JobConfig
+from cluster.system import Samples, role_settings, sampler_class
+from cluster.weight_sync import SyncReport, confirmed_version
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
 
@@ -25,10 +24,7 @@ class InProcessSystem:
     def __init__(self, job: JobConfig):
         if job.resources.learner_ranks != 1:
             raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
-        if job.models.sampler_backend is SamplerBackend.VLLM:
-            from actors.vllm_sampler import VllmSampler as sampler_cls
-        else:
-            from actors.hf_sampler import HfSampler as sampler_cls
+        sampler_cls = sampler_class(job.models.sampler_backend)
         self.actors = {role: [sampler_cls(job.models.policy, role, dtype=job.models.sampler_dtype)]
                        for role in (Role.POLICY, Role.ANCHOR)}
         self.reward = build_reward_model(job.reward)
@@ -39,21 +35,14 @@ class InProcessSystem:
         "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
         return lambda: self._sample(prompts, n_anchor, settings)
 
-    def _sample(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings):
-        t0 = time.perf_counter()
+    def _sample(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings) -> Samples:
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
-        anchor_settings = settings
-        if settings.seed is not None:  # as in System: policy and anchor never share a random stream
-            settings = dataclasses.replace(settings, seed=2 * settings.seed)
-            anchor_settings = dataclasses.replace(anchor_settings, seed=2 * anchor_settings.seed + 1)
-        policy = self.actors[Role.POLICY][0].generate(texts, 1, settings, prompt_ids=ids)
-        anchor = self.actors[Role.ANCHOR][0].generate(texts, n_anchor, anchor_settings, prompt_ids=ids)
-        return policy, anchor, t0
+        return Samples(*(self.actors[role][0].generate(texts, n, role_settings(settings, role), prompt_ids=ids)
+                         for role, n in ((Role.POLICY, 1), (Role.ANCHOR, n_anchor))))
 
     @staticmethod
     def finish_sampling(job) -> Samples:
-        policy, anchor, t0 = job()
-        return Samples(policy=list(policy), anchor=list(anchor), seconds=time.perf_counter() - t0)
+        return job()
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
         rewards = self.reward.score([c.prompt for c in completions], [c.text for c in completions])
@@ -69,9 +58,8 @@ class InProcessSystem:
             versions = [actor.load_weights(update) for actor in self.actors[role]]
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
         expected = self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
-        if set(versions) != {expected}:
-            raise WeightSyncError(f"{role} actors confirmed versions {versions}, learner is at {expected}")
-        return SyncReport(role=role, version=expected, buckets=buckets, num_bytes=num_bytes,
+        return SyncReport(role=role, version=confirmed_version(role, versions, expected, buckets),
+                          buckets=buckets, num_bytes=num_bytes,
                           seconds=time.perf_counter() - t0)
 
     def save(self, directory: Path, extra: dict) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bond.records import Batch, Role, ScoredCompletion, StepStats
 from cluster.job_config import JobConfig, Mode
 from cluster.prompts import PromptCursor, take
+from cluster.weight_sync import SyncReport
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class StepRecord:
     stats: StepStats
     samples: tuple[ScoredCompletion, ...]  # policy then anchor samples used in this step
     seconds: dict[str, float]  # sample / score / learn / sync wall-clock
-    sync_bytes: dict[str, int]
+    syncs: dict[Role, SyncReport]  # each role's weight push: version, buckets, bytes, seconds
     state: LoopState  # after this step
 
 
@@ -69,12 +70,12 @@ def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_s
     def sample(step: int, cursor: PromptCursor):
         chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
         settings = dataclasses.replace(job.sampling, seed=job.run.seed * 1_000_003 + step)  # resume-deterministic
-        return system.start_sampling(list(enumerate(p for _, p in chosen)), n, settings), chosen, after
+        return system.start_sampling(list(enumerate(p for _, p in chosen)), n, settings), after
 
     in_flight = sample(state.step, state.cursor)
     while state.step < job.run.steps:
         step, t0 = state.step, time.perf_counter()
-        job_refs, _, cursor_after = in_flight
+        job_refs, cursor_after = in_flight
         samples = system.finish_sampling(job_refs)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
         ahead = pipelined and step + 1 < job.run.steps
         if ahead:  # the actors start on step t+1 while we learn on step t
@@ -103,7 +104,7 @@ def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_s
             stats=stats, samples=tuple(scored),
             seconds={"sample": t_sampled - t0, "score": t_scored - t_sampled, "learn": t_learned - t_scored,
                      "sync": t_synced - t_learned},
-            sync_bytes={role.value: r.num_bytes for role, r in syncs.items()}, state=state))
+            syncs=syncs, state=state))
         if not pipelined and state.step < job.run.steps:
             in_flight = sample(state.step, state.cursor)
     return state

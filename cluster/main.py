@@ -143,7 +143,7 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
         for role in (Role.POLICY, Role.ANCHOR):
             tokens = sum(len(x.completion.token_ids) for x in rec.samples if x.completion.role is role)
             metrics.record_tokens(role.value, tokens, rec.seconds["sample"])
-            metrics.record_sync(role.value, rec.seconds["sync"] / 2, rec.sync_bytes[role.value])
+            metrics.record_sync(role.value, rec.syncs[role].seconds, rec.syncs[role].num_bytes)
         metrics.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
         metrics.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
         bar.update(1)

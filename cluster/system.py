@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,13 @@ def _free_port() -> tuple[str, int]:
 class Samples:
     policy: list[Completion]  # [B] one per prompt
     anchor: list[Completion]  # [B * n] n per prompt, consecutive
-    seconds: float
+
+
+def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
+    """Policy and anchor must not share random streams (their weights are equal at step 0)."""
+    if settings.seed is None:
+        return settings
+    return dataclasses.replace(settings, seed=2 * settings.seed + (role is Role.ANCHOR))
 
 
 class System:
@@ -90,7 +95,7 @@ class System:
         self.job = job
         res = job.resources
         self._groups = []
-        sampler_cls = _sampler_class(job.models.sampler_backend)
+        sampler_cls = sampler_class(job.models.sampler_backend)
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
             pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
@@ -127,25 +132,21 @@ class System:
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
     def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int,
-                       settings: SamplingSettings) -> tuple[list, list, float]:
+                       settings: SamplingSettings) -> tuple[list, list]:
         """Ask the policy actors for 1 sample and the anchor actors for n per prompt (futures)."""
-        return (self._fan_out(Role.POLICY, prompts, 1, settings), self._fan_out(Role.ANCHOR, prompts, n_anchor,
-                                                                               settings), time.perf_counter())
+        return self._fan_out(Role.POLICY, prompts, 1, settings), self._fan_out(Role.ANCHOR, prompts, n_anchor, settings)
 
     def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int, settings: SamplingSettings) -> list:
-        actors = self.actors[role]
-        if settings.seed is not None:  # policy and anchor must not share random streams (equal at step 0)
-            settings = dataclasses.replace(settings, seed=2 * settings.seed + (role is Role.ANCHOR))
+        actors, settings = self.actors[role], role_settings(settings, role)
         shares = [prompts[i::len(actors)] for i in range(len(actors))]
         return [a.generate.remote([p for _, p in share], n, settings, prompt_ids=[i for i, _ in share])
                 for a, share in zip(actors, shares, strict=True) if share]
 
     @staticmethod
-    def finish_sampling(job: tuple[list, list, float]) -> Samples:
-        policy_refs, anchor_refs, t0 = job
-        policy = [c for part in ray.get(policy_refs) for c in part]
-        anchor = [c for part in ray.get(anchor_refs) for c in part]
-        return Samples(policy=policy, anchor=anchor, seconds=time.perf_counter() - t0)
+    def finish_sampling(job: tuple[list, list]) -> Samples:
+        policy_refs, anchor_refs = job
+        return Samples(policy=[c for part in ray.get(policy_refs) for c in part],
+                       anchor=[c for part in ray.get(anchor_refs) for c in part])
 
     def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
         """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
@@ -185,7 +186,7 @@ class System:
             remove_placement_group(pg)
 
 
-def _sampler_class(backend: SamplerBackend):
+def sampler_class(backend: SamplerBackend):
     if backend is SamplerBackend.VLLM:
         from actors.vllm_sampler import VllmSampler
 

@@ -32,11 +32,20 @@ class WeightSyncError(RuntimeError):
     pass
 
 
+def confirmed_version(role: Role, confirmed: Sequence[int], expected: int, buckets: int) -> int:
+    """The version every actor of `role` now holds; an error unless all of them hold the learner's."""
+    if buckets == 0:
+        raise WeightSyncError(f"learner exported no {role} weights")
+    if set(confirmed) != {expected}:
+        raise WeightSyncError(f"{role} actors confirmed versions {list(confirmed)}, learner is at {expected}")
+    return expected
+
+
 def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncReport:
     """Stream `role`'s weights from the learner ranks (all take part: ZeRO-3 gathers are collective) to `actors`."""
     t0 = time.perf_counter()
     streams = [rank.weights.options(num_returns="streaming").remote(role) for rank in learner_ranks]
-    buckets, num_bytes, confirmed = 0, 0, []
+    buckets, confirmed = 0, []
     for bucket_ref in streams[0]:  # rank 0 yields (WeightUpdate) buckets; other ranks join the gathers
         confirmed = ray.get([actor.load_weights.remote(bucket_ref) for actor in actors])
         buckets += 1
@@ -44,10 +53,6 @@ def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncR
         for ref in stream:
             ray.get(ref)  # surface errors of the other ranks
     num_bytes = ray.get(learner_ranks[0].last_export_bytes.remote())
-    expected = ray.get(learner_ranks[0].version.remote(role))
-    if buckets == 0:
-        raise WeightSyncError(f"learner exported no {role} weights")
-    if set(confirmed) != {expected}:
-        raise WeightSyncError(f"{role} actors confirmed versions {confirmed}, learner is at {expected}")
-    return SyncReport(role=role, version=expected, buckets=buckets, num_bytes=num_bytes,
+    version = confirmed_version(role, confirmed, ray.get(learner_ranks[0].version.remote(role)), buckets)
+    return SyncReport(role=role, version=version, buckets=buckets, num_bytes=num_bytes,
                       seconds=time.perf_counter() - t0)

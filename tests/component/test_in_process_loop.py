@@ -32,7 +32,7 @@ def test_two_steps_in_process(tiny_dir, tmp_path):
         assert len(policy) == job.algorithm.prompts_per_step and len(anchor) == job.algorithm.n * len(policy)
         assert {s.completion.weights_version for s in r.samples} == {r.stats.step - 1}  # on-policy
         assert r.stats.policy_version == r.stats.anchor_version == r.stats.step
-        assert set(r.seconds) == {"sample", "score", "learn", "sync"} and r.sync_bytes["policy"] > 0
+        assert set(r.seconds) == {"sample", "score", "learn", "sync"} and r.syncs[Role.POLICY].num_bytes > 0
     # the actors now hold the learner's weights: same log-probs on the same sequence
     ids = [list(records[-1].samples[0].completion.token_ids)]
     prompt = [records[-1].samples[0].completion.prompt]
