@@ -24,6 +24,11 @@ from cluster.job_config import JobConfig, SamplerBackend
 from cluster.weight_sync import SyncReport, push_weights
 from reward_service import serve_app
 
+# Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
+# learner starting beside it) the proxy can need longer, and serve.start then fails with ActorDiedError.
+# Ray processes inherit this from the process that starts them (init_ray below, or a user's `ray start`).
+SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
+
 # vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
 SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false",
@@ -202,6 +207,8 @@ def init_ray(job: JobConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    for key, value in SERVE_PROXY_ENV.items():
+        os.environ.setdefault(key, value)
     res = job.resources
     needed = ((res.policy_actors + res.anchor_actors) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
               + job.reward.replicas * job.reward.cpus_per_replica + 1)
