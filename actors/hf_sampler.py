@@ -65,7 +65,9 @@ class HfSampler:
         results: dict[int, list[Completion]] = {}
         with torch.random.fork_rng(devices=[]):
             if settings.seed is not None:
-                torch.manual_seed(settings.seed)
+                # One stream per call, keyed by its first prompt id: actors sharing a step's prompts get
+                # distinct ids, so their samples are not coupled (the leave-one-out baseline assumes that).
+                torch.manual_seed(settings.sample_seed(ids[0], 0) if ids else settings.seed)
             for budget in sorted(set(budgets)):
                 group = [i for i, b in enumerate(budgets) if b == budget]
                 for i, samples in zip(group, self._generate_group([token_ids[i] for i in group], n, budget, settings),

@@ -23,8 +23,9 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     """Strings that end a completion (excluded from its text)."""
     seed: int | None = None
-    """None: the engine's running random stream. An int makes a call reproducible: sample j of prompt i
-    uses its own seed derived from (seed, i, j), so the n samples of a prompt still differ."""
+    """None: the engine's running random stream. An int makes a call reproducible: sample j of the prompt
+    with id i uses its own seed derived from (seed, i, j), so the n samples of a prompt still differ, and
+    actors sharing one step's prompts (distinct prompt ids) never reuse a seed."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -40,12 +41,15 @@ class SamplingSettings:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def sample_seed(self, prompt_index: int, sample_index: int) -> int | None:
-        """The seed of sample `sample_index` of the call's prompt `prompt_index` (None when unseeded)."""
+    def sample_seed(self, prompt_id: int, sample_index: int) -> int | None:
+        """The seed of sample `sample_index` of the prompt with id `prompt_id` (None when unseeded).
+
+        Keyed by the prompt id, not by the position in a call: two actors that each get a share of one
+        step's prompts must not draw correlated samples (the leave-one-out baseline assumes independence)."""
         if self.seed is None:
             return None
         # splitmix-style mixing: distinct, well spread seeds for nearby (seed, i, j)
-        x = (self.seed * 0x9E3779B97F4A7C15 + prompt_index * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB)
+        x = (self.seed * 0x9E3779B97F4A7C15 + prompt_id * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB)
         x = (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
         return x % (2**31 - 1)
 

@@ -154,7 +154,7 @@ class VllmSampler:
                 # A request seed with n > 1 gives n identical samples in this vLLM: one request per sample.
                 for j in range(n):
                     requests.append(TokensPrompt(prompt_token_ids=toks))
-                    sampling.append(params(len(toks), 1, settings.sample_seed(i, j)))
+                    sampling.append(params(len(toks), 1, settings.sample_seed(ids[i], j)))
         if not requests:
             return []
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)

@@ -79,6 +79,11 @@ class BondConfig:
     def __post_init__(self) -> None:
         check_types(self)
         require(self.n >= 2, "n", f"needs at least 2 samples per prompt, got {self.n}")
+        # J-BOND's backward reward and its -log(16) penalty are derived for Best-of-2 of the anchor; with more
+        # anchor samples the loss would silently distil a different, unnamed target.
+        require(self.algorithm is not Algorithm.JBOND or self.n == 2, "n",
+                f"J-BOND (Algorithm 2) draws exactly 2 anchor samples per prompt, got {self.n}; "
+                "for Best-of-n with n > 2 use algorithm=bond")
         require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
         require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
         require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")

@@ -112,6 +112,14 @@ class JobConfig:
         require(self.algorithm.algorithm is not Algorithm.BOND, "algorithm.algorithm",
                 "bond (against Best-of-n of the frozen reference) needs k reference samples per prompt, which "
                 "the job does not draw yet; use jbond or reinforce (the loss is bond.objective.bond_jeffreys_loss)")
+        # The learner's log pi(y) is the untempered, unnucleated model; samples drawn at another temperature
+        # or top_p come from a different distribution, and every objective here would silently be biased.
+        require(self.sampling.temperature == 1.0, "sampling.temperature",
+                f"training samples must come from pi itself (temperature 1), got {self.sampling.temperature}; "
+                "the learner's log-probs are untempered")
+        require(self.sampling.top_p == 1.0, "sampling.top_p",
+                f"training samples must come from pi itself (top_p 1), got {self.sampling.top_p}; "
+                "the learner's log-probs are of the full distribution")
         require(self.algorithm.prompts_per_step % self.resources.learner_ranks == 0, "algorithm.prompts_per_step",
                 f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
                 f"{self.resources.learner_ranks} learner ranks")

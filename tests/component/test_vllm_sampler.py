@@ -104,10 +104,25 @@ def test_n_samples_differ_and_seed_reproduces(policy):
     got = policy.generate(["the movie", "the plot"], 8, settings, prompt_ids=[40, 41])
     assert [c.prompt_id for c in got] == [40] * 8 + [41] * 8
     assert len({c.token_ids for c in got[:8]}) > 1, "the 8 samples of one prompt are all identical"
-    assert [c.token_ids for c in policy.generate(["the movie", "the plot"], 8, settings)] == [c.token_ids for c in got]
+    again = policy.generate(["the movie", "the plot"], 8, settings, prompt_ids=[40, 41])
+    assert [c.token_ids for c in again] == [c.token_ids for c in got]
     unseeded = policy.generate(["the movie"], 8, SamplingSettings(max_new_tokens=16))
     assert len({c.token_ids for c in unseeded}) > 1
     assert all(len(c.token_ids) == len(c.logprobs) <= 16 for c in got + unseeded)
+
+
+def test_actors_sharing_a_step_draw_independent_samples(policy):
+    """The loop splits one step's prompts over the actors of a role, with the same seeded settings: seeds are
+    keyed by prompt id, so two shares of identical prompts must not repeat each other's samples."""
+    settings = SamplingSettings(max_new_tokens=16, seed=11)
+    prompt = PROMPTS[0]
+    share_a = policy.generate([prompt] * 8, 1, settings, prompt_ids=list(range(0, 16, 2)))
+    share_b = policy.generate([prompt] * 8, 1, settings, prompt_ids=list(range(1, 16, 2)))
+    # Seeds keyed by position in the call would make share_b a copy of share_a, sample for sample.
+    assert [c.token_ids for c in share_a] != [c.token_ids for c in share_b]
+    assert len({c.token_ids for c in share_a + share_b}) > 2
+    again = policy.generate([prompt] * 8, 1, settings, prompt_ids=list(range(0, 16, 2)))  # reproducible (resume)
+    assert [c.token_ids for c in again] == [c.token_ids for c in share_a]
 
 
 def test_full_update_serves_the_other_model(policy, reference, other_reference, original, other_dir):

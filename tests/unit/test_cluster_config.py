@@ -27,6 +27,9 @@ def test_yaml_and_overrides(tmp_path):
     ("prompts.format=csv", "prompts.format"),
     ("algorithm.prompts_per_step=7", "algorithm.prompts_per_step"),
     ("algorithm.algorithm=bond", "algorithm.algorithm"),
+    ("algorithm.n=3", "algorithm.n"),
+    ("sampling.temperature=0.7", "sampling.temperature"),
+    ("sampling.top_p=0.9", "sampling.top_p"),
 ])
 def test_bad_values_fail_naming_the_field(assignment, field):
     data = {"resources": {"learner_ranks": 2}} if "prompts_per_step=7" in assignment else {}

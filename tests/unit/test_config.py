@@ -20,6 +20,12 @@ def test_bad_values_name_the_field(field, value):
         BondConfig(**{field: value})
 
 
+def test_jbond_takes_exactly_two_anchor_samples():
+    with pytest.raises(ConfigError, match="^n: J-BOND .* exactly 2"):
+        BondConfig(n=3)
+    assert BondConfig(algorithm=Algorithm.REINFORCE, n=3).n == 3
+
+
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         BondConfig().beta = 0.1  # type: ignore[misc]
