@@ -48,7 +48,7 @@ def test_logprobs_are_a_forward_pass(sampler):
     for c, ref in zip(got, sampler.token_logprobs([c.prompt for c in got], [c.token_ids for c in got]), strict=True):
         torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(ref), atol=1e-4, rtol=0)
         assert c.finish_reason == ("stop" if c.token_ids[-1] == 2 else "length")
-    again = sampler.generate(PROMPTS[:5], 3, SamplingSettings(seed=2, max_new_tokens=20))
+    again = sampler.generate(PROMPTS[:5], 3, SamplingSettings(seed=2, max_new_tokens=20), prompt_ids=range(10, 15))
     assert [c.token_ids for c in again] == [c.token_ids for c in got]
 
 
