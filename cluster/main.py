@@ -91,7 +91,7 @@ def run(job: JobConfig) -> dict:
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
     if owns_ray:
         init_ray(job)
-    metrics = JobMetrics(run=run_dir.name)
+    metrics = JobMetrics(run=run_dir.name, max_staleness=job.run.max_staleness)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
     t_start = time.perf_counter()

@@ -95,8 +95,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (f"max by (run) ({held('ray_jbond_anchor_version')})", "{{run}} anchor"),
             (f"max by (run) ({held('ray_jbond_step')})", "{{run}} learner step"))),
         Panel("Sample staleness (versions behind)", (
-            (f"max by (run, role) ({held('ray_jbond_sample_staleness')})", "{{run}} {{role}}"),),
-            description="Learner version minus the version that drew the samples: 0 in sync mode, ≤ 1 pipelined."),
+            (f"max by (run, role) ({held('ray_jbond_sample_staleness')})", "{{run}} {{role}}"),
+            (f"max by (run) ({held('ray_jbond_max_staleness')})", "{{run}} bound (run.max_staleness)")),
+            description="Learner version minus the version that drew the samples: 0 in sync mode, at most "
+                        "run.max_staleness pipelined (an alert fires above it)."),
     )),
     ("Health", (
         Panel("Skipped samples (total, by reason)", (
