@@ -47,12 +47,12 @@ def render_config(service_discovery_file: Path, scrape_interval: str = "1s") -> 
 
 
 class LocalPrometheus:
-    def __init__(self, directory: Path, config_text: str):
+    def __init__(self, directory: Path, config_text: str, port: int = 0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_file = self.directory / "prometheus.yml"
         self.config_file.write_text(config_text)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.directory / "prometheus.log"
         self._proc: subprocess.Popen | None = None
