@@ -152,8 +152,8 @@ def main() -> None:
         run_dir = Path(tmp) / "dashboard-screenshot"
         submission_id = f"jbond-screenshot-{int(time.time())}"
         started = time.time()
-        head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0}),
-                    submission_id)
+        head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0,
+                                                           "reward.http_port": free_port()}), submission_id)
         try:
             print(f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
                   f"{args.capture_after_steps} learner steps in Prometheus", flush=True)

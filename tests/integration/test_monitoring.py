@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from cluster.monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
-from cluster.monitoring.local_ray_head import LocalRayHead
+from cluster.monitoring.local_ray_head import LocalRayHead, free_port
 from cluster.monitoring.monitored_stack import MonitoredStack
 from cluster.monitoring.smoke_job import smoke_entrypoint
 from cluster.storage import STORAGE_ENV
@@ -115,7 +115,7 @@ def monitored_run(tiny_dir, tmp_path_factory):
     prompts.write_text((ROOT / "configs" / "review_prompts.jsonl").read_text().rstrip("\n") + '\n{"prompt": "  "}\n')
     storage, run_name = tmp / "storage", f"runs/monitoring-{secrets.token_hex(3)}"
     job_args = {"prompts.path": prompts, "models.policy": tiny_dir / "policy",
-                "reward.path_or_name": tiny_dir / "reward", "run.show_samples": 0}
+                "reward.path_or_name": tiny_dir / "reward", "run.show_samples": 0, "reward.http_port": free_port()}
     stack = MonitoredStack(tmp / "prometheus", num_cpus=4)  # smoke.yaml asks for 3.5 CPUs
     stack.head.env.pop(STORAGE_ENV, None)  # the refusal below must not depend on the caller's environment
     try:
