@@ -114,10 +114,11 @@ async def _page_websocket(port: int, timeout_s: float = 30) -> str:
 
 
 def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submission_id: str, run: str, steps: int,
-                      timeout_s: float) -> None:
+                      timeout_s: float) -> float:
     """Until Prometheus holds `steps` learner steps of the run and the reward service is listed: the pictures
-    then show a line with a shape and every actor and the Serve app busy, not a half-started cluster."""
-    deadline = time.monotonic() + timeout_s
+    then show a line with a shape and every actor and the Serve app busy, not a half-started cluster.
+    Returns the time the first step was seen (the start of the graph's window)."""
+    deadline, first_step = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         status = head.get_json(f"/api/jobs/{submission_id}")["status"]
         if status in ("FAILED", "STOPPED", "SUCCEEDED"):
@@ -125,9 +126,11 @@ def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submissio
                                f"{head.job_logs(submission_id)[-4000:]}")
         serve_apps = head.get_json("/api/serve/applications/").get("applications") or {}
         seen = prometheus.api("query", query=f'max(max_over_time(ray_jbond_step{{run="{run}"}}[10m]))')["result"]
+        if seen and first_step is None:
+            first_step = time.time()
         if serve_apps and seen and float(seen[0]["value"][1]) >= steps:
-            return
-        time.sleep(2)
+            return first_step
+        time.sleep(1)
     raise TimeoutError(f"Prometheus saw fewer than {steps} steps after {timeout_s} s:\n"
                        f"{head.job_logs(submission_id)[-4000:]}")
 
@@ -151,18 +154,18 @@ def main() -> None:
         head, prometheus = stack.head, stack.prometheus
         run_dir = Path(tmp) / "dashboard-screenshot"
         submission_id = f"jbond-screenshot-{int(time.time())}"
-        started = time.time()
         head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0,
                                                            "reward.http_port": free_port()}), submission_id)
         try:
             print(f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
                   f"{args.capture_after_steps} learner steps in Prometheus", flush=True)
-            wait_for_training(head, prometheus, submission_id, run_dir.name, args.capture_after_steps, timeout_s=400)
+            first_step = wait_for_training(head, prometheus, submission_id, run_dir.name, args.capture_after_steps,
+                                           timeout_s=400)
             asyncio.run(capture(f"{head.dashboard_url}/{args.page}", head.token, args.out, 1400, 1000, settle_s=15))
             print(f"saved {args.out}", flush=True)
-            minutes = max(1, int((time.time() - started) / 60) + 1)
-            asyncio.run(capture(prometheus_graph_url(prometheus.url, range_input=f"{minutes}m"), None,
-                                args.prometheus_out, 1400, 1000, settle_s=5))
+            window_s = int(time.time() - first_step) + 10  # the run's steps across the whole graph
+            asyncio.run(capture(prometheus_graph_url(prometheus.url, range_input=f"{window_s}s"), None,
+                                args.prometheus_out, 1400, 1350, settle_s=5))
             print(f"saved {args.prometheus_out}", flush=True)
         finally:
             status = head.stop_job(submission_id)["status"]
