@@ -12,7 +12,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: compare install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring
+.PHONY: compare install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor
 
 install: $(STAMP)
 
@@ -56,19 +56,27 @@ compare: install tiny
 lint: install
 	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
 
-# Debian's prometheus, for the monitoring test (`ray metrics launch-prometheus` would download it).
+# Debian's prometheus (and promtool), for monitoring and its tests (`ray metrics launch-prometheus` would download it).
 prometheus:
 	bash cluster/monitoring/install_prometheus.sh
 
+# cluster/monitoring/grafana/dashboards/jbond.json from build_dashboard.py
 grafana-dashboard: install
 	$(BIN)/python -m cluster.monitoring.build_dashboard
 
-# artifacts/ray_dashboard.png: headless Chromium on the Ray dashboard during a short run
-dashboard-screenshot: install tiny
+# Watch a run: a Ray head whose dashboard knows its Prometheus, Debian's Prometheus with the shipped config and
+# alert rules, and configs/local.yaml submitted as a job. MONITOR_ARGS: e.g. --grafana-url http://127.0.0.1:3000
+MONITOR_ARGS ?=
+monitor: install tiny prometheus
+	$(BIN)/python -m cluster.monitoring.monitor $(MONITOR_ARGS)
+
+# artifacts/ray_dashboard.png and artifacts/prometheus_jbond.png: headless Chromium during a short monitored run
+dashboard-screenshot: install tiny prometheus
 	$(BIN)/python -m cluster.monitoring.screenshot_dashboard
 
 test-monitoring: install tiny prometheus
-	$(BIN)/python -m pytest tests/integration/test_monitoring.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration/test_monitoring.py tests/unit/test_alert_rules.py \
+		tests/unit/test_grafana_provisioning.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts runs .pytest_cache

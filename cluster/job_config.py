@@ -69,7 +69,12 @@ class RunConfig:
     steps: int = 100
     """Learner steps (optimizer updates) to run in total, counting steps done before a resume."""
     run_dir: Path = Path("runs/local")
-    """Checkpoints, episodes (Parquet), plots, the config and the summary go here."""
+    """Checkpoints, episodes (Parquet), plots, the config and the summary go here. A relative path resolves
+    against storage_path (or $JBOND_STORAGE_PATH) if set, else against the current directory; a relative
+    run_dir in a `ray job submit` job with no storage root is refused (see cluster/storage.py)."""
+    storage_path: str = ""
+    """Absolute directory that relative run_dirs resolve against, like Ray Train's storage_path: on a cluster,
+    one every node can write (NFS, a mounted bucket). '' : $JBOND_STORAGE_PATH, else the current directory."""
     checkpoint_every: int = 50
     """Steps between checkpoints (0: only at the end)."""
     resume: bool = False
@@ -95,6 +100,8 @@ class RunConfig:
         require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
                 "pipelined mode samples one version behind the learner: needs max_staleness >= 1")
         require(self.show_samples >= 0, "show_samples", f"must be >= 0, got {self.show_samples}")
+        require(not self.storage_path or Path(self.storage_path).expanduser().is_absolute(), "storage_path",
+                f"must be an absolute path (a directory every node can write), got {self.storage_path!r}")
 
 
 @dataclass(frozen=True)

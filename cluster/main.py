@@ -18,7 +18,7 @@ import yaml
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
 from bond.records import Role
-from cluster import config_loading, report
+from cluster import config_loading, report, storage
 from cluster.episodes import EpisodeWriter
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, StepRecord, train
@@ -91,7 +91,7 @@ def run(job: JobConfig) -> dict:
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
     if owns_ray:
         init_ray(job)
-    metrics = JobMetrics(run=run_dir.name)
+    metrics = JobMetrics(run=run_dir.name, max_staleness=job.run.max_staleness)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
     t_start = time.perf_counter()
@@ -164,13 +164,12 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
         if shown else ""
     rows = report.read_stats(stats_path)
     (run_dir / "plots").mkdir(exist_ok=True)
-    plots = report.plot(rows, run_dir / "plots")
+    report.plot(rows, run_dir / "plots")
     table = report.summary_table(rows)
     text = "\n\n".join(x for x in (before, after, table) if x)
     (run_dir / "summary.txt").write_text(text + "\n")
     print(("\n" + after if after else "") + "\n\n" + table, flush=True)
-    print(f"\nrun dir: {run_dir}  (stats.jsonl, episodes/, checkpoints/, final_policy/, "
-          f"{', '.join(str(p.relative_to(run_dir)) for p in plots)})", flush=True)
+    print("\n" + storage.outputs_report(run_dir), flush=True)
     return {"steps": final.step, "reward_first": report.window_mean(rows, "reward_policy", True),
             "reward_last": report.window_mean(rows, "reward_policy", False),
             "kl_ref_last": report.window_mean(rows, "kl_ref", False)}
@@ -178,7 +177,7 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        job = parse_config(argv)
+        job = storage.with_resolved_run_dir(parse_config(argv))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -38,9 +38,10 @@ STEP_SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
 class JobMetrics:
     """All the metrics of one run, created in the driver (the training loop's process)."""
 
-    def __init__(self, run: str):
+    def __init__(self, run: str, max_staleness: int = 0):
         tags = ("run",)
         self._tags = {"run": run}
+        self._max_staleness = max_staleness
         self.step_gauges = {
             field: Gauge(name, description=f"StepStats.{field} of the latest learner step", tag_keys=tags)
             for field, name in _STEP_GAUGES.items()
@@ -57,6 +58,9 @@ class JobMetrics:
                                   tag_keys=("run", "role"))
         self.staleness = Gauge("jbond_sample_staleness", "Learner version minus the version that sampled",
                                tag_keys=("run", "role"))
+        # The bound beside the value, so an alert rule can compare them per run (cluster/monitoring/alerts.yml).
+        self.max_staleness = Gauge("jbond_max_staleness", "run.max_staleness: the most versions a sample may lag",
+                                   tag_keys=tags)
         self.skipped = Counter("jbond_skipped_samples", "Samples dropped, by reason", tag_keys=("run", "reason"))
         self.errors = Counter("jbond_errors", "Errors, by component and reason", tag_keys=("run", "component",
                                                                                            "reason"))
@@ -83,6 +87,7 @@ class JobMetrics:
 
     def record_staleness(self, role: str, versions_behind: float) -> None:
         self.staleness.set(versions_behind, tags={**self._tags, "role": role})
+        self.max_staleness.set(self._max_staleness, tags=self._tags)  # set with it: Ray drops idle gauges
 
     def record_skip(self, reason: str, count: int = 1) -> None:
         if count:

@@ -1,4 +1,4 @@
-"""Writes grafana_dashboard.json: `python -m cluster.monitoring.build_dashboard` (a test checks it is up to date).
+"""Writes grafana/dashboards/jbond.json: `python -m cluster.monitoring.build_dashboard` (a test checks it is current).
 
 Why generate: Grafana's JSON repeats ids, grid positions and datasource blocks for every panel; here each
 panel is one line of PromQL, next to the metric it reads. Metric names come from cluster/metrics.py (job,
@@ -13,7 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTPUT = Path(__file__).resolve().parent / "grafana_dashboard.json"
+OUTPUT = Path(__file__).resolve().parent / "grafana" / "dashboards" / "jbond.json"
+# The data source that grafana/provisioning/datasources/prometheus.yaml provisions. Panels go through the
+# DS_PROMETHEUS variable, preset to it: a provisioned Grafana shows data with no clicks, and an imported copy
+# can still be pointed at any other Prometheus from the drop-down.
+PROVISIONED_DATASOURCE = {"name": "Prometheus", "uid": "jbond-prometheus"}
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 RUN = '{run=~"$run"}'
 APP = '{app=~"$reward_app"}'  # the reward service's own metrics
@@ -95,8 +99,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (f"max by (run) ({held('ray_jbond_anchor_version')})", "{{run}} anchor"),
             (f"max by (run) ({held('ray_jbond_step')})", "{{run}} learner step"))),
         Panel("Sample staleness (versions behind)", (
-            (f"max by (run, role) ({held('ray_jbond_sample_staleness')})", "{{run}} {{role}}"),),
-            description="Learner version minus the version that drew the samples: 0 in sync mode, ≤ 1 pipelined."),
+            (f"max by (run, role) ({held('ray_jbond_sample_staleness')})", "{{run}} {{role}}"),
+            (f"max by (run) ({held('ray_jbond_max_staleness')})", "{{run}} bound (run.max_staleness)")),
+            description="Learner version minus the version that drew the samples: 0 in sync mode, at most "
+                        "run.max_staleness pipelined (an alert fires above it)."),
     )),
     ("Health", (
         Panel("Skipped samples (total, by reason)", (
@@ -134,7 +140,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
 
 VARIABLES = [
     {"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-     "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+     "current": {"selected": True, "text": PROVISIONED_DATASOURCE["name"], "value": PROVISIONED_DATASOURCE["uid"]},
+     "hide": 0, "refresh": 1, "regex": "", "options": []},
     {"name": "run", "label": "run", "type": "query", "datasource": DATASOURCE,
      "definition": "label_values(ray_jbond_step, run)",
      "query": {"query": "label_values(ray_jbond_step, run)", "refId": "run"},

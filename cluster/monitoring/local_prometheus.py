@@ -1,7 +1,8 @@
 """A throwaway Prometheus on 127.0.0.1 that scrapes a local Ray head through the shipped prometheus.yml.
 
-The config is the shipped one with only two edits (the head's service-discovery file and a 1 s scrape
-interval), so a test through this also tests cluster/monitoring/prometheus.yml.
+The config is the shipped one with only three edits (the head's service-discovery file, a 1 s scrape
+interval, absolute paths to the shipped rule files), so a test through this also tests
+cluster/monitoring/prometheus.yml and alerts.yml.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def render_config(service_discovery_file: Path, scrape_interval: str = "1s") -> 
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ray"]
     job["file_sd_configs"][0]["files"] = [str(service_discovery_file)]
     job["file_sd_configs"][0]["refresh_interval"] = "2s"
+    # The config is written elsewhere: point its rule files at the shipped ones.
+    config["rule_files"] = [str(HERE / name) for name in config["rule_files"]]
     return yaml.safe_dump(config, sort_keys=False)
 
 
 class LocalPrometheus:
-    def __init__(self, directory: Path, config_text: str):
+    def __init__(self, directory: Path, config_text: str, port: int = 0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_file = self.directory / "prometheus.yml"
         self.config_file.write_text(config_text)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.directory / "prometheus.log"
         self._proc: subprocess.Popen | None = None

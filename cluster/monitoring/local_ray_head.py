@@ -33,10 +33,11 @@ def free_port() -> int:
 class LocalRayHead:
     """`ray start --head --block` on free ports; `env` is what a client (driver, `ray job submit`) needs."""
 
-    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000):
+    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000, dashboard_port: int = 0):
         # A short path under /tmp: Ray's unix sockets live under the temp dir and are limited to ~107 chars.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="jmon-", dir="/tmp"))
-        self.port, self.dashboard_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.port, self.metrics_port = free_port(), free_port()
+        self.dashboard_port = dashboard_port or free_port()
         self.num_cpus = num_cpus
         # Token auth on, with a token of our own: ~/.ray/auth_token is shared with anyone else on the machine.
         self.token = secrets.token_hex(16)
@@ -100,8 +101,8 @@ class LocalRayHead:
         except OSError:
             return False
 
-    def _request(self, url: str) -> urllib.request.Request:
-        return urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+    def _request(self, url: str, method: str = "GET") -> urllib.request.Request:
+        return urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"}, method=method)
 
     def get_json(self, path: str):
         """GET the dashboard's HTTP API (e.g. /api/jobs/) with this head's token."""
@@ -131,6 +132,15 @@ class LocalRayHead:
                 return record
             time.sleep(2)
         raise TimeoutError(f"job {submission_id} still {record['status']} after {timeout_s} s")
+
+    def stop_job(self, submission_id: str, timeout_s: float = 60) -> dict:
+        """Ask the job to stop (SIGTERM to its driver, then SIGKILL after Ray's grace period) and wait until it
+        has: only then may its files be removed."""
+        if self.get_json(f"/api/jobs/{submission_id}")["status"] in ("PENDING", "RUNNING"):
+            url = f"{self.dashboard_url}/api/jobs/{submission_id}/stop"
+            with urllib.request.urlopen(self._request(url, method="POST"), timeout=10) as response:
+                response.read()
+        return self.wait_for_job(submission_id, timeout_s)
 
     def job_logs(self, submission_id: str) -> str:
         return self.get_json(f"/api/jobs/{submission_id}/logs")["logs"]

@@ -1,8 +1,15 @@
-"""Screenshot of the Ray dashboard during a short J-BOND run: `python -m cluster.monitoring.screenshot_dashboard`.
+"""Screenshots of a short J-BOND run as an operator sees it: `python -m cluster.monitoring.screenshot_dashboard`.
 
-Starts a throwaway Ray head on 127.0.0.1 (token auth on), submits configs/smoke.yaml with `ray job submit`,
-waits until the learner has taken a step, and saves a headless-Chromium capture of the dashboard
-(default artifacts/ray_dashboard.png). Installs Debian's `chromium` on first use.
+Starts the monitored stack of `make monitor` (a throwaway Ray head on 127.0.0.1 with token auth, its dashboard
+pointed at a Debian Prometheus that scrapes it with the shipped config), submits configs/smoke.yaml with
+`ray job submit`, waits until Prometheus holds several learner steps, and saves headless-Chromium captures of
+the Ray dashboard (default artifacts/ray_dashboard.png) and of Prometheus's graph of the run's reward and
+KL(pi||ref) (artifacts/prometheus_jbond.png). Then it stops the job, and only after that removes anything.
+Installs Debian's `chromium` on first use.
+
+The Ray dashboard's own time-series panels are Grafana panels (Ray 2.60 draws none itself): they appear
+only with --grafana-url, a Grafana provisioned as cluster/monitoring/README.md says. Without one the
+dashboard shows jobs, actors and Serve, and says its charts are hidden.
 
 Why the DevTools protocol instead of `chromium --screenshot URL`: with token auth the dashboard web app
 only shows data to a browser holding the `ray-authentication-token` cookie, which no command-line flag can
@@ -22,7 +29,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cluster.monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
 from cluster.monitoring.local_ray_head import LocalRayHead, free_port
+from cluster.monitoring.monitor import prometheus_graph_url
+from cluster.monitoring.monitored_stack import MonitoredStack
 from cluster.monitoring.smoke_job import ROOT, smoke_entrypoint
 
 COOKIE = "ray-authentication-token"  # ray/_private/authentication/authentication_constants.py
@@ -44,8 +54,8 @@ def find_or_install_chromium() -> str:
     return found
 
 
-async def capture(url: str, token: str, out: Path, width: int, height: int, settle_s: float) -> None:
-    """Drive a headless Chromium over the DevTools protocol: cookie, navigate, wait, PNG."""
+async def capture(url: str, token: str | None, out: Path, width: int, height: int, settle_s: float) -> None:
+    """Drive a headless Chromium over the DevTools protocol: cookie (a Ray token, if given), navigate, wait, PNG."""
     import aiohttp  # Ray's own dependency, so already installed
 
     port = free_port()
@@ -70,7 +80,8 @@ async def capture(url: str, token: str, out: Path, width: int, height: int, sett
                             return reply["result"]
 
                 await call("Network.enable")
-                await call("Network.setCookie", name=COOKIE, value=token, url=url.split("#")[0])
+                if token:
+                    await call("Network.setCookie", name=COOKIE, value=token, url=url.split("#")[0])
                 await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                            mobile=False)
                 await call("Page.enable")
@@ -102,38 +113,63 @@ async def _page_websocket(port: int, timeout_s: float = 30) -> str:
     raise TimeoutError(f"chromium's DevTools endpoint did not come up on port {port}")
 
 
-def wait_for_training(head: LocalRayHead, submission_id: str, run_dir: Path, timeout_s: float) -> None:
-    """Until the learner has logged a step and the reward service is listed: the dashboard then shows the
-    job, every actor and the Serve app busy, not a half-started cluster."""
-    deadline = time.monotonic() + timeout_s
+def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submission_id: str, run: str, steps: int,
+                      timeout_s: float) -> float:
+    """Until Prometheus holds `steps` learner steps of the run and the reward service is listed: the pictures
+    then show a line with a shape and every actor and the Serve app busy, not a half-started cluster.
+    Returns the time the first step was seen (the start of the graph's window)."""
+    deadline, first_step = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         status = head.get_json(f"/api/jobs/{submission_id}")["status"]
-        if status in ("FAILED", "STOPPED"):
-            raise RuntimeError(f"job {status}:\n{head.job_logs(submission_id)[-4000:]}")
+        if status in ("FAILED", "STOPPED", "SUCCEEDED"):
+            raise RuntimeError(f"job {status} before {steps} steps were scraped:\n"
+                               f"{head.job_logs(submission_id)[-4000:]}")
         serve_apps = head.get_json("/api/serve/applications/").get("applications") or {}
-        if (run_dir / "stats.jsonl").exists() and serve_apps:
-            return
-        time.sleep(2)
-    raise TimeoutError(f"no learner step after {timeout_s} s:\n{head.job_logs(submission_id)[-4000:]}")
+        seen = prometheus.api("query", query=f'max(max_over_time(ray_jbond_step{{run="{run}"}}[10m]))')["result"]
+        if seen and first_step is None:
+            first_step = time.time()
+        if serve_apps and seen and float(seen[0]["value"][1]) >= steps:
+            return first_step
+        time.sleep(1)
+    raise TimeoutError(f"Prometheus saw fewer than {steps} steps after {timeout_s} s:\n"
+                       f"{head.job_logs(submission_id)[-4000:]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "ray_dashboard.png")
+    parser.add_argument("--prometheus-out", type=Path, default=ROOT / "artifacts" / "prometheus_jbond.png")
     parser.add_argument("--page", default="#/overview", help="dashboard route, e.g. #/jobs or #/actors")
-    parser.add_argument("--steps", type=int, default=60,
+    parser.add_argument("--grafana-url", default="", help="a Grafana for the dashboard's charts (RAY_GRAFANA_HOST)")
+    parser.add_argument("--capture-after-steps", type=int, default=12,
+                        help="learner steps Prometheus must hold before the capture")
+    parser.add_argument("--steps", type=int, default=200,
                         help="learner steps of the run: enough to outlive the capture (it is stopped after)")
     args = parser.parse_args()
     find_or_install_chromium()  # before the cluster: a failed install should cost nothing
-    with LocalRayHead(num_cpus=4) as head, tempfile.TemporaryDirectory(prefix="jbond-shot-") as tmp:
+    find_or_install_prometheus()
+    # The run's directory outlives the stack (entered first, left last); the job is stopped before either goes.
+    with tempfile.TemporaryDirectory(prefix="jbond-shot-") as tmp, \
+            MonitoredStack(Path(tmp) / "prometheus", num_cpus=4, grafana_url=args.grafana_url) as stack:
+        head, prometheus = stack.head, stack.prometheus
         run_dir = Path(tmp) / "dashboard-screenshot"
         submission_id = f"jbond-screenshot-{int(time.time())}"
-        head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0}), submission_id)
-        print(f"job {submission_id} submitted to {head.dashboard_url}; waiting for the first learner step",
-              flush=True)
-        wait_for_training(head, submission_id, run_dir, timeout_s=300)
-        asyncio.run(capture(f"{head.dashboard_url}/{args.page}", head.token, args.out, 1400, 1000, settle_s=15))
-        print(f"saved {args.out}", flush=True)
+        head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0,
+                                                           "reward.http_port": free_port()}), submission_id)
+        try:
+            print(f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
+                  f"{args.capture_after_steps} learner steps in Prometheus", flush=True)
+            first_step = wait_for_training(head, prometheus, submission_id, run_dir.name, args.capture_after_steps,
+                                           timeout_s=400)
+            asyncio.run(capture(f"{head.dashboard_url}/{args.page}", head.token, args.out, 1400, 1000, settle_s=15))
+            print(f"saved {args.out}", flush=True)
+            window_s = int(time.time() - first_step) + 10  # the run's steps across the whole graph
+            asyncio.run(capture(prometheus_graph_url(prometheus.url, range_input=f"{window_s}s"), None,
+                                args.prometheus_out, 1400, 1350, settle_s=5))
+            print(f"saved {args.prometheus_out}", flush=True)
+        finally:
+            status = head.stop_job(submission_id)["status"]
+            print(f"job {submission_id} {status}", flush=True)
 
 
 if __name__ == "__main__":

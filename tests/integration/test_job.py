@@ -139,10 +139,14 @@ def test_ray_job_submit(tiny_dir, tmp_path):
     head.env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', '')}"
     head.start()
     try:
+        # A relative run_dir, as in configs/*.yaml: it resolves against the storage root the job is given
+        # (not Ray's temporary copy of the working dir, deleted with the session).
         overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-                     f"run.run_dir={tmp_path / 'run'}", "run.steps=2", f"reward.http_port={free_port()}",
+                     "run.run_dir=runs/submitted", "run.steps=2", f"reward.http_port={free_port()}",
                      "run.progress=false", "run.show_samples=0"]
+        runtime_env = json.dumps({"env_vars": {"JBOND_STORAGE_PATH": str(tmp_path)}})
         cmd = [bin_dir / "ray", "job", "submit", f"--address={head.dashboard_url}", "--working-dir", str(ROOT),
+               "--runtime-env-json", runtime_env,
                "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
         for o in overrides:
             cmd += ["--set", o]
@@ -155,8 +159,9 @@ def test_ray_job_submit(tiny_dir, tmp_path):
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-4000:]
         assert "succeeded" in log, log[-4000:]
-        assert "J-BOND" in log or "run dir:" in log, log[-4000:]  # the job's own output streamed back
-        assert len(stats_rows(tmp_path / "run")) == 2
+        run_dir = tmp_path / "runs" / "submitted"
+        assert f"run dir: {run_dir}\n" in log, log[-4000:]  # the job's own last lines, streamed back
+        assert len(stats_rows(run_dir)) == 2 and (run_dir / "final_policy" / "config.json").exists()
         jobs = head.get_json("/api/jobs/")
         assert any(j["status"] == "SUCCEEDED" and "cluster.main" in j["entrypoint"] for j in jobs)
         print(f"ray job submit: {time.time() - t0:.0f} s")

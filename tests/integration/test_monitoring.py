@@ -1,6 +1,14 @@
-"""Monitoring end to end: a real Ray head, a real Prometheus scraping it through the shipped prometheus.yml, a
-real J-BOND job (`python -m cluster.main`, submitted with `ray job submit`), and every PromQL query of the
-Grafana dashboard answered with data from that run. Also: the Ray dashboard answers and lists the job.
+"""Monitoring end to end, on one stack and one short job: the stack of `make monitor` (a real Ray head whose
+dashboard is pointed at a real Prometheus through RAY_PROMETHEUS_HOST; that Prometheus scrapes the head through
+the shipped prometheus.yml and loads the shipped alert rules), a real J-BOND job (`python -m cluster.main`,
+submitted with `ray job submit`, a relative run.run_dir under run.storage_path), and then:
+- every PromQL query of the Grafana dashboard answered with data from that run;
+- the Ray dashboard reaches its Prometheus and lists, in its service discovery, the endpoint the project's
+  series were scraped from; it answers and lists the job;
+- the live Prometheus loaded every rule of alerts.yml (their promtool unit tests: tests/unit/test_alert_rules.py),
+  evaluates each without error, and a healthy run fires none;
+- the outputs are under the storage root, the job's last lines name them; a second submission with a relative
+  run_dir and no storage root is refused at start-up.
 
 Grafana itself is not needed: its panels are PromQL sent to Prometheus's HTTP API, with the template
 variables substituted the way Grafana does. Range queries over the run's window are what a time-series
@@ -14,7 +22,6 @@ import json
 import math
 import re
 import secrets
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -22,14 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cluster.monitoring import build_dashboard
-from cluster.monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus, render_config
-from cluster.monitoring.local_ray_head import LocalRayHead
+from cluster.monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
+from cluster.monitoring.local_ray_head import LocalRayHead, free_port
+from cluster.monitoring.monitored_stack import MonitoredStack
 from cluster.monitoring.smoke_job import smoke_entrypoint
+from cluster.storage import STORAGE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "cluster" / "monitoring" / "grafana_dashboard.json"
+DASHBOARD = ROOT / "cluster" / "monitoring" / "grafana" / "dashboards" / "jbond.json"
+ALERT_RULES = ROOT / "cluster" / "monitoring" / "alerts.yml"
 STEPS = 4
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here (>= 4 scrapes of 1 s)
 
@@ -62,23 +72,6 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\[\[(\w+)\]\]|\$(\w+)", value, expr)
 
 
-def test_dashboard_json_is_generated_and_importable():
-    """The JSON is what build_dashboard writes, and has what Grafana's import needs."""
-    assert DASHBOARD.read_text() == build_dashboard.render(), \
-        "grafana_dashboard.json is stale: run `python -m cluster.monitoring.build_dashboard`"
-    board = json.loads(DASHBOARD.read_text())
-    assert 36 <= board["schemaVersion"] <= 41
-    variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
-    assert variables["run"]["query"]["query"] == "label_values(ray_jbond_step, run)"
-    ids = [p["id"] for p in board["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in board["panels"]:
-        if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
-            assert panel["targets"], panel["title"]
-
-
 def test_dashboard_matches_code():
     """Every metric a query reads is defined: jbond_* in cluster/metrics.py, reward_* in the reward service,
     serve_* in Ray Serve (exported as ray_<name>, counters as ray_<name>_total)."""
@@ -104,6 +97,8 @@ class MonitoredRun:
     prometheus: LocalPrometheus
     submission_id: str
     run: str  # the job's `run` tag: the name of its run_dir
+    run_dir: Path  # where the outputs should be: run.storage_path / the relative run.run_dir
+    refused_id: str  # a submission with a relative run_dir and no storage root
     start: float
     end: float
 
@@ -118,27 +113,26 @@ def monitored_run(tiny_dir, tmp_path_factory):
     # One malformed prompt row: the job counts it as skipped, so the skipped-samples panel has real data.
     prompts = tmp / "prompts.jsonl"
     prompts.write_text((ROOT / "configs" / "review_prompts.jsonl").read_text().rstrip("\n") + '\n{"prompt": "  "}\n')
-    run_dir = tmp / f"monitoring-{secrets.token_hex(3)}"
-    head = LocalRayHead(num_cpus=4)  # smoke.yaml asks for 3.5 CPUs of actors, learner and reward replica
-    prometheus = None
+    storage, run_name = tmp / "storage", f"runs/monitoring-{secrets.token_hex(3)}"
+    job_args = {"prompts.path": prompts, "models.policy": tiny_dir / "policy",
+                "reward.path_or_name": tiny_dir / "reward", "run.show_samples": 0, "reward.http_port": free_port()}
+    stack = MonitoredStack(tmp / "prometheus", num_cpus=4)  # smoke.yaml asks for 3.5 CPUs
+    stack.head.env.pop(STORAGE_ENV, None)  # the refusal below must not depend on the caller's environment
     try:
-        head.start()
-        prometheus = LocalPrometheus(tmp / "prometheus", render_config(head.service_discovery_file)).start()
-        submission_id = f"jbond-monitoring-{secrets.token_hex(4)}"
+        stack.start()
+        head = stack.head
+        submission_id, refused_id = f"jbond-monitoring-{secrets.token_hex(4)}", f"jbond-refused-{secrets.token_hex(4)}"
         start = time.time()
-        head.submit(smoke_entrypoint(run_dir, STEPS, {
-            "prompts.path": prompts, "models.policy": tiny_dir / "policy",
-            "reward.path_or_name": tiny_dir / "reward", "run.show_samples": 0}), submission_id)
+        head.submit(smoke_entrypoint(run_name, STEPS, {**job_args, "run.storage_path": storage}), submission_id)
+        head.submit(smoke_entrypoint("runs/refused", STEPS, job_args), refused_id)
         record = head.wait_for_job(submission_id, timeout_s=300)
         assert record["status"] == "SUCCEEDED", head.job_logs(submission_id)[-5000:]
-        run = MonitoredRun(head, prometheus, submission_id, run_dir.name, start, time.time())
+        run = MonitoredRun(head, stack.prometheus, submission_id, Path(run_name).name, storage / run_name,
+                           refused_id, start, time.time())
         _wait_for_last_step(run)
         yield run
     finally:
-        if prometheus is not None:
-            prometheus.stop()
-        head.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        stack.stop()
 
 
 def _wait_for_last_step(run: MonitoredRun, timeout_s: float = 30) -> None:
@@ -206,3 +200,51 @@ def test_ray_dashboard_answers_and_lists_the_job(monitored_run):
     job = jobs[monitored_run.submission_id]
     assert job["status"] == "SUCCEEDED"
     assert "-m cluster.main --config configs/smoke.yaml" in job["entrypoint"]
+
+
+def test_ray_dashboard_reaches_its_prometheus_and_lists_where_the_series_came_from(monitored_run):
+    """Ray 2.60's dashboard has no query API of its own: its charts are Grafana panels on the Prometheus named by
+    RAY_PROMETHEUS_HOST. What it serves is a health check of that Prometheus and the scrape targets (HTTP
+    service discovery); the project's series in that Prometheus must come from those targets."""
+    head, prom = monitored_run.head, monitored_run.prometheus
+    assert head.env["RAY_PROMETHEUS_HOST"] == prom.url
+    health = head.get_json("/api/prometheus_health")
+    assert health["result"] is True and health["msg"] == "prometheus running", health
+    targets = {t for group in head.get_json("/api/prometheus/sd") for t in group["targets"]}
+    assert any(t.endswith(f":{head.metrics_port}") for t in targets), targets
+    series = prom.api("series", **{"match[]": f'{{__name__=~"ray_jbond_.+", run="{monitored_run.run}"}}',
+                                   "start": monitored_run.start, "end": monitored_run.end})
+    names = {s["__name__"] for s in series}
+    assert {"ray_jbond_step", "ray_jbond_reward_policy", "ray_jbond_kl_ref", "ray_jbond_max_staleness",
+            "ray_jbond_phase_seconds_count"} <= names, names
+    assert {s["instance"] for s in series} <= targets
+
+
+def test_prometheus_loaded_every_alert_rule_and_a_healthy_run_fires_none(monitored_run):
+    prom = monitored_run.prometheus
+    shipped = {r["alert"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
+    loaded = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    assert {r["name"] for r in loaded} == shipped
+    # each rule has been evaluated against the run's real series (1 s evaluation interval) without an error
+    never = "0001-01-01T00:00:00Z"  # Prometheus's lastEvaluation of a rule not evaluated yet
+    assert all(r["health"] == "ok" and r["lastEvaluation"] != never for r in loaded), loaded
+    # this Prometheus scrapes only this stack: any pending or firing alert is about the healthy run
+    assert prom.api("alerts")["alerts"] == []
+
+
+def test_outputs_land_under_the_storage_root_and_the_job_says_where(monitored_run):
+    run_dir = monitored_run.run_dir
+    assert len((run_dir / "stats.jsonl").read_text().splitlines()) == STEPS
+    assert (run_dir / "final_policy" / "config.json").exists()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["run_dir"] == str(run_dir)
+    logs = monitored_run.head.job_logs(monitored_run.submission_id)
+    assert f"run dir: {run_dir}\n" in logs and f"{run_dir}/final_policy/" in logs, logs[-2000:]
+
+
+def test_relative_run_dir_without_storage_root_is_refused_at_start_up(monitored_run):
+    head = monitored_run.head
+    record = head.wait_for_job(monitored_run.refused_id, timeout_s=60)
+    logs = head.job_logs(monitored_run.refused_id)
+    assert record["status"] == "FAILED", logs
+    assert "config error: run.run_dir: 'runs/refused' is relative and it runs as a `ray job submit` job" in logs
+    assert "system up" not in logs  # refused before any actor, engine or learner started
