@@ -56,7 +56,10 @@ def split_prompts(prompts: Sequence[str], cfg: EvalConfig, seed: int) -> PromptS
     """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts."""
     prompts = tuple(prompts)
     if cfg.prompts is not None:
-        heldout = load_prompts(cfg.prompts).prompts
+        try:
+            heldout = load_prompts(cfg.prompts).prompts
+        except (ValueError, FileNotFoundError) as e:  # its messages name prompts.*: this is eval.prompts.*
+            raise type(e)(f"eval.{e}") from None
         train = set(prompts)
         return PromptSplit(prompts, heldout, sum(p in train for p in heldout))
     if cfg.holdout_fraction == 0.0:

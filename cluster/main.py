@@ -114,15 +114,16 @@ def run(job: JobConfig) -> dict:
     metrics = JobMetrics(run=run_dir.name)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
-    t_start = time.perf_counter()
-    system = System(job)
-    print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
-          f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
-          f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
+    t_start, system = time.perf_counter(), None
     try:
+        system = System(job)
+        print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
+              f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
+              f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
         return _train(job, system, metrics, split, run_dir, resume_from)
     finally:
-        system.shutdown()
+        if system is not None:
+            system.shutdown()
         if owns_ray:
             ray.shutdown()
         if ray_logs is not None:
