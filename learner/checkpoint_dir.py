@@ -2,9 +2,9 @@
 
 The manifest (manifest.json, written last) lists every file with its size and, unless hashing was turned off
 for a large model, its sha256. A directory without one, or whose files do not match it, is refused with a
-message naming the problem. Replacing an existing
-checkpoint renames it to `<dir>.previous` first; if a crash leaves only `<dir>.previous`, `resolve`
-falls back to it, so some complete checkpoint is always usable.
+message naming the problem; so is one saved with another learner layout (world size, ZeRO stage, dtype).
+Replacing an existing checkpoint renames it to `<dir>.previous` first; if a crash leaves only `<dir>.previous`,
+`resolve` falls back to it, so some complete checkpoint is always usable.
 """
 
 from __future__ import annotations
