@@ -151,6 +151,7 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
             after_step(job, system, log, split, run_dir, rec)
 
         train(job, system, split.train, start, on_step, metrics)
+        log.end_progress()
         final_dir = run_dir / "final_policy"
         if final_dir.exists():
             shutil.rmtree(final_dir)

@@ -79,6 +79,12 @@ class RunLog:
         m.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
         m.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
 
+    def end_progress(self) -> None:
+        """Training is over: later lines (final samples, summary) print below a closed bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def evaluation(self, results: Sequence[EvalResult]) -> None:
         with open(self.eval_path, "a") as f:
             for r in results:
@@ -93,8 +99,7 @@ class RunLog:
 
     def finish(self) -> dict:
         """Close the bar and trackers, write plots and summary.txt, print the summary; returns its numbers."""
-        if self._bar is not None:
-            self._bar.close()
+        self.end_progress()
         self.trackers.close()
         rows = report.read_stats(self.stats_path)
         evals = read_eval(self.eval_path)
@@ -118,8 +123,7 @@ class RunLog:
 
     def close(self) -> None:
         """On an error: stop the bar and flush the trackers (finish() does this on success)."""
-        if self._bar is not None:
-            self._bar.close()
+        self.end_progress()
         self.trackers.close()
 
 

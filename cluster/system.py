@@ -227,7 +227,9 @@ def init_ray(job: JobConfig) -> Path | None:
     stays in Ray's log files. Returns the local session's log directory (None when joining a cluster, whose
     logs live on its nodes: `ray logs`, or the dashboard).
     """
-    quiet = {"log_to_driver": job.run.verbose, "logging_level": logging.INFO if job.run.verbose else logging.WARNING}
+    level = logging.INFO if job.run.verbose else logging.WARNING
+    quiet = {"log_to_driver": job.run.verbose, "logging_level": level}
+    logging.getLogger("ray.serve").setLevel(level)  # the driver's own Serve lines ("Started Serve", "ready at")
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, **quiet)
