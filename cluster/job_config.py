@@ -7,6 +7,7 @@ many actors/ranks/replicas and the CPUs/GPUs of each). A bad value fails at star
 from __future__ import annotations
 
 import enum
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class ModelsConfig:
     policy: str = "artifacts/tiny/policy"
     """Starting policy pi_ref: a local HF directory or a hub id. The anchor starts equal to it."""
     sampler_backend: SamplerBackend = SamplerBackend.VLLM
+    """Which engine the actors sample with."""
     sampler_dtype: str = "float32"
     """dtype of the actors' engines (bfloat16 on GPU)."""
     build_tiny: bool = True
@@ -49,12 +51,19 @@ class ResourcesConfig:
     """Per-replica resources; the counts say how many of each role the placement groups hold."""
 
     policy_actors: int = 1
+    """Sampling workers (vLLM engines) holding the policy; each prompt batch is split over them."""
     anchor_actors: int = 1
+    """Sampling workers holding the EMA anchor (they draw n samples per prompt)."""
     learner_ranks: int = 1
+    """Data-parallel learner processes (the DeepSpeed world size); prompts_per_step must split evenly over them."""
     cpus_per_actor: float = 1.0
+    """CPU cores reserved for each sampling worker."""
     gpus_per_actor: float = 0.0
+    """GPUs reserved for each sampling worker (1 on a GPU cluster; fractions share a device)."""
     cpus_per_learner: float = 1.0
+    """CPU cores reserved for each learner rank."""
     gpus_per_learner: float = 0.0
+    """GPUs reserved for each learner rank (1 with learner.device=cuda)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -69,20 +78,29 @@ class RunConfig:
     steps: int = 100
     """Learner steps (optimizer updates) to run in total, counting steps done before a resume."""
     run_dir: Path = Path("runs/local")
-    """Checkpoints, episodes (Parquet), plots, the config and the summary go here. A relative path resolves
-    against storage_path (or $JBOND_STORAGE_PATH) if set, else against the current directory; a relative
-    run_dir in a `ray job submit` job with no storage root is refused (see cluster/storage.py)."""
+    """Checkpoints, episodes (Parquet), TensorBoard events, logs, plots, the config and the summary go here.
+    A relative path resolves against storage_path (or $JBOND_STORAGE_PATH) if set, else against the current
+    directory; a relative run_dir in a `ray job submit` job with no storage root is refused (cluster/storage.py)."""
     storage_path: str = ""
     """Absolute directory that relative run_dirs resolve against, like Ray Train's storage_path: on a cluster,
     one every node can write (NFS, a mounted bucket). '' : $JBOND_STORAGE_PATH, else the current directory."""
     checkpoint_every: int = 50
     """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N checkpoints (0: keep all). The newest valid one is never deleted."""
+    checkpoint_sha256: bool = True
+    """Hash every checkpoint file into its manifest (checked again on resume); off, the manifest records sizes
+    only. Hashing costs about 3 s per GB at save and again at resume on the 2-core dev machine (README)."""
+    export_every: int = 0
+    """Steps between Hugging Face exports of the policy to run_dir/exports/step_N (0: only final_policy/)."""
     resume: bool = False
-    """Continue from the newest checkpoint in run_dir."""
+    """Continue from the newest valid checkpoint in run_dir (same learner_ranks, zero_stage and dtype)."""
     mode: Mode = Mode.SYNC
+    """sync or pipelined (see Mode)."""
     max_staleness: int = 1
     """Pipelined mode: samples from weights more than this many versions old are dropped and redrawn."""
     seed: int = 0
+    """Seed of the per-step sampling requests (each step's seed derives from it, so a resume repeats them)."""
     show_samples: int = 6
     """Completions printed before and after training (fixed prompts, greedy) so a reader sees what changed."""
     ray_address: str = ""
@@ -91,17 +109,63 @@ class RunConfig:
     """Local Ray only: Prometheus metrics port of the node (0: Ray's default choice)."""
     progress: bool = True
     """Show a progress bar with reward and KL."""
+    verbose: bool = False
+    """Also stream Ray, Serve, vLLM and DeepSpeed logs of the workers to the console (they always go to
+    Ray's log files, copied to run_dir/logs/ray at the end of a local run)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to run_dir/tensorboard (offline; `tensorboard --logdir runs`)."""
+    wandb_project: str = ""
+    """Also log to this Weights & Biases project ('' = off; needs `pip install wandb` and a login or
+    WANDB_MODE=offline)."""
 
     def __post_init__(self) -> None:
         check_types(self)
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        require(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
-        require(self.max_staleness >= 0, "max_staleness", f"must be >= 0, got {self.max_staleness}")
+        for name in ("checkpoint_every", "keep_checkpoints", "export_every", "max_staleness", "show_samples"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
                 "pipelined mode samples one version behind the learner: needs max_staleness >= 1")
-        require(self.show_samples >= 0, "show_samples", f"must be >= 0, got {self.show_samples}")
         require(not self.storage_path or Path(self.storage_path).expanduser().is_absolute(), "storage_path",
                 f"must be an absolute path (a directory every node can write), got {self.storage_path!r}")
+        require(not self.wandb_project or importlib.util.find_spec("wandb") is not None, "wandb_project",
+                f"is {self.wandb_project!r} but the wandb package is not installed: `pip install wandb`, "
+                "or leave run.wandb_project empty (TensorBoard needs no account)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation during training on held-out prompts: reward (greedy and sampled) and KL(pi || ref)."""
+
+    every_steps: int = 0
+    """Steps between evaluations (0: none). With evaluation on, it also runs before the first step and after
+    the last."""
+    prompts: PromptSource | None = None
+    """A held-out prompt source (path, format, field, split as in the `prompts` section)."""
+    holdout_fraction: float = 0.0
+    """Without eval.prompts: hold out this fraction of the distinct training prompts (chosen with prompts.seed);
+    the learner never trains on them."""
+    num_prompts: int = 64
+    """Held-out prompts per evaluation (the same first ones every time, so the curve compares like with like)."""
+    samples_per_prompt: int = 4
+    """Sampled completions per held-out prompt (at sampling.temperature); greedy draws one."""
+    greedy: bool = True
+    """Evaluate greedy completions (reward)."""
+    sampled: bool = True
+    """Evaluate sampled completions (reward and KL(pi || ref) = mean over completions of the summed
+    log pi - log pi_ref of their tokens, computed by the learner)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        require(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction",
+                f"must be in [0, 1), got {self.holdout_fraction}")
+        require(self.num_prompts >= 1, "num_prompts", f"must be >= 1, got {self.num_prompts}")
+        require(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        require(self.greedy or self.sampled, "greedy", "greedy and sampled are both off: nothing to evaluate")
+        require(self.prompts is None or self.holdout_fraction == 0.0, "holdout_fraction",
+                "set either eval.prompts (a held-out file) or eval.holdout_fraction, not both")
+        require(self.every_steps == 0 or self.prompts is not None or self.holdout_fraction > 0.0, "every_steps",
+                "evaluation needs held-out prompts: set eval.prompts.path or eval.holdout_fraction > 0")
 
 
 @dataclass(frozen=True)
@@ -114,6 +178,7 @@ class JobConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         require(self.algorithm.algorithm is not Algorithm.BOND, "algorithm.algorithm",

@@ -1,13 +1,15 @@
 """Entry point: `python -m cluster.main --config configs/local.yaml [--set section.field=value ...] [--resume]`.
 
 Locally it starts Ray itself; under `ray job submit ... -- python -m cluster.main ...` (or with RAY_ADDRESS
-set) it joins that cluster. Writes under run.run_dir: config.yaml, stats.jsonl, episodes/*.parquet (RLDS),
-checkpoints/, final_policy/ (HF safetensors), plots/*.png and summary.txt.
+set) it joins that cluster. Writes under run.run_dir: config.yaml, stats.jsonl, eval.jsonl, episodes/*.parquet
+(RLDS), tensorboard/, checkpoints/, exports/, final_policy/ (HF safetensors), plots/*.png, summary.txt and
+logs/ray/ (the workers' Ray, Serve, vLLM and DeepSpeed logs of a local run).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -18,29 +20,43 @@ import yaml
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
 from bond.records import Role
-from cluster import config_loading, report, storage
-from cluster.episodes import EpisodeWriter
+from cluster import checkpoints, config_help, config_loading, evaluation, storage
+from cluster.evaluation import PromptSplit
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, StepRecord, train
 from cluster.prompts import PromptCursor, load_prompts
+from cluster.run_log import RunLog
+from learner.checkpoint_dir import CheckpointError
 
 TINY_ROOT = Path("artifacts/tiny")
 
 
-def parse_config(argv: list[str] | None = None) -> JobConfig:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster.main", description=__doc__,
+                                     epilog=config_help.render(JobConfig, JobConfig()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML or JSON file with the config sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one field, e.g. --set algorithm.beta=0.3 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.run_dir")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest valid checkpoint in run.run_dir")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML: file + --set + defaults) and exit")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse.Namespace]:
+    args = _parser().parse_args(argv)
     data = config_loading.load_document(args.config) if args.config else {}
     for assignment in args.set:
         config_loading.apply_override(data, assignment)
     if args.resume:
         config_loading.apply_override(data, "run.resume=true")
-    return config_loading.build(JobConfig, data)
+    return storage.with_resolved_run_dir(config_loading.build(JobConfig, data)), args
+
+
+def parse_config(argv: list[str] | None = None) -> JobConfig:
+    return parse_args(argv)[0]
 
 
 def ensure_tiny_models(job: JobConfig) -> None:
@@ -59,22 +75,22 @@ def _under(path: Path, root: Path) -> bool:
         return False
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    candidates = sorted((run_dir / "checkpoints").glob("step_*"))
-    return candidates[-1] if candidates else None
-
-
-def show_samples(system, title: str, prompts: list[str], max_new_tokens: int) -> str:
-    greedy = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
-    import ray
-
-    completions = ray.get(system.actors[Role.POLICY][0].generate.remote(prompts, 1, greedy))
-    scored = system.score(completions)
-    return report.samples_table(title, prompts, [s.completion.text for s in scored], [s.reward for s in scored])
+def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0), refused early if its layout differs from the job's."""
+    if not job.run.resume:
+        return None
+    path, skipped = checkpoints.newest_valid(run_dir)
+    for p in skipped:
+        print(f"warning: skipping incomplete or corrupt checkpoint {p}", flush=True)
+    if path is None:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}: starting at step 0", flush=True)
+        return None
+    checkpoints.check_layout(path, job.resources.learner_ranks, job.learner.zero_stage, job.learner.dtype.value)
+    return path
 
 
 def run(job: JobConfig) -> dict:
-    """Run the job; returns a small summary (first/last reward and KL) for callers and tests."""
+    """Run the job; returns a small summary (first/last reward and KL, last evaluation) for callers and tests."""
     import ray
 
     from cluster.metrics import JobMetrics
@@ -86,104 +102,111 @@ def run(job: JobConfig) -> dict:
     prompt_set = load_prompts(job.prompts)
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
+    split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed)
+    if split.overlap:
+        print(f"warning: {split.overlap} of {len(split.heldout)} held-out prompts are also training prompts",
+              flush=True)
+    resume_from = resume_point(job, run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False))
 
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
-    if owns_ray:
-        init_ray(job)
+    ray_logs = init_ray(job) if owns_ray else None
     metrics = JobMetrics(run=run_dir.name, max_staleness=job.run.max_staleness)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
-    t_start = time.perf_counter()
-    system = System(job)
-    print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
-          f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
-          f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
+    t_start, system = time.perf_counter(), None
     try:
-        return _train(job, system, metrics, prompt_set.prompts, run_dir)
+        system = System(job)
+        print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
+              f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
+              f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
+        return _train(job, system, metrics, split, run_dir, resume_from)
     finally:
-        system.shutdown()
+        if system is not None:
+            system.shutdown()
         if owns_ray:
             ray.shutdown()
+        if ray_logs is not None:
+            _keep_worker_logs(ray_logs, run_dir / "logs" / "ray")
 
 
-def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: Path) -> dict:
-    from tqdm import tqdm
-
-    stats_path = run_dir / "stats.jsonl"
+def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, resume_from: Path | None) -> dict:
     start = LoopState(step=0, cursor=PromptCursor())
-    checkpoint = newest_checkpoint(run_dir) if job.run.resume else None
-    if checkpoint is not None:
-        extra = system.restore(checkpoint)
+    if resume_from is not None:
+        extra = system.restore(resume_from)
         start = LoopState(step=extra["step"], cursor=PromptCursor(*extra["cursor"]))
-        report.rewrite_stats(stats_path, report.read_stats(stats_path, up_to_step=start.step))
         for role in (Role.POLICY, Role.ANCHOR):
             system.sync(role)  # the actors must sample with the restored weights
-        print(f"resumed from {checkpoint} at step {start.step}", flush=True)
-    elif stats_path.exists():
-        stats_path.unlink()
+        print(f"resumed from {resume_from} at step {start.step}", flush=True)
+    log = RunLog(job, run_dir, metrics, start.step)
+    try:
+        shown = list(dict.fromkeys(split.train))[: job.run.show_samples]
+        if shown and start.step == 0:
+            log.samples("samples before training (greedy):", greedy_samples(system, shown, job))
+        if start.step == 0 and evaluation.due(0, job.eval, job.run.steps):
+            log.evaluation(evaluation.evaluate(system, job, split.heldout, 0))
 
-    shown = list(dict.fromkeys(prompts))[: job.run.show_samples]
-    before = show_samples(system, "samples before training (greedy):", shown, job.sampling.max_new_tokens) \
-        if shown and start.step == 0 else ""
-    if before:
-        print(before, flush=True)
+        def on_step(rec: StepRecord) -> None:
+            log.step(rec)
+            after_step(job, system, log, split, run_dir, rec)
 
-    episodes = EpisodeWriter(run_dir / "episodes")
-    bar = tqdm(total=job.run.steps, initial=start.step, disable=not job.run.progress, desc="J-BOND",
-               dynamic_ncols=True, file=sys.stdout)
+        train(job, system, split.train, start, on_step, metrics)
+        log.end_progress()
+        final_dir = run_dir / "final_policy"
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        system.export_hf(final_dir)
+        if shown:
+            log.samples("samples after training (greedy):", greedy_samples(system, shown, job))
+    except BaseException:
+        log.close()
+        raise
+    return log.finish()
 
-    def on_step(rec: StepRecord) -> None:
-        s = rec.stats
-        report.append_stats(stats_path, s, rec.seconds)
-        episodes.write(s.step, rec.samples)
-        metrics.record_step(s, [x.reward for x in rec.samples if x.completion.role is Role.POLICY])
-        for phase, seconds in rec.seconds.items():
-            metrics.record_phase(phase, seconds)
-        for role in (Role.POLICY, Role.ANCHOR):
-            tokens = sum(len(x.completion.token_ids) for x in rec.samples if x.completion.role is role)
-            metrics.record_tokens(role.value, tokens, rec.seconds["sample"])
-            metrics.record_sync(role.value, rec.syncs[role].seconds, rec.syncs[role].num_bytes)
-        metrics.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
-        metrics.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
-        bar.update(1)
-        bar.set_postfix(reward=f"{s.reward_policy:+.2f}", kl_ref=f"{s.kl_ref:.2f}", kl_anc=f"{s.kl_anchor:.2f}")
-        every = job.run.checkpoint_every
-        if (every and s.step % every == 0) or s.step == job.run.steps:
-            system.save(run_dir / "checkpoints" / f"step_{s.step:07d}",
-                        extra={"step": s.step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
 
-    final = train(job, system, prompts, start, on_step, metrics)
-    bar.close()
+def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord) -> None:
+    """What is due after a step: a checkpoint (then retention), an HF export, an evaluation."""
+    step = rec.stats.step
+    if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps):
+        system.save(checkpoints.checkpoint_path(run_dir, step), sha256=job.run.checkpoint_sha256,
+                    extra={"step": step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
+        checkpoints.prune(run_dir, job.run.keep_checkpoints)
+    if checkpoints.due(step, job.run.export_every):
+        system.export_hf(checkpoints.export_path(run_dir, step))
+    if evaluation.due(step, job.eval, job.run.steps):
+        log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
 
-    final_dir = run_dir / "final_policy"
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    system.export_hf(final_dir)
-    after = show_samples(system, "samples after training (greedy):", shown, job.sampling.max_new_tokens) \
-        if shown else ""
-    rows = report.read_stats(stats_path)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    report.plot(rows, run_dir / "plots")
-    table = report.summary_table(rows)
-    text = "\n\n".join(x for x in (before, after, table) if x)
-    (run_dir / "summary.txt").write_text(text + "\n")
-    print(("\n" + after if after else "") + "\n\n" + table, flush=True)
-    print("\n" + storage.outputs_report(run_dir), flush=True)
-    return {"steps": final.step, "reward_first": report.window_mean(rows, "reward_policy", True),
-            "reward_last": report.window_mean(rows, "reward_policy", False),
-            "kl_ref_last": report.window_mean(rows, "kl_ref", False)}
+
+def greedy_samples(system, prompts: list[str], job: JobConfig):
+    settings = dataclasses.replace(SamplingSettings(), max_new_tokens=job.sampling.max_new_tokens, temperature=0.0)
+    return system.score(system.sample(Role.POLICY, prompts, 1, settings))
+
+
+def _keep_worker_logs(source: Path, target: Path) -> None:
+    """Copy the local Ray session's logs (every worker's stdout/stderr, Serve, raylet) into the run dir."""
+    try:
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+    except (OSError, shutil.Error) as e:  # a log file rotated away mid-copy must not fail a finished run
+        print(f"warning: could not copy all Ray logs from {source}: {e}", file=sys.stderr)
+    print(f"worker logs (Ray, Serve, vLLM, DeepSpeed): {target}  (run.verbose=true also streams them here)",
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        job = storage.with_resolved_run_dir(parse_config(argv))
+        job, args = parse_args(argv)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(job)
+    if args.print_config:
+        print(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False), end="")
+        return
+    try:
+        run(job)
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
     main()
-

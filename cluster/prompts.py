@@ -29,6 +29,7 @@ class PromptSource:
     path: str = "configs/review_prompts.jsonl"
     """File path (jsonl/parquet) or dataset name/directory (hf)."""
     format: PromptFormat = PromptFormat.JSONL
+    """How `path` is read."""
     field: str = "prompt"
     """Column / JSON key holding the prompt text."""
     split: str = "train"
@@ -36,6 +37,7 @@ class PromptSource:
     shuffle: bool = True
     """Reshuffle the prompts every epoch (deterministically from `seed`)."""
     seed: int = 0
+    """Seed of the per-epoch shuffle."""
 
     def __post_init__(self) -> None:
         check_types(self)

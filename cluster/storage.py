@@ -88,9 +88,10 @@ def outputs_report(run_dir: Path) -> str:
     run_dir = run_dir.resolve()
     lines = [f"run dir: {run_dir}"]
     for name, what in (("config.yaml", "the config as run"), ("stats.jsonl", "one StepStats per step"),
-                       ("episodes", "RLDS Parquet rows per step"), ("checkpoints", "resume with --resume"),
-                       ("final_policy", "HF safetensors policy"), ("plots", "reward / KL plots"),
-                       ("summary.txt", "samples and the summary table")):
+                       ("eval.jsonl", "held-out evaluations"), ("episodes", "RLDS Parquet rows per step"),
+                       ("checkpoints", "resume with --resume"), ("exports", "periodic HF exports"),
+                       ("final_policy", "HF safetensors policy"), ("tensorboard", "tensorboard --logdir"),
+                       ("plots", "reward / KL plots"), ("summary.txt", "samples and the summary table")):
         path = run_dir / name
         if path.exists():
             lines.append(f"  {str(path) + ('/' if path.is_dir() else ''):<{len(str(run_dir)) + 16}} {what}")

@@ -8,6 +8,7 @@ Serve deployment). The algorithm never sees Ray; this file is where Ray lives.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,10 @@ from reward_service import serve_app
 # learner starting beside it) the proxy can need longer, and serve.start then fails with ActorDiedError.
 # Ray processes inherit this from the process that starts them (init_ray below, or a user's `ray start`).
 SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
+
+# A quiet console (run.verbose=false): Serve's log lines (with its per-request access log) go to its log
+# files only, not also to each worker's stderr.
+QUIET_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
 
 # vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
 SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -64,8 +69,12 @@ class LearnerRank:
     def version(self, role: Role) -> int:
         return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
 
-    def save(self, directory: str, extra: dict) -> None:
-        self.learner.save(directory, extra=extra)
+    def logprobs(self, completions: list[Completion], role: Role) -> list[float]:
+        """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
+        return self.learner.logprobs(completions, role).tolist()
+
+    def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
+        self.learner.save(directory, extra=extra, sha256=sha256)
 
     def restore(self, directory: str) -> dict:
         return self.learner.restore(directory)
@@ -164,6 +173,16 @@ class System:
                        for c, r in zip(part, result.rewards, strict=True)]
         return scored
 
+    def sample(self, role: Role, prompts: Sequence[str], n: int, settings: SamplingSettings) -> list[Completion]:
+        """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
+        parts = ray.get(self._fan_out(role, list(enumerate(prompts)), n, settings))
+        return sorted((c for part in parts for c in part), key=lambda c: c.prompt_id)  # stable: n stay in order
+
+    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
+        """log pi_role(y | x) of each completion (summed over its tokens), from the learner."""
+        ref = ray.put(list(completions))
+        return ray.get([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
+
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
         return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
@@ -171,8 +190,8 @@ class System:
     def sync(self, role: Role) -> SyncReport:
         return push_weights(self.learner, self.actors[role], role)
 
-    def save(self, directory: Path, extra: dict) -> None:
-        ray.get([rank.save.remote(str(directory), extra) for rank in self.learner])
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
+        ray.get([rank.save.remote(str(directory), extra, sha256) for rank in self.learner])
 
     def restore(self, directory: Path) -> dict:
         return ray.get([rank.restore.remote(str(directory)) for rank in self.learner])[0]
@@ -201,18 +220,28 @@ def sampler_class(backend: SamplerBackend):
     return HfSampler
 
 
-def init_ray(job: JobConfig) -> None:
-    """Join the cluster of `ray job submit` / RAY_ADDRESS / run.ray_address, or start a local one."""
+def init_ray(job: JobConfig) -> Path | None:
+    """Join the cluster of `ray job submit` / RAY_ADDRESS / run.ray_address, or start a local one.
+
+    Unless run.verbose, the workers' output (vLLM, Serve, DeepSpeed) is not streamed to this console: it
+    stays in Ray's log files. Returns the local session's log directory (None when joining a cluster, whose
+    logs live on its nodes: `ray logs`, or the dashboard).
+    """
+    level = logging.INFO if job.run.verbose else logging.WARNING
+    quiet = {"log_to_driver": job.run.verbose, "logging_level": level}
+    logging.getLogger("ray.serve").setLevel(level)  # the driver's own Serve lines ("Started Serve", "ready at")
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    for key, value in SERVE_PROXY_ENV.items():
+        ray.init(address=address, **quiet)
+        return None
+    for key, value in {**SERVE_PROXY_ENV, **({} if job.run.verbose else QUIET_ENV)}.items():
         os.environ.setdefault(key, value)
     res = job.resources
     needed = ((res.policy_actors + res.anchor_actors) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
               + job.reward.replicas * job.reward.cpus_per_replica + 1)
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
     # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}, **kwargs)
+    context = ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+                       runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+                       **quiet, **kwargs)
+    return Path(context.address_info["session_dir"]) / "logs"

@@ -30,6 +30,7 @@ class LearnerConfig:
     dtype: Dtype = Dtype.FP32
     """Precision of the model weights and of exported weights (bf16 needs device cuda)."""
     device: Device = Device.CPU
+    """Where the learner computes."""
     bucket_bytes: int = 1 << 30
     """Largest weight-export bucket (bytes, in the export dtype). Under ZeRO-3 this is also the most that is
     ever gathered at once; it must hold the largest single parameter (checked at start-up)."""

@@ -114,6 +114,11 @@ class Learner:
         """EMA updates taken (one per optimizer step): the version of the anchor weights."""
         return self._step
 
+    @property
+    def layout(self) -> dict:
+        """What a checkpoint's optimizer state is tied to (see checkpoint_dir.check_layout)."""
+        return {"world_size": self.world_size, "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value}
+
     # ---- the update ----------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
         """One optimizer step on the global batch (every rank passes the same Batch), then the EMA anchor update."""
@@ -263,9 +268,10 @@ class Learner:
                              f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}")
 
     # ---- files ---------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+    def save(self, directory: str | Path, extra: dict | None = None, sha256: bool = True) -> None:
         """Checkpoint (collective): policy, anchor, optimizer, step, RNG, reference id and the caller's `extra`
-        (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py."""
+        (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py. The manifest records the
+        layout (world_size, zero_stage, dtype) that restore requires, and sha256 digests unless turned off."""
         final = Path(directory)
         partial = checkpoint_dir.partial_path(final)
         extra_text = json.dumps(extra or {})  # fail before writing anything if extra is not JSON
@@ -284,19 +290,17 @@ class Learner:
             (partial / "extra.json").write_text(extra_text)
             checkpoint_dir.seal(partial, final, {
                 "step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
-                "reference_id": self.reference_id, "world_size": self.world_size,
-                "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value})
+                "reference_id": self.reference_id, **self.layout}, sha256=sha256)
         rendezvous.barrier()
 
     def restore(self, directory: str | Path) -> dict:
         """Load a checkpoint written by save (collective); returns its `extra`. Refuses partial or corrupt ones."""
         path = checkpoint_dir.resolve(Path(directory))
         meta = checkpoint_dir.verify(path)
-        for key, ours in (("reference_id", self.reference_id), ("world_size", self.world_size),
-                          ("zero_stage", self.config.zero_stage), ("dtype", self.config.dtype.value)):
-            if meta[key] != ours:
-                raise checkpoint_dir.CheckpointError(
-                    f"checkpoint {path} has {key}={meta[key]!r} but this learner has {ours!r}")
+        if meta["reference_id"] != self.reference_id:
+            raise checkpoint_dir.CheckpointError(f"checkpoint {path} has reference_id={meta['reference_id']!r} "
+                                                 f"but this learner has {self.reference_id!r}")
+        checkpoint_dir.check_layout(path, meta, self.layout)
         self.engine.load_state(path / "engine")
         for i, (_, full) in enumerate(safetensors_shards.read(path / "anchor", self._names)):
             self._anchor.load_full(i, full)

@@ -119,10 +119,15 @@ def test_resume_reproduces_the_next_step(local_ray, tiny_dir, tmp_path):
     full = tmp_path / "uninterrupted"
     run(smoke_job(full, tiny_dir, run__steps=3, run__checkpoint_every=1))
     cut = tmp_path / "interrupted"
-    run(smoke_job(cut, tiny_dir, run__steps=2, run__checkpoint_every=1))
-    run(smoke_job(cut, tiny_dir, run__steps=3, run__checkpoint_every=1, run__resume="true"))
+    # the interrupted run also evaluates after every step: evaluation must not change what training does
+    evals = dict(eval__every_steps=1, eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl",
+                 eval__num_prompts=2, eval__samples_per_prompt=2)
+    run(smoke_job(cut, tiny_dir, run__steps=2, run__checkpoint_every=1, **evals))
+    run(smoke_job(cut, tiny_dir, run__steps=3, run__checkpoint_every=1, run__resume="true", **evals))
     a, b = stats_rows(full), stats_rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3]
+    eval_steps = [json.loads(line)["step"] for line in (cut / "eval.jsonl").read_text().splitlines()]
+    assert eval_steps == [0, 0, 1, 1, 2, 2, 3, 3]  # greedy + sampled; the resumed run did not repeat step 2
     for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor", "grad_norm"):
         assert b[2][key] == pytest.approx(a[2][key], rel=1e-5, abs=1e-6), key
 
