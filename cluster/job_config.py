@@ -55,9 +55,13 @@ class ResourcesConfig:
     gpus_per_actor: float = 0.0
     cpus_per_learner: float = 1.0
     gpus_per_learner: float = 0.0
+    max_actor_restarts: int = 3
+    """Per sampler actor: a dead actor (crash, OOM, lost node) is restarted, re-synced to the current weights
+    and its share of the step redrawn, at most this many times; one more death ends the job."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        require(self.max_actor_restarts >= 0, "max_actor_restarts", f"must be >= 0, got {self.max_actor_restarts}")
         for name in ("policy_actors", "anchor_actors", "learner_ranks"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("cpus_per_actor", "gpus_per_actor", "cpus_per_learner", "gpus_per_learner"):
@@ -86,6 +90,9 @@ class RunConfig:
     """Local Ray only: Prometheus metrics port of the node (0: Ray's default choice)."""
     progress: bool = True
     """Show a progress bar with reward and KL."""
+    auto_resume: int = 0
+    """Supervisor mode: after a failure the job cannot survive (a dead learner rank, an actor out of restarts),
+    restart from the newest checkpoint by itself, at most this many times (0: stop with one error line)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -95,6 +102,7 @@ class RunConfig:
         require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
                 "pipelined mode samples one version behind the learner: needs max_staleness >= 1")
         require(self.show_samples >= 0, "show_samples", f"must be >= 0, got {self.show_samples}")
+        require(self.auto_resume >= 0, "auto_resume", f"must be >= 0, got {self.auto_resume}")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from actors.sampling import SamplingSettings
 from bond.config import ConfigError
 from bond.records import Role
-from cluster import config_loading, report
+from cluster import config_loading, preflight, report
 from cluster.episodes import EpisodeWriter
+from cluster.failures import EXIT_FAILURE, JobFailure, newest_checkpoint, run_with_auto_resume
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, StepRecord, train
+from cluster.preemption import Preempted, stop_on_sigterm
 from cluster.prompts import PromptCursor, load_prompts
 
 TINY_ROOT = Path("artifacts/tiny")
@@ -43,9 +44,12 @@ def parse_config(argv: list[str] | None = None) -> JobConfig:
     return config_loading.build(JobConfig, data)
 
 
+def will_build_tiny(job: JobConfig, path: str) -> bool:
+    return job.models.build_tiny and _under(Path(path), TINY_ROOT) and not Path(path).exists()
+
+
 def ensure_tiny_models(job: JobConfig) -> None:
-    paths = [Path(job.models.policy), Path(job.reward.path_or_name)]
-    if job.models.build_tiny and any(_under(p, TINY_ROOT) and not p.exists() for p in paths):
+    if any(will_build_tiny(job, p) for p in (job.models.policy, job.reward.path_or_name)):
         from cluster.tiny import build
 
         build(TINY_ROOT)
@@ -59,17 +63,8 @@ def _under(path: Path, root: Path) -> bool:
         return False
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    candidates = sorted((run_dir / "checkpoints").glob("step_*"))
-    return candidates[-1] if candidates else None
-
-
 def show_samples(system, title: str, prompts: list[str], max_new_tokens: int) -> str:
-    greedy = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
-    import ray
-
-    completions = ray.get(system.actors[Role.POLICY][0].generate.remote(prompts, 1, greedy))
-    scored = system.score(completions)
+    scored = system.score(system.greedy(prompts, max_new_tokens))
     return report.samples_table(title, prompts, [s.completion.text for s in scored], [s.reward for s in scored])
 
 
@@ -82,8 +77,9 @@ def run(job: JobConfig) -> dict:
 
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    preflight.check(job, ray_running=ray.is_initialized(), built_later=lambda path: will_build_tiny(job, path))
     ensure_tiny_models(job)
-    prompt_set = load_prompts(job.prompts)
+    prompt_set = load_prompts(job.prompts, **preflight.prompt_length_limit(job))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False))
@@ -95,19 +91,20 @@ def run(job: JobConfig) -> dict:
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)
     t_start = time.perf_counter()
-    system = System(job)
+    system = System(job, metrics=metrics)
     print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
           f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
           f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
     try:
-        return _train(job, system, metrics, prompt_set.prompts, run_dir)
+        with stop_on_sigterm() as stop:  # after ray.init, which installs its own SIGTERM handler
+            return _train(job, system, metrics, prompt_set.prompts, run_dir, stop)
     finally:
         system.shutdown()
         if owns_ray:
             ray.shutdown()
 
 
-def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: Path) -> dict:
+def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: Path, stop) -> dict:
     from tqdm import tqdm
 
     stats_path = run_dir / "stats.jsonl"
@@ -149,9 +146,12 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
         bar.update(1)
         bar.set_postfix(reward=f"{s.reward_policy:+.2f}", kl_ref=f"{s.kl_ref:.2f}", kl_anc=f"{s.kl_anchor:.2f}")
         every = job.run.checkpoint_every
-        if (every and s.step % every == 0) or s.step == job.run.steps:
-            system.save(run_dir / "checkpoints" / f"step_{s.step:07d}",
-                        extra={"step": s.step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
+        checkpoint = run_dir / "checkpoints" / f"step_{s.step:07d}"
+        if (every and s.step % every == 0) or s.step == job.run.steps or stop.requested:
+            system.save(checkpoint, extra={"step": s.step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
+        if stop.requested and s.step < job.run.steps:
+            bar.close()
+            raise Preempted(s.step, checkpoint)
 
     final = train(job, system, prompts, start, on_step, metrics)
     bar.close()
@@ -177,12 +177,17 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Exit codes: 0 done (or stopped by SIGTERM with a checkpoint), 2 config error, 3 job failure (one line)."""
     try:
-        job = parse_config(argv)
+        run_with_auto_resume(parse_config(argv), run)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(job)
+    except Preempted as e:
+        print(str(e), flush=True)
+    except JobFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_deploy_needs_ray_and_deployment_options_follow_the_spec():
     fixed = serve_app.deployment_options(RewardSpec("learned", "p", replicas=3, cpus_per_replica=2.0,
                                                     gpus_per_replica=0.5, max_batch_size=8))
     assert fixed == {"ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5}, "max_ongoing_requests": 16,
-                     "num_replicas": 3}
+                     "health_check_period_s": serve_app.HEALTH_CHECK_PERIOD_S, "num_replicas": 3}
     scaled = serve_app.deployment_options(RewardSpec("learned", "p", replicas=2, min_replicas=1, max_replicas=4))
     assert "num_replicas" not in scaled
     assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
