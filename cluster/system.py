@@ -11,6 +11,7 @@ import dataclasses
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ class System:
         res = job.resources
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
+        tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
             pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
@@ -132,7 +134,7 @@ class System:
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
-                    max_restarts=res.max_actor_restarts, max_task_retries=0,
+                    max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
                 ).remote(job.models.policy, role, dtype=job.models.sampler_dtype, seed=job.run.seed + 1000 * i
                          + (0 if role is Role.POLICY else 500))
                 for i in range(count)
