@@ -159,11 +159,12 @@ def test_missing_policy_path(capsys, tmp_path):
     assert err.startswith("models.policy: ") and "does not exist and is not a hub id" in err
 
 
-@pytest.mark.bad_input("reward.path_or_name: a path that does not exist", "config error: reward.path_or_name")
+@pytest.mark.bad_input("reward.path_or_name: a path that does not exist, a function module that does not",
+                       "config error: reward.path_or_name")
 def test_missing_reward_path(capsys, tmp_path):
-    err = start_fails(capsys, f"models.policy={tmp_path}", "models.build_tiny=false",
-                      f"reward.path_or_name={tmp_path}/missing/rm", f"run.run_dir={tmp_path}/run")
-    assert err.startswith("models.policy: ")  # checked first: tmp_path is no model directory
+    err = start_fails(capsys, "models.policy=org/model", f"reward.path_or_name={tmp_path}/missing/rm",
+                      f"run.run_dir={tmp_path}/run")
+    assert err.startswith("reward.path_or_name: ") and "does not exist and is not a hub id" in err
     err = start_fails(capsys, "reward.kind=function", "reward.path_or_name=no_such_module_xyz:score",
                       "models.policy=org/model", f"run.run_dir={tmp_path}/run")
     assert err.startswith("reward.path_or_name: no module 'no_such_module_xyz'")
