@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from cluster import config_loading
+from cluster.failures import run_with_auto_resume
 from cluster.job_config import JobConfig
 from cluster.main import run
 
@@ -107,4 +108,30 @@ def test_killed_sampler_and_reward_replica_the_run_finishes_every_step_once(metr
         time.sleep(1)
     lines = [x for x in text.splitlines() if x.startswith("ray_jbond_actor_restarts_total{") and 'role="policy"' in x]
     assert lines and float(lines[0].rsplit(" ", 1)[1]) == 1, lines
-    print(f"killed {killer.killed}; {steps} steps in {seconds:.0f} s")
+    retries = [x for x in text.splitlines() if x.startswith("ray_jbond_errors_total{") and "reward_service" in x]
+    print(f"killed {killer.killed}; {steps} steps in {seconds:.0f} s\n{restarts[0]}\nscoring errors: {retries}")
+
+
+@pytest.mark.timeout(300)
+def test_dead_learner_stops_the_job_in_one_line_and_auto_resume_finishes_it(metrics_ray, tiny_dir, tmp_path, capfd):
+    steps = 4
+    job = job_config(tmp_path, tiny_dir, **{"run.steps": steps, "run.checkpoint_every": 1, "run.auto_resume": 1})
+    killer = KillAt(tmp_path, 2, lambda a: a["ActorClassName"] == "LearnerRank")
+    killer.start()
+    lines = []
+    t0 = time.monotonic()
+    summary = run_with_auto_resume(job, run, log=lines.append)
+    seconds = time.monotonic() - t0
+    assert killer.killed and summary["steps"] == steps
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith("error: learner rank 0 died (") and "last checkpoint " in lines[0], lines
+    assert lines[0].endswith("auto_resume 1/1: restarting from " + str(newest_before(lines[0])))
+    got = rows(tmp_path)
+    assert [r["step"] for r in got] == list(range(1, steps + 1))  # the redone steps replaced, not appended
+    assert "resumed from" in capfd.readouterr().out
+    print(f"{lines[0]}\n{steps} steps with one learner death in {seconds:.0f} s")
+
+
+def newest_before(line: str) -> str:
+    """The checkpoint the failure line names: the one auto_resume must restart from."""
+    return line.split("last checkpoint ", 1)[1].split(",", 1)[0]
