@@ -279,8 +279,10 @@ class System:
 
     def _raise_if_learner(self, error: RayActorError) -> None:
         ids = [r._actor_id.hex() for r in self.learner]
-        if error.actor_id in ids:
-            raise LearnerDiedError(ids.index(error.actor_id), first_line(error), self._last_checkpoint) from None
+        dead = [ids.index(error.actor_id)] if error.actor_id in ids else [] if error.actor_id else \
+            [r for r, actor_id in enumerate(ids) if ray._private.state.actors(actor_id).get("State") != "ALIVE"]
+        if dead:
+            raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
 
     def _on_learner(self, refs: list) -> list:
         """The ranks' results. A rank that dies stops the job at once: the others may be blocked in a collective
