@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,13 +105,20 @@ def check_model(field: str, name: str, *, need_pad: bool) -> None:
                           "different lengths cannot be padded")
 
 
-def check_port_free(field: str, host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program (or "
-                              "another job's Serve) holds it: choose a free port") from None
+def check_port_free(field: str, host: str, port: int, patience_s: float = 5.0) -> None:
+    """The port can be bound now, or within patience_s (the proxy of a Ray this process just shut down, e.g.
+    before an auto_resume, may take a moment to let go of it)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program "
+                                      "(or another job's Serve) holds it: choose a free port") from None
+        time.sleep(0.25)
 
 
 def check_ray_address(field: str, address: str) -> None:

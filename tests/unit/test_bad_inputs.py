@@ -180,7 +180,8 @@ def test_hub_ids_pass_the_shape_check_and_paths_do_not():
 
 
 @pytest.mark.bad_input("reward.http_port already in use", "config error: reward.http_port")
-def test_port_in_use(capsys, tmp_path):
+def test_port_in_use(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight.check_port_free, "__defaults__", (0.5,))  # do not wait the full 5 s
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
