@@ -12,7 +12,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: compare install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor
+.PHONY: compare install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ test-gpu: install
 
 bench: install tiny
 	$(BIN)/python -m bench
+
+# 20-minute pipelined run watching every process's RSS and the object store: runs/soak/soak.{csv,png}
+soak: install tiny
+	$(BIN)/python -m bench soak
 
 # J-BOND vs REINFORCE(beta_RL) reward-vs-KL on the default task: runs/compare/reward_vs_kl.png
 compare: install tiny

@@ -1,4 +1,7 @@
-"""`python -m bench`: run every bench/bench_*.py (each prints ratios measured side by side in one run)."""
+"""`python -m bench`: run every bench/bench_*.py (each prints ratios measured side by side in one run).
+
+`python -m bench soak [--minutes M]` runs the soak (bench/soak.py, 20 minutes) instead; it never runs by default.
+"""
 
 import importlib
 import pkgutil
@@ -8,6 +11,11 @@ from pathlib import Path
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["soak"]:
+        from bench import soak
+
+        soak.main(sys.argv[2:])
+        return
     only = set(sys.argv[1:])
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
     for name in names:

@@ -14,7 +14,8 @@ from pathlib import Path
 from actors.sampling import SamplingSettings
 from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
 from cluster.job_config import JobConfig
-from cluster.system import Samples, role_settings, sampler_class
+from cluster.loop import Samples
+from cluster.system import role_settings, sampler_class
 from cluster.weight_sync import SyncReport, confirmed_version
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
@@ -41,8 +42,12 @@ class InProcessSystem:
                          for role, n in ((Role.POLICY, 1), (Role.ANCHOR, n_anchor))))
 
     @staticmethod
-    def finish_sampling(job) -> Samples:
-        return job()
+    def finish_sampling(pending) -> Samples:
+        return pending()
+
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[Completion]:
+        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+        return self.actors[Role.POLICY][0].generate(list(prompts), 1, settings)
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
         rewards = self.reward.score([c.prompt for c in completions], [c.text for c in completions])

@@ -64,9 +64,13 @@ class ResourcesConfig:
     """CPU cores reserved for each learner rank."""
     gpus_per_learner: float = 0.0
     """GPUs reserved for each learner rank (1 with learner.device=cuda)."""
+    max_actor_restarts: int = 3
+    """Per sampler actor: a dead actor (crash, OOM, lost node) is restarted, re-synced to the current weights
+    and its share of the step redrawn, at most this many times; one more death ends the job."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        require(self.max_actor_restarts >= 0, "max_actor_restarts", f"must be >= 0, got {self.max_actor_restarts}")
         for name in ("policy_actors", "anchor_actors", "learner_ranks"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("cpus_per_actor", "gpus_per_actor", "cpus_per_learner", "gpus_per_learner"):
@@ -117,6 +121,9 @@ class RunConfig:
     wandb_project: str = ""
     """Also log to this Weights & Biases project ('' = off; needs `pip install wandb` and a login or
     WANDB_MODE=offline)."""
+    auto_resume: int = 0
+    """Supervisor mode: after a failure the job cannot survive (a dead learner rank, an actor out of restarts),
+    restart from the newest checkpoint by itself, at most this many times (0: stop with one error line)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -130,6 +137,7 @@ class RunConfig:
         require(not self.wandb_project or importlib.util.find_spec("wandb") is not None, "wandb_project",
                 f"is {self.wandb_project!r} but the wandb package is not installed: `pip install wandb`, "
                 "or leave run.wandb_project empty (TensorBoard needs no account)")
+        require(self.auto_resume >= 0, "auto_resume", f"must be >= 0, got {self.auto_resume}")
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,52 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
-from bond.records import Batch, Role, ScoredCompletion, StepStats
+from actors.sampling import SamplingSettings
+from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
+from cluster.failures import ScoringFailedError, first_line
 from cluster.job_config import JobConfig, Mode
 from cluster.prompts import PromptCursor, take
 from cluster.weight_sync import SyncReport
+from reward_service.errors import RewardServiceError, RewardTimeoutError
+
+
+@dataclass(frozen=True)
+class Samples:
+    policy: list[Completion]  # [B] one per prompt
+    anchor: list[Completion]  # [B * n] n per prompt, consecutive
+
+
+class System(Protocol):
+    """What the loop drives: cluster.system.System (Ray) and cluster.in_process_system.InProcessSystem.
+    Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
+
+    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings) -> Any:
+        """Start drawing 1 policy and n_anchor anchor samples per (prompt_id, prompt); returns what is pending."""
+
+    def finish_sampling(self, pending: Any) -> Samples:
+        """Wait for what start_sampling began (redrawing the share of an actor that died)."""
+
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[Completion]: ...
+
+    def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
+
+    def learn(self, batch: Batch) -> StepStats: ...
+
+    def sync(self, role: Role) -> SyncReport:
+        """Push `role`'s weights from the learner to its actors; every actor confirms the version."""
+
+    def save(self, directory: Path, extra: dict) -> None: ...
+
+    def restore(self, directory: Path) -> dict: ...
+
+    def export_hf(self, directory: Path) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
 
 
 @dataclass(frozen=True)
@@ -44,25 +85,31 @@ def make_batch(scored: Sequence[ScoredCompletion], n: int) -> Batch:
                                                       for p in policy))
 
 
-SCORE_ATTEMPTS = 3
+SCORE_ATTEMPTS = 4
+SCORE_BACKOFF_S = 1.0  # doubled after each failure: Serve needs a few seconds to replace a dead replica
 
 
-def score_with_retries(system, completions, metrics=None) -> list[ScoredCompletion]:
-    """A failed scoring call (dead replica, timeout) is counted and retried; the third failure ends the run."""
+def score_with_retries(system: System, completions: Sequence[Completion], metrics=None) -> list[ScoredCompletion]:
+    """A scoring call that fails for a transient reason (a replica that died, a timeout) is counted and retried
+    with backoff; a deterministic failure (a bad request, a NaN reward, a model that raises) is not retried.
+    Either way the job ends with one ScoringFailedError line, never a traceback."""
     for attempt in range(1, SCORE_ATTEMPTS + 1):
         try:
             return system.score(completions)
-        except Exception as e:  # noqa: BLE001 - every failure is counted by type, then re-raised at the end
+        except Exception as e:  # noqa: BLE001 - every failure is counted by type, then retried or reported
             reason = getattr(e, "reason", None) or type(e).__name__
             if metrics:
                 metrics.record_error("reward_service", reason)
-            if attempt == SCORE_ATTEMPTS:
-                raise RuntimeError(f"scoring failed {SCORE_ATTEMPTS} times, last: {reason}: {e}") from e
+            transient = not isinstance(e, RewardServiceError) or isinstance(e, RewardTimeoutError)
+            if not transient or attempt == SCORE_ATTEMPTS:
+                tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                raise ScoringFailedError(f"scoring failed after {tries}: {reason}: {first_line(e)}") from None
+            time.sleep(SCORE_BACKOFF_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_step: Callable[[StepRecord], None],
-          metrics=None) -> LoopState:
+def train(job: JobConfig, system: System, prompts: Sequence[str], start: LoopState,
+          on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
     B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
     state = start
     version = {Role.POLICY: start.step, Role.ANCHOR: start.step}  # one version per optimizer step
@@ -75,8 +122,8 @@ def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_s
     in_flight = sample(state.step, state.cursor)
     while state.step < job.run.steps:
         step, t0 = state.step, time.perf_counter()
-        job_refs, cursor_after = in_flight
-        samples = system.finish_sampling(job_refs)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
+        pending, cursor_after = in_flight
+        samples = system.finish_sampling(pending)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
         ahead = pipelined and step + 1 < job.run.steps
         if ahead:  # the actors start on step t+1 while we learn on step t
             in_flight = sample(step + 1, cursor_after)

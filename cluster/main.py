@@ -20,10 +20,12 @@ import yaml
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
 from bond.records import Role
-from cluster import checkpoints, config_help, config_loading, evaluation, storage
+from cluster import checkpoints, config_help, config_loading, evaluation, preflight, storage
 from cluster.evaluation import PromptSplit
+from cluster.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, StepRecord, train
+from cluster.preemption import Preempted, StopRequest, stop_on_sigterm
 from cluster.prompts import PromptCursor, load_prompts
 from cluster.run_log import RunLog
 from learner.checkpoint_dir import CheckpointError
@@ -59,9 +61,12 @@ def parse_config(argv: list[str] | None = None) -> JobConfig:
     return parse_args(argv)[0]
 
 
+def will_build_tiny(job: JobConfig, path: str) -> bool:
+    return job.models.build_tiny and _under(Path(path), TINY_ROOT) and not Path(path).exists()
+
+
 def ensure_tiny_models(job: JobConfig) -> None:
-    paths = [Path(job.models.policy), Path(job.reward.path_or_name)]
-    if job.models.build_tiny and any(_under(p, TINY_ROOT) and not p.exists() for p in paths):
+    if any(will_build_tiny(job, p) for p in (job.models.policy, job.reward.path_or_name)):
         from cluster.tiny import build
 
         build(TINY_ROOT)
@@ -98,8 +103,9 @@ def run(job: JobConfig) -> dict:
 
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    preflight.check(job, ray_running=ray.is_initialized(), built_later=lambda path: will_build_tiny(job, path))
     ensure_tiny_models(job)
-    prompt_set = load_prompts(job.prompts)
+    prompt_set = load_prompts(job.prompts, **preflight.prompt_length_limit(job))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed)
@@ -116,11 +122,12 @@ def run(job: JobConfig) -> dict:
         metrics.record_skip(f"prompt {reason}", count)
     t_start, system = time.perf_counter(), None
     try:
-        system = System(job)
+        system = System(job, metrics=metrics)
         print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
               f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
               f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
-        return _train(job, system, metrics, split, run_dir, resume_from)
+        with stop_on_sigterm() as stop:  # after ray.init, which installs its own SIGTERM handler
+            return _train(job, system, metrics, split, run_dir, resume_from, stop)
     finally:
         if system is not None:
             system.shutdown()
@@ -130,7 +137,8 @@ def run(job: JobConfig) -> dict:
             _keep_worker_logs(ray_logs, run_dir / "logs" / "ray")
 
 
-def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, resume_from: Path | None) -> dict:
+def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, resume_from: Path | None,
+           stop: StopRequest) -> dict:
     start = LoopState(step=0, cursor=PromptCursor())
     if resume_from is not None:
         extra = system.restore(resume_from)
@@ -148,7 +156,7 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
 
         def on_step(rec: StepRecord) -> None:
             log.step(rec)
-            after_step(job, system, log, split, run_dir, rec)
+            after_step(job, system, log, split, run_dir, rec, stop)
 
         train(job, system, split.train, start, on_step, metrics)
         log.end_progress()
@@ -164,17 +172,23 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
     return log.finish()
 
 
-def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord) -> None:
-    """What is due after a step: a checkpoint (then retention), an HF export, an evaluation."""
+def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord,
+               stop: StopRequest) -> None:
+    """What is due after a step: an evaluation, a checkpoint (then retention), an HF export; after a SIGTERM, a
+    checkpoint and the stop (Preempted)."""
     step = rec.stats.step
-    if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps):
-        system.save(checkpoints.checkpoint_path(run_dir, step), sha256=job.run.checkpoint_sha256,
+    if evaluation.due(step, job.eval, job.run.steps):
+        log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
+    checkpoint = checkpoints.checkpoint_path(run_dir, step)
+    if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps) or stop.requested:
+        system.save(checkpoint, sha256=job.run.checkpoint_sha256,
                     extra={"step": step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
         checkpoints.prune(run_dir, job.run.keep_checkpoints)
     if checkpoints.due(step, job.run.export_every):
         system.export_hf(checkpoints.export_path(run_dir, step))
-    if evaluation.due(step, job.eval, job.run.steps):
-        log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
+    if stop.requested and step < job.run.steps:
+        log.end_progress()
+        raise Preempted(step, checkpoint)
 
 
 def greedy_samples(system, prompts: list[str], job: JobConfig):
@@ -193,6 +207,8 @@ def _keep_worker_logs(source: Path, target: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Exit codes: 0 done (or stopped by SIGTERM with a checkpoint), 2 config or checkpoint error, 3 job failure
+    (one line)."""
     try:
         job, args = parse_args(argv)
     except ConfigError as e:
@@ -202,10 +218,18 @@ def main(argv: list[str] | None = None) -> None:
         print(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False), end="")
         return
     try:
-        run(job)
+        run_with_auto_resume(job, run)
+    except ConfigError as e:  # found at start-up, after parsing (model paths, ports, the Ray address)
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except CheckpointError as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Preempted as e:
+        print(str(e), flush=True)
+    except JobFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 if __name__ == "__main__":

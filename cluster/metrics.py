@@ -66,6 +66,9 @@ class JobMetrics:
                                                                                            "reason"))
         self.queue_depth = Gauge("jbond_queue_depth", "Sampling batches in flight ahead of the learner",
                                  tag_keys=("run",))
+        # ray_jbond_actor_restarts_total on the Prometheus side (an alert rule watches it)
+        self.actor_restarts = Counter("jbond_actor_restarts", "Sampler actors that died and were restarted",
+                                      tag_keys=("run", "role"))
 
     def record_step(self, stats: StepStats, policy_rewards: list[float]) -> None:
         for field, gauge in self.step_gauges.items():
@@ -98,3 +101,6 @@ class JobMetrics:
 
     def record_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth, tags=self._tags)
+
+    def record_actor_restart(self, role: str) -> None:
+        self.actor_restarts.inc(1, tags={**self._tags, "role": role})

@@ -11,17 +11,22 @@ import dataclasses
 import logging
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
 from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats, WeightUpdate
+from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
+from cluster.loop import Samples
 from cluster.weight_sync import SyncReport, push_weights
 from reward_service import serve_app
 
@@ -38,6 +43,11 @@ QUIET_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
 SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false",
                "VLLM_LOGGING_LEVEL": "WARNING"}
+
+# A restarted sampler re-imports vLLM and starts its engine: seconds on a GPU node, up to a minute on a busy CPU.
+ACTOR_RESTART_TIMEOUT_S = 180.0
+# Time a scoring request may wait for Serve to start a replacement replica, on top of reward.request_timeout_s.
+REPLICA_START_ALLOWANCE_S = 120.0
 
 
 class LearnerRank:
@@ -90,9 +100,22 @@ def _free_port() -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class Samples:
-    policy: list[Completion]  # [B] one per prompt
-    anchor: list[Completion]  # [B * n] n per prompt, consecutive
+class Share:
+    """One actor's part of a sampling request, kept until its samples arrive so a dead actor's part can be redrawn."""
+
+    role: Role
+    actor: int  # index in System.actors[role]
+    prompts: tuple[tuple[int, str], ...]  # (prompt_id, text)
+    n: int
+    settings: SamplingSettings
+    version: int  # weights version the actor had confirmed when the share was sent
+    incarnation: int  # restarts of the actor seen when the share was sent
+    ref: ray.ObjectRef
+
+
+@dataclass(frozen=True)
+class PendingSamples:
+    shares: tuple[Share, ...]
 
 
 def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
@@ -105,11 +128,12 @@ def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
 class System:
     """Handles to every component of a running job."""
 
-    def __init__(self, job: JobConfig):
+    def __init__(self, job: JobConfig, metrics=None):
         self.job = job
         res = job.resources
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
+        tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
             pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
@@ -117,7 +141,9 @@ class System:
                 ray.remote(sampler_cls).options(
                     num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, runtime_env={"env_vars": SAMPLER_ENV},
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-                    name=None,
+                    # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
+                    # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
+                    max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
                 ).remote(job.models.policy, role, dtype=job.models.sampler_dtype, seed=job.run.seed + 1000 * i
                          + (0 if role is Role.POLICY else 500))
                 for i in range(count)
@@ -135,6 +161,10 @@ class System:
         self.reward = serve_app.deploy(job.reward)
         ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
                 + [r.__ray_ready__.remote() for r in self.learner])
+        self._metrics = metrics
+        self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
+        self._restarts = {role: [0] * len(group) for role, group in self.actors.items()}
+        self._last_checkpoint: Path | None = None
 
     def _placement(self, bundles: list[dict[str, float]]):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
@@ -146,21 +176,60 @@ class System:
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
     def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int,
-                       settings: SamplingSettings) -> tuple[list, list]:
-        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (futures)."""
-        return self._fan_out(Role.POLICY, prompts, 1, settings), self._fan_out(Role.ANCHOR, prompts, n_anchor, settings)
+                       settings: SamplingSettings) -> PendingSamples:
+        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight)."""
+        return PendingSamples(self._fan_out(Role.POLICY, prompts, 1, settings)
+                              + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
 
-    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int, settings: SamplingSettings) -> list:
-        actors, settings = self.actors[role], role_settings(settings, role)
-        shares = [prompts[i::len(actors)] for i in range(len(actors))]
-        return [a.generate.remote([p for _, p in share], n, settings, prompt_ids=[i for i, _ in share])
-                for a, share in zip(actors, shares, strict=True) if share]
+    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int,
+                 settings: SamplingSettings) -> tuple[Share, ...]:
+        count, settings = len(self.actors[role]), role_settings(settings, role)
+        shares = [tuple(prompts[i::count]) for i in range(count)]
+        return tuple(self._send(role, i, share, n, settings) for i, share in enumerate(shares) if share)
 
-    @staticmethod
-    def finish_sampling(job: tuple[list, list]) -> Samples:
-        policy_refs, anchor_refs = job
-        return Samples(policy=[c for part in ray.get(policy_refs) for c in part],
-                       anchor=[c for part in ray.get(anchor_refs) for c in part])
+    def _send(self, role: Role, i: int, prompts: tuple[tuple[int, str], ...], n: int,
+              settings: SamplingSettings) -> Share:
+        ref = self.actors[role][i].generate.remote([p for _, p in prompts], n, settings,
+                                                   prompt_ids=[pid for pid, _ in prompts])
+        return Share(role, i, prompts, n, settings, self._held[role][i], self._restarts[role][i], ref)
+
+    def finish_sampling(self, pending: PendingSamples) -> Samples:
+        parts: dict[Role, list[Completion]] = {Role.POLICY: [], Role.ANCHOR: []}
+        for share in pending.shares:
+            parts[share.role] += self._collect(share)
+        return Samples(policy=parts[Role.POLICY], anchor=parts[Role.ANCHOR])
+
+    def _collect(self, share: Share) -> list[Completion]:
+        """The share's samples; if its actor died (its ref fails) or restarted unseen (it answers with an older
+        version than it had confirmed: the base weights), bring the actor back to the current weights and redraw."""
+        while True:
+            try:
+                completions = ray.get(share.ref)
+                oldest = min((c.weights_version for c in completions), default=share.version)
+                if oldest >= share.version:
+                    return completions
+                cause = f"it answered with weights version {oldest} after confirming {share.version}"
+            except RayActorError as e:
+                cause = first_line(e)
+            if self._restarts[share.role][share.actor] == share.incarnation:  # not yet recovered by sync()
+                self._recover(share.role, share.actor, cause, redrawn=len(share.prompts))
+            share = self._send(share.role, share.actor, share.prompts, share.n, share.settings)
+
+    def _recover(self, role: Role, i: int, cause: str, redrawn: int = 0, push: bool = True) -> None:
+        """Wait for Ray to restart actor i of `role`, count it, and (push) sync it to the learner's weights."""
+        t0, limit = time.perf_counter(), self.job.resources.max_actor_restarts
+        self._restarts[role][i] += 1
+        count = self._restarts[role][i]
+        if count > limit:
+            raise ActorLostError(f"{role} actor {i} died again after {limit} restarts "
+                                 f"(resources.max_actor_restarts={limit}): {cause}")
+        _wait_until_alive(self.actors[role][i], f"{role} actor {i}", cause)
+        if self._metrics:
+            self._metrics.record_actor_restart(role.value)
+        version = self._sync_actors(role, [i]).version if push else None
+        synced = f"synced to weights version {version}, " if push else ""
+        print(f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
+              f"{redrawn} prompts redrawn; {time.perf_counter() - t0:.1f} s", flush=True)
 
     def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
         """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
@@ -168,36 +237,96 @@ class System:
         replies = [self.reward.score.remote([c.prompt for c in part], [c.text for c in part]) for part in chunks]
         scored = []
         for part, reply in zip(chunks, replies, strict=True):
-            result = reply.result()
+            # bounded: a request waiting for Serve to replace a dead replica must not wait forever
+            result = reply.result(timeout_s=self.job.reward.request_timeout_s + REPLICA_START_ALLOWANCE_S)
             scored += [ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id)
                        for c, r in zip(part, result.rewards, strict=True)]
         return scored
 
     def sample(self, role: Role, prompts: Sequence[str], n: int, settings: SamplingSettings) -> list[Completion]:
-        """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
-        parts = ray.get(self._fan_out(role, list(enumerate(prompts)), n, settings))
-        return sorted((c for part in parts for c in part), key=lambda c: c.prompt_id)  # stable: n stay in order
+        """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples); an actor
+        that dies meanwhile is recovered and its share redrawn, as in training."""
+        shares = self._fan_out(role, tuple(enumerate(prompts)), n, settings)
+        parts = [c for share in shares for c in self._collect(share)]
+        return sorted(parts, key=lambda c: c.prompt_id)  # stable: a prompt's n samples stay in order
 
     def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
         """log pi_role(y | x) of each completion (summed over its tokens), from the learner."""
         ref = ray.put(list(completions))
-        return ray.get([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
+        return self._on_learner([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
 
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
-        return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
+        return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
 
     def sync(self, role: Role) -> SyncReport:
-        return push_weights(self.learner, self.actors[role], role)
+        """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone."""
+        while True:
+            try:
+                return self._sync_actors(role, range(len(self.actors[role])))
+            except RayActorError as e:
+                i = self._index(role, e)
+                if i is None:
+                    raise
+                self._recover(role, i, first_line(e), push=False)
+
+    def _sync_actors(self, role: Role, indices) -> SyncReport:
+        indices = list(indices)
+        try:
+            report = push_weights(self.learner, [self.actors[role][i] for i in indices], role)
+        except RayActorError as e:
+            self._raise_if_learner(e)
+            raise
+        for i in indices:
+            self._held[role][i] = report.version
+        return report
+
+    def _index(self, role: Role, error: RayActorError) -> int | None:
+        """Which actor of `role` the error is about (None: another actor). Without an actor id in the error,
+        ask the GCS which one is not alive or has restarted more often than we have seen."""
+        ids = [a._actor_id.hex() for a in self.actors[role]]
+        if error.actor_id in ids:
+            return ids.index(error.actor_id)
+        for i, actor_id in enumerate(ids):
+            info = ray._private.state.actors(actor_id)
+            if info.get("State") != "ALIVE" or info.get("NumRestarts", 0) > self._restarts[role][i]:
+                return i
+        return None
+
+    def _raise_if_learner(self, error: RayActorError) -> None:
+        ids = [r._actor_id.hex() for r in self.learner]
+        dead = [ids.index(error.actor_id)] if error.actor_id in ids else [] if error.actor_id else \
+            [r for r, actor_id in enumerate(ids) if ray._private.state.actors(actor_id).get("State") != "ALIVE"]
+        if dead:
+            raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
+
+    def _on_learner(self, refs: list) -> list:
+        """The ranks' results. A rank that dies stops the job at once: the others may be blocked in a collective
+        that never completes, so waiting on all of them would hang."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except RayActorError as e:
+                raise LearnerDiedError(refs.index(done[0]), first_line(e), self._last_checkpoint) from None
+        return ray.get(refs)
 
     def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
-        ray.get([rank.save.remote(str(directory), extra, sha256) for rank in self.learner])
+        try:
+            self._on_learner([rank.save.remote(str(directory), extra, sha256) for rank in self.learner])
+        except OSError as e:  # a full disk, a lost mount: the previous checkpoint is still the newest complete one
+            raise CheckpointWriteError(f"checkpoint {directory} not written ({first_line(getattr(e, 'cause', e))}); "
+                                       f"newest complete checkpoint: {self._last_checkpoint or 'none'}") from None
+        self._last_checkpoint = Path(directory)
 
     def restore(self, directory: Path) -> dict:
-        return ray.get([rank.restore.remote(str(directory)) for rank in self.learner])[0]
+        extra = self._on_learner([rank.restore.remote(str(directory)) for rank in self.learner])[0]
+        self._last_checkpoint = Path(directory)
+        return extra
 
     def export_hf(self, directory: Path) -> None:
-        ray.get([rank.export_hf.remote(str(directory)) for rank in self.learner])
+        self._on_learner([rank.export_hf.remote(str(directory)) for rank in self.learner])
 
     def shutdown(self) -> None:
         serve_app.shutdown()
@@ -208,6 +337,22 @@ class System:
             ray.kill(r)
         for pg in self._groups:
             remove_placement_group(pg)
+
+
+def _wait_until_alive(actor, name: str, cause: str) -> None:
+    """Block until Ray has restarted `actor`. Calls fail while it restarts (at-most-once tasks), so poll; an
+    actor Ray gave up on (restarts used up, its constructor failing) is an ActorLostError."""
+    deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except (RayActorError, GetTimeoutError) as e:
+            state = ray._private.state.actors(actor._actor_id.hex()).get("State")  # GCS view: RESTARTING / DEAD
+            if state == "DEAD" or time.monotonic() > deadline:
+                raise ActorLostError(f"{name} died ({cause}) and did not come back within "
+                                     f"{ACTOR_RESTART_TIMEOUT_S:.0f} s: {first_line(e)}") from None
+            time.sleep(0.5)
 
 
 def sampler_class(backend: SamplerBackend):

@@ -48,3 +48,15 @@ class RewardTimeoutError(RewardServiceError):
     """Scoring took longer than the service's request timeout."""
 
     default_reason = "timeout"
+
+
+class PayloadTooLargeError(BadRequestError):
+    """The HTTP body is larger than the service's max_request_bytes (HTTP 413)."""
+
+    default_reason = "too_large"
+
+
+class UnauthorizedError(BadRequestError):
+    """The HTTP request lacks the service's bearer token, or carries a wrong one (HTTP 401)."""
+
+    default_reason = "unauthorized"

@@ -36,6 +36,11 @@ def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise BadRequestError(f"{name}[{i}] must be a string, got {type(text).__name__}", "wrong_type")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate ("\\ud800" in JSON): no tokenizer can take it
+                raise BadRequestError(f"{name}[{i}] is not valid Unicode ({e.reason} at {e.start})",
+                                      "bad_unicode") from None
 
 
 def checked_rewards(values: Sequence[object], expected: int, model_id: str) -> list[float]:

@@ -4,7 +4,8 @@
     reply = handle.score.remote(prompts, completions).result()  # -> RewardReply
     POST http://127.0.0.1:8000/reward  {"prompts": [...], "completions": [...]}
         -> 200 {"rewards": [...], "reward_model_id": ..., "replica": ..., "batch_requests": .., "batch_samples": ..}
-        -> 400 (bad request) / 500 (reward model failed) / 504 (timed out): {"error": reason, "message": ...}
+        -> 400 (bad request) / 401 (no or wrong bearer token, when one is set) / 413 (body > max_request_bytes)
+           / 500 (reward model failed) / 504 (timed out): {"error": reason, "message": ...}
 
 Concurrent requests are merged by @serve.batch into one model call. A failure is counted in the
 `reward_errors` metric (exported as ray_reward_errors_total{reason=...}) and reported to its own caller
@@ -14,6 +15,7 @@ only; the replica keeps serving. This is the only module of reward_service/ that
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -26,9 +28,11 @@ from starlette.responses import JSONResponse
 
 from reward_service.errors import (
     BadRequestError,
+    PayloadTooLargeError,
     RewardModelError,
     RewardServiceError,
     RewardTimeoutError,
+    UnauthorizedError,
 )
 from reward_service.reply import RewardReply
 from reward_service.request import ScoreRequest
@@ -37,10 +41,15 @@ from reward_service.spec import RewardSpec, build_reward_model
 
 _LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
 def http_status(error: RewardServiceError) -> int:
     """Bad requests are the caller's to fix (4xx); a failing model or a timeout is the service's (5xx)."""
+    if isinstance(error, UnauthorizedError):
+        return 401
+    if isinstance(error, PayloadTooLargeError):
+        return 413
     if isinstance(error, BadRequestError):
         return 400
     if isinstance(error, RewardTimeoutError):
@@ -52,8 +61,9 @@ def http_status(error: RewardServiceError) -> int:
 class RewardDeployment:
     """One replica: a RewardModel built from the spec, dynamic batching, metrics, a handle and an HTTP API."""
 
-    def __init__(self, spec: RewardSpec) -> None:
+    def __init__(self, spec: RewardSpec, http_token: str = "") -> None:
         self._spec = spec
+        self._http_token = http_token.encode()
         self._model = build_reward_model(spec)
         context = serve.get_replica_context()
         self._replica = context.replica_id.unique_id
@@ -83,12 +93,38 @@ class RewardDeployment:
         if http_request.method != "POST":
             return JSONResponse({"error": "method_not_allowed", "message": "POST a JSON body "
                                  '{"prompts": [...], "completions": [...]}'}, status_code=405)
-        body = await http_request.body()
         try:
+            self._check_token(http_request.headers.get("authorization", ""))
+            body = await self._read_body(http_request)
             reply = await self._serve(lambda: ScoreRequest.from_json(body))
         except RewardServiceError as error:
-            return JSONResponse({"error": error.reason, "message": error.message}, status_code=http_status(error))
+            if isinstance(error, UnauthorizedError | PayloadTooLargeError):
+                self._errors.inc(1, tags={"reason": error.reason})  # refused before _serve counts anything
+            headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, UnauthorizedError) else None
+            return JSONResponse({"error": error.reason, "message": error.message}, status_code=http_status(error),
+                                headers=headers)
         return JSONResponse(reply.to_json())
+
+    def _check_token(self, authorization: str) -> None:
+        if not self._http_token:
+            return
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._http_token):
+            raise UnauthorizedError("send the service's token as 'Authorization: Bearer <token>'")
+
+    async def _read_body(self, http_request: Request) -> bytes:
+        """The body, refusing (413) one over max_request_bytes without reading it all into memory."""
+        limit = self._spec.max_request_bytes
+        declared = http_request.headers.get("content-length", "")
+        too_large = PayloadTooLargeError(f"the body is larger than max_request_bytes={limit}")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in http_request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
 
     async def _serve(self, parse: Callable[[], ScoreRequest]) -> RewardReply:
         """Validate, score within the timeout, count what failed: every error leaves as a RewardServiceError."""
@@ -155,6 +191,8 @@ def deployment_options(spec: RewardSpec) -> dict:
         # Enough requests in flight per replica to fill one batch while the previous one is scored;
         # Serve's default (5) would cap every batch at 5 requests.
         "max_ongoing_requests": 2 * spec.max_batch_size,
+        # A dead replica is noticed at its next health check and replaced; Serve's default period is 10 s.
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
     }
     if spec.autoscaling:
         options["autoscaling_config"] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
@@ -185,8 +223,9 @@ def deploy_many(specs: Mapping[str, RewardSpec]) -> dict[str, DeploymentHandle]:
     for spec in specs.values():
         serve.start(http_options={"host": spec.http_host, "port": spec.http_port})
         _check_http_proxy(spec)
+    # The token is resolved here, in the driver (it may come from its environment), and handed to the replicas.
     targets = [serve.RunTarget(RewardDeployment.options(name="RewardDeployment", **deployment_options(spec))
-                               .bind(spec), name=name, route_prefix=spec.route_prefix)
+                               .bind(spec, spec.resolved_http_token), name=name, route_prefix=spec.route_prefix)
                for name, spec in specs.items()]
     return dict(zip(specs, serve.run_many(targets), strict=True))
 

@@ -7,10 +7,14 @@ make the RewardModel; the rest are per-deployment knobs read by serve_app.py. Re
 from __future__ import annotations
 
 import enum
+import ipaddress
+import os
 from dataclasses import dataclass
 
 from bond.config import check_types, require
 from reward_service.reward_model import RewardModel
+
+TOKEN_ENV = "JBOND_REWARD_HTTP_TOKEN"
 
 
 class RewardKind(enum.StrEnum):
@@ -50,11 +54,16 @@ class RewardSpec:
     request_timeout_s: float = 30.0
     """A request not scored within this many seconds fails with a timeout error."""
     http_host: str = "127.0.0.1"
-    """Address the Serve HTTP proxy binds (loopback by default: the service has no authentication)."""
+    """Address the Serve HTTP proxy binds. Loopback by default; any other address needs a bearer token."""
     http_port: int = 8000
     """Port of the Serve HTTP proxy (one per Ray cluster: the first deploy() starts it)."""
     route_prefix: str = "/reward"
     """HTTP path of this application's JSON endpoint."""
+    http_token: str = ""
+    """Bearer token HTTP callers must send (`Authorization: Bearer <token>`); '' reads $JBOND_REWARD_HTTP_TOKEN
+    (preferred: a token in the config is copied into run_dir/config.yaml). Required off loopback."""
+    max_request_bytes: int = 16 * 2**20
+    """Largest HTTP body accepted; a larger one is refused with 413 before it is read in full."""
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, str) and not isinstance(self.kind, RewardKind):
@@ -99,6 +108,14 @@ class RewardSpec:
         require(bool(self.http_host), "http_host", "must not be empty")
         require(1 <= self.http_port <= 65535, "http_port", f"must be a TCP port in 1..65535, got {self.http_port}")
         require(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
+        require(is_loopback(self.http_host) or bool(self.resolved_http_token), "http_token",
+                f"http_host {self.http_host!r} is reachable from other machines: set a bearer token "
+                f"(${TOKEN_ENV}, or reward.http_token) or bind 127.0.0.1")
+        require(self.max_request_bytes >= 1024, "max_request_bytes", f"must be >= 1024, got {self.max_request_bytes}")
+
+    @property
+    def resolved_http_token(self) -> str:
+        return self.http_token or os.environ.get(TOKEN_ENV, "")
 
     @property
     def autoscaling(self) -> bool:
@@ -108,6 +125,15 @@ class RewardSpec:
     def device(self) -> str:
         """Where the model runs inside a replica: CUDA when the replica is given a GPU."""
         return "cuda" if self.gpus_per_replica > 0 else "cpu"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it can be reached from elsewhere
+        return False
 
 
 def build_reward_model(spec: RewardSpec) -> RewardModel:

@@ -3,6 +3,7 @@ the handle and HTTP APIs, every error path, and the metrics they leave behind.""
 
 import json
 import math
+import re
 import socket
 import time
 import urllib.error
@@ -19,6 +20,7 @@ from reward_service.reply import RewardReply  # noqa: E402
 from reward_service.spec import RewardSpec  # noqa: E402
 
 FUNCTIONS = "tests.component.tiny_reward_functions"
+TOKEN = "s3cret-token"
 PROMPTS = ["the movie", "the film", "the plot", "i thought the film", "the acting", "the music"]
 COMPLETIONS = ["was great .", "was awful .", "great . was", "was really moving .", "seemed quite dull .", "was"]
 
@@ -44,6 +46,8 @@ def cluster(tiny_dir):
         "nli": RewardSpec("entailment", str(tiny_dir / "nli"), route_prefix="/reward-nli", **common),
         "fn": RewardSpec("function", f"{FUNCTIONS}:misbehaving", request_timeout_s=1.0, batch_wait_timeout_s=0.05,
                          route_prefix="/reward-fn", **common),
+        "guarded": RewardSpec("function", f"{FUNCTIONS}:misbehaving", http_token=TOKEN, max_request_bytes=2048,
+                              route_prefix="/reward-guarded", **{**common, "cpus_per_replica": 0.25}),
     }
     try:
         handles = serve_app.deploy_many({f"reward-{name}": spec for name, spec in specs.items()})
@@ -63,7 +67,7 @@ def test_deploy_needs_ray_and_deployment_options_follow_the_spec():
     fixed = serve_app.deployment_options(RewardSpec("learned", "p", replicas=3, cpus_per_replica=2.0,
                                                     gpus_per_replica=0.5, max_batch_size=8))
     assert fixed == {"ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5}, "max_ongoing_requests": 16,
-                     "num_replicas": 3}
+                     "health_check_period_s": serve_app.HEALTH_CHECK_PERIOD_S, "num_replicas": 3}
     scaled = serve_app.deployment_options(RewardSpec("learned", "p", replicas=2, min_replicas=1, max_replicas=4))
     assert "num_replicas" not in scaled
     assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
@@ -78,9 +82,10 @@ def test_a_second_http_port_is_refused(cluster):
         serve_app.deploy(other, name="reward-other")
 
 
-def post(cluster, route: str, body: bytes) -> tuple[int, dict]:
+def post(cluster, route: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     request = urllib.request.Request(f"http://127.0.0.1:{cluster['http_port']}{route}", data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -132,12 +137,24 @@ def test_http_scoring_and_the_tiny_task(cluster):
     assert body["reward_model_id"].startswith("learned:") and body["batch_samples"] >= 3
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"\W+", "-", text.lower()).strip("-")
+
+
+def _bad(body: bytes, reason: str, what: str):
+    return pytest.param(body, reason, marks=pytest.mark.bad_input(what, f"HTTP 400 `{reason}`"), id=_slug(what))
+
+
 @pytest.mark.parametrize("body, reason", [
-    (b"{not json", "bad_json"),
-    (b'{"prompts": ["a"]}', "missing_field"),
-    (b'{"prompts": ["a", "b"], "completions": ["c"]}', "length_mismatch"),
-    (b'{"prompts": [1], "completions": ["c"]}', "wrong_type"),
-    (b'{"prompts": "a", "completions": "c"}', "wrong_type"),
+    _bad(b"{not json", "bad_json", "HTTP body that is not JSON"),
+    _bad(b"", "bad_json", "HTTP body that is empty"),
+    _bad(b'{"prompts": ["caf\xe9"], "completions": ["x"]}', "bad_json", "HTTP body that is not UTF-8"),
+    _bad(b'{"prompts": ["a"]}', "missing_field", "HTTP body without `completions`"),
+    _bad(b'{"prompts": ["a", "b"], "completions": ["c"]}', "length_mismatch", "HTTP body with 2 prompts, 1 completion"),
+    _bad(b'{"prompts": [1], "completions": ["c"]}', "wrong_type", "HTTP body with a number for a prompt"),
+    _bad(b'{"prompts": "a", "completions": "c"}', "wrong_type", "HTTP body with strings for the lists"),
+    _bad(b'[["a", "c"]]', "wrong_type", "HTTP body that is a JSON list, not an object"),
+    _bad(b'{"prompts": ["\\ud800"], "completions": ["c"]}', "bad_unicode", "HTTP body with a lone UTF-16 surrogate"),
 ])
 def test_http_bad_requests_get_400_and_the_service_keeps_serving(cluster, body, reason):
     status, reply = post(cluster, "/reward-fn", body)
@@ -154,8 +171,17 @@ def test_http_get_is_refused_with_a_hint(cluster):
     assert info.value.code == 405 and "POST" in json.loads(info.value.read())["message"]
 
 
-@pytest.mark.parametrize("completion, status, reason", [("NAN", 500, "non_finite"), ("INF", 500, "non_finite"),
-                                                        ("RAISE", 500, "model_error"), ("SLOW 2.5", 504, "timeout")])
+def _fails(completion: str, status: int, reason: str, what: str):
+    return pytest.param(completion, status, reason, marks=pytest.mark.bad_input(what, f"HTTP {status} `{reason}`"),
+                        id=_slug(what))
+
+
+@pytest.mark.parametrize("completion, status, reason", [
+    _fails("NAN", 500, "non_finite", "reward model returns NaN"),
+    _fails("INF", 500, "non_finite", "reward model returns inf"),
+    _fails("RAISE", 500, "model_error", "reward model raises"),
+    _fails("SLOW 2.5", 504, "timeout", "reward model slower than request_timeout_s"),
+])
 def test_http_model_failures_get_5xx_and_the_service_keeps_serving(cluster, completion, status, reason):
     got, reply = post(cluster, "/reward-fn", score_json(["p", "q"], ["fine", completion]))
     assert got == status and reply["error"] == reason, reply
@@ -210,3 +236,43 @@ def test_errors_latency_and_batch_size_are_exported_as_metrics(cluster):
     errors = [line for line in text.splitlines() if line.startswith("ray_reward_errors_total{")]
     assert any('reason="non_finite"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in errors)
     assert all(math.isfinite(float(line.rsplit(" ", 1)[1])) for line in errors)
+
+
+@pytest.mark.bad_input("HTTP body over reward.max_request_bytes (declared or chunked)", "HTTP 413 `too_large`")
+def test_oversized_bodies_get_413_and_the_service_keeps_serving(cluster):
+    big = score_json(["x" * 3000], ["y"])
+    assert post(cluster, "/reward-guarded", big, TOKEN) == (413, {
+        "error": "too_large", "message": "the body is larger than max_request_bytes=2048"})
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", cluster["http_port"], timeout=30)
+    chunks = iter([b'{"prompts": ["', b"x" * 1500, b"x" * 1500, b'"], "completions": ["y"]}'])
+    conn.request("POST", "/reward-guarded", body=chunks, encode_chunked=True,
+                 headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"})
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"] == "too_large"
+    conn.close()
+    assert post(cluster, "/reward-guarded", score_json(["ab"], ["c"]), TOKEN)[1]["rewards"] == [3.0]
+
+
+@pytest.mark.bad_input("HTTP request without / with a wrong bearer token (token set)", "HTTP 401 `unauthorized`")
+def test_token_is_required_when_set(cluster):
+    body = score_json(["ab"], ["c"])
+    for token in (None, "wrong", TOKEN + "x"):
+        status, reply = post(cluster, "/reward-guarded", body, token)
+        assert status == 401 and reply["error"] == "unauthorized", reply
+    assert post(cluster, "/reward-guarded", body, TOKEN)[1]["rewards"] == [3.0]
+    assert post(cluster, "/reward-fn", body)[0] == 200  # an application without a token needs none
+
+
+@pytest.mark.bad_input("prompts and completions in any script (accents, CJK, RTL, emoji)", "HTTP 200, scored like "
+                       "in-process")
+def test_unicode_text_is_scored_like_in_process(cluster, tiny_dir):
+    prompts = ["café 🎬", "映画は", "הסרט", "the movie"]
+    completions = ["très bien ✓", "素晴らしい", "היה נהדר", "was great . 👍"]
+    status, reply = post(cluster, "/reward-fn", score_json(prompts, completions))
+    assert status == 200, reply
+    assert reply["rewards"] == [float(len(p) + len(c)) for p, c in zip(prompts, completions, strict=True)]
+    learned = cluster["handles"]["learned"].score.remote(prompts, completions).result(timeout_s=60)
+    expected = LearnedRewardModel(str(tiny_dir / "reward")).score(prompts, completions)
+    assert list(learned.rewards) == pytest.approx(expected, abs=1e-5)

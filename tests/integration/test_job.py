@@ -6,9 +6,11 @@ actors, reward service and learner); `ray job submit` gets its own head started 
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,9 +19,11 @@ import ray
 
 from bond.records import Role
 from cluster import config_loading
+from cluster.checkpoints import newest_valid
 from cluster.episodes import read_episodes
 from cluster.job_config import JobConfig
 from cluster.main import run
+from cluster.preemption import Preempted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,21 +119,40 @@ def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_p
         system.shutdown()
 
 
-def test_resume_reproduces_the_next_step(local_ray, tiny_dir, tmp_path):
+def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_path):
+    """SIGTERM (preemption) stops the run at the next step boundary with a checkpoint; --resume then continues
+    exactly: its steps equal the uninterrupted run's."""
     full = tmp_path / "uninterrupted"
     run(smoke_job(full, tiny_dir, run__steps=3, run__checkpoint_every=1))
-    cut = tmp_path / "interrupted"
-    # the interrupted run also evaluates after every step: evaluation must not change what training does
+    cut = tmp_path / "preempted"
+    # the preempted run also evaluates after every step: evaluation must not change what training does
     evals = dict(eval__every_steps=1, eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl",
                  eval__num_prompts=2, eval__samples_per_prompt=2)
-    run(smoke_job(cut, tiny_dir, run__steps=2, run__checkpoint_every=1, **evals))
+
+    def preempt_after_first_step() -> None:
+        deadline = time.monotonic() + 120
+        while not ((cut / "stats.jsonl").exists() and (cut / "stats.jsonl").read_text()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt_after_first_step, daemon=True).start()
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted) as stopped:
+        run(smoke_job(cut, tiny_dir, run__steps=3, run__checkpoint_every=0, **evals))
+    assert stopped.value.step in (1, 2) and stopped.value.checkpoint == newest_valid(cut)[0]
+    assert [r["step"] for r in stats_rows(cut)] == list(range(1, stopped.value.step + 1))
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
     run(smoke_job(cut, tiny_dir, run__steps=3, run__checkpoint_every=1, run__resume="true", **evals))
     a, b = stats_rows(full), stats_rows(cut)
     assert [r["step"] for r in b] == [1, 2, 3]
     eval_steps = [json.loads(line)["step"] for line in (cut / "eval.jsonl").read_text().splitlines()]
-    assert eval_steps == [0, 0, 1, 1, 2, 2, 3, 3]  # greedy + sampled; the resumed run did not repeat step 2
-    for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor", "grad_norm"):
-        assert b[2][key] == pytest.approx(a[2][key], rel=1e-5, abs=1e-6), key
+    assert eval_steps == [0, 0, 1, 1, 2, 2, 3, 3]  # greedy + sampled; none repeated or lost across the stop
+    for step in range(stopped.value.step, 3):
+        for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor",
+                    "grad_norm"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
 def test_ray_job_submit(tiny_dir, tmp_path):

@@ -19,11 +19,11 @@ def test_jsonl_bad_rows_are_counted_not_lost(tmp_path):
     assert got.skipped == {"empty": 1, "missing field 'prompt'": 1, "not a string (int)": 1}
 
 
-def test_invalid_json_names_the_line(tmp_path):
+def test_invalid_json_line_is_skipped_and_counted(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n{not json\n')
-    with pytest.raises(ValueError, match=r"p.jsonl:2"):
-        load_prompts(PromptSource(path=str(path)))
+    got = load_prompts(PromptSource(path=str(path)))
+    assert got.prompts == ("a",) and got.skipped == {"invalid JSON": 1}
 
 
 def test_parquet_and_empty_source(tmp_path):

@@ -1,0 +1,152 @@
+"""Start-up checks that run before Ray starts: every path, port and address the job will need, each failing
+as `config error: <section>.<field>: ...` instead of a traceback minutes later inside an actor.
+
+A model named by a path that does not exist and is not a well-formed hub id is refused. A well-formed hub
+id can only be checked for its shape here (the machine may have no network; existence is checked when the
+model is downloaded), except under HF_HUB_OFFLINE=1, where it must already be in the local hub cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bond.config import ConfigError
+from cluster.job_config import JobConfig
+from reward_service.spec import RewardKind, RewardSpec
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check(job: JobConfig, *, ray_running: bool = False, built_later: Callable[[str], bool] = lambda path: False,
+          ) -> None:
+    """Raise ConfigError naming the first field that cannot work. ray_running: the caller already holds a Ray
+    session (its Serve proxy may own reward.http_port), so the port is not checked. built_later(path): a missing
+    model the job builds itself (the tiny demo models), not checked."""
+    if not built_later(job.models.policy):
+        check_model("models.policy", job.models.policy, need_pad=False)
+    if not built_later(job.reward.path_or_name):
+        check_reward(job.reward)
+    address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)
+    elif not ray_running:
+        check_port_free("reward.http_port", job.reward.http_host, job.reward.http_port)
+
+
+def check_reward(spec: RewardSpec) -> None:
+    if spec.kind is RewardKind.FUNCTION:
+        module = spec.path_or_name.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError) as e:  # a parent package that is missing or broken
+            raise ConfigError(f"reward.path_or_name: cannot import {module!r}: {e}") from None
+        if not found:
+            raise ConfigError(f"reward.path_or_name: no module {module!r} on the Python path")
+        return
+    check_model("reward.path_or_name", spec.path_or_name, need_pad=True)
+
+
+def _is_hub_id(name: str) -> bool:
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model(field: str, name: str, *, need_pad: bool) -> None:
+    """A local model directory must hold a readable config.json and a tokenizer that fits the model."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if not _is_hub_id(name):
+            raise ConfigError(f"{field}: {name!r} does not exist and is not a hub id ('org/name')")
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise ConfigError(f"{field}: {name!r} is not a local directory and HF_HUB_OFFLINE=1, but it is "
+                                  "not in the hub cache either")
+        return  # a hub id: its existence is checked when it is downloaded
+    if not path.is_dir():
+        raise ConfigError(f"{field}: {name!r} is a file; expected a model directory (config.json, weights, tokenizer)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{field}: {name!r} has no config.json: not a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{field}: {config_file} is not valid JSON ({e})") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ConfigError(f"{field}: {name!r} holds no weights (*.safetensors)")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a missing or broken tokenizer
+        raise ConfigError(f"{field}: cannot load the tokenizer of {name!r}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ConfigError(f"{field}: the tokenizer of {name!r} has {len(tokenizer)} tokens but the model's "
+                          f"embedding only {vocab}: token ids past {vocab - 1} would index out of range "
+                          "(a tokenizer from another model?)")
+    if need_pad and tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise ConfigError(f"{field}: the tokenizer of {name!r} has neither a pad nor an eos token, so batches of "
+                          "different lengths cannot be padded")
+
+
+def check_port_free(field: str, host: str, port: int, patience_s: float = 5.0) -> None:
+    """The port can be bound now, or within patience_s (the proxy of a Ray this process just shut down, e.g.
+    before an auto_resume, may take a moment to let go of it)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program "
+                                      "(or another job's Serve) holds it: choose a free port") from None
+        time.sleep(0.25)
+
+
+def check_ray_address(field: str, address: str) -> None:
+    """A reachable GCS (host:port, ray://host:port for Ray Client); 'auto'/'local' are Ray's own words."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{field}: expected host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{field}: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s "
+                          f"({e.strerror or e}); is the Ray head running?") from None
+
+
+def prompt_length_limit(job: JobConfig) -> dict:
+    """load_prompts' length-limit arguments for a local policy: its context minus one token (the sampler
+    refuses a prompt that leaves no room for a completion). {} for a hub id (its files are not here yet)."""
+    path = Path(job.models.policy).expanduser()
+    if not (path / "config.json").is_file():
+        return {}
+    context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    if not isinstance(context, int):
+        return {}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return {"max_tokens": context - 1, "count_tokens": lambda prompts: [len(tokenizer.encode(p)) for p in prompts]}
