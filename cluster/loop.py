@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bond.records import Batch, Role, ScoredCompletion, StepStats
+from bond.records import Batch, Prompt, Role, ScoredCompletion, StepStats
 from cluster.job_config import JobConfig, Mode
 from cluster.prompts import PromptCursor, take
 from cluster.weight_sync import SyncReport
@@ -61,7 +61,7 @@ def score_with_retries(system, completions, metrics=None) -> list[ScoredCompleti
     raise AssertionError("unreachable")
 
 
-def train(job: JobConfig, system, prompts: Sequence[str], start: LoopState, on_step: Callable[[StepRecord], None],
+def train(job: JobConfig, system, prompts: Sequence[Prompt], start: LoopState, on_step: Callable[[StepRecord], None],
           metrics=None) -> LoopState:
     B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
     state = start

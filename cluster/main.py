@@ -17,12 +17,12 @@ import yaml
 
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
-from bond.records import Role
+from bond.records import Prompt, Role
 from cluster import config_loading, report
 from cluster.episodes import EpisodeWriter
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, StepRecord, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.prompts import PromptCursor, PromptSet, fit_to_policy, load_prompts, needs_policy_tokenizer
 
 TINY_ROOT = Path("artifacts/tiny")
 
@@ -64,13 +64,23 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def show_samples(system, title: str, prompts: list[str], max_new_tokens: int) -> str:
+def show_samples(system, title: str, prompts: list[Prompt], max_new_tokens: int) -> str:
     greedy = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
     import ray
 
     completions = ray.get(system.actors[Role.POLICY][0].generate.remote(prompts, 1, greedy))
     scored = system.score(completions)
-    return report.samples_table(title, prompts, [s.completion.text for s in scored], [s.reward for s in scored])
+    return report.samples_table(title, [p.plain_text for p in prompts], [s.completion.text for s in scored],
+                                [s.reward for s in scored])
+
+
+def fit_prompts(job: JobConfig, prompt_set: PromptSet) -> PromptSet:
+    """Render the prompts with the policy's tokenizer at start-up: length limit (counted skips), chat template."""
+    if not needs_policy_tokenizer(job.prompts, prompt_set):
+        return prompt_set
+    from transformers import AutoTokenizer
+
+    return fit_to_policy(prompt_set, AutoTokenizer.from_pretrained(job.models.policy), job.prompts.max_prompt_length)
 
 
 def run(job: JobConfig) -> dict:
@@ -83,7 +93,7 @@ def run(job: JobConfig) -> dict:
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_tiny_models(job)
-    prompt_set = load_prompts(job.prompts)
+    prompt_set = fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False))
@@ -107,7 +117,7 @@ def run(job: JobConfig) -> dict:
             ray.shutdown()
 
 
-def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: Path) -> dict:
+def _train(job: JobConfig, system, metrics, prompts: tuple[Prompt, ...], run_dir: Path) -> dict:
     from tqdm import tqdm
 
     stats_path = run_dir / "stats.jsonl"
@@ -179,10 +189,10 @@ def _train(job: JobConfig, system, metrics, prompts: tuple[str, ...], run_dir: P
 def main(argv: list[str] | None = None) -> None:
     try:
         job = parse_config(argv)
+        run(job)  # start-up checks that need the models (e.g. the chat template) raise ConfigError too
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(job)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Prompt sources (JSONL, Parquet, a Hugging Face dataset) and the checkpointed cursor that walks them.
 
-Bad rows (missing field, not a string, empty after stripping) are skipped and counted by reason, never
-silently dropped; a source with no usable prompt is an error.
+The data contract: the prompt column (`field`) of a row holds either a string or a list of chat messages
+{"role": ..., "content": ...}; every other column of the row (e.g. ground_truth) travels with the prompt as
+`extras` to the reward (bond.records.Prompt). Bad rows (missing field, wrong type, empty, a malformed
+message, longer than max_prompt_length tokens) are skipped and counted by reason, never silently dropped;
+a source with no usable prompt is an error.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bond.config import check_types, require
+from bond.config import ConfigError, check_types, require
+from bond.records import ChatMessage, Prompt
 
 
 class PromptFormat(enum.StrEnum):
@@ -30,22 +34,32 @@ class PromptSource:
     """File path (jsonl/parquet) or dataset name/directory (hf)."""
     format: PromptFormat = PromptFormat.JSONL
     field: str = "prompt"
-    """Column / JSON key holding the prompt text."""
+    """Column / JSON key holding the prompt: a string, or a list of {"role", "content"} chat messages."""
     split: str = "train"
     """Dataset split (hf only)."""
     shuffle: bool = True
     """Reshuffle the prompts every epoch (deterministically from `seed`)."""
     seed: int = 0
+    string_as_user_message: bool = False
+    """Send a plain-string prompt to the policy as one user message (so an instruct model's chat template
+    applies) instead of as written; for string datasets used with chat models."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens, as the policy reads it (chat template applied); longer rows are skipped and
+    counted. Unset: no limit here (a prompt that fills the engine's context still fails loudly)."""
 
     def __post_init__(self) -> None:
         check_types(self)
         require(bool(self.path), "path", "is empty")
         require(bool(self.field), "field", "is empty")
+        require(self.max_prompt_length is None or (isinstance(self.max_prompt_length, int)
+                                                   and not isinstance(self.max_prompt_length, bool)
+                                                   and self.max_prompt_length >= 1), "max_prompt_length",
+                f"must be unset or an integer >= 1, got {self.max_prompt_length!r}")
 
 
 @dataclass(frozen=True)
 class PromptSet:
-    prompts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped
 
 
@@ -70,7 +84,7 @@ def _rows(source: PromptSource) -> list[object]:
         if source.field not in table.column_names:
             raise ValueError(f"prompts.field: {source.path} has no column {source.field!r} "
                              f"(columns: {table.column_names})")
-        return [{source.field: v} for v in table.column(source.field).to_pylist()]
+        return table.to_pylist()
     try:
         import datasets
     except ImportError:
@@ -84,7 +98,7 @@ def _rows(source: PromptSource) -> list[object]:
     if source.field not in data.column_names:
         raise ValueError(f"prompts.field: dataset {source.path} has no column {source.field!r} "
                          f"(columns: {data.column_names})")
-    return [{source.field: v} for v in data[source.field]]
+    return list(data)
 
 
 def load_prompts(source: PromptSource) -> PromptSet:
@@ -93,15 +107,44 @@ def load_prompts(source: PromptSource) -> PromptSet:
         value = row.get(source.field) if isinstance(row, dict) else None
         if value is None:
             skipped[f"missing field {source.field!r}"] += 1
-        elif not isinstance(value, str):
-            skipped[f"not a string ({type(value).__name__})"] += 1
-        elif not value.strip():
-            skipped["empty"] += 1
-        else:
-            prompts.append(value.strip())
+            continue
+        try:
+            prompt = Prompt.parse(value.strip() if isinstance(value, str) else value,
+                                  extras={k: v for k, v in row.items() if k != source.field})
+        except ValueError as reason:
+            skipped[str(reason)] += 1
+            continue
+        if source.string_as_user_message and not prompt.is_chat:
+            prompt = Prompt(messages=(ChatMessage("user", prompt.text),), extras=prompt.extras)
+        prompts.append(prompt)
     if not prompts:
         raise ValueError(f"prompts: no usable prompt in {source.path} (skipped: {dict(skipped) or 'none'})")
     return PromptSet(prompts=tuple(prompts), skipped=dict(skipped))
+
+
+def fit_to_policy(prompt_set: PromptSet, tokenizer, max_prompt_length: int | None) -> PromptSet:
+    """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those longer than
+    max_prompt_length tokens. Chat prompts with a tokenizer that has no chat template are a config error."""
+    from actors.prompt_rendering import render
+
+    kept, skipped = [], Counter(prompt_set.skipped)
+    for prompt in prompt_set.prompts:
+        try:
+            length = len(render(tokenizer, prompt).token_ids)
+        except ValueError as e:
+            raise ConfigError(f"models.policy: {e}") from None
+        if max_prompt_length is not None and length > max_prompt_length:
+            skipped[f"longer than prompts.max_prompt_length={max_prompt_length} tokens"] += 1
+        else:
+            kept.append(prompt)
+    if not kept:
+        raise ValueError(f"prompts: no usable prompt (skipped: {dict(skipped)})")
+    return PromptSet(prompts=tuple(kept), skipped=dict(skipped))
+
+
+def needs_policy_tokenizer(source: PromptSource, prompt_set: PromptSet) -> bool:
+    """Rendering in the driver costs a tokenizer load: only for a length limit or chat prompts (template check)."""
+    return source.max_prompt_length is not None or any(p.is_chat for p in prompt_set.prompts)
 
 
 @dataclass(frozen=True)
@@ -112,8 +155,8 @@ class PromptCursor:
     index: int = 0
 
 
-def take(prompts: tuple[str, ...], cursor: PromptCursor, count: int, seed: int, shuffle: bool,
-         ) -> tuple[list[tuple[int, str]], PromptCursor]:
+def take(prompts: tuple[Prompt, ...], cursor: PromptCursor, count: int, seed: int, shuffle: bool,
+         ) -> tuple[list[tuple[int, Prompt]], PromptCursor]:
     """The next `count` (dataset index, prompt) pairs and the advanced cursor. Epochs wrap around."""
     out, epoch, index = [], cursor.epoch, cursor.index
     while len(out) < count:

@@ -19,7 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
-from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats, WeightUpdate
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.weight_sync import SyncReport, push_weights
 from reward_service import serve_app
@@ -29,10 +29,15 @@ from reward_service import serve_app
 # Ray processes inherit this from the process that starts them (init_ray below, or a user's `ray start`).
 SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
-# vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
-SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false",
-               "VLLM_LOGGING_LEVEL": "WARNING"}
+SAMPLER_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+# vLLM on CPU only: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
+# A GPU actor must not get these (in-process engine and CPU KV sizing are CPU-backend settings).
+CPU_SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                   "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def sampler_env(gpus_per_actor: float) -> dict[str, str]:
+    return SAMPLER_ENV if gpus_per_actor > 0 else {**SAMPLER_ENV, **CPU_SAMPLER_ENV}
 
 
 class LearnerRank:
@@ -101,16 +106,19 @@ class System:
         res = job.resources
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
+        engine_kwargs = sampler_kwargs(job)
+        gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
-            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
+            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": gpus}] * count)
             self.actors[role] = [
                 ray.remote(sampler_cls).options(
-                    num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, runtime_env={"env_vars": SAMPLER_ENV},
+                    num_cpus=res.cpus_per_actor, num_gpus=gpus,
+                    runtime_env={"env_vars": sampler_env(res.gpus_per_actor)},
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                     name=None,
-                ).remote(job.models.policy, role, dtype=job.models.sampler_dtype, seed=job.run.seed + 1000 * i
-                         + (0 if role is Role.POLICY else 500))
+                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
+                         **engine_kwargs)
                 for i in range(count)
             ]
         pg = self._placement([{"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}] * res.learner_ranks)
@@ -136,12 +144,12 @@ class System:
 
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
-    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int,
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int,
                        settings: SamplingSettings) -> tuple[list, list]:
         """Ask the policy actors for 1 sample and the anchor actors for n per prompt (futures)."""
         return self._fan_out(Role.POLICY, prompts, 1, settings), self._fan_out(Role.ANCHOR, prompts, n_anchor, settings)
 
-    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int, settings: SamplingSettings) -> list:
+    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int, settings: SamplingSettings) -> list:
         actors, settings = self.actors[role], role_settings(settings, role)
         shares = [prompts[i::len(actors)] for i in range(len(actors))]
         return [a.generate.remote([p for _, p in share], n, settings, prompt_ids=[i for i, _ in share])
@@ -156,7 +164,7 @@ class System:
     def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
         """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
         chunks = [completions[i:i + chunk] for i in range(0, len(completions), chunk)]
-        replies = [self.reward.score.remote([c.prompt for c in part], [c.text for c in part]) for part in chunks]
+        replies = [self.reward.score.remote(reward_prompts(part), [c.text for c in part]) for part in chunks]
         scored = []
         for part, reply in zip(chunks, replies, strict=True):
             result = reply.result()
@@ -166,7 +174,14 @@ class System:
 
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
-        return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
+        actors = [a for group in self.actors.values() for a in group]
+        if self.job.engine.enable_sleep_mode:  # give the GPU memory to the learner while it trains
+            ray.get([a.sleep.remote() for a in actors])
+        try:
+            return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
+        finally:
+            if self.job.engine.enable_sleep_mode:  # awake before the weight push that follows
+                ray.get([a.wake_up.remote() for a in actors])
 
     def sync(self, role: Role) -> SyncReport:
         return push_weights(self.learner, self.actors[role], role)
@@ -189,6 +204,19 @@ class System:
             ray.kill(r)
         for pg in self._groups:
             remove_placement_group(pg)
+
+
+def reward_prompts(completions: Sequence[Completion]) -> list[Prompt]:
+    """What the reward service reads as each completion's prompt: the prompt row (messages, extras), not the
+    policy's rendering of it; the reward model applies its own tokenizer and template."""
+    return [c.source or Prompt(text=c.prompt) for c in completions]
+
+
+def sampler_kwargs(job: JobConfig) -> dict:
+    """The engine knobs the chosen sampler class takes (the hf backend has no vLLM-only ones)."""
+    if job.models.sampler_backend is SamplerBackend.VLLM:
+        return job.engine.vllm_kwargs()
+    return {**job.engine.hf_kwargs(), "device": "cuda" if job.resources.gpus_per_actor > 0 else "cpu"}
 
 
 def sampler_class(backend: SamplerBackend):
