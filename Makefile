@@ -1,24 +1,30 @@
-# J-BOND: `make run` (default local job) and `make test` install into .venv on first use.
+# J-BOND: `make run` (default local job) and `make test` install into .venv on first use (CPU stack);
+# `make install-gpu` / `make test-gpu` build .venv-gpu (CUDA torch + CUDA vLLM) on a GPU machine.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+GPU_VENV  := .venv-gpu
+GPU_BIN   := $(GPU_VENV)/bin
+GPU_STAMP := $(GPU_VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TINY    := artifacts/tiny
 PYTEST_ARGS ?=
-# vLLM on CPU: a 1 GiB KV cache, engines in the calling process (see ../shared/STACK.md).
-export VLLM_CPU_KVCACHE_SPACE ?= 1
-export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
-export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# vLLM on CPU only (a 1 GiB KV cache, engines in the calling process; ../shared/STACK.md): exported for the
+# CPU targets below, never for the GPU ones. Ray actors get them from cluster/system.py (CPU actors only).
+CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
+	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare install run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak
+.PHONY: compare install install-gpu run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak
 
 install: $(STAMP)
 
 # Order matters: vllm-cpu pins torch 2.13.0+cpu (on this disk) and transformers; the torchvision it pulls
 # is a CUDA build that breaks `import transformers`, and triton is unused on CPU, so both go.
 # DeepSpeed is built without ops (else every CPU process group JIT-compiles one at start-up).
+# The pins are pyproject's `cpu` and `dev` extras; the project itself goes in last without dependencies.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -30,32 +36,50 @@ $(STAMP): pyproject.toml Makefile
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+install-gpu: $(GPU_STAMP)
+
+# CUDA stack from pyproject's `gpu` extra: vllm 0.33.0 pins torch==2.14.0 (PyPI's Linux torch wheels are CUDA
+# builds). torch + vLLM first so nothing else picks another torch; DeepSpeed last, built against that torch
+# (its CUDA ops JIT-compile with nvcc on first use). Resolution checked without a GPU: see README "GPU install".
+$(GPU_STAMP): pyproject.toml Makefile
+	@test -x $(GPU_BIN)/python || $(PY) -m venv $(GPU_VENV)
+	$(GPU_BIN)/pip install -q --upgrade pip
+	$(GPU_BIN)/pip install -q torch==2.14.0 vllm==0.33.0
+	$(GPU_BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib pytest pytest-timeout ruff
+	$(GPU_BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
+	$(GPU_BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@rm -f $(GPU_VENV)/.installed-*
+	@touch $@
+
 tiny: install
 	$(BIN)/python -m cluster.tiny $(TINY)
 
 run: install tiny
-	$(BIN)/python -m cluster.main --config configs/local.yaml
+	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
 
 test: install tiny
 	@bash cluster/monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
-	$(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
+	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-gpu: install
-	$(BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
+# The GPU tests in the CUDA environment; no visible CUDA device is a failure here, not a skipped (green) run.
+test-gpu: install-gpu
+	@$(GPU_BIN)/python -c "import sys, torch; ok = torch.cuda.is_available(); print(f'torch {torch.__version__}: {torch.cuda.device_count()} CUDA device(s) visible'); sys.exit(0 if ok else 'make test-gpu: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); the GPU tests need one')"
+	$(GPU_BIN)/python -m cluster.tiny $(TINY)
+	$(GPU_BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
 
 bench: install tiny
-	$(BIN)/python -m bench
+	$(CPU_VLLM_ENV) $(BIN)/python -m bench
 
 # 20-minute pipelined run watching every process's RSS and the object store: runs/soak/soak.{csv,png}
 soak: install tiny
-	$(BIN)/python -m bench soak
+	$(CPU_VLLM_ENV) $(BIN)/python -m bench soak
 
 # J-BOND vs REINFORCE(beta_RL) reward-vs-KL on the default task: runs/compare/reward_vs_kl.png
 compare: install tiny
-	$(BIN)/python -m cluster.compare --config configs/local.yaml
+	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.compare --config configs/local.yaml
 
 lint: install
 	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
@@ -83,4 +107,4 @@ test-monitoring: install tiny prometheus
 		tests/unit/test_grafana_provisioning.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) artifacts runs .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) artifacts runs .pytest_cache

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
+from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
 from actors.weight_staging import ParamSpec, WeightStaging
-from bond.records import Completion, Role, WeightUpdate
+from bond.records import Completion, Prompt, Role, WeightUpdate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,16 +50,22 @@ class HfSampler:
     def weights_version(self) -> int:
         return self._staging.version
 
-    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        return [list(self.tokenizer(p).input_ids) for p in prompts]
+    def render(self, prompts: Sequence[Prompt | str]) -> list[RenderedPrompt]:
+        """Each prompt as the model reads it: chat template applied, BOS exactly once (actors.prompt_rendering)."""
+        return [render(self.tokenizer, p) for p in prompts]
+
+    def encode(self, prompts: Sequence[Prompt | str]) -> list[list[int]]:
+        return [list(r.token_ids) for r in self.render(prompts)]
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
+    def generate(self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
                  prompt_ids: Sequence[int] | None = None) -> list[Completion]:
         ids = check_request(prompts, n, prompt_ids)
         if not isinstance(settings, SamplingSettings):
             raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        token_ids = self.encode(prompts)
+        records = [as_prompt(p) for p in prompts]
+        rendered = self.render(records)
+        token_ids = [list(r.token_ids) for r in rendered]
         check_prompt_lengths(token_ids, self.max_model_len)
         # One batch per token budget, so no sequence runs past the context (usually a single batch).
         budgets = [min(settings.max_new_tokens, self.max_model_len - len(t)) for t in token_ids]
@@ -72,8 +79,8 @@ class HfSampler:
                 group = [i for i, b in enumerate(budgets) if b == budget]
                 for i, samples in zip(group, self._generate_group([token_ids[i] for i in group], n, budget, settings),
                                       strict=True):
-                    results[i] = [self._completion(ids[i], prompts[i], token_ids[i], toks, lps, settings)
-                                  for toks, lps in samples]
+                    results[i] = [self._completion(ids[i], records[i], rendered[i].text, token_ids[i], toks, lps,
+                                                   settings) for toks, lps in samples]
         return [c for i in range(len(prompts)) for c in results[i]]
 
     def _generate_group(self, token_ids: list[list[int]], n: int, budget: int, settings: SamplingSettings
@@ -102,7 +109,7 @@ class HfSampler:
             grouped.append(samples)
         return grouped
 
-    def _completion(self, prompt_id: int, prompt: str, prompt_tokens: list[int], toks: list[int],
+    def _completion(self, prompt_id: int, source: Prompt, prompt: str, prompt_tokens: list[int], toks: list[int],
                     lps: list[float], settings: SamplingSettings) -> Completion:
         finish = "stop" if toks and toks[-1] in self._eos else "length"
         text = self._text(prompt_tokens, toks)
@@ -116,7 +123,7 @@ class HfSampler:
                     break
         return Completion(prompt_id=prompt_id, prompt=prompt, prompt_token_ids=tuple(prompt_tokens),
                           token_ids=tuple(toks), text=text, logprobs=tuple(lps), role=self._role,
-                          weights_version=self.weights_version, finish_reason=finish)
+                          weights_version=self.weights_version, finish_reason=finish, source=source)
 
     def _text(self, prompt_tokens: list[int], toks: list[int]) -> str:
         # Decoding prompt + completion keeps the completion's leading space, as vLLM's detokeniser does.
@@ -134,7 +141,7 @@ class HfSampler:
         return self.weights_version
 
     @torch.no_grad()
-    def token_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]
+    def token_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
                        ) -> list[tuple[float, ...]]:
         """log pi(y_t | x, y_<t) of given completions (one unpadded forward each: the exact reference)."""
         check_request(prompts, 1, None)
@@ -149,5 +156,6 @@ class HfSampler:
             result.append(tuple(chosen.tolist()))
         return result
 
-    def score_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]) -> list[float]:
+    def score_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+                       ) -> list[float]:
         return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]

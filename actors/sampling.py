@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bond.config import check_types, require
-from bond.records import Completion, Role, WeightUpdate
+from bond.records import Completion, Prompt, Role, WeightUpdate
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,11 @@ class SamplingSettings:
 class Sampler(Protocol):
     """A sampling worker holding one role's weights. Works in-process; cluster/ wraps it as a Ray actor."""
 
-    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
+    def generate(self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
                  prompt_ids: Sequence[int] | None = None) -> list[Completion]:
         """n completions per prompt: for each prompt in order, its n completions consecutively.
-        prompt_ids[i] (default i) is copied into each Completion of prompt i."""
+        prompt_ids[i] (default i) is copied into each Completion of prompt i. A prompt is a Prompt record
+        (text or chat messages, rendered by actors.prompt_rendering) or a plain string."""
         ...
 
     def load_weights(self, update: WeightUpdate) -> int:
@@ -75,16 +76,16 @@ class Sampler(Protocol):
     def role(self) -> Role: ...
 
 
-def check_request(prompts: Sequence[str], n: int, prompt_ids: Sequence[int] | None) -> list[int]:
+def check_request(prompts: Sequence[Prompt | str], n: int, prompt_ids: Sequence[int] | None) -> list[int]:
     """Raise ValueError for a request no sampler can serve; return the prompt ids to use."""
     if isinstance(prompts, str):
-        raise ValueError("prompts must be a sequence of strings, got a single string")
+        raise ValueError("prompts must be a sequence of strings or Prompt records, got a single string")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string")
-        if not p.strip():
+        if not isinstance(p, str | Prompt):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string or a Prompt")
+        if isinstance(p, str) and not p.strip():
             raise ValueError(f"prompt {i} is empty")
     if prompt_ids is None:
         return list(range(len(prompts)))

@@ -20,9 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
+from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
 from actors.weight_staging import ParamSpec, WeightStaging
-from bond.records import Completion, Role, WeightUpdate
+from bond.records import Completion, Prompt, Role, WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,10 @@ class VllmSampler:
 
     def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
                  seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
-                 enforce_eager: bool = True, initial_version: int = 0, keep_host_copy: bool = True,
-                 max_num_seqs: int = 256, enable_prefix_caching: bool = True,
-                 weight_transfer: str | None = None) -> None:
+                 tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
+                 enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
+                 keep_host_copy: bool = True, weight_transfer: str | None = None) -> None:
+        """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them)."""
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
         if dtype not in _DTYPES:
@@ -87,10 +89,16 @@ class VllmSampler:
         self._role = role
         self._dtype = _DTYPES[dtype]
         on_cpu = current_platform.is_cpu()
+        if on_cpu and (tensor_parallel_size > 1 or enable_sleep_mode):
+            raise ValueError("tensor_parallel_size > 1 and enable_sleep_mode need CUDA vLLM; this engine runs on CPU")
         kwargs: dict = {}
         if on_cpu:
             # In-process engine: 2-3 s start instead of 15 s, and tensors reach the worker without a copy.
             kwargs["distributed_executor_backend"] = "uni"
+        elif tensor_parallel_size > 1:
+            # Shards as worker processes on this actor's node, on the GPUs Ray gave the actor; vLLM's Ray executor
+            # would instead try to place them in the actor's placement group, which holds one bundle per actor.
+            kwargs["distributed_executor_backend"] = "mp"
         if weight_transfer is not None:
             if on_cpu:
                 raise ValueError(f"weight_transfer={weight_transfer!r}: vLLM's weight-transfer engines need CUDA; "
@@ -99,8 +107,9 @@ class VllmSampler:
 
             kwargs["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer)
         self.llm = LLM(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                       max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+                       gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
+                       enable_prefix_caching=enable_prefix_caching, enable_sleep_mode=enable_sleep_mode,
                        worker_extension_cls=_EXTENSION, **kwargs)
         # Tensors are handed over as Python objects only when the worker lives in this process.
         self._worker_in_process = on_cpu and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
@@ -131,7 +140,9 @@ class VllmSampler:
         ids = check_request(prompts, n, prompt_ids)
         if not isinstance(settings, SamplingSettings):
             raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        token_ids = self.encode(prompts)
+        records = [as_prompt(p) for p in prompts]
+        rendered = self.render(records)
+        token_ids = [list(r.token_ids) for r in rendered]
         check_prompt_lengths(token_ids, self.max_model_len)
 
         def params(prompt_len: int, n_: int, seed: int | None) -> SamplingParams:
@@ -163,10 +174,11 @@ class VllmSampler:
             samples = [c for c in samples for _ in range(n)]
         version = self.weights_version
         return [
-            Completion(prompt_id=ids[k // n], prompt=prompts[k // n], prompt_token_ids=tuple(token_ids[k // n]),
+            Completion(prompt_id=ids[k // n], prompt=rendered[k // n].text, prompt_token_ids=rendered[k // n].token_ids,
                        token_ids=tuple(c.token_ids), text=c.text,
                        logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
-                       role=self._role, weights_version=version, finish_reason=c.finish_reason or "length")
+                       role=self._role, weights_version=version, finish_reason=c.finish_reason or "length",
+                       source=records[k // n])
             for k, c in enumerate(samples)
         ]
 
@@ -184,9 +196,17 @@ class VllmSampler:
         self._staging.applied(tensors, update.version)
         return self.weights_version
 
+    def sleep(self) -> None:
+        """Free the GPU memory (weights offloaded to host RAM, KV cache dropped) until wake_up (enable_sleep_mode)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted
+
     # --- scoring ------------------------------------------------------------------------------------
 
-    def token_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]
+    def token_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
                        ) -> list[tuple[float, ...]]:
         """log pi(y_t | x, y_<t) of given completions under the served weights (untempered, nats)."""
         from vllm import SamplingParams
@@ -206,13 +226,18 @@ class VllmSampler:
             result.append(tuple(lps[t][s[t]].logprob for t in range(len(p), len(s))))
         return result
 
-    def score_logprobs(self, prompts: Sequence[str], completions_token_ids: Sequence[Sequence[int]]) -> list[float]:
+    def score_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+                       ) -> list[float]:
         """log pi(y | x) (sum over tokens) of given completions under the served weights."""
         return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]
 
-    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt token ids exactly as the engine sees them (special tokens such as BOS added)."""
-        return [list(self.tokenizer.encode(p)) for p in prompts]
+    def render(self, prompts: Sequence[Prompt | str]) -> list[RenderedPrompt]:
+        """Each prompt as the engine reads it: chat template applied, BOS exactly once (actors.prompt_rendering)."""
+        return [render(self.tokenizer, p) for p in prompts]
+
+    def encode(self, prompts: Sequence[Prompt | str]) -> list[list[int]]:
+        """Prompt token ids exactly as the engine sees them."""
+        return [list(r.token_ids) for r in self.render(prompts)]
 
     # --- GPU: vLLM's native NCCL weight transfer (needs CUDA and weight_transfer="nccl") ---------------
 

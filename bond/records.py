@@ -23,24 +23,103 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a chat prompt, as a chat template reads it."""
+
+    role: str  # "system" | "user" | "assistant" (whatever roles the model's chat template knows)
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt row: plain text or a list of chat messages, plus the row's other columns.
+
+    Exactly one of `text` / `messages` is given. A plain text is sent to the policy as written (it may
+    already be templated); messages go through the policy tokenizer's chat template with the generation
+    prompt. `extras` are the dataset's other columns (e.g. ground_truth), handed to function rewards.
+    """
+
+    text: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    extras: Mapping[str, object] = field(default_factory=dict, hash=False)  # column name -> JSON-like value
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not isinstance(self.messages, tuple):
+            raise ValueError(f"Prompt: text must be a str and messages a tuple, got {type(self.text).__name__} "
+                             f"and {type(self.messages).__name__}")
+        if bool(self.text.strip()) == bool(self.messages):
+            raise ValueError("Prompt: give exactly one of a non-empty text or a non-empty message list")
+        for i, m in enumerate(self.messages):
+            if not (isinstance(m, ChatMessage) and isinstance(m.role, str) and m.role
+                    and isinstance(m.content, str)):
+                raise ValueError(f"Prompt: message {i} must be a ChatMessage with a role and a string content")
+        object.__setattr__(self, "extras", dict(self.extras))  # a private copy: the record stays as built
+
+    @classmethod
+    def parse(cls, value: object, extras: Mapping[str, object] | None = None) -> Prompt:
+        """A prompt from a data row's value: a string, or a list of {"role": ..., "content": ...} mappings.
+        Raises ValueError with a short reason (used as the skip reason of a bad row)."""
+        extras = dict(extras or {})
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("empty")
+            return cls(text=value, extras=extras)
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("empty message list")
+            messages = []
+            for m in value:
+                if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and m["role"]
+                        and isinstance(m.get("content"), str)):
+                    raise ValueError("message without a string role and content")
+                messages.append(ChatMessage(role=m["role"], content=m["content"]))
+            if not any(m.content.strip() for m in messages):
+                raise ValueError("empty")
+            return cls(messages=tuple(messages), extras=extras)
+        raise ValueError(f"not a string or a message list ({type(value).__name__})")
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.messages)
+
+    @property
+    def plain_text(self) -> str:
+        """The prompt without any template: the text, or the messages' contents one per line. What a reader
+        sees, and what a reward model or function without a chat template reads as the prompt."""
+        return self.text or "\n".join(m.content for m in self.messages)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        """The messages as a chat template takes them; a plain text becomes one user message."""
+        if not self.messages:
+            return [{"role": "user", "content": self.text}]
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+@dataclass(frozen=True)
 class Completion:
     """One sampled completion y for one prompt x."""
 
     prompt_id: int  # index of the prompt in the step's prompt list (or the dataset)
-    prompt: str
-    prompt_token_ids: tuple[int, ...]  # [P]
+    prompt: str  # the prompt text exactly as rendered for the engine (chat template applied)
+    prompt_token_ids: tuple[int, ...]  # [P] what the engine read: BOS (if any) once, template included
     token_ids: tuple[int, ...]  # [T] sampled tokens, EOS included when generated
     text: str  # detokenised completion
     logprobs: tuple[float, ...]  # [T] log pi_sampler(y_t | x, y_<t), nats, of the sampled tokens
     role: Role
     weights_version: int  # version of the weights the sampler held when it produced this sample
     finish_reason: str = "length"  # "stop" (EOS or stop string) or "length" (max_new_tokens)
+    source: Prompt | None = None  # the prompt row answered (messages, extras): what the reward service reads
 
     def __post_init__(self) -> None:
         if len(self.token_ids) != len(self.logprobs):
             raise ValueError(
                 f"Completion: token_ids has {len(self.token_ids)} tokens but logprobs has {len(self.logprobs)}"
             )
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as a reader should see it: the row's plain text (no chat template), else the rendering."""
+        return self.source.plain_text if self.source is not None else self.prompt
 
     @property
     def sum_logprob(self) -> float:

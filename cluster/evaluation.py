@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bond.records import Role
+from bond.records import Prompt, Role
 from cluster.job_config import EvalConfig, JobConfig
 from cluster.prompts import load_prompts
 
@@ -47,12 +47,12 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class PromptSplit:
-    train: tuple[str, ...]
-    heldout: tuple[str, ...]
+    train: tuple[Prompt, ...]
+    heldout: tuple[Prompt, ...]
     overlap: int  # held-out prompts (from a file) that also appear among the training prompts
 
 
-def split_prompts(prompts: Sequence[str], cfg: EvalConfig, seed: int) -> PromptSplit:
+def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int) -> PromptSplit:
     """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts."""
     prompts = tuple(prompts)
     if cfg.prompts is not None:
@@ -64,7 +64,7 @@ def split_prompts(prompts: Sequence[str], cfg: EvalConfig, seed: int) -> PromptS
         return PromptSplit(prompts, heldout, sum(p in train for p in heldout))
     if cfg.holdout_fraction == 0.0:
         return PromptSplit(prompts, (), 0)
-    distinct = sorted(set(prompts))
+    distinct = sorted(set(prompts), key=lambda p: (p.text, [(m.role, m.content) for m in p.messages]))
     k = max(1, round(cfg.holdout_fraction * len(distinct)))
     if k >= len(distinct):
         raise ValueError(f"eval.holdout_fraction: holding out {k} of {len(distinct)} distinct prompts leaves none "
@@ -96,7 +96,8 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
             step=step, mode=mode, prompts=len(prompts), completions=len(completions),
             reward=statistics.fmean(rewards), reward_std=statistics.pstdev(rewards), kl_ref=kl,
             tokens=statistics.fmean(len(c.token_ids) for c in completions), seconds=time.perf_counter() - t0,
-            samples=tuple((s.completion.prompt, s.completion.text.strip(), s.reward) for s in scored[:SAMPLE_ROWS])))
+            samples=tuple((s.completion.prompt_text, s.completion.text.strip(), s.reward)
+                          for s in scored[:SAMPLE_ROWS])))
     return results
 
 

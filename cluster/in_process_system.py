@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
-from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from cluster.job_config import JobConfig
 from cluster.loop import Samples
-from cluster.system import role_settings, sampler_class
+from cluster.system import reward_prompts, role_settings, sampler_class, sampler_kwargs
 from cluster.weight_sync import SyncReport, confirmed_version
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
@@ -26,17 +26,17 @@ class InProcessSystem:
         if job.resources.learner_ranks != 1:
             raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
         sampler_cls = sampler_class(job.models.sampler_backend)
-        self.actors = {role: [sampler_cls(job.models.policy, role, dtype=job.models.sampler_dtype)]
+        self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
                        for role in (Role.POLICY, Role.ANCHOR)}
         self.reward = build_reward_model(job.reward)
         self.learner = Learner(job.models.policy, job.algorithm, job.learner)
 
-    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings):
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings):
         """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
         "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
         return lambda: self._sample(prompts, n_anchor, settings)
 
-    def _sample(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings) -> Samples:
+    def _sample(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings) -> Samples:
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
         return Samples(*(self.actors[role][0].generate(texts, n, role_settings(settings, role), prompt_ids=ids)
                          for role, n in ((Role.POLICY, 1), (Role.ANCHOR, n_anchor))))
@@ -45,16 +45,12 @@ class InProcessSystem:
     def finish_sampling(pending) -> Samples:
         return pending()
 
-    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[Completion]:
-        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
-        return self.actors[Role.POLICY][0].generate(list(prompts), 1, settings)
-
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
-        rewards = self.reward.score([c.prompt for c in completions], [c.text for c in completions])
+        rewards = self.reward.score(reward_prompts(completions), [c.text for c in completions])
         return [ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
                 for c, r in zip(completions, rewards, strict=True)]
 
-    def sample(self, role: Role, prompts: Sequence[str], n: int, settings: SamplingSettings) -> list[Completion]:
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
 
     def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:

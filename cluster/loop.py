@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.sampling import SamplingSettings
-from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from cluster.failures import ScoringFailedError, first_line
 from cluster.job_config import JobConfig, Mode
 from cluster.prompts import PromptCursor, take
@@ -33,13 +33,17 @@ class System(Protocol):
     """What the loop drives: cluster.system.System (Ray) and cluster.in_process_system.InProcessSystem.
     Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
 
-    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int, settings: SamplingSettings) -> Any:
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings) -> Any:
         """Start drawing 1 policy and n_anchor anchor samples per (prompt_id, prompt); returns what is pending."""
 
     def finish_sampling(self, pending: Any) -> Samples:
         """Wait for what start_sampling began (redrawing the share of an actor that died)."""
 
-    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[Completion]: ...
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
+        """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
+
+    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
+        """log pi_role(y | x) of each completion, from the learner (evaluation's KL)."""
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
 
@@ -48,16 +52,13 @@ class System(Protocol):
     def sync(self, role: Role) -> SyncReport:
         """Push `role`'s weights from the learner to its actors; every actor confirms the version."""
 
-    def save(self, directory: Path, extra: dict) -> None: ...
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None: ...
 
     def restore(self, directory: Path) -> dict: ...
 
     def export_hf(self, directory: Path) -> None: ...
 
     def shutdown(self) -> None: ...
-
-
-
 
 @dataclass(frozen=True)
 class LoopState:
@@ -108,7 +109,7 @@ def score_with_retries(system: System, completions: Sequence[Completion], metric
     raise AssertionError("unreachable")
 
 
-def train(job: JobConfig, system: System, prompts: Sequence[str], start: LoopState,
+def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
           on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
     B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
     state = start

@@ -19,7 +19,7 @@ import yaml
 
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
-from bond.records import Role
+from bond.records import Prompt, Role
 from cluster import checkpoints, config_help, config_loading, evaluation, preflight, storage
 from cluster.evaluation import PromptSplit
 from cluster.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
@@ -105,7 +105,7 @@ def run(job: JobConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     preflight.check(job, ray_running=ray.is_initialized(), built_later=lambda path: will_build_tiny(job, path))
     ensure_tiny_models(job)
-    prompt_set = load_prompts(job.prompts, **preflight.prompt_length_limit(job))
+    prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed)
@@ -191,7 +191,7 @@ def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir:
         raise Preempted(step, checkpoint)
 
 
-def greedy_samples(system, prompts: list[str], job: JobConfig):
+def greedy_samples(system, prompts: list[Prompt], job: JobConfig):
     settings = dataclasses.replace(SamplingSettings(), max_new_tokens=job.sampling.max_new_tokens, temperature=0.0)
     return system.score(system.sample(Role.POLICY, prompts, 1, settings))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bond.config import ConfigError
 from cluster.job_config import JobConfig
+from cluster.prompts import PromptSet, fit_to_policy
 from reward_service.spec import RewardKind, RewardSpec
 
 CONNECT_TIMEOUT_S = 5.0
@@ -137,16 +138,21 @@ def check_ray_address(field: str, address: str) -> None:
                           f"({e.strerror or e}); is the Ray head running?") from None
 
 
-def prompt_length_limit(job: JobConfig) -> dict:
-    """load_prompts' length-limit arguments for a local policy: its context minus one token (the sampler
-    refuses a prompt that leaves no room for a completion). {} for a hub id (its files are not here yet)."""
+def fit_prompts(job: JobConfig, prompt_set: PromptSet) -> PromptSet:
+    """The prompts the policy can take, rendered as the actors will (chat template, BOS once): longer than
+    prompts.max_prompt_length, or than the context minus one token (the sampler refuses a prompt that leaves no
+    room for a completion), are skipped and counted. The context comes from engine.max_model_len or a local
+    policy's config.json; a hub id without either is checked by the engine itself."""
+    limits = [job.prompts.max_prompt_length]
+    context = job.engine.max_model_len
     path = Path(job.models.policy).expanduser()
-    if not (path / "config.json").is_file():
-        return {}
-    context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
-    if not isinstance(context, int):
-        return {}
+    if context is None and (path / "config.json").is_file():
+        context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    if isinstance(context, int):
+        limits.append(context - 1)
+    limit = min((n for n in limits if n is not None), default=None)
+    if limit is None and not any(p.is_chat for p in prompt_set.prompts):
+        return prompt_set  # nothing to check: no tokenizer load
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return {"max_tokens": context - 1, "count_tokens": lambda prompts: [len(tokenizer.encode(p)) for p in prompts]}
+    return fit_to_policy(prompt_set, AutoTokenizer.from_pretrained(job.models.policy), limit)

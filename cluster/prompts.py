@@ -1,8 +1,11 @@
 """Prompt sources (JSONL, Parquet, a Hugging Face dataset) and the checkpointed cursor that walks them.
 
-Bad rows (not UTF-8, invalid JSON, not an object, missing field, not a string, empty after stripping, a
-duplicate, longer than the model's context) are skipped and counted by reason, never silently dropped. A
-source that cannot be read at all, or has no usable prompt, is a ConfigError naming the field.
+The data contract: the prompt column (`field`) of a row holds either a string or a list of chat messages
+{"role": ..., "content": ...}; every other column of the row (e.g. ground_truth) travels with the prompt as
+`extras` to the reward (bond.records.Prompt). Bad rows (not UTF-8, invalid JSON, not an object, missing
+field, wrong type, empty, a malformed message, a duplicate, longer than the policy allows) are skipped and
+counted by reason, never silently dropped. A source that cannot be read at all, or has no usable prompt, is
+a ConfigError naming the field.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import enum
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bond.config import ConfigError, check_types, require
+from bond.records import ChatMessage, Prompt
 
 
 @dataclass(frozen=True)
@@ -41,23 +44,33 @@ class PromptSource:
     format: PromptFormat = PromptFormat.JSONL
     """How `path` is read."""
     field: str = "prompt"
-    """Column / JSON key holding the prompt text."""
+    """Column / JSON key holding the prompt: a string, or a list of {"role", "content"} chat messages."""
     split: str = "train"
     """Dataset split (hf only)."""
     shuffle: bool = True
     """Reshuffle the prompts every epoch (deterministically from `seed`)."""
     seed: int = 0
     """Seed of the per-epoch shuffle."""
+    string_as_user_message: bool = False
+    """Send a plain-string prompt to the policy as one user message (so an instruct model's chat template
+    applies) instead of as written; for string datasets used with chat models."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens, as the policy reads it (chat template applied); longer rows are skipped and
+    counted. Unset: no limit here (a prompt that fills the engine's context still fails loudly)."""
 
     def __post_init__(self) -> None:
         check_types(self)
         require(bool(self.path), "path", "is empty")
         require(bool(self.field), "field", "is empty")
+        require(self.max_prompt_length is None or (isinstance(self.max_prompt_length, int)
+                                                   and not isinstance(self.max_prompt_length, bool)
+                                                   and self.max_prompt_length >= 1), "max_prompt_length",
+                f"must be unset or an integer >= 1, got {self.max_prompt_length!r}")
 
 
 @dataclass(frozen=True)
 class PromptSet:
-    prompts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped
 
 
@@ -89,7 +102,7 @@ def _rows(source: PromptSource) -> list[object]:
         if source.field not in table.column_names:
             raise ConfigError(f"prompts.field: {source.path} has no column {source.field!r} "
                               f"(columns: {table.column_names})")
-        return [{source.field: v} for v in table.column(source.field).to_pylist()]
+        return table.to_pylist()
     try:
         import datasets
     except ImportError:
@@ -107,13 +120,11 @@ def _rows(source: PromptSource) -> list[object]:
     if source.field not in data.column_names:
         raise ConfigError(f"prompts.field: dataset {source.path} has no column {source.field!r} "
                           f"(columns: {data.column_names})")
-    return [{source.field: v} for v in data[source.field]]
+    return list(data)
 
 
-def load_prompts(source: PromptSource, max_tokens: int | None = None,
-                 count_tokens: Callable[[Sequence[str]], Sequence[int]] | None = None) -> PromptSet:
-    """The usable prompts, in file order, each once. With max_tokens and count_tokens (the policy's tokenizer),
-    prompts longer than max_tokens are skipped too: the sampler would refuse them mid-run."""
+def load_prompts(source: PromptSource) -> PromptSet:
+    """The usable prompts, in file order, each once (fit_to_policy then applies the policy's length limit)."""
     prompts, skipped, seen = [], Counter(), set()
     for row in _rows(source):
         value = row.get(source.field) if isinstance(row, dict) else None
@@ -123,24 +134,45 @@ def load_prompts(source: PromptSource, max_tokens: int | None = None,
             skipped["not a JSON object"] += 1
         elif value is None:
             skipped[f"missing field {source.field!r}"] += 1
-        elif not isinstance(value, str):
-            skipped[f"not a string ({type(value).__name__})"] += 1
-        elif not value.strip():
-            skipped["empty"] += 1
-        elif value.strip() in seen:
-            skipped["duplicate"] += 1
         else:
-            seen.add(value.strip())
-            prompts.append(value.strip())
-    if max_tokens is not None and count_tokens is not None and prompts:
-        lengths = count_tokens(prompts)
-        kept = [p for p, n in zip(prompts, lengths, strict=True) if n <= max_tokens]
-        if len(kept) < len(prompts):
-            skipped[f"longer than {max_tokens} tokens"] += len(prompts) - len(kept)
-        prompts = kept
+            try:
+                prompt = Prompt.parse(value.strip() if isinstance(value, str) else value,
+                                      extras={k: v for k, v in row.items() if k != source.field})
+            except ValueError as reason:
+                skipped[str(reason)] += 1
+                continue
+            if source.string_as_user_message and not prompt.is_chat:
+                prompt = Prompt(messages=(ChatMessage("user", prompt.text),), extras=prompt.extras)
+            key = (prompt.text, prompt.messages)
+            if key in seen:
+                skipped["duplicate"] += 1
+            else:
+                seen.add(key)
+                prompts.append(prompt)
     if not prompts:
         raise ConfigError(f"prompts.path: no usable prompt in {source.path} (skipped: {dict(skipped) or 'none'})")
     return PromptSet(prompts=tuple(prompts), skipped=dict(skipped))
+
+
+def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> PromptSet:
+    """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those longer than
+    max_tokens tokens (the sampler would refuse them mid-run). Chat prompts with a tokenizer that has no chat
+    template are a config error."""
+    from actors.prompt_rendering import render
+
+    kept, skipped = [], Counter(prompt_set.skipped)
+    for prompt in prompt_set.prompts:
+        try:
+            length = len(render(tokenizer, prompt).token_ids)
+        except ValueError as e:
+            raise ConfigError(f"models.policy: {e}") from None
+        if max_tokens is not None and length > max_tokens:
+            skipped[f"longer than {max_tokens} tokens"] += 1
+        else:
+            kept.append(prompt)
+    if not kept:
+        raise ConfigError(f"prompts.path: no usable prompt (skipped: {dict(skipped)})")
+    return PromptSet(prompts=tuple(kept), skipped=dict(skipped))
 
 
 @dataclass(frozen=True)
@@ -151,8 +183,8 @@ class PromptCursor:
     index: int = 0
 
 
-def take(prompts: tuple[str, ...], cursor: PromptCursor, count: int, seed: int, shuffle: bool,
-         ) -> tuple[list[tuple[int, str]], PromptCursor]:
+def take(prompts: tuple[Prompt, ...], cursor: PromptCursor, count: int, seed: int, shuffle: bool,
+         ) -> tuple[list[tuple[int, Prompt]], PromptCursor]:
     """The next `count` (dataset index, prompt) pairs and the advanced cursor. Epochs wrap around."""
     out, epoch, index = [], cursor.epoch, cursor.index
     while len(out) < count:

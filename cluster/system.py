@@ -23,7 +23,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
-from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats, WeightUpdate
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
@@ -39,10 +39,15 @@ SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 # files only, not also to each worker's stderr.
 QUIET_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
 
-# vLLM on CPU: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
-SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-               "VLLM_CPU_OMP_THREADS_BIND": "nobind", "TOKENIZERS_PARALLELISM": "false",
-               "VLLM_LOGGING_LEVEL": "WARNING"}
+SAMPLER_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+# vLLM on CPU only: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
+# A GPU actor must not get these (in-process engine and CPU KV sizing are CPU-backend settings).
+CPU_SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                   "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def sampler_env(gpus_per_actor: float) -> dict[str, str]:
+    return SAMPLER_ENV if gpus_per_actor > 0 else {**SAMPLER_ENV, **CPU_SAMPLER_ENV}
 
 # A restarted sampler re-imports vLLM and starts its engine: seconds on a GPU node, up to a minute on a busy CPU.
 ACTOR_RESTART_TIMEOUT_S = 180.0
@@ -105,7 +110,7 @@ class Share:
 
     role: Role
     actor: int  # index in System.actors[role]
-    prompts: tuple[tuple[int, str], ...]  # (prompt_id, text)
+    prompts: tuple[tuple[int, Prompt], ...]  # (prompt_id, text)
     n: int
     settings: SamplingSettings
     version: int  # weights version the actor had confirmed when the share was sent
@@ -133,19 +138,21 @@ class System:
         res = job.resources
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
+        engine_kwargs = sampler_kwargs(job)
+        gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
-            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": res.gpus_per_actor}] * count)
+            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": gpus}] * count)
             self.actors[role] = [
                 ray.remote(sampler_cls).options(
-                    num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, runtime_env={"env_vars": SAMPLER_ENV},
+                    num_cpus=res.cpus_per_actor, num_gpus=gpus, runtime_env={"env_vars": sampler_env(gpus)},
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
                     max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
-                ).remote(job.models.policy, role, dtype=job.models.sampler_dtype, seed=job.run.seed + 1000 * i
-                         + (0 if role is Role.POLICY else 500))
+                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
+                         **engine_kwargs)
                 for i in range(count)
             ]
         pg = self._placement([{"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}] * res.learner_ranks)
@@ -175,19 +182,19 @@ class System:
 
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
-    def start_sampling(self, prompts: Sequence[tuple[int, str]], n_anchor: int,
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int,
                        settings: SamplingSettings) -> PendingSamples:
         """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight)."""
         return PendingSamples(self._fan_out(Role.POLICY, prompts, 1, settings)
                               + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
 
-    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, str]], n: int,
+    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int,
                  settings: SamplingSettings) -> tuple[Share, ...]:
         count, settings = len(self.actors[role]), role_settings(settings, role)
         shares = [tuple(prompts[i::count]) for i in range(count)]
         return tuple(self._send(role, i, share, n, settings) for i, share in enumerate(shares) if share)
 
-    def _send(self, role: Role, i: int, prompts: tuple[tuple[int, str], ...], n: int,
+    def _send(self, role: Role, i: int, prompts: tuple[tuple[int, Prompt], ...], n: int,
               settings: SamplingSettings) -> Share:
         ref = self.actors[role][i].generate.remote([p for _, p in prompts], n, settings,
                                                    prompt_ids=[pid for pid, _ in prompts])
@@ -234,7 +241,7 @@ class System:
     def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
         """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
         chunks = [completions[i:i + chunk] for i in range(0, len(completions), chunk)]
-        replies = [self.reward.score.remote([c.prompt for c in part], [c.text for c in part]) for part in chunks]
+        replies = [self.reward.score.remote(reward_prompts(part), [c.text for c in part]) for part in chunks]
         scored = []
         for part, reply in zip(chunks, replies, strict=True):
             # bounded: a request waiting for Serve to replace a dead replica must not wait forever
@@ -243,7 +250,7 @@ class System:
                        for c, r in zip(part, result.rewards, strict=True)]
         return scored
 
-    def sample(self, role: Role, prompts: Sequence[str], n: int, settings: SamplingSettings) -> list[Completion]:
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples); an actor
         that dies meanwhile is recovered and its share redrawn, as in training."""
         shares = self._fan_out(role, tuple(enumerate(prompts)), n, settings)
@@ -257,7 +264,14 @@ class System:
 
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
-        return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
+        actors = [a for group in self.actors.values() for a in group]
+        if self.job.engine.enable_sleep_mode:  # give the GPU memory to the learner while it trains
+            ray.get([a.sleep.remote() for a in actors])
+        try:
+            return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
+        finally:
+            if self.job.engine.enable_sleep_mode:  # awake before the weight push that follows
+                ray.get([a.wake_up.remote() for a in actors])
 
     def sync(self, role: Role) -> SyncReport:
         """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone."""
@@ -353,6 +367,19 @@ def _wait_until_alive(actor, name: str, cause: str) -> None:
                 raise ActorLostError(f"{name} died ({cause}) and did not come back within "
                                      f"{ACTOR_RESTART_TIMEOUT_S:.0f} s: {first_line(e)}") from None
             time.sleep(0.5)
+
+
+def reward_prompts(completions: Sequence[Completion]) -> list[Prompt]:
+    """What the reward service reads as each completion's prompt: the prompt row (messages, extras), not the
+    policy's rendering of it; the reward model applies its own tokenizer and template."""
+    return [c.source or Prompt(text=c.prompt) for c in completions]
+
+
+def sampler_kwargs(job: JobConfig) -> dict:
+    """The engine knobs the chosen sampler class takes (the hf backend has no vLLM-only ones)."""
+    if job.models.sampler_backend is SamplerBackend.VLLM:
+        return job.engine.vllm_kwargs()
+    return {**job.engine.hf_kwargs(), "device": "cuda" if job.resources.gpus_per_actor > 0 else "cpu"}
 
 
 def sampler_class(backend: SamplerBackend):

@@ -4,6 +4,9 @@ OUT/tokenizer  a word-level tokenizer over the review grammar (PreTrainedTokeniz
 OUT/policy     a ~0.5 M-parameter LlamaForCausalLM pre-trained for a few hundred steps on grammar sentences
 OUT/reward     a LlamaForSequenceClassification (1 logit) trained to predict review_score (positive, well formed)
 OUT/nli        a 3-way NLI-style classifier (entailment/neutral/contradiction) trained on synthetic pairs
+OUT/qwen_policy  a chat model: Qwen2ForCausalLM with TIED embeddings and a tokenizer carrying a chat template,
+               trained on conversations "user: <start of a review>" -> "assistant: <rest of the sentence>",
+               the shape of the Qwen2.5 chat models users bring (tests of the chat data contract and tied weights)
 
 Everything is written with save_pretrained (safetensors) and read back with from_pretrained by the
 actors, the reward service and the learner, exactly as a user's own checkpoint would be.
@@ -12,6 +15,7 @@ actors, the reward service and the learner, exactly as a user's own checkpoint w
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from pathlib import Path
@@ -23,6 +27,8 @@ from transformers import (
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from cluster import review_grammar as grammar
@@ -43,6 +49,72 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         sep_token="<sep>", model_max_length=MAX_POSITIONS, padding_side="left")
+
+
+# The chat model's tokenizer has the shape of Qwen2.5's: byte-level BPE (AutoTokenizer always builds a
+# Qwen2Tokenizer for a qwen2 model), no BOS, ChatML turns, <|im_end|> ends the assistant's turn.
+CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_MAX_POSITIONS = 128
+
+
+def build_chat_tokenizer(rng: random.Random):
+    """A byte-level BPE learned on the grammar (every word ends up one token) wrapped as a Qwen2Tokenizer."""
+    from tokenizers import trainers
+    from transformers import Qwen2Tokenizer
+
+    shell = Qwen2Tokenizer()  # Qwen2's pre-tokenizer and decoder, so the learned merges fit it exactly
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = shell.backend_tokenizer.pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=list(CHAT_SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    pairs = [chat_example(rng) for _ in range(2000)]
+    turns = [f"{role}\n{text}" for pair in pairs for role, text in zip(("user", "assistant"), pair, strict=True)]
+    bpe.train_from_iterator(turns + [" ".join(grammar.VOCABULARY), "system\n"], trainer)
+    state = json.loads(bpe.to_str())["model"]
+    return Qwen2Tokenizer(vocab=state["vocab"], merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+                                                       for m in state["merges"]],
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+                          additional_special_tokens=["<|im_start|>"], model_max_length=CHAT_MAX_POSITIONS,
+                          chat_template=CHAT_TEMPLATE)
+
+
+def chat_example(rng: random.Random) -> tuple[str, str]:
+    """A review sentence cut after its first words: (user message, assistant reply completing it)."""
+    words = grammar.sentence(rng).split()
+    cut = rng.randint(1, min(4, len(words) - 2))
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(rng.randrange(2**31))
+    im_end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CHAT_MAX_POSITIONS,
+        bos_token_id=None, eos_token_id=im_end, pad_token_id=pad, tie_word_embeddings=True,
+        torch_dtype="float32"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(steps):
+        texts = []
+        for _ in range(32):
+            user, reply = chat_example(rng)
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                   add_generation_prompt=True)
+            texts.append(f"{prompt}{reply}<|im_end|>")
+        enc = tokenizer(texts, padding=True, return_tensors="pt", padding_side="right")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  qwen_policy step {step:4d}  nll/token {loss.item():.3f}", flush=True)
+    model.generation_config.eos_token_id = im_end
+    model.generation_config.pad_token_id = pad
+    return model
 
 
 def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
@@ -141,10 +213,13 @@ def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int
 
 
 def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int = 300, nli_steps: int = 500,
-          force: bool = False) -> Path:
-    """Write tokenizer, policy, reward and nli under `out` (skipped where already complete)."""
+          chat_steps: int = 200, force: bool = False) -> Path:
+    """Write tokenizer, policy, reward, nli and qwen_policy under `out` (skipped where already complete)."""
     out = Path(out)
     done = out / "COMPLETE"
+    if force or not (out / "qwen_policy" / "COMPLETE").exists():
+        # its own random stream, so a checkout built before the chat model existed gains it unchanged otherwise
+        build_chat_policy(out / "qwen_policy", random.Random(f"{seed}-qwen"), chat_steps)
     if done.exists() and not force:
         return out
     t0 = time.time()
@@ -163,6 +238,18 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int =
     done.write_text(f"seed={seed}\n")
     print(f"tiny models ready in {time.time() - t0:.0f} s", flush=True)
     return out
+
+
+def build_chat_policy(out: Path, rng: random.Random, steps: int) -> None:
+    t0 = time.time()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = build_chat_tokenizer(rng)
+    print(f"building the tiny chat model (Qwen2, tied embeddings, vocab {len(tokenizer)}) under {out}", flush=True)
+    model = pretrain_chat_policy(tokenizer, rng, steps)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "COMPLETE").write_text("ok\n")
+    print(f"tiny chat model ready in {time.time() - t0:.0f} s", flush=True)
 
 
 def main() -> None:

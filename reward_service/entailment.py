@@ -1,7 +1,7 @@
 """Textual-entailment reward (RLEF): r(x, y) = log P(entailment | premise = document in x, hypothesis = y).
 
 The NLI classifier reads the tokenizer pair (premise, hypothesis), the standard NLI input (and how the
-tiny NLI model was trained). The premise is the whole prompt by default, or the part of it a regular
+tiny NLI model was trained). The premise is the whole prompt (its plain text) by default, or the part of it a regular
 expression picks out (e.g. the article inside a "Summarise: ... TL;DR:" prompt). A too-long premise
 is cut, never the hypothesis, so the completion is always judged whole.
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from reward_service.errors import BadRequestError
-from reward_service.reward_model import check_pairs, checked_rewards
+from reward_service.reward_model import PromptLike, check_pairs, checked_rewards, plain_text
 from reward_service.sequence_classifier import SequenceClassifier
 
 
@@ -65,9 +65,9 @@ class EntailmentReward:
         self._premise = PremiseExtractor(premise_pattern)
         self.model_id = f"entailment:{path}@{self._classifier.fingerprint}"
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    def score(self, prompts: Sequence[PromptLike], completions: Sequence[str]) -> list[float]:
         check_pairs(prompts, completions)
-        premises = [self._premise(p, i) for i, p in enumerate(prompts)]
+        premises = [self._premise(plain_text(p), i) for i, p in enumerate(prompts)]
         logits = self._classifier.logits(premises, list(completions), truncation="only_first")
         logp = torch.log_softmax(logits, dim=-1)[:, self.label_index]
         return checked_rewards(logp.tolist(), len(premises), self.model_id)

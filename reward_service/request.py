@@ -1,4 +1,8 @@
-"""ScoreRequest: a validated scoring request, from Python arguments or from an HTTP JSON body."""
+"""ScoreRequest: a validated scoring request, from Python arguments or from an HTTP JSON body.
+
+Over HTTP a prompt is a string, or an object {"messages": [{"role", "content"}, ...] | "text": str,
+"extras": {column: value}} (the data contract of bond.records.Prompt).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bond.records import Prompt
 from reward_service.errors import BadRequestError
-from reward_service.reward_model import check_pairs
+from reward_service.reward_model import PromptLike, check_pairs
 
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    prompts: tuple[str, ...]  # [N]
+    prompts: tuple[PromptLike, ...]  # [N] strings or Prompt records
     completions: tuple[str, ...]  # [N] completions[i] answers prompts[i]
 
     def __post_init__(self) -> None:
@@ -23,8 +28,8 @@ class ScoreRequest:
         return len(self.prompts)
 
     @classmethod
-    def of(cls, prompts: Sequence[str], completions: Sequence[str]) -> ScoreRequest:
-        """From the Python handle API's arguments (any sequences of strings)."""
+    def of(cls, prompts: Sequence[PromptLike], completions: Sequence[str]) -> ScoreRequest:
+        """From the Python handle API's arguments (sequences of prompts and of completion strings)."""
         for name, value in (("prompts", prompts), ("completions", completions)):
             if isinstance(value, str | bytes) or not isinstance(value, Sequence):
                 raise BadRequestError(f"{name} must be a list of strings, got {type(value).__name__}", "wrong_type")
@@ -48,4 +53,20 @@ class ScoreRequest:
             if not isinstance(data[name], list):
                 raise BadRequestError(f"{name} must be a JSON list of strings, got {type(data[name]).__name__}",
                                       "wrong_type")
-        return cls(tuple(data["prompts"]), tuple(data["completions"]))
+        return cls(tuple(_json_prompt(p, i) for i, p in enumerate(data["prompts"])), tuple(data["completions"]))
+
+
+def _json_prompt(value: object, index: int) -> object:
+    """A JSON prompt: a string as is, an object as a Prompt record; anything else is left for check_pairs."""
+    if not isinstance(value, dict):
+        return value
+    unknown = sorted(set(value) - {"messages", "text", "extras"})
+    extras = value.get("extras", {})
+    if unknown or not isinstance(extras, dict) or ("messages" in value) == ("text" in value):
+        raise BadRequestError(f"prompts[{index}]: expected a string or an object with exactly one of "
+                              f'"messages"/"text" and optional "extras" (an object), got keys {sorted(value)}',
+                              "wrong_type")
+    try:
+        return Prompt.parse(value.get("messages", value.get("text")), extras)
+    except ValueError as e:
+        raise BadRequestError(f"prompts[{index}]: {e}", "wrong_type") from None

@@ -53,14 +53,16 @@ class SequenceClassifier:
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
-               truncation: str | bool = True) -> torch.Tensor:
-        """[N, num_labels] float32 logits; `pairs` makes each input a (text, pair) tokenizer pair."""
+               truncation: str | bool = True, add_special_tokens: bool = True) -> torch.Tensor:
+        """[N, num_labels] float32 logits; `pairs` makes each input a (text, pair) tokenizer pair.
+        add_special_tokens=False for texts a chat template rendered (it wrote BOS etc. itself)."""
         out = []
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start:start + self.batch_size])
             chunk_pairs = None if pairs is None else list(pairs[start:start + self.batch_size])
             enc = self.tokenizer(chunk, chunk_pairs, padding=True, truncation=truncation,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+                                 max_length=self.max_length, return_tensors="pt",
+                                 add_special_tokens=add_special_tokens).to(self.device)
             out.append(self.model(**enc).logits.float().cpu())
         if not out:
             return torch.empty(0, self.num_labels)

@@ -129,8 +129,8 @@ def test_prompts_longer_than_the_context_are_skipped(tiny_dir, tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "the movie"}) + "\n" + json.dumps({"prompt": "the movie " * 40}) + "\n")
     job = JobConfig(models=JobConfig().models.__class__(policy=str(tiny_dir / "policy")))
-    got = load_prompts(PromptSource(path=str(path)), **preflight.prompt_length_limit(job))
-    assert got.prompts == ("the movie",) and got.skipped == {"longer than 63 tokens": 1}
+    got = preflight.fit_prompts(job, load_prompts(PromptSource(path=str(path))))
+    assert [p.plain_text for p in got.prompts] == ["the movie"] and got.skipped == {"longer than 63 tokens": 1}
 
 
 def _batch(seed: int) -> Batch:

@@ -23,3 +23,14 @@ def misbehaving(prompt: str, completion: str) -> float:
     if completion.startswith("SLOW"):
         time.sleep(float(completion.split()[1]))
     return float(len(prompt) + len(completion))
+
+
+def matches_ground_truth(prompt: str, completion: str, ground_truth: str) -> float:
+    """A verifiable reward reading a dataset column: 1 if the completion's first word is the row's answer."""
+    words = completion.split()
+    return float(bool(words) and words[0] == ground_truth)
+
+
+def counts_columns(prompt: str, completion: str, **columns) -> float:
+    """Takes every extra column of the row: the reward is how many there are."""
+    return float(len(columns))

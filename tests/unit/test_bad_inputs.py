@@ -20,11 +20,16 @@ from cluster.checkpoints import newest_valid
 from cluster.failures import CheckpointWriteError, ScoringFailedError
 from cluster.job_config import JobConfig
 from cluster.main import main
-from cluster.prompts import PromptFormat, PromptSource, load_prompts
+from cluster.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
+from cluster.tiny import build_tokenizer
 from learner import checkpoint_dir
 from learner.checkpoint_dir import CheckpointError
 from reward_service.errors import NonFiniteRewardError, RewardTimeoutError
 from reward_service.spec import TOKEN_ENV, RewardSpec
+
+
+def texts(prompt_set) -> tuple[str, ...]:
+    return tuple(p.plain_text for p in prompt_set.prompts)
 
 
 def jsonl(tmp_path, *lines: bytes):
@@ -42,26 +47,28 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.bad_input("prompt line that is not UTF-8", "skipped, counted as `not UTF-8`")
 def test_non_utf8_prompt_line_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "caf\xe9"}'))
-    assert got.prompts == ("the movie",) and got.skipped == {"not UTF-8": 1}
+    assert texts(got) == ("the movie",) and got.skipped == {"not UTF-8": 1}
 
 
 @pytest.mark.bad_input("prompt line that is not JSON", "skipped, counted as `invalid JSON`")
 def test_corrupt_json_prompt_line_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "the fi', b'{not json}'))
-    assert got.prompts == ("the movie",) and got.skipped == {"invalid JSON": 2}
+    assert texts(got) == ("the movie",) and got.skipped == {"invalid JSON": 2}
 
 
 @pytest.mark.bad_input("prompt line that is JSON but not an object", "skipped, counted as `not a JSON object`")
 def test_prompt_line_not_an_object_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'["the movie"]', b'"invalid JSON"'))
-    assert got.prompts == ("the movie",) and got.skipped == {"not a JSON object": 2}
+    assert texts(got) == ("the movie",) and got.skipped == {"not a JSON object": 2}
 
 
-@pytest.mark.bad_input("prompt of the wrong type (number, list, object)", "skipped, counted as `not a string (<type>)`")
+@pytest.mark.bad_input("prompt of the wrong type (number, object, a list that is not chat messages)",
+                       "skipped, counted as `not a string or a message list (<type>)` / `message without ...`")
 def test_wrong_typed_prompt_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": 3}', b'{"prompt": ["a"]}', b'{"prompt": {"a": 1}}'))
-    assert got.prompts == ("the movie",)
-    assert got.skipped == {"not a string (int)": 1, "not a string (list)": 1, "not a string (dict)": 1}
+    assert texts(got) == ("the movie",)
+    assert got.skipped == {"not a string or a message list (int)": 1, "not a string or a message list (dict)": 1,
+                           "message without a string role and content": 1}
 
 
 @pytest.mark.bad_input("empty or whitespace-only prompt, row without the field", "skipped, counted as `empty` / "
@@ -69,13 +76,13 @@ def test_wrong_typed_prompt_is_skipped(tmp_path):
 def test_empty_and_missing_prompts_are_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": ""}', b'{"prompt": " \\t "}', b'{"text": "x"}',
                              b'{"prompt": null}'))
-    assert got.prompts == ("the movie",) and got.skipped == {"empty": 2, "missing field 'prompt'": 2}
+    assert texts(got) == ("the movie",) and got.skipped == {"empty": 2, "missing field 'prompt'": 2}
 
 
 @pytest.mark.bad_input("duplicate prompt", "skipped, counted as `duplicate` (first kept)")
 def test_duplicate_prompts_are_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "the film"}', GOOD, b'{"prompt": " the movie "}'))
-    assert got.prompts == ("the movie", "the film") and got.skipped == {"duplicate": 2}
+    assert texts(got) == ("the movie", "the film") and got.skipped == {"duplicate": 2}
 
 
 @pytest.mark.bad_input("prompts file with no usable row (empty file)", "config error: prompts.path")
@@ -104,7 +111,7 @@ def test_parquet_missing_field_is_a_config_error(tmp_path):
 def test_parquet_null_rows_are_skipped(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", None, "", "b"]}), tmp_path / "p.parquet")
     got = load_prompts(PromptSource(path=str(tmp_path / "p.parquet"), format=PromptFormat.PARQUET))
-    assert got.prompts == ("a", "b") and got.skipped == {"missing field 'prompt'": 1, "empty": 1}
+    assert texts(got) == ("a", "b") and got.skipped == {"missing field 'prompt'": 1, "empty": 1}
 
 
 @pytest.mark.bad_input("prompts.format=parquet on a file that is not Parquet", "config error: prompts.path")
@@ -116,9 +123,9 @@ def test_garbage_parquet_is_a_config_error(tmp_path):
 
 @pytest.mark.bad_input("prompt longer than the policy's context", "skipped, counted as `longer than N tokens`")
 def test_over_long_prompts_are_skipped(tmp_path):
-    got = load_prompts(jsonl(tmp_path, GOOD, json.dumps({"prompt": "word " * 50}).encode()), max_tokens=10,
-                       count_tokens=lambda prompts: [len(p.split()) for p in prompts])
-    assert got.prompts == ("the movie",) and got.skipped == {"longer than 10 tokens": 1}
+    loaded = load_prompts(jsonl(tmp_path, GOOD, json.dumps({"prompt": "the movie was " * 5}).encode()))
+    got = fit_to_policy(loaded, build_tokenizer(), max_tokens=10)  # the tiny review tokenizer: a word a token
+    assert texts(got) == ("the movie",) and got.skipped == {"longer than 10 tokens": 1}
 
 
 # --- config, ports, addresses (through the entry point: exit 2 with one line) -----------------------------

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bond.records import Prompt
 from cluster import checkpoints, evaluation
 from cluster.job_config import EvalConfig
 from learner import checkpoint_dir
@@ -97,7 +98,7 @@ def test_export_checkpoint_and_eval_cadence():
 
 
 def test_holdout_split_is_disjoint_seeded_and_refuses_to_hold_out_everything():
-    prompts = [f"p{i}" for i in range(20)] * 2  # duplicates must not leak across the split
+    prompts = [Prompt(text=f"p{i}") for i in range(20)] * 2  # duplicates must not leak across the split
     cfg = EvalConfig(every_steps=5, holdout_fraction=0.25)
     split = evaluation.split_prompts(prompts, cfg, seed=3)
     assert len(split.heldout) == 5 and not set(split.heldout) & set(split.train)
@@ -105,5 +106,5 @@ def test_holdout_split_is_disjoint_seeded_and_refuses_to_hold_out_everything():
     assert evaluation.split_prompts(prompts, cfg, seed=3) == split
     assert evaluation.split_prompts(prompts, cfg, seed=4).heldout != split.heldout
     with pytest.raises(ValueError, match="eval.holdout_fraction"):
-        evaluation.split_prompts(["a", "b"], EvalConfig(holdout_fraction=0.9), seed=0)
+        evaluation.split_prompts([Prompt(text="a"), Prompt(text="b")], EvalConfig(holdout_fraction=0.9), seed=0)
     assert evaluation.split_prompts(prompts, EvalConfig(), seed=0).train == tuple(prompts)

@@ -15,21 +15,22 @@ def test_jsonl_bad_rows_are_counted_not_lost(tmp_path):
     rows = [{"prompt": "the movie"}, {"prompt": ""}, {"text": "x"}, {"prompt": 3}, {"prompt": " the film "}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     got = load_prompts(PromptSource(path=str(path)))
-    assert got.prompts == ("the movie", "the film")
-    assert got.skipped == {"empty": 1, "missing field 'prompt'": 1, "not a string (int)": 1}
+    assert [p.text for p in got.prompts] == ["the movie", "the film"]
+    assert got.skipped == {"empty": 1, "missing field 'prompt'": 1, "not a string or a message list (int)": 1}
 
 
 def test_invalid_json_line_is_skipped_and_counted(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n{not json\n')
     got = load_prompts(PromptSource(path=str(path)))
-    assert got.prompts == ("a",) and got.skipped == {"invalid JSON": 1}
+    assert [p.text for p in got.prompts] == ["a"] and got.skipped == {"invalid JSON": 1}
 
 
 def test_parquet_and_empty_source(tmp_path):
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"q": ["a", "b", None]}), path)
-    assert load_prompts(PromptSource(path=str(path), format=PromptFormat.PARQUET, field="q")).prompts == ("a", "b")
+    got = load_prompts(PromptSource(path=str(path), format=PromptFormat.PARQUET, field="q")).prompts
+    assert [p.text for p in got] == ["a", "b"]
     with pytest.raises(ValueError, match="no column 'prompt'"):
         load_prompts(PromptSource(path=str(path), format=PromptFormat.PARQUET))
     empty = tmp_path / "e.jsonl"
