@@ -27,6 +27,14 @@ class SamplerBackend(enum.StrEnum):
     HF = "hf"  # transformers.generate: slow, for machines where vLLM cannot run
 
 
+class WeightSyncMethod(enum.StrEnum):
+    """How weights reach the actors (cluster/weight_sync.py)."""
+
+    AUTO = "auto"  # cluster.weight_sync.choose_method: the measured rule
+    OBJECT_STORE = "object_store"  # one Ray object per bucket, read by every actor of the role
+    COLLECTIVE = "collective"  # learner rank 0 broadcasts over a gloo (CPU) / NCCL (GPU) group with the engine workers
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     policy: str = "artifacts/tiny/policy"
@@ -86,6 +94,11 @@ class RunConfig:
     """Local Ray only: Prometheus metrics port of the node (0: Ray's default choice)."""
     progress: bool = True
     """Show a progress bar with reward and KL."""
+    weight_sync: WeightSyncMethod = WeightSyncMethod.AUTO
+    """Transport of weight pushes: auto, object_store or collective (see cluster/weight_sync.py)."""
+    weight_sync_timeout_s: float = 300.0
+    """A weight push (or forming a collective group) not done within this many seconds fails the job with the
+    peer it waited for named, instead of hanging on a dead actor."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -95,6 +108,8 @@ class RunConfig:
         require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
                 "pipelined mode samples one version behind the learner: needs max_staleness >= 1")
         require(self.show_samples >= 0, "show_samples", f"must be >= 0, got {self.show_samples}")
+        require(self.weight_sync_timeout_s > 0, "weight_sync_timeout_s",
+                f"must be > 0, got {self.weight_sync_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,17 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
+from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.records import Batch, Completion, Role, ScoredCompletion, StepStats, WeightUpdate
 from cluster.job_config import JobConfig, SamplerBackend
-from cluster.weight_sync import SyncReport, push_weights
+from cluster.weight_sync import (
+    SyncReport,
+    WeightSyncMethod,
+    choose_method,
+    open_weight_group,
+    push_weights,
+    push_weights_collective,
+)
 from reward_service import serve_app
 
 # Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
@@ -46,6 +54,7 @@ class LearnerRank:
         self.learner = Learner(reference, job.algorithm, job.learner, rank=rank, world_size=world_size,
                                master_addr=master_addr, master_port=master_port)
         self._export_bytes = 0
+        self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
 
     def step(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)
@@ -60,6 +69,29 @@ class LearnerRank:
 
     def last_export_bytes(self) -> int:
         return self._export_bytes
+
+    def model_bytes(self) -> int:
+        return self.learner.model_bytes
+
+    @staticmethod
+    def weight_group_port() -> tuple[str, int]:
+        return _free_port()
+
+    def join_weight_group(self, role: Role, address: GroupAddress) -> None:
+        """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
+        self._weight_groups[role] = WeightGroup(address, 0, self.learner.device)
+
+    def send_weights(self, role: Role) -> tuple[int, int]:
+        """Every rank walks the buckets (gathers are collective); rank 0 broadcasts them. Returns (buckets, bytes)."""
+        group = self._weight_groups.get(role) if self.rank == 0 else None
+        if self.rank == 0 and group is None:
+            raise RuntimeError(f"send_weights({role}) before join_weight_group")
+        buckets = num_bytes = 0
+        for update in self.learner.weights(role):
+            if group is not None:
+                group.send(update)
+            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
+        return buckets, num_bytes
 
     def version(self, role: Role) -> int:
         return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
@@ -126,6 +158,12 @@ class System:
         self.reward = serve_app.deploy(job.reward)
         ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
                 + [r.__ray_ready__.remote() for r in self.learner])
+        on_gpu = job.learner.device.value == "cuda"
+        self.weight_sync = choose_method(job.run.weight_sync, ray.get(self.learner[0].model_bytes.remote()), on_gpu)
+        if self.weight_sync is WeightSyncMethod.COLLECTIVE:
+            for role, actors in self.actors.items():
+                open_weight_group(self.learner, actors, role, "nccl" if on_gpu else "gloo",
+                                  job.run.weight_sync_timeout_s)
 
     def _placement(self, bundles: list[dict[str, float]]):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
@@ -169,6 +207,8 @@ class System:
         return ray.get([rank.step.remote(ref) for rank in self.learner])[0]
 
     def sync(self, role: Role) -> SyncReport:
+        if self.weight_sync is WeightSyncMethod.COLLECTIVE:
+            return push_weights_collective(self.learner, self.actors[role], role, self.job.run.weight_sync_timeout_s)
         return push_weights(self.learner, self.actors[role], role)
 
     def save(self, directory: Path, extra: dict) -> None:
