@@ -12,6 +12,7 @@ import torch
 
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_staging import ParamSpec, WeightStaging
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
@@ -134,10 +135,28 @@ class HfSampler:
         tensors = self._staging.stage(update)
         if tensors is None:
             return self.weights_version
-        with torch.no_grad():
-            for name, t in tensors.items():
-                self._params[name].copy_(t)
+        self._copy_in(tensors)
         self._staging.applied(tensors, update.version)
+        return self.weights_version
+
+    @torch.no_grad()
+    def _copy_in(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, t in tensors.items():
+            self._params[name].copy_(t)
+
+    def engine_workers(self) -> int:
+        """Members this sampler adds to a weight group: itself."""
+        return 1
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        self._group = WeightGroup(address, rank_offset, self.model.device)
+
+    def receive_weights(self) -> int:
+        """Take the push the learner broadcasts now (actors/weight_broadcast.py); returns the version held."""
+        group = getattr(self, "_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights before join_weight_group")
+        group.receive_push(self._staging, self._copy_in)
         return self.weights_version
 
     @torch.no_grad()

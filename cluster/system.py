@@ -23,11 +23,19 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
+from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
-from cluster.weight_sync import SyncReport, push_weights
+from cluster.weight_sync import (
+    SyncReport,
+    WeightSyncMethod,
+    choose_method,
+    open_weight_group,
+    push_weights,
+    push_weights_collective,
+)
 from reward_service import serve_app
 
 # Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
@@ -66,6 +74,7 @@ class LearnerRank:
         self.learner = Learner(reference, job.algorithm, job.learner, rank=rank, world_size=world_size,
                                master_addr=master_addr, master_port=master_port)
         self._export_bytes = 0
+        self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
 
     def step(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)
@@ -80,6 +89,29 @@ class LearnerRank:
 
     def last_export_bytes(self) -> int:
         return self._export_bytes
+
+    def model_bytes(self) -> int:
+        return self.learner.model_bytes
+
+    @staticmethod
+    def weight_group_port() -> tuple[str, int]:
+        return _free_port()
+
+    def join_weight_group(self, role: Role, address: GroupAddress) -> None:
+        """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
+        self._weight_groups[role] = WeightGroup(address, 0, self.learner.device)
+
+    def send_weights(self, role: Role) -> tuple[int, int]:
+        """Every rank walks the buckets (gathers are collective); rank 0 broadcasts them. Returns (buckets, bytes)."""
+        group = self._weight_groups.get(role) if self.rank == 0 else None
+        if self.rank == 0 and group is None:
+            raise RuntimeError(f"send_weights({role}) before join_weight_group")
+        buckets = num_bytes = 0
+        for update in self.learner.weights(role):
+            if group is not None:
+                group.send(update)
+            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
+        return buckets, num_bytes
 
     def version(self, role: Role) -> int:
         return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
@@ -172,6 +204,12 @@ class System:
         self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
         self._restarts = {role: [0] * len(group) for role, group in self.actors.items()}
         self._last_checkpoint: Path | None = None
+        on_gpu = job.learner.device.value == "cuda"
+        self._group_backend = "nccl" if on_gpu else "gloo"
+        self.weight_sync = choose_method(job.run.weight_sync, ray.get(self.learner[0].model_bytes.remote()), on_gpu)
+        if self.weight_sync is WeightSyncMethod.COLLECTIVE:
+            for role in self.actors:
+                self._open_group(role)
 
     def _placement(self, bundles: list[dict[str, float]]):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
@@ -284,10 +322,23 @@ class System:
                     raise
                 self._recover(role, i, first_line(e), push=False)
 
+    def _open_group(self, role: Role) -> None:
+        open_weight_group(self.learner, self.actors[role], role, self._group_backend,
+                          self.job.run.weight_sync_timeout_s)
+
     def _sync_actors(self, role: Role, indices) -> SyncReport:
+        """Push to actors `indices` of `role`. Collective transport: a restarted actor lost its group membership
+        with its process, so the role's group is formed anew and every actor of the role receives the push."""
         indices = list(indices)
         try:
-            report = push_weights(self.learner, [self.actors[role][i] for i in indices], role)
+            if self.weight_sync is WeightSyncMethod.COLLECTIVE:
+                if len(indices) < len(self.actors[role]):
+                    self._open_group(role)
+                    indices = list(range(len(self.actors[role])))
+                report = push_weights_collective(self.learner, self.actors[role], role,
+                                                 self.job.run.weight_sync_timeout_s)
+            else:
+                report = push_weights(self.learner, [self.actors[role][i] for i in indices], role)
         except RayActorError as e:
             self._raise_if_learner(e)
             raise

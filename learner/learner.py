@@ -103,6 +103,16 @@ class Learner:
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
         self._step = 0
 
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of one full copy of the weights in the export dtype (what a weight push moves)."""
+        size = torch.tensor([], dtype=self._dtype).element_size()
+        return sum(math.prod(self.engine.full_shape(p)) for p in self._params) * size
+
     # ---- versions ------------------------------------------------------------------------------------------
     @property
     def policy_version(self) -> int:

@@ -38,3 +38,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tied_qwen2_dir(tmp_path_factory) -> Path:
+    """A random ~0.1 M-parameter Qwen2ForCausalLM with tie_word_embeddings=True (lm_head IS embed_tokens), over
+    the tiny tokenizer; built here (seconds, no training) so tests of tied models need no other artifact."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from cluster.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=MAX_POSITIONS,
+                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True,
+                         torch_dtype="float32")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # larger than the 0.02 init, so logprobs differ clearly between weights
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    out = tmp_path_factory.mktemp("tied_qwen2")
+    model.generation_config.pad_token_id = PAD
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
