@@ -17,7 +17,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare install install-gpu run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak
+.PHONY: compare install install-gpu run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak cost-model
 
 install: $(STAMP)
 
@@ -72,6 +72,10 @@ test-gpu: install-gpu
 
 bench: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m bench
+
+# GPU cluster planning: seconds per phase and prompts/s for 0.5B/7B layouts (bench/cost_model.py)
+cost-model: install
+	$(BIN)/python -m bench.cost_model
 
 # 20-minute pipelined run watching every process's RSS and the object store: runs/soak/soak.{csv,png}
 soak: install tiny
