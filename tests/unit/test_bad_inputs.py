@@ -326,3 +326,22 @@ def test_config_loading_keeps_new_knobs():
     assert job.resources.max_actor_restarts == 0 and job.run.auto_resume == 2
     with pytest.raises(ConfigError, match="^resources.max_actor_restarts"):
         config_loading.build(JobConfig, {"resources": {"max_actor_restarts": -1}})
+
+
+def test_auto_resume_is_bounded_and_needs_a_checkpoint(tmp_path):
+    from cluster.failures import LearnerDiedError, run_with_auto_resume
+
+    job = config_loading.build(JobConfig, {"run": {"run_dir": str(tmp_path), "auto_resume": 2}})
+    attempts, lines = [], []
+
+    def failing(j):
+        attempts.append(j.run.resume)
+        raise LearnerDiedError(1, "killed", newest_checkpoint(tmp_path))
+
+    with pytest.raises(LearnerDiedError, match="no checkpoint written yet"):  # nothing to resume from: no retry
+        run_with_auto_resume(job, failing, log=lines.append)
+    assert attempts == [False] and lines == []
+    sealed(tmp_path, "step_0000002")
+    with pytest.raises(LearnerDiedError, match=r"learner rank 1 died \(killed\); last checkpoint .*step_0000002"):
+        run_with_auto_resume(job, failing, log=lines.append)
+    assert attempts == [False, False, True, True] and len(lines) == 2 and "auto_resume 2/2" in lines[1]
