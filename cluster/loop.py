@@ -57,8 +57,6 @@ class System(Protocol):
     def shutdown(self) -> None: ...
 
 
-
-
 @dataclass(frozen=True)
 class LoopState:
     step: int  # learner steps done
