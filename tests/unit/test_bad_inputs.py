@@ -310,15 +310,15 @@ def test_non_finite_reward_in_a_job_fails_once_clearly():
 
 
 @pytest.mark.bad_input("reward service times out / its replica dies mid-request", "retried with backoff, each "
-                       "failure counted; after 4 failures one error line")
+                       "failure counted; after 5 failures one error line")
 def test_transient_scoring_failures_are_retried_and_counted(monkeypatch):
     monkeypatch.setattr(loop, "SCORE_BACKOFF_S", 0.0)
     metrics = Errors()
     scorer = Scorer(ActorDiedError(), RewardTimeoutError("slow"))
     assert loop.score_with_retries(scorer, ["c", "d"], metrics) == ["scored", "scored"]
     assert metrics.seen == [("reward_service", "ActorDiedError"), ("reward_service", "timeout")]
-    with pytest.raises(ScoringFailedError, match="after 4 attempts: timeout"):
-        loop.score_with_retries(Scorer(*[RewardTimeoutError("slow")] * 4), ["c"], metrics)
+    with pytest.raises(ScoringFailedError, match="after 5 attempts: timeout"):
+        loop.score_with_retries(Scorer(*[RewardTimeoutError("slow")] * 5), ["c"], metrics)
 
 
 def test_config_loading_keeps_new_knobs():
