@@ -97,7 +97,7 @@ def growth(rows: list[dict], warmup_s: float) -> dict[str, tuple[float, float, f
         if len(after) < 2 or after[-1][0] < end:
             continue
         first, last = after[0][1], after[-1][1]
-        out[name] = (first, last, (last - first) / first if first else float("nan"))
+        out[name] = (first, last, (last - first) / first if first else 0.0 if last == first else float("inf"))
     return out
 
 
@@ -113,7 +113,7 @@ def plot(rows: list[dict], path: Path, warmup_s: float) -> None:
         ax.plot(*zip(*series, strict=True), marker=".", label=name.replace("SERVE_", "")[:40])
     ax.axvline(warmup_s / 60, color="grey", linestyle=":", label="end of warm-up")
     ax.set(xlabel="minutes", ylabel="MiB (RSS; object store: plasma use)", title="soak: memory per process")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
           f"growth after warm-up ({warmup_s / 60:.1f} min):")
     for name, (first, last, rel) in sorted(result.items()):
         print(f"  {name[:48]:48s} {first:8.1f} -> {last:8.1f} MiB  {rel:+7.1%}")
+    store = [r["rss_mib"] for r in rows if r["process"] == "object_store"]
+    print(f"  object store: peak {max(store):.1f} MiB of plasma in use at a sample")
     worst = max((rel for name, (_, _, rel) in result.items() if name != "object_store"), default=float("nan"))
     verdict = "FLAT" if worst <= FLAT else "GROWING"
     print(f"RSS {verdict}: worst process grew {worst:+.1%} after warm-up (flat: within {FLAT:.0%}); "

@@ -60,6 +60,7 @@ class System(Protocol):
 
     def shutdown(self) -> None: ...
 
+
 @dataclass(frozen=True)
 class LoopState:
     step: int  # learner steps done
@@ -86,7 +87,7 @@ def make_batch(scored: Sequence[ScoredCompletion], n: int) -> Batch:
                                                       for p in policy))
 
 
-SCORE_ATTEMPTS = 4
+SCORE_ATTEMPTS = 5  # backoff 1 + 2 + 4 + 8 s: Serve notices a dead replica within its 2 s health check
 SCORE_BACKOFF_S = 1.0  # doubled after each failure: Serve needs a few seconds to replace a dead replica
 
 

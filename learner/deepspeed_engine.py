@@ -23,6 +23,23 @@ from learner.config import Dtype, LearnerConfig
 _TAG = "zero"  # DeepSpeed checkpoint tag: one subfolder per checkpoint directory
 
 
+def _safe_globals() -> list:
+    """The only non-tensor classes DeepSpeed's optimizer and model state files hold (found by loading real
+    ZeRO 1/2/3 checkpoints with weights_only=True)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _load_weights_only(path: str, map_location=None):
+    """DeepSpeed's checkpoint engine unpickles (torch.load weights_only=False): a checkpoint directory from
+    elsewhere could run code on --resume. Same files, read with the weights-only unpickler."""
+    with torch.serialization.safe_globals(_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 class DeepSpeedEngine:
     def __init__(self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int,
                  micro_batches: int) -> None:
@@ -49,6 +66,7 @@ class DeepSpeedEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False)
         self.module = self.engine.module
+        self.engine.checkpoint_engine.load = _load_weights_only
         self._pending = 0  # backward calls since the last optimizer step
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ previous checkpoint whole."""
 
 import errno
 import json
+import os
+import pickle
 import random
 import shutil
 import socket
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
@@ -133,6 +136,18 @@ def test_prompts_longer_than_the_context_are_skipped(tiny_dir, tmp_path):
     assert [p.plain_text for p in got.prompts] == ["the movie"] and got.skipped == {"longer than 63 tokens": 1}
 
 
+_PORT: list[int] = []
+
+
+def _port() -> int:
+    """One port per test process: the learner's process group is created once and reused."""
+    if not _PORT:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            _PORT.append(s.getsockname()[1])
+    return _PORT[0]
+
+
 def _batch(seed: int) -> Batch:
     rng = random.Random(seed)
 
@@ -149,11 +164,8 @@ def _batch(seed: int) -> Batch:
 @pytest.mark.bad_input("disk full in the middle of a learner checkpoint", "OSError(ENOSPC); the previous checkpoint "
                        "stays valid and is what --resume takes")
 def test_full_disk_mid_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     learner = Learner(tiny_dir / "policy", BondConfig(prompts_per_step=4),
-                      LearnerConfig(zero_stage=0, micro_batch_prompts=4), master_port=port)
+                      LearnerConfig(zero_stage=0, micro_batch_prompts=4), master_port=_port())
     learner.step(_batch(0))
     first = tmp_path / "checkpoints" / "step_0000001"
     learner.save(first, extra={"step": 1})
@@ -174,3 +186,33 @@ def test_full_disk_mid_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path, mon
     assert checkpoint_dir.verify(first)["step"] == 1
     assert newest_valid(tmp_path)[0] == first
     assert learner.restore(newest_valid(tmp_path)[0]) == {"step": 1}
+
+
+class _Payload:
+    """What a tampered checkpoint could carry: unpickling it runs a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.bad_input("checkpoint file carrying a pickled code payload (--resume)", "refused with "
+                       "`UnpicklingError`, nothing executed (weights-only loading, DeepSpeed's files too)")
+def test_checkpoint_with_a_pickle_payload_is_refused(tiny_dir, tmp_path):
+    learner = Learner(tiny_dir / "policy", BondConfig(prompts_per_step=4),
+                      LearnerConfig(zero_stage=2, micro_batch_prompts=4), master_port=_port())
+    learner.step(_batch(0))
+    ckpt = tmp_path / "step_0000001"
+    learner.save(ckpt, extra={"step": 1})
+    assert learner.restore(ckpt) == {"step": 1}  # DeepSpeed's own files load with the weights-only unpickler
+    marker = tmp_path / "payload-ran"
+    optim = next(ckpt.rglob("*optim_states.pt"))
+    torch.save({"optimizer_state_dict": _Payload(marker)}, optim)
+    manifest = json.loads((ckpt / "manifest.json").read_text())  # whoever tampers can re-seal the manifest too
+    manifest["files"][optim.relative_to(ckpt).as_posix()] = checkpoint_dir._sha256(optim)
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        learner.restore(ckpt)
+    assert not marker.exists()

@@ -318,15 +318,15 @@ def test_non_finite_reward_in_a_job_fails_once_clearly():
 
 
 @pytest.mark.bad_input("reward service times out / its replica dies mid-request", "retried with backoff, each "
-                       "failure counted; after 4 failures one error line")
+                       "failure counted; after 5 failures one error line")
 def test_transient_scoring_failures_are_retried_and_counted(monkeypatch):
     monkeypatch.setattr(loop, "SCORE_BACKOFF_S", 0.0)
     metrics = Errors()
     scorer = Scorer(ActorDiedError(), RewardTimeoutError("slow"))
     assert loop.score_with_retries(scorer, ["c", "d"], metrics) == ["scored", "scored"]
     assert metrics.seen == [("reward_service", "ActorDiedError"), ("reward_service", "timeout")]
-    with pytest.raises(ScoringFailedError, match="after 4 attempts: timeout"):
-        loop.score_with_retries(Scorer(*[RewardTimeoutError("slow")] * 4), ["c"], metrics)
+    with pytest.raises(ScoringFailedError, match="after 5 attempts: timeout"):
+        loop.score_with_retries(Scorer(*[RewardTimeoutError("slow")] * 5), ["c"], metrics)
 
 
 def test_config_loading_keeps_new_knobs():
@@ -334,3 +334,22 @@ def test_config_loading_keeps_new_knobs():
     assert job.resources.max_actor_restarts == 0 and job.run.auto_resume == 2
     with pytest.raises(ConfigError, match="^resources.max_actor_restarts"):
         config_loading.build(JobConfig, {"resources": {"max_actor_restarts": -1}})
+
+
+def test_auto_resume_is_bounded_and_needs_a_checkpoint(tmp_path):
+    from cluster.failures import LearnerDiedError, run_with_auto_resume
+
+    job = config_loading.build(JobConfig, {"run": {"run_dir": str(tmp_path), "auto_resume": 2}})
+    attempts, lines = [], []
+
+    def failing(j):
+        attempts.append(j.run.resume)
+        raise LearnerDiedError(1, "killed", newest_valid(tmp_path)[0])
+
+    with pytest.raises(LearnerDiedError, match="no checkpoint written yet"):  # nothing to resume from: no retry
+        run_with_auto_resume(job, failing, log=lines.append)
+    assert attempts == [False] and lines == []
+    sealed(tmp_path, "step_0000002")
+    with pytest.raises(LearnerDiedError, match=r"learner rank 1 died \(killed\); last checkpoint .*step_0000002"):
+        run_with_auto_resume(job, failing, log=lines.append)
+    assert attempts == [False, False, True, True] and len(lines) == 2 and "auto_resume 2/2" in lines[1]
