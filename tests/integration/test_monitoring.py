@@ -37,6 +37,9 @@ from cluster.monitoring.monitored_stack import MonitoredStack
 from cluster.monitoring.smoke_job import smoke_entrypoint
 from cluster.storage import STORAGE_ENV
 
+# One stack start and one 4-step job for the whole module (~80 s on an idle 2-core machine).
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "cluster" / "monitoring" / "grafana" / "dashboards" / "jbond.json"
 ALERT_RULES = ROOT / "cluster" / "monitoring" / "alerts.yml"
