@@ -158,8 +158,11 @@ def test_two_ranks_equal_one_rank_and_resume(tiny_dir, tmp_path):
 
     one = learner(tiny_dir, zero_stage=0, micro_batch_prompts=8)
     stats = [one.step(make_batch(s)) for s in range(3)]
-    assert two["loss"] == pytest.approx([s.loss for s in stats], rel=1e-5)
-    assert two["grad_norm"] == pytest.approx([s.grad_norm for s in stats], rel=1e-5)
+    # Same maths, different fp32 summation order (two ranks' partial sums, gloo's all-reduce): step 1 agrees to
+    # ~1e-7, and two Adam steps later the loss differs by 1.4e-5 relative on this machine (Adam divides tiny
+    # gradient differences by sqrt(v)). A wrong share, baseline or all-reduce moves it by more than 1e-2.
+    assert two["loss"] == pytest.approx([s.loss for s in stats], rel=1e-4)
+    assert two["grad_norm"] == pytest.approx([s.grad_norm for s in stats], rel=1e-4)
     assert_close_states(two["policy"], state(one), 3)
     assert_close_states(two["anchor"], state(one, Role.ANCHOR), 3)
     # resumed step 3 == uninterrupted step 3, bit for bit
