@@ -45,7 +45,7 @@ $(GPU_STAMP): pyproject.toml Makefile
 	@test -x $(GPU_BIN)/python || $(PY) -m venv $(GPU_VENV)
 	$(GPU_BIN)/pip install -q --upgrade pip
 	$(GPU_BIN)/pip install -q torch==2.14.0 vllm==0.33.0
-	$(GPU_BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib pytest pytest-timeout ruff
+	$(GPU_BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 pytest pytest-timeout ruff
 	$(GPU_BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(GPU_BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(GPU_VENV)/.installed-*
