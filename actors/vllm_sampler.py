@@ -28,6 +28,7 @@ from bond.records import Completion, Prompt, Role, WeightUpdate
 log = logging.getLogger(__name__)
 
 _EXTENSION = "actors.vllm_worker_extension.WeightReceiver"
+_EMBEDDING, _LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,8 +53,8 @@ def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec
                 specs[name] = ParamSpec(tuple(st.get_slice(name).get_shape()), dtype)
     config = json.loads((directory / "config.json").read_text())
     # A tied checkpoint stores only the embedding; a learner's state_dict still names lm_head.
-    if config.get("tie_word_embeddings") and "lm_head.weight" not in specs and "model.embed_tokens.weight" in specs:
-        specs["lm_head.weight"] = specs["model.embed_tokens.weight"]
+    if config.get("tie_word_embeddings") and _LM_HEAD not in specs and _EMBEDDING in specs:
+        specs[_LM_HEAD] = specs[_EMBEDDING]
     return specs
 
 
@@ -121,6 +122,10 @@ class VllmSampler:
             fused=self.llm.collective_rpc("packed_modules")[0],
             host_weights=checkpoint_tensors(directory, self._dtype) if keep_host_copy else None)
         self._nccl_version: int | None = None
+        # A tied checkpoint names only the embedding. On CPU vLLM computes the logits from lm_head's own
+        # repacked copy of that matrix, which only a reload of lm_head refreshes: push it under both names.
+        tied = json.loads((directory / "config.json").read_text()).get("tie_word_embeddings", False)
+        self._reload_tied_lm_head = on_cpu and bool(tied)
 
     # --- the Sampler role -------------------------------------------------------------------------
 
@@ -187,6 +192,8 @@ class VllmSampler:
         if tensors is None:
             return self.weights_version
         payload = {k: v.contiguous() for k, v in tensors.items()}
+        if self._reload_tied_lm_head and _EMBEDDING in payload:
+            payload.setdefault(_LM_HEAD, payload[_EMBEDDING].clone())  # a clone: safetensors refuses shared memory
         if not self._worker_in_process:
             payload = save_safetensors({k: v.cpu() for k, v in payload.items()})
         with _quiet_partial_reload():
