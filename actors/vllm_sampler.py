@@ -30,6 +30,7 @@ from bond.records import Completion, Prompt, Role, WeightUpdate
 log = logging.getLogger(__name__)
 
 _EXTENSION = "actors.vllm_worker_extension.WeightReceiver"
+_EMBEDDING, _LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,8 +55,8 @@ def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec
                 specs[name] = ParamSpec(tuple(st.get_slice(name).get_shape()), dtype)
     config = json.loads((directory / "config.json").read_text())
     # A tied checkpoint stores only the embedding; a learner's state_dict still names lm_head.
-    if config.get("tie_word_embeddings") and "lm_head.weight" not in specs and "model.embed_tokens.weight" in specs:
-        specs["lm_head.weight"] = specs["model.embed_tokens.weight"]
+    if config.get("tie_word_embeddings") and _LM_HEAD not in specs and _EMBEDDING in specs:
+        specs[_LM_HEAD] = specs[_EMBEDDING]
     return specs
 
 

@@ -54,6 +54,10 @@ class PromptSource:
     string_as_user_message: bool = False
     """Send a plain-string prompt to the policy as one user message (so an instruct model's chat template
     applies) instead of as written; for string datasets used with chat models."""
+    extra_columns: tuple[str, ...] | None = None
+    """The row's other columns to carry with each prompt as extras (for function rewards). Unset: all of them;
+    a list: only those (a row without one is skipped and counted); [] for none (large datasets: every extra
+    travels with each sample to the actors and the reward service)."""
     max_prompt_length: int | None = None
     """Longest prompt in tokens, as the policy reads it (chat template applied); longer rows are skipped and
     counted. Unset: no limit here (a prompt that fills the engine's context still fails loudly)."""
@@ -66,6 +70,9 @@ class PromptSource:
                                                    and not isinstance(self.max_prompt_length, bool)
                                                    and self.max_prompt_length >= 1), "max_prompt_length",
                 f"must be unset or an integer >= 1, got {self.max_prompt_length!r}")
+        require(self.extra_columns is None or (isinstance(self.extra_columns, tuple) and all(
+            isinstance(c, str) and c and c != self.field for c in self.extra_columns)), "extra_columns",
+                f"must be unset or a list of column names other than field {self.field!r}, got {self.extra_columns!r}")
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,16 @@ def load_prompts(source: PromptSource) -> PromptSet:
         elif value is None:
             skipped[f"missing field {source.field!r}"] += 1
         else:
+            if source.extra_columns is None:
+                extras = {k: v for k, v in row.items() if k != source.field}
+            else:
+                missing = [c for c in source.extra_columns if c not in row]
+                if missing:
+                    skipped[f"missing extra column {missing[0]!r}"] += 1
+                    continue
+                extras = {c: row[c] for c in source.extra_columns}
             try:
-                prompt = Prompt.parse(value.strip() if isinstance(value, str) else value,
-                                      extras={k: v for k, v in row.items() if k != source.field})
+                prompt = Prompt.parse(value.strip() if isinstance(value, str) else value, extras=extras)
             except ValueError as reason:
                 skipped[str(reason)] += 1
                 continue

@@ -44,6 +44,10 @@ def test_rows_may_be_strings_or_messages_and_carry_extras(tmp_path):
                                   extras={"id": 7}))
     assert got.skipped == {"empty message list": 1, "message without a string role and content": 1, "empty": 1}
     assert got.prompts[1].plain_text == "be kind\nthe plot"
+    only = load_prompts(PromptSource(path=str(path), extra_columns=("ground_truth",)))
+    assert only.prompts == (Prompt(text="the movie", extras={"ground_truth": "was"}),)
+    assert only.skipped["missing extra column 'ground_truth'"] == 4  # the chat row and the three bad rows
+    assert load_prompts(PromptSource(path=str(path), extra_columns=())).prompts[1].extras == {}
 
 
 def test_chat_template_and_no_double_bos(llama_tokenizer):

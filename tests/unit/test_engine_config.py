@@ -27,6 +27,7 @@ GPU = ["--set", "resources.gpus_per_actor=1"]
     ("engine.enable_sleep_mode=true", "engine.enable_sleep_mode"),  # CPU actors
     ("models.sampler_dtype=float32", "models.sampler_dtype"),  # moved to engine.dtype: refused, not ignored
     ("prompts.max_prompt_length=0", "prompts.max_prompt_length"),
+    ("prompts.extra_columns=[prompt]", "prompts.extra_columns"),
 ])
 def test_bad_engine_values_fail_naming_the_field(assignment, field):
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}: "):
@@ -72,7 +73,7 @@ def test_shipped_gpu_configs_validate(name, gpus):
     job = parse_config(["--config", str(ROOT / "configs" / name)])
     assert job.engine.dtype == "bfloat16" and job.learner.dtype.value == "bf16" and job.learner.zero_stage == 3
     assert Path(job.run.run_dir).is_absolute()
-    assert job.prompts.string_as_user_message and job.reward.gpus_per_replica > 0
+    assert job.prompts.string_as_user_message and job.prompts.extra_columns == () and job.reward.gpus_per_replica > 0
     res = job.resources
     total = ((res.policy_actors + res.anchor_actors) * job.actor_gpus + res.learner_ranks * res.gpus_per_learner
              + job.reward.replicas * job.reward.gpus_per_replica)
