@@ -51,8 +51,9 @@ class DeepSpeedEngine:
         self.module = self.engine.module
         self._pending = 0  # backward calls since the last optimizer step
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           logits_to_keep=keep).logits
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._pending == self.micro_batches:
