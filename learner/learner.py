@@ -85,14 +85,20 @@ class Learner:
         self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
         self._model_dir = _local_model_dir(model)
         self.reference_id = str(model)
-        module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
+        micro_batches = self._share // config.micro_batch_prompts
+        if config.zero_stage == 3:  # built partitioned: no rank ever holds the whole model (deepspeed_engine.py)
+            from learner.deepspeed_engine import build_partitioned, deepspeed_config
+
+            module = build_partitioned(self._model_dir, self._dtype,
+                                       deepspeed_config(bond, config, world_size, micro_batches))
+        else:
+            module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
         module.eval()  # no dropout: see module docstring
         if config.gradient_checkpointing:
             _enable_gradient_checkpointing(module)
         self._pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else 0
         self._names = [n for n, _ in module.named_parameters()]
         self._check_names()
-        micro_batches = self._share // config.micro_batch_prompts
         if config.zero_stage == 0:
             self.engine: Engine = TorchEngine(module, bond, rank, world_size)
         else:
