@@ -106,7 +106,7 @@ class WeightGroup:
         self._broadcast(flat)
         return header, flat
 
-    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], None]
+    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
                      ) -> tuple[int, dict[str, torch.Tensor]]:
         """Receive a whole push; stage every bucket, `apply` them together after the last one.
 
