@@ -50,13 +50,17 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
     this stack does not install; this is the same construction without it.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     from learner import safetensors_shards
 
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
     hf_config = AutoConfig.from_pretrained(model_dir)
-    with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype):
+    # No random init (every value is overwritten below, and HF's init cannot index empty partitions); the
+    # skipped init_weights is also what ties lm_head to the embedding, hence tie_weights().
+    with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype), no_init_weights():
         module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    module.tie_weights()
     params = dict(module.named_parameters())  # tied weights appear once (lm_head IS embed_tokens)
     rank = dist.get_rank()
     with torch.no_grad():
