@@ -250,7 +250,7 @@ class VllmSampler:
         # process gets the checks without the host copy, which then no longer matches what is served.
         staging = self._staging if self._worker_in_process else self._staging.without_host_copy()
         with _quiet_partial_reload():
-            version, _ = self.llm.collective_rpc("receive_weight_push", args=(staging, False))[0]
+            version = self.llm.collective_rpc("receive_weight_push", args=(staging,))[0]
         self.llm.reset_prefix_cache()  # as after load_weights: cached K/V belong to the old weights
         if not self._worker_in_process:
             self._staging.host_weights = None

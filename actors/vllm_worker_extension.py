@@ -70,18 +70,17 @@ class WeightReceiver:
         device = self.model_runner.device  # type: ignore[attr-defined]
         self._weight_group = WeightGroup(address, rank_offset + self.rank, device)  # type: ignore[attr-defined]
 
-    def receive_weight_push(self, staging: WeightStaging, return_tensors: bool
-                            ) -> tuple[int, dict[str, torch.Tensor] | None]:
+    def receive_weight_push(self, staging: WeightStaging) -> int:
         """Receive one push the learner broadcasts now; validated by `staging`, loaded after its last bucket.
 
-        Returns the version now served and, when asked (in-process engines), the tensors loaded so the
-        caller can refresh its host copy without a second transfer.
+        In process, `staging` is the sampler's own (its version and host copy advance here); a worker in
+        another process gets a copy without the host weights. Returns the version now served.
         """
         group = getattr(self, "_weight_group", None)
         if group is None:
             raise RuntimeError("receive_weight_push before join_weight_group")
-        version, tensors = group.receive_push(staging, self.load_checkpoint_weights)
-        return version, tensors if return_tensors else None
+        version, _ = group.receive_push(staging, self.load_checkpoint_weights)
+        return version
 
     def packed_modules(self) -> dict[str, list[str]]:
         """The model's fused layers, e.g. {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} (see weight_staging)."""

@@ -95,8 +95,8 @@ class WeightGroup:
 
     # ---- receivers -----------------------------------------------------------------------------------
 
-    def receive_bucket(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """The next bucket: its header and its tensors (views of one buffer allocated from the header)."""
+    def receive_bucket(self) -> tuple[dict, torch.Tensor]:
+        """The next bucket: its header and its flat buffer (allocated from the header before the bytes arrive)."""
         length = torch.zeros(1, dtype=torch.int64, device=self.device)
         self._broadcast(length)
         raw = torch.empty(int(length.item()), dtype=torch.uint8, device=self.device)
@@ -104,17 +104,9 @@ class WeightGroup:
         header = json.loads(bytes(raw.cpu().numpy()).decode())
         flat = torch.empty(header["nbytes"], dtype=torch.uint8, device=self.device)
         self._broadcast(flat)
-        tensors = {}
-        for name, dt, shape, off in zip(header["names"], header["dtypes"], header["shapes"], header["offsets"],
-                                        strict=True):
-            dtype = _DTYPES.get(dt)
-            if dtype is None:
-                raise ValueError(f"weight bucket: parameter {name!r} has unsupported dtype {dt}")
-            n = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
-            tensors[name] = flat[off:off + n].view(dtype).view(shape)
-        return header, tensors
+        return header, flat
 
-    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], None]
+    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
                      ) -> tuple[int, dict[str, torch.Tensor]]:
         """Receive a whole push; stage every bucket, `apply` them together after the last one.
 
@@ -123,9 +115,10 @@ class WeightGroup:
         """
         error: Exception | None = None
         while True:
-            header, tensors = self.receive_bucket()
+            header, flat = self.receive_bucket()
             if error is None:
                 try:
+                    tensors = _split(header, flat)
                     update = WeightUpdate(Role(header["role"]), int(header["version"]), tensors,
                                           last_bucket=bool(header["last_bucket"]))
                     ready = staging.stage(update)
@@ -141,10 +134,18 @@ class WeightGroup:
         staging.applied(ready, update.version)
         return staging.version, ready
 
-    def close(self) -> None:
-        # The backend object's destructor closes its connections; dropping the references is the shutdown.
-        self._pg = None  # type: ignore[assignment]
-        self._store = None  # type: ignore[assignment]
+
+def _split(header: dict, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The bucket's tensors as views of its flat buffer (no copy)."""
+    tensors = {}
+    for name, dt, shape, off in zip(header["names"], header["dtypes"], header["shapes"], header["offsets"],
+                                    strict=True):
+        dtype = _DTYPES.get(dt)
+        if dtype is None:
+            raise ValueError(f"weight bucket: parameter {name!r} has unsupported dtype {dt}")
+        n = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
+        tensors[name] = flat[off:off + n].view(dtype).view(shape)
+    return tensors
 
 
 def _offsets(sizes: Iterable[int]) -> tuple[list[int], int]:

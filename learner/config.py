@@ -34,6 +34,10 @@ class LearnerConfig:
     bucket_bytes: int = 1 << 30
     """Largest weight-export bucket (bytes, in the export dtype). Under ZeRO-3 this is also the most that is
     ever gathered at once; it must hold the largest single parameter (checked at start-up)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (HF
+    gradient_checkpointing_enable, non-reentrant): activation memory of one layer instead of all, for about
+    one more forward of compute. The update is the same (tested)."""
     seed: int = 0
     """torch seed of every rank (nothing in a step is random today: dropout is off; kept for restorability)."""
     timeout_s: int = 1800

@@ -40,6 +40,63 @@ def _load_weights_only(path: str, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def deepspeed_config(bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_prompts,  # in prompts; bookkeeping only
+        "gradient_accumulation_steps": micro_batches,
+        "train_batch_size": cfg.micro_batch_prompts * micro_batches * world_size,
+        "gradient_clipping": bond.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype is Dtype.BF16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torch.nn.Module:
+    """ZeRO-3 model construction where no rank ever holds the whole model.
+
+    The module is built from its config under `deepspeed.zero.Init` (every parameter is allocated as this
+    rank's partition only), then each rank fills its partitions from the safetensors checkpoint one tensor at
+    a time (peak: the model's partitions + its largest single tensor). No gather, no broadcast: every rank reads
+    the (shared) files itself. transformers' own zero.Init path (HfDeepSpeedConfig) needs `accelerate`, which
+    this stack does not install; this is the same construction without it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from learner import safetensors_shards
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    # No random init (every value is overwritten below, and HF's init cannot index empty partitions); the
+    # skipped init_weights is also what ties lm_head to the embedding, hence tie_weights().
+    with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype), no_init_weights():
+        module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    module.tie_weights()
+    params = dict(module.named_parameters())  # tied weights appear once (lm_head IS embed_tokens)
+    rank = dist.get_rank()
+    with torch.no_grad():
+        for name, full in safetensors_shards.read(model_dir, params):
+            p = params[name]
+            if tuple(full.shape) != tuple(p.ds_shape):
+                raise ValueError(f"{model_dir}: {name} has shape {tuple(full.shape)}, the model's config says "
+                                 f"{tuple(p.ds_shape)}")
+            p.ds_tensor.data.copy_(_partition(p, full.to(dtype), rank))
+    return module
+
+
+def _partition(param: torch.nn.Parameter, full: torch.Tensor, rank: int) -> torch.Tensor:
+    """This rank's flat ZeRO-3 piece of `full`: ceil(numel / world) elements, the last rank's zero-padded."""
+    size = param.ds_tensor.ds_numel
+    piece = full.reshape(-1)[rank * size: (rank + 1) * size]
+    return torch.cat([piece, piece.new_zeros(size - piece.numel())]) if piece.numel() < size else piece
+
+
 class DeepSpeedEngine:
     def __init__(self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int,
                  micro_batches: int) -> None:
@@ -49,28 +106,16 @@ class DeepSpeedEngine:
         self.torch_optimizer = torch.optim.AdamW(
             module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
-        zero: dict = {"stage": cfg.zero_stage}
-        if cfg.zero_stage == 3:
-            zero["stage3_param_persistence_threshold"] = 0
-        config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_prompts,  # in prompts; bookkeeping only
-            "gradient_accumulation_steps": micro_batches,
-            "train_batch_size": cfg.micro_batch_prompts * micro_batches * world_size,
-            "gradient_clipping": bond.max_grad_norm,
-            "zero_optimization": zero,
-            "bf16": {"enabled": cfg.dtype is Dtype.BF16},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 2**62,
-            "wall_clock_breakdown": False,
-        }
+        config = deepspeed_config(bond, cfg, world_size, micro_batches)
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False)
         self.module = self.engine.module
         self.engine.checkpoint_engine.load = _load_weights_only
         self._pending = 0  # backward calls since the last optimizer step
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           logits_to_keep=keep).logits
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._pending == self.micro_batches:
@@ -116,10 +161,7 @@ class DeepSpeedEngine:
     def scatter_full(self, param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
         if self.zero_stage != 3:
             return full
-        size = param.ds_tensor.ds_numel  # partition size: ceil(numel / world), the last one zero-padded
-        flat = full.reshape(-1)
-        piece = flat[self.rank * size: (self.rank + 1) * size]
-        return torch.cat([piece, piece.new_zeros(size - piece.numel())]) if piece.numel() < size else piece
+        return _partition(param, full, self.rank)
 
     def save_state(self, path: Path) -> None:
         self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)

@@ -17,8 +17,8 @@ import torch
 class Engine(Protocol):
     module: torch.nn.Module  # the Hugging Face model (its named_parameters carry the checkpoint names)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits [S, L, V]; a collective under ZeRO-3 (every rank must call it)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits [S, K, V] at the K sequence positions `keep` (HF logits_to_keep); a collective under ZeRO-3."""
         ...
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -85,12 +85,20 @@ class Learner:
         self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
         self._model_dir = _local_model_dir(model)
         self.reference_id = str(model)
-        module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
+        micro_batches = self._share // config.micro_batch_prompts
+        if config.zero_stage == 3:  # built partitioned: no rank ever holds the whole model (deepspeed_engine.py)
+            from learner.deepspeed_engine import build_partitioned, deepspeed_config
+
+            module = build_partitioned(self._model_dir, self._dtype,
+                                       deepspeed_config(bond, config, world_size, micro_batches))
+        else:
+            module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
         module.eval()  # no dropout: see module docstring
+        if config.gradient_checkpointing:
+            _enable_gradient_checkpointing(module)
         self._pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else 0
         self._names = [n for n, _ in module.named_parameters()]
         self._check_names()
-        micro_batches = self._share // config.micro_batch_prompts
         if config.zero_stage == 0:
             self.engine: Engine = TorchEngine(module, bond, rank, world_size)
         else:
@@ -350,6 +358,22 @@ class Learner:
 
     def _logprobs(self, packed: Packed) -> torch.Tensor:
         return completion_logprobs(self.engine.forward, packed)
+
+
+def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
+    """HF checkpointing, but only `self.training` of the decoder layers turned on: HF checkpoints a layer only
+    in training mode, and the layers' submodules (attention, MLP: where dropout lives) stay in eval mode."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not module.supports_gradient_checkpointing:
+        raise ValueError(f"learner.gradient_checkpointing: {type(module).__name__} does not support it")
+    module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"learner.gradient_checkpointing: {type(module).__name__} has no checkpointable layers")
+    module.eval()  # gradient_checkpointing_enable may have switched the module to train mode
+    for layer in layers:
+        layer.training = True
 
 
 def _best_anchor(batch: Batch) -> list[Completion]:

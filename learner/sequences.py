@@ -2,6 +2,10 @@
 
 Each sequence is prompt + completion, right-padded; position t's logits predict token t+1, so the
 targets are input_ids shifted by one and the mask marks the targets that are completion tokens.
+
+Memory: the model is asked for logits only at the positions that predict some completion token (HF's
+`logits_to_keep`; the prompt part of every row is skipped), and bond.objective.sequence_logprobs turns
+them into log-probabilities a chunk of completion tokens at a time: no fp32 [S, L, V] tensor exists.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import torch
 from bond.objective import sequence_logprobs
 from bond.records import Completion
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits [S, L, V]
+# (input_ids [S, L], attention_mask [S, L], keep [K] positions) -> logits [S, K, V] at those positions
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class Packed:
     @property
     def completion_tokens(self) -> int:
         return int(self.target_mask.sum().item())
+
+    @property
+    def logit_positions(self) -> torch.Tensor:
+        """[K] the positions whose logits predict a completion token in some row (a contiguous range)."""
+        used = self.target_mask.any(0).nonzero().flatten()
+        if used.numel() == 0:  # only empty completions: one position, masked out, keeps shapes valid
+            return torch.zeros(1, dtype=torch.long, device=self.target_mask.device)
+        return torch.arange(int(used[0]), int(used[-1]) + 1, device=self.target_mask.device)
 
 
 def pack(completions: Sequence[Completion], pad_id: int, device: torch.device) -> Packed:
@@ -54,5 +67,6 @@ def pack(completions: Sequence[Completion], pad_id: int, device: torch.device) -
 
 def completion_logprobs(forward: Forward, packed: Packed) -> torch.Tensor:
     """[S] log pi(y | x) summed over completion tokens (grad flows if forward builds a graph)."""
-    logits = forward(packed.input_ids, packed.attention_mask)
-    return sequence_logprobs(logits[:, :-1], packed.targets, packed.target_mask)
+    keep = packed.logit_positions
+    logits = forward(packed.input_ids, packed.attention_mask, keep)  # [S, K, V]
+    return sequence_logprobs(logits, packed.targets[:, keep], packed.target_mask[:, keep])

@@ -26,8 +26,9 @@ class TorchEngine:
             for p in module.parameters():
                 dist.broadcast(p.data, src=0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           logits_to_keep=keep).logits
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

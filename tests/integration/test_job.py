@@ -93,16 +93,21 @@ def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
 
 
 def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_path):
-    """After a step and a push, the policy actor's log-probs of a sequence equal the learner's (fp32)."""
+    """After steps and pushes over the collective (gloo) weight groups, the policy actor's log-probs of a sequence
+    equal the learner's (fp32). (test_sync_run_end_to_end runs the object-store push: auto for the tiny model.)"""
+    from cluster.job_config import WeightSyncMethod
     from cluster.loop import LoopState, train
     from cluster.prompts import PromptCursor, load_prompts
     from cluster.system import System
 
-    job = smoke_job(tmp_path, tiny_dir, run__steps=2)
+    job = smoke_job(tmp_path, tiny_dir, run__steps=2, run__weight_sync="collective")
     system = System(job)
     try:
         prompts = load_prompts(job.prompts).prompts
-        train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: None)
+        reports = []
+        train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: reports.append(rec.syncs))
+        assert [{r.method for r in syncs.values()} for syncs in reports] == [{WeightSyncMethod.COLLECTIVE}] * 2
+        assert [syncs[Role.ANCHOR].version for syncs in reports] == [1, 2]
         system.export_hf(tmp_path / "learner_policy")
         actor = system.actors[Role.POLICY][0]
         assert ray.get(actor.__ray_call__.remote(lambda a: a.weights_version)) == 2

@@ -38,6 +38,26 @@ def test_sequence_logprobs_literal():
         assert got[b].item() == pytest.approx(literal, rel=1e-6)
 
 
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 1024])
+def test_sequence_logprobs_chunked_equals_full_log_softmax_fp32_value_and_gradient(chunk_tokens):
+    """The chunked computation over masked positions only == the full [B, T, V] fp32 log-softmax, and so is
+    its gradient (in fp32, the learner's precision)."""
+    g = torch.Generator().manual_seed(1)
+    logits = (3 * torch.randn(4, 9, 50, generator=g, dtype=torch.float32)).requires_grad_()
+    ids = torch.randint(0, 50, (4, 9), generator=g)
+    mask = (torch.rand(4, 9, generator=g) > 0.4).long()
+    mask[2] = 0  # a sequence with no completion token: log pi = 0, no gradient
+    full = (logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+    got = sequence_logprobs(logits, ids, mask, chunk_tokens=chunk_tokens)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)
+    weights = torch.tensor([0.3, -1.0, 2.0, 0.7])
+    (g_full,) = torch.autograd.grad((weights * full).sum(), logits)
+    (g_got,) = torch.autograd.grad((weights * got).sum(), logits)
+    torch.testing.assert_close(g_got, g_full, atol=1e-6, rtol=1e-6)
+    assert got[2].item() == 0.0 and g_got[2].abs().max().item() == 0.0
+
+
 def test_leave_one_out_literal():
     x = torch.tensor([1.0, 4.0, -2.0, 7.0])
     expected = [sum(x[j].item() for j in range(4) if j != i) / 3 for i in range(4)]
