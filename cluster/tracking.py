@@ -15,8 +15,8 @@ class TensorBoardTracker:
     def __init__(self, log_dir: Path, first_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: a resumed run redoes the steps after its checkpoint; TensorBoard drops the old points
-        self._writer = SummaryWriter(str(log_dir), purge_step=first_step if first_step > 0 else None)
+        # purge_step: a resumed run redoes the steps after its checkpoint's; TensorBoard drops their old points
+        self._writer = SummaryWriter(str(log_dir), purge_step=first_step + 1 if first_step > 0 else None)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in values.items():
