@@ -212,6 +212,7 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tiny_dir, tmp_path):
     torch.save({"optimizer_state_dict": _Payload(marker)}, optim)
     manifest = json.loads((ckpt / "manifest.json").read_text())  # whoever tampers can re-seal the manifest too
     manifest["files"][optim.relative_to(ckpt).as_posix()] = checkpoint_dir._sha256(optim)
+    manifest["sizes"][optim.relative_to(ckpt).as_posix()] = optim.stat().st_size
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         learner.restore(ckpt)
