@@ -14,6 +14,7 @@ from pathlib import Path
 from actors.sampling import SamplingSettings
 from bond.config import Algorithm, BondConfig, check_types, require
 from cluster.prompts import PromptSource
+from cluster.threads import ThreadPolicy
 from learner.config import Dtype, LearnerConfig
 from reward_service.spec import RewardSpec
 
@@ -123,6 +124,11 @@ class ResourcesConfig:
     """CPU cores reserved for each learner rank."""
     gpus_per_learner: float = 0.0
     """GPUs reserved for each learner rank (1 with learner.device=cuda)."""
+    threads: ThreadPolicy = ThreadPolicy.PHASE
+    """torch/OpenMP threads of each process (cluster/threads.py). phase: in sync mode the phase that is working
+    uses the cores the idle phases reserve (learner ranks, actors or reward replicas share the node's cores
+    in turn); in pipelined mode, as reserved. reserved: ceil(cpus reserved), at least 1 (Ray alone gives a
+    fractional reservation a single thread)."""
     max_actor_restarts: int = 3
     """Per sampler actor: a dead actor (crash, OOM, lost node) is restarted, re-synced to the current weights
     and its share of the step redrawn, at most this many times; one more death ends the job."""

@@ -28,6 +28,7 @@ from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, Step
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
+from cluster.threads import job_threads, thread_env
 from cluster.weight_sync import (
     SyncReport,
     WeightSyncMethod,
@@ -67,9 +68,13 @@ class LearnerRank:
     """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
 
     def __init__(self, job: JobConfig, reference: str, rank: int, world_size: int, master_addr: str,
-                 master_port: int):
+                 master_port: int, threads: int | None = None):
+        import torch
+
         from learner.learner import Learner
 
+        if threads is not None:  # Ray's default for a fractional num_cpus is one thread (cluster/threads.py)
+            torch.set_num_threads(threads)
         self.rank = rank
         self.learner = Learner(reference, job.algorithm, job.learner, rank=rank, world_size=world_size,
                                master_addr=master_addr, master_port=master_port)
@@ -92,6 +97,13 @@ class LearnerRank:
 
     def model_bytes(self) -> int:
         return self.learner.model_bytes
+
+    @staticmethod
+    def threads() -> int:
+        """torch intra-op threads of this rank (what resources.threads gave it)."""
+        import torch
+
+        return torch.get_num_threads()
 
     @staticmethod
     def weight_group_port() -> tuple[str, int]:
@@ -172,13 +184,15 @@ class System:
         sampler_cls = sampler_class(job.models.sampler_backend)
         engine_kwargs = sampler_kwargs(job)
         gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
+        threads = job_threads(job)
+        actor_env = {**sampler_env(gpus), **thread_env(threads.actor)}
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
         for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
             pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": gpus}] * count)
             self.actors[role] = [
                 ray.remote(sampler_cls).options(
-                    num_cpus=res.cpus_per_actor, num_gpus=gpus, runtime_env={"env_vars": sampler_env(gpus)},
+                    num_cpus=res.cpus_per_actor, num_gpus=gpus, runtime_env={"env_vars": actor_env},
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
@@ -193,11 +207,12 @@ class System:
         addr, port = ray.get(ray.remote(_free_port).options(num_cpus=0, scheduling_strategy=strategy[0]).remote())
         self.learner = [
             ray.remote(LearnerRank).options(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner,
+                                            runtime_env={"env_vars": thread_env(threads.learner)},
                                             scheduling_strategy=strategy[r]).remote(
-                job, job.models.policy, r, res.learner_ranks, addr, port)
+                job, job.models.policy, r, res.learner_ranks, addr, port, threads=threads.learner)
             for r in range(res.learner_ranks)
         ]
-        self.reward = serve_app.deploy(job.reward)
+        self.reward = serve_app.deploy(job.reward, env_vars=thread_env(threads.reward))
         ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
                 + [r.__ray_ready__.remote() for r in self.learner])
         self._metrics = metrics

@@ -184,10 +184,14 @@ class RewardDeployment:
         return checked_rewards(values, len(prompts), self._model.model_id)
 
 
-def deployment_options(spec: RewardSpec) -> dict:
-    """Serve deployment options from the spec: resources per replica, replica count or autoscaling bounds."""
+def deployment_options(spec: RewardSpec, env_vars: Mapping[str, str] | None = None) -> dict:
+    """Serve deployment options from the spec: resources per replica, replica count or autoscaling bounds;
+    `env_vars` are set in every replica's process (e.g. its thread count, cluster/threads.py)."""
+    actor_options: dict = {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica}
+    if env_vars:
+        actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
     options = {
-        "ray_actor_options": {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica},
+        "ray_actor_options": actor_options,
         # Enough requests in flight per replica to fill one batch while the previous one is scored;
         # Serve's default (5) would cap every batch at 5 requests.
         "max_ongoing_requests": 2 * spec.max_batch_size,
@@ -203,17 +207,19 @@ def deployment_options(spec: RewardSpec) -> dict:
     return options
 
 
-def deploy(spec: RewardSpec, *, name: str = "reward") -> DeploymentHandle:
+def deploy(spec: RewardSpec, *, name: str = "reward", env_vars: Mapping[str, str] | None = None
+           ) -> DeploymentHandle:
     """Start (or update) the Serve application `name` for `spec`; returns its handle once replicas are up.
 
     Ray must already be initialised (cluster/ owns ray.init). The first deploy starts Serve's HTTP proxy
     on spec.http_host:spec.http_port; a later spec asking for another host or port is an error, because
     Serve has one proxy per cluster and would otherwise silently ignore it.
     """
-    return deploy_many({name: spec})[name]
+    return deploy_many({name: spec}, env_vars=env_vars)[name]
 
 
-def deploy_many(specs: Mapping[str, RewardSpec]) -> dict[str, DeploymentHandle]:
+def deploy_many(specs: Mapping[str, RewardSpec], env_vars: Mapping[str, str] | None = None
+                ) -> dict[str, DeploymentHandle]:
     """deploy() for several applications (name -> spec) at once: their replicas start side by side."""
     if not ray.is_initialized():
         raise RuntimeError("reward_service.deploy: Ray is not initialised; call ray.init() (cluster/ does) first")
@@ -224,7 +230,7 @@ def deploy_many(specs: Mapping[str, RewardSpec]) -> dict[str, DeploymentHandle]:
         serve.start(http_options={"host": spec.http_host, "port": spec.http_port})
         _check_http_proxy(spec)
     # The token is resolved here, in the driver (it may come from its environment), and handed to the replicas.
-    targets = [serve.RunTarget(RewardDeployment.options(name="RewardDeployment", **deployment_options(spec))
+    targets = [serve.RunTarget(RewardDeployment.options(name="RewardDeployment", **deployment_options(spec, env_vars))
                                .bind(spec, spec.resolved_http_token), name=name, route_prefix=spec.route_prefix)
                for name, spec in specs.items()]
     return dict(zip(specs, serve.run_many(targets), strict=True))
