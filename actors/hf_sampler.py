@@ -13,6 +13,7 @@ import torch
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
 from actors.weight_broadcast import GroupAddress, WeightGroup
+from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
@@ -131,8 +132,8 @@ class HfSampler:
         whole = self.tokenizer.decode(prompt_tokens + toks, skip_special_tokens=True)
         return whole[len(self.tokenizer.decode(prompt_tokens, skip_special_tokens=True)):]
 
-    def load_weights(self, update: WeightUpdate) -> int:
-        tensors = self._staging.stage(update)
+    def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
+        tensors = self._staging.stage(as_weight_update(update))
         if tensors is None:
             return self.weights_version
         self._copy_in(tensors)

@@ -24,6 +24,8 @@ from safetensors.torch import save as save_safetensors
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
 from actors.weight_broadcast import GroupAddress
+from actors.weight_ema import AnchorEma
+from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
@@ -74,18 +76,22 @@ class VllmSampler:
 
     keep_host_copy: hold the served weights on the host (one model's bytes of RAM) so a partial update
     touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused.
+    anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its own fp32 anchor
+    toward them (actors/weight_ema.py); with an fp32 engine that copy is the host copy, no extra RAM.
     """
 
     def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
                  seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
-                 keep_host_copy: bool = True) -> None:
+                 keep_host_copy: bool = True, anchor_ema: float | None = None) -> None:
         """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them)."""
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if anchor_ema is not None and role is not Role.ANCHOR:
+            raise ValueError(f"anchor_ema is for the anchor role, not {role.value}")
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -112,10 +118,15 @@ class VllmSampler:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         directory = checkpoint_dir(model)
-        self._staging = WeightStaging(
-            checkpoint_specs(directory, self._dtype), role, initial_version,
-            fused=self.llm.collective_rpc("packed_modules")[0],
-            host_weights=checkpoint_tensors(directory, self._dtype) if keep_host_copy else None)
+        specs = checkpoint_specs(directory, self._dtype)
+        host = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None else None
+        self._ema = self._follow = None
+        if anchor_ema is not None:
+            self._ema = AnchorEma(host, anchor_ema, initial_version)
+            self._follow = WeightStaging(specs, Role.POLICY, initial_version)  # checks the policy pushes it follows
+            host = self._ema.tensors if self._dtype == torch.float32 else host if keep_host_copy else None
+        self._staging = WeightStaging(specs, role, initial_version,
+                                      fused=self.llm.collective_rpc("packed_modules")[0], host_weights=host)
 
     # --- the Sampler role -------------------------------------------------------------------------
 
@@ -177,10 +188,35 @@ class VllmSampler:
             for k, c in enumerate(samples)
         ]
 
-    def load_weights(self, update: WeightUpdate) -> int:
+    def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
+        update = as_weight_update(update)  # a FlatUpdate's tensors are views of the object-store buffer
+        if self._ema is not None and update.role is Role.POLICY:
+            return self._follow_policy(update)
         tensors = self._staging.stage(update)
         if tensors is None:
             return self.weights_version
+        if self._ema is not None and tensors.keys() != self._ema.tensors.keys():
+            raise ValueError("an anchor push to an anchor actor that runs the EMA must carry every tensor")
+        self._load(tensors, update.version)
+        if self._ema is not None:
+            self._ema.reset(tensors, update.version)
+            self._follow.applied({}, update.version)
+        return self.weights_version
+
+    def _follow_policy(self, update: WeightUpdate) -> int:
+        """A bucket of a policy push: once the push is whole, the anchor moves toward it and is served."""
+        policy = self._follow.stage(update)
+        if policy is None:
+            return self.weights_version
+        anchor = self._ema.follow(policy, update.version)
+        self._follow.applied({}, update.version)
+        if anchor is not None:  # None: the version already followed (a retried push)
+            # fp32 engine: these ARE the EMA tensors (no copy); the policy push was validated, and an EMA of
+            # finite tensors is finite
+            self._load({n: t.to(self._dtype) for n, t in anchor.items()}, update.version)
+        return self.weights_version
+
+    def _load(self, tensors: dict[str, torch.Tensor], version: int) -> None:
         payload = {k: v.contiguous() for k, v in tensors.items()}
         if not self._worker_in_process:
             payload = save_safetensors({k: v.cpu() for k, v in payload.items()})
@@ -188,8 +224,7 @@ class VllmSampler:
             self.llm.collective_rpc("load_checkpoint_weights", args=(payload,))
         # Cached prefixes hold K/V computed with the old weights; reusing them silently corrupts samples.
         self.llm.reset_prefix_cache()
-        self._staging.applied(tensors, update.version)
-        return self.weights_version
+        self._staging.applied(tensors, version)
 
     def sleep(self) -> None:
         """Free the GPU memory (weights offloaded to host RAM, KV cache dropped) until wake_up (enable_sleep_mode)."""
@@ -246,6 +281,9 @@ class VllmSampler:
 
     def receive_weights(self) -> int:
         """Take the push the learner broadcasts now (call concurrently with its send); returns the version held."""
+        if self._ema is not None:  # a broadcast anchor would leave the EMA copy behind, silently
+            raise ValueError("this anchor actor runs the anchor EMA itself: push to it with load_weights "
+                             "(the object store), not the collective group")
         # In process the worker stages into our own WeightStaging (host copy included); a worker in another
         # process gets the checks without the host copy, which then no longer matches what is served.
         staging = self._staging if self._worker_in_process else self._staging.without_host_copy()

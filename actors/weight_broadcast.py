@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from actors.weight_flat import aligned_offsets, split
 from actors.weight_staging import WeightStaging
 from bond.records import Role, WeightUpdate
-
-_ALIGN = 16  # byte offset of every tensor in a bucket: any dtype can be viewed in place
-_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class WeightGroup:
         """Broadcast one bucket: header, then one flat buffer."""
         names = list(update.tensors)
         tensors = [update.tensors[n].detach().contiguous() for n in names]
-        offsets, end = _offsets([t.numel() * t.element_size() for t in tensors])
+        offsets, end = aligned_offsets([t.numel() * t.element_size() for t in tensors])
         header = {"role": update.role.value, "version": update.version, "last_bucket": update.last_bucket,
                   "names": names, "dtypes": [str(t.dtype) for t in tensors],
                   "shapes": [list(t.shape) for t in tensors], "offsets": offsets, "nbytes": end}
@@ -118,7 +116,7 @@ class WeightGroup:
             header, flat = self.receive_bucket()
             if error is None:
                 try:
-                    tensors = _split(header, flat)
+                    tensors = split(header["names"], header["dtypes"], header["shapes"], header["offsets"], flat)
                     update = WeightUpdate(Role(header["role"]), int(header["version"]), tensors,
                                           last_bucket=bool(header["last_bucket"]))
                     ready = staging.stage(update)
@@ -134,23 +132,3 @@ class WeightGroup:
         staging.applied(ready, update.version)
         return staging.version, ready
 
-
-def _split(header: dict, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The bucket's tensors as views of its flat buffer (no copy)."""
-    tensors = {}
-    for name, dt, shape, off in zip(header["names"], header["dtypes"], header["shapes"], header["offsets"],
-                                    strict=True):
-        dtype = _DTYPES.get(dt)
-        if dtype is None:
-            raise ValueError(f"weight bucket: parameter {name!r} has unsupported dtype {dt}")
-        n = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
-        tensors[name] = flat[off:off + n].view(dtype).view(shape)
-    return tensors
-
-
-def _offsets(sizes: Iterable[int]) -> tuple[list[int], int]:
-    offsets, end = [], 0
-    for n in sizes:
-        offsets.append(end)
-        end += -(-n // _ALIGN) * _ALIGN
-    return offsets, end

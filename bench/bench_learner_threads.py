@@ -13,27 +13,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, WARMUP = 3, 1
+STEPS, WARMUP = 4, 1
 
 
 def _job(model: Path):
+    from bond.config import BondConfig
     from cluster.job_config import JobConfig, ModelsConfig, ResourcesConfig
     from learner.config import LearnerConfig
 
     return JobConfig(models=ModelsConfig(policy=str(model), build_tiny=False),
+                     algorithm=BondConfig(prompts_per_step=32, lr=1e-4, warmup_steps=0),
                      learner=LearnerConfig(zero_stage=2, micro_batch_prompts=16, bucket_bytes=64 << 20),
                      resources=ResourcesConfig(cpus_per_learner=0.5, cpus_per_actor=0.5))
 
 
-def _steps(step) -> float:
+def _interleaved(steps: dict) -> dict[str, float]:
+    """Median step seconds of each runner, stepped in turn on the same batches (load spikes hit all alike)."""
     from bench.bench_learner import _batch
 
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for s in range(WARMUP + STEPS):
-        t0 = time.perf_counter()
-        step(_batch(s))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[WARMUP:])
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(_batch(s))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t[WARMUP:]) for name, t in times.items()}
 
 
 def main() -> None:
@@ -52,21 +56,19 @@ def main() -> None:
               f"median of {STEPS}; torch threads in-process {torch.get_num_threads()}, "
               f"phase policy gives the learner {threads.learner}", flush=True)
         inproc = LearnerRank(job, str(model), 0, 1, "127.0.0.1", _free_port()[1])
-        t_in = _steps(inproc.step)
-        del inproc
-        print(f"  in-process               {t_in:6.2f} s/step", flush=True)
         ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         try:
-            results = {}
+            steps, got = {"in-process": inproc.step}, {"in-process": torch.get_num_threads()}
             for label, n in (("Ray, Ray's default", None), ("Ray, resources.threads", threads.learner)):
                 env = {} if n is None else {"runtime_env": {"env_vars": thread_env(n)}}
                 rank = ray.remote(LearnerRank).options(num_cpus=0.5, **env).remote(
                     job, str(model), 0, 1, "127.0.0.1", _free_port()[1], threads=n)
-                got = ray.get(rank.threads.remote())
-                results[label] = _steps(lambda b, r=rank: ray.get(r.step.remote(b)))
-                print(f"  {label:24s} {results[label]:6.2f} s/step  ({got} torch threads)  "
-                      f"/ in-process {results[label] / t_in:.2f}x", flush=True)
-                ray.kill(rank)
+                got[label] = ray.get(rank.threads.remote())
+                steps[label] = lambda b, r=rank: ray.get(r.step.remote(b))
+            results = _interleaved(steps)
+            for label, seconds in results.items():
+                print(f"  {label:24s} {seconds:6.2f} s/step  ({got[label]} torch threads)  "
+                      f"/ in-process {seconds / results['in-process']:.2f}x", flush=True)
         finally:
             ray.shutdown()
 

@@ -1,9 +1,14 @@
-"""Weight sync: the object-store push vs the collective (gloo) push, learner actor -> vLLM actor, vs a memcpy.
+"""Weight sync, learner actor -> vLLM actors, vs a memcpy of one model's bytes.
 
-Both transports run between real Ray actors (a learner rank and a vLLM sampler, as in a job) and include
-everything a job's push includes: export (bucketing), transport, validation, in-place reload, version
-confirmation. Measured for the tiny policy and a random ~27 M-parameter Llama; the ratios decide
-`run.weight_sync: auto` (cluster/weight_sync.py choose_method).
+Every push runs between real Ray actors (a learner rank, vLLM samplers) and includes everything a job's push
+includes: export (bucketing), transport, validation, in-place reload, version confirmation. Rows:
+- object_store / collective: the policy alone, by each transport (they decide `run.weight_sync: auto`).
+- step sync, learner pushes both: what a step cost before the actor-side EMA: the policy to a policy actor
+  and the learner's anchor to an anchor actor (two models, object store).
+- step sync, anchor follows: one policy push read by the policy actor AND an anchor actor that applies the EMA
+  itself (run.anchor_ema_on_actors; actors/weight_ema.py). The learner's version is advanced between pushes
+  without a step (the EMA and the push cost the same either way).
+- reload only: the vLLM engine's in-place reload of a model already in the actor (the floor of any push).
 """
 
 from __future__ import annotations
@@ -16,6 +21,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
+
+
+def _advance(learner_rank) -> None:
+    learner_rank.learner._step += 1
+
+
+def _reload_only(sampler) -> float:
+    tensors = dict(sampler._staging.host_weights)
+    t0 = time.perf_counter()
+    sampler.llm.collective_rpc("load_checkpoint_weights", args=(tensors,))
+    return time.perf_counter() - t0
 
 
 def _one_model(model_dir: Path, label: str) -> None:
@@ -32,30 +48,44 @@ def _one_model(model_dir: Path, label: str) -> None:
                     learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20))
     addr, port = _free_port()
     learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
-    actor = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV}).remote(
-        str(model_dir), Role.POLICY, max_model_len=64)
-    ray.get([learner.__ray_ready__.remote(), actor.__ray_ready__.remote()])
-    open_weight_group([learner], [actor], Role.POLICY, "gloo", 120.0)
+    sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
+    policy = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64)
+    anchor = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64)
+    follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05)
+    ray.get([a.__ray_ready__.remote() for a in (learner, policy, anchor, follower)])
+    open_weight_group([learner], [policy], Role.POLICY, "gloo", 120.0)
     nbytes = ray.get(learner.model_bytes.remote())
     src = torch.randn(nbytes // 4)
     dst = torch.empty_like(src)
-    best = {"object_store": float("inf"), "collective": float("inf"), "memcpy": float("inf")}
-    runs = {"object_store": lambda: push_weights([learner], [actor], Role.POLICY),
-            "collective": lambda: push_weights_collective([learner], [actor], Role.POLICY, 120.0),
+
+    def follow() -> None:
+        ray.get(learner.__ray_call__.remote(_advance))
+        push_weights([learner], [policy, follower], Role.POLICY)
+
+    runs = {"object_store": lambda: push_weights([learner], [policy], Role.POLICY),
+            "collective": lambda: push_weights_collective([learner], [policy], Role.POLICY, 120.0),
+            "step sync, learner pushes both": lambda: (push_weights([learner], [policy], Role.POLICY),
+                                                       push_weights([learner], [anchor], Role.ANCHOR)),
+            "step sync, anchor follows": follow,
+            "reload only": lambda: ray.get(policy.__ray_call__.remote(_reload_only)),
             "memcpy": lambda: dst.copy_(src)}
+    best = dict.fromkeys(runs, float("inf"))
     for fn in runs.values():
         fn()  # warm-up
     for _ in range(REPEATS):  # interleaved, best of each: noise on a shared machine only slows a run down
         for name, fn in runs.items():
             t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    o, c, m = best["object_store"], best["collective"], best["memcpy"]
-    print(f"  {label}: {nbytes / 1e6:.1f} MB  object_store {o * 1e3:.1f} ms  collective {c * 1e3:.1f} ms  "
-          f"memcpy {m * 1e3:.2f} ms   object_store/memcpy {o / m:.0f}x  collective/memcpy {c / m:.0f}x  "
-          f"collective/object_store {c / o:.2f}", flush=True)
-    ray.kill(actor)
-    ray.kill(learner)
+            out = fn()
+            best[name] = min(best[name], out if name == "reload only" else time.perf_counter() - t0)
+    m = best["memcpy"]
+    print(f"  {label}: {nbytes / 1e6:.1f} MB, memcpy {m * 1e3:.2f} ms", flush=True)
+    for name, seconds in best.items():
+        if name != "memcpy":
+            print(f"    {name:32s} {seconds * 1e3:8.1f} ms  {seconds / m:6.1f}x memcpy", flush=True)
+    print(f"    step sync: anchor follows / learner pushes both "
+          f"{best['step sync, anchor follows'] / best['step sync, learner pushes both']:.2f}", flush=True)
+    for a in (policy, anchor, follower, learner):
+        ray.kill(a)
 
 
 def main() -> None:
@@ -66,10 +96,10 @@ def main() -> None:
     from cluster.tiny import build
 
     tiny = build(ROOT / "artifacts" / "tiny") / "policy"
-    ray.init(num_cpus=4, include_dashboard=False,
+    ray.init(num_cpus=6, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}})
     try:
-        print("weight push learner actor -> vLLM actor (export, transport, validation, reload, confirmation), "
+        print(f"weight push learner actor -> vLLM actors (export, transport, validation, reload, confirmation), "
               f"best of {REPEATS}, fp32:", flush=True)
         _one_model(tiny, "tiny policy")
         with tempfile.TemporaryDirectory() as tmp:

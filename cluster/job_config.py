@@ -191,6 +191,10 @@ class RunConfig:
     restart from the newest checkpoint by itself, at most this many times (0: stop with one error line)."""
     weight_sync: WeightSyncMethod = WeightSyncMethod.AUTO
     """Transport of weight pushes: auto, object_store or collective (see cluster/weight_sync.py)."""
+    anchor_ema_on_actors: bool = True
+    """With the object-store transport and vLLM actors: the anchor actors take the policy push too and apply the
+    EMA to their own fp32 anchor copy (bit-identical to the learner's; actors/weight_ema.py), so a step moves one
+    model instead of two. Off, or with the collective transport, the learner pushes its anchor as well."""
     weight_sync_timeout_s: float = 300.0
     """A weight push (or forming a collective group) not done within this many seconds fails the job with the
     peer it waited for named, instead of hanging on a dead actor."""

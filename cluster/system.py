@@ -24,7 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
-from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
+from actors.weight_flat import FlatUpdate
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
@@ -32,11 +33,13 @@ from cluster.threads import job_threads, thread_env
 from cluster.weight_sync import (
     SyncReport,
     WeightSyncMethod,
+    checkpoint_bytes,
     choose_method,
     open_weight_group,
     push_weights,
     push_weights_collective,
 )
+from learner.config import Dtype
 from reward_service import serve_app
 
 # Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
@@ -84,13 +87,14 @@ class LearnerRank:
     def step(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)
 
-    def weights(self, role: Role) -> Iterator[WeightUpdate]:
-        """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store."""
+    def weights(self, role: Role) -> Iterator[FlatUpdate]:
+        """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store,
+        each as one flat buffer that every reader maps without a copy (actors/weight_flat.py)."""
         self._export_bytes = 0
         for update in self.learner.weights(role):
             self._export_bytes += update.num_bytes
             if self.rank == 0:
-                yield update
+                yield FlatUpdate.pack(update)
 
     def last_export_bytes(self) -> int:
         return self._export_bytes
@@ -184,6 +188,15 @@ class System:
         sampler_cls = sampler_class(job.models.sampler_backend)
         engine_kwargs = sampler_kwargs(job)
         gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
+        on_gpu = job.learner.device.value == "cuda"
+        self._group_backend = "nccl" if on_gpu else "gloo"
+        element_size = 2 if job.learner.dtype is Dtype.BF16 else 4
+        self.weight_sync = choose_method(job.run.weight_sync, checkpoint_bytes(job.models.policy, element_size),
+                                         on_gpu)
+        # The anchor actors follow the policy push with their own EMA (actors/weight_ema.py) on the object store.
+        self._anchor_follows = (job.run.anchor_ema_on_actors and self.weight_sync is WeightSyncMethod.OBJECT_STORE
+                                and job.models.sampler_backend is SamplerBackend.VLLM)
+        role_kwargs = {Role.POLICY: {}, Role.ANCHOR: {"anchor_ema": job.algorithm.eta} if self._anchor_follows else {}}
         threads = job_threads(job)
         actor_env = {**sampler_env(gpus), **thread_env(threads.actor)}
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
@@ -198,7 +211,7 @@ class System:
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
                     max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
                 ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
-                         **engine_kwargs)
+                         **engine_kwargs, **role_kwargs[role])
                 for i in range(count)
             ]
         pg = self._placement([{"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}] * res.learner_ranks)
@@ -219,9 +232,6 @@ class System:
         self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
         self._restarts = {role: [0] * len(group) for role, group in self.actors.items()}
         self._last_checkpoint: Path | None = None
-        on_gpu = job.learner.device.value == "cuda"
-        self._group_backend = "nccl" if on_gpu else "gloo"
-        self.weight_sync = choose_method(job.run.weight_sync, ray.get(self.learner[0].model_bytes.remote()), on_gpu)
         if self.weight_sync is WeightSyncMethod.COLLECTIVE:
             for role in self.actors:
                 self._open_group(role)
@@ -327,15 +337,38 @@ class System:
                 ray.get([a.wake_up.remote() for a in actors])
 
     def sync(self, role: Role) -> SyncReport:
-        """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone."""
+        """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone.
+
+        When the anchor actors follow the policy push (run.anchor_ema_on_actors), the policy push reaches them
+        too and the anchor's sync only pushes the learner's anchor to an actor that did not follow (a restarted
+        one, the start of a resumed job)."""
         while True:
             try:
+                if role is Role.ANCHOR and self._anchor_follows:
+                    return self._sync_lagging_anchors()
                 return self._sync_actors(role, range(len(self.actors[role])))
             except RayActorError as e:
-                i = self._index(role, e)
-                if i is None:
+                roles = (role, Role.ANCHOR) if role is Role.POLICY and self._anchor_follows else (role,)
+                lost = next(((r, i) for r in roles if (i := self._index(r, e)) is not None), None)
+                if lost is None:
                     raise
-                self._recover(role, i, first_line(e), push=False)
+                self._recover(*lost, first_line(e), push=False)
+
+    def _sync_lagging_anchors(self) -> SyncReport:
+        t0 = time.perf_counter()
+        version = ray.get(self.learner[0].version.remote(Role.ANCHOR))
+        lagging = [i for i, held in enumerate(self._held[Role.ANCHOR]) if held != version]
+        if lagging:
+            return self._sync_actors(Role.ANCHOR, lagging)
+        return SyncReport(role=Role.ANCHOR, version=version, buckets=0, num_bytes=0, seconds=time.perf_counter() - t0)
+
+    def _followers(self, role: Role, indices: list[int]) -> list[int]:
+        """Anchor actors that take this policy push and apply the EMA: those one version behind (or, on a retried
+        push, already at it); a lagging one gets the learner's anchor instead (_sync_lagging_anchors)."""
+        if role is not Role.POLICY or not self._anchor_follows or len(indices) < len(self.actors[role]):
+            return []
+        version = ray.get(self.learner[0].version.remote(Role.POLICY))
+        return [j for j, held in enumerate(self._held[Role.ANCHOR]) if held in (version - 1, version)]
 
     def _open_group(self, role: Role) -> None:
         open_weight_group(self.learner, self.actors[role], role, self._group_backend,
@@ -353,7 +386,11 @@ class System:
                 report = push_weights_collective(self.learner, self.actors[role], role,
                                                  self.job.run.weight_sync_timeout_s)
             else:
-                report = push_weights(self.learner, [self.actors[role][i] for i in indices], role)
+                followers = self._followers(role, indices)
+                report = push_weights(self.learner, [self.actors[role][i] for i in indices]
+                                      + [self.actors[Role.ANCHOR][j] for j in followers], role)
+                for j in followers:
+                    self._held[Role.ANCHOR][j] = report.version
         except RayActorError as e:
             self._raise_if_learner(e)
             raise

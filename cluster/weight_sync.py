@@ -17,6 +17,7 @@ partial update), and so is a peer that is gone (a clear WeightSyncError within t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,20 @@ from cluster.job_config import WeightSyncMethod
 # members and must be formed again). So auto: collective on GPU (NCCL: no device -> host -> object store trip)
 # and on CPU from 32 MB of weights up; the object store for smaller CPU models.
 AUTO_COLLECTIVE_MIN_BYTES = 32 << 20
+
+
+def checkpoint_bytes(model: str, element_size: int) -> int:
+    """Bytes of one push of the checkpoint's weights at `element_size` bytes each, from the safetensors headers
+    (nothing is loaded): what the learner's model_bytes will be, known before anything starts."""
+    from safetensors import safe_open
+
+    from actors.vllm_sampler import checkpoint_dir
+
+    total = 0
+    for f in sorted(checkpoint_dir(model).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            total += sum(math.prod(st.get_slice(name).get_shape()) for name in st.keys())  # noqa: SIM118
+    return total * element_size
 
 
 def choose_method(requested: WeightSyncMethod, model_bytes: int, on_gpu: bool) -> WeightSyncMethod:
