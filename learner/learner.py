@@ -19,10 +19,16 @@ Under ZeRO-3 the anchor's EMA reads the policy's bf16 partition (what the actors
 optimizer's fp32 master copy; on CPU (fp32) the two are the same.
 
 Per step, for each micro-batch: log pi(y) and log pi(y'_best) with grad, log pi_anchor(y) and log pi_ref(y)
-without. With more than one micro-batch the loss (bond.objective) is first evaluated on no-grad
-log-probabilities of the whole share to get d loss / d log pi per sequence; each micro-batch then
-back-propagates sum(coefficient * log pi), which by the chain rule accumulates exactly the gradient of
-the loss over the share while holding one micro-batch's activations at a time.
+without, each sequence once per model (tests/component/test_learner_work.py counts the forwards). With more
+than one micro-batch the loss (bond.objective) is first evaluated on no-grad log-probabilities of the share's
+policy samples to get d loss / d log pi per sequence; each micro-batch then back-propagates
+sum(coefficient * log pi), which by the chain rule accumulates exactly the gradient of the loss over the share
+while holding one micro-batch's activations at a time. That pre-pass is the one repeated forward (of pi on y),
+the price of gradient accumulation; with one micro-batch per rank there is none.
+Where the log-probs come from: the anchor actors hold the same anchor (actors/weight_ema.py) but score only
+their own samples; log pi_anchor(y) of the policy's samples is computed here, beside the policy's forward,
+where the sequences are already packed (on a 2-core machine the score phase has no idle core to move it to).
+log pi_ref(y) may run on a bf16 copy of pi_ref (learner.reference_dtype).
 
 Dropout is off (module.eval()): log pi must be a deterministic function of the weights.
 Checkpoints and exports assume every rank sees the same file system (rank 0 writes the shared files).
@@ -109,6 +115,11 @@ class Learner:
         self._check_buckets()
         self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
+        # bf16 scoring of pi_ref: its own bf16 module, since the policy's storage would widen swapped-in bf16 back
+        self._reference_bf16 = None
+        if config.reference_dtype is Dtype.BF16 and self._dtype is not torch.bfloat16:
+            self._reference_bf16 = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=torch.bfloat16) \
+                .to(self._device).eval().requires_grad_(False)
         self._step = 0
 
     @property
@@ -155,11 +166,10 @@ class Learner:
         r_anchor = torch.tensor([[a.reward for a in g] for g in share.anchor], dtype=torch.float32,
                                 device=self._device)
 
-        with torch.no_grad():
+        with torch.no_grad():  # once per step each, on the policy samples only
             with self._anchor.swapped_in():
                 logp_anchor = torch.cat([self._logprobs(p) for p in policy_packs])
-            with self._reference.swapped_in():
-                logp_ref = torch.cat([self._logprobs(p) for p in policy_packs])
+            logp_ref = self._reference_logprobs(policy_packs)
 
         def objective(logp: torch.Tensor, logp_best: torch.Tensor | None) -> tuple[torch.Tensor, LossTerms]:
             if jbond:
@@ -176,20 +186,26 @@ class Learner:
             loss, terms = objective(logp, logp_best)
             self.engine.backward(loss)
         else:
+            # The coefficients read the values of log pi(y) (through the [sg] log-ratio and baselines) but not those
+            # of log pi(y'_best): J-BOND's forward term is linear in it (a constant coefficient; tested). So the
+            # no-grad pre-pass scores the policy samples only, and the statistics use the grad passes' values.
             with torch.no_grad():
-                parts = [split(self._logprobs(p), mb) for p in grad_packs]
-            logp = torch.cat([a for a, _ in parts]).requires_grad_()
-            logp_best = torch.cat([b for _, b in parts]).requires_grad_() if jbond else None
-            loss, terms = objective(logp, logp_best)
+                logp = torch.cat([self._logprobs(p) for p in policy_packs]).requires_grad_()
+            logp_best = torch.zeros_like(logp).requires_grad_() if jbond else None
+            loss, _ = objective(logp, logp_best)
             leaves = [logp] + ([logp_best] if jbond else [])
             coefficients = torch.autograd.grad(loss, leaves)  # d loss / d log pi per sequence
+            best_values = []
             for i, p in enumerate(grad_packs):
                 rows = slice(i * mb, (i + 1) * mb)
                 lp, lb = split(self._logprobs(p), mb)
                 surrogate = (coefficients[0][rows] * lp).sum()
                 if jbond:
                     surrogate = surrogate + (coefficients[1][rows] * lb).sum()
+                    best_values.append(lb.detach())
                 self.engine.backward(surrogate)
+            with torch.no_grad():
+                _, terms = objective(logp.detach(), torch.cat(best_values) if jbond else None)
 
         lr = self.bond.lr_at(self._step)
         grad_norm = self.engine.step(lr)
@@ -358,6 +374,20 @@ class Learner:
 
     def _logprobs(self, packed: Packed) -> torch.Tensor:
         return completion_logprobs(self.engine.forward, packed)
+
+    def _reference_logprobs(self, packs: Sequence[Packed]) -> torch.Tensor:
+        """[S] log pi_ref(y), no grad: from the bf16 copy (learner.reference_dtype) or the policy's swapped storage."""
+        if self._reference_bf16 is None:
+            with self._reference.swapped_in():
+                return torch.cat([self._logprobs(p) for p in packs])
+        model = self._reference_bf16
+
+        def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                         logits_to_keep=keep).logits
+
+        with torch.no_grad():
+            return torch.cat([completion_logprobs(forward, p) for p in packs]).float()
 
 
 def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
