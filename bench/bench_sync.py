@@ -3,8 +3,8 @@
 Every push runs between real Ray actors (a learner rank, vLLM samplers) and includes everything a job's push
 includes: export (bucketing), transport, validation, in-place reload, version confirmation. Rows:
 - object_store / collective: the policy alone, by each transport (they decide `run.weight_sync: auto`).
-- step sync, learner pushes both: what a step cost before the actor-side EMA: the policy to a policy actor
-  and the learner's anchor to an anchor actor (two models, object store).
+- step sync, learner pushes both / collective, both: what a step cost before the actor-side EMA: the policy
+  to a policy actor and the learner's anchor to an anchor actor (two models; object store / gloo).
 - step sync, anchor follows: one policy push read by the policy actor AND an anchor actor that applies the EMA
   itself (run.anchor_ema_on_actors; actors/weight_ema.py). The learner's version is advanced between pushes
   without a step (the EMA and the push cost the same either way).
@@ -54,6 +54,7 @@ def _one_model(model_dir: Path, label: str) -> None:
     follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05)
     ray.get([a.__ray_ready__.remote() for a in (learner, policy, anchor, follower)])
     open_weight_group([learner], [policy], Role.POLICY, "gloo", 120.0)
+    open_weight_group([learner], [anchor], Role.ANCHOR, "gloo", 120.0)
     nbytes = ray.get(learner.model_bytes.remote())
     src = torch.randn(nbytes // 4)
     dst = torch.empty_like(src)
@@ -66,6 +67,9 @@ def _one_model(model_dir: Path, label: str) -> None:
             "collective": lambda: push_weights_collective([learner], [policy], Role.POLICY, 120.0),
             "step sync, learner pushes both": lambda: (push_weights([learner], [policy], Role.POLICY),
                                                        push_weights([learner], [anchor], Role.ANCHOR)),
+            "step sync, collective, both": lambda: (
+                push_weights_collective([learner], [policy], Role.POLICY, 120.0),
+                push_weights_collective([learner], [anchor], Role.ANCHOR, 120.0)),
             "step sync, anchor follows": follow,
             "reload only": lambda: ray.get(policy.__ray_call__.remote(_reload_only)),
             "memcpy": lambda: dst.copy_(src)}

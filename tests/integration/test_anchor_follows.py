@@ -1,0 +1,51 @@
+"""In a real job the anchor actors follow the policy push with their own EMA (run.anchor_ema_on_actors): no anchor
+bytes move per step, a restarted anchor actor gets the learner's anchor once and then follows again, and at the
+end the actor's anchor equals the learner's bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from bond.records import Role
+from tests.integration.test_job import local_ray, smoke_job  # noqa: F401 (fixture)
+
+
+def _actor_anchor(actor) -> dict[str, torch.Tensor]:
+    return ray.get(actor.__ray_call__.remote(lambda a: {k: v.clone() for k, v in a._ema.tensors.items()}))
+
+
+def _learner_anchor(rank) -> dict[str, torch.Tensor]:
+    stream = rank.weights.options(num_returns="streaming").remote(Role.ANCHOR)
+    return {k: v.clone() for ref in stream for k, v in ray.get(ref).unpack().tensors.items()}
+
+
+@pytest.mark.timeout(300)
+def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, tiny_dir, tmp_path, capfd):  # noqa: F811
+    from cluster.job_config import WeightSyncMethod
+    from cluster.loop import LoopState, train
+    from cluster.prompts import PromptCursor, load_prompts
+    from cluster.system import System
+
+    job = smoke_job(tmp_path, tiny_dir, run__steps=4)
+    system = System(job)
+    try:
+        assert system.weight_sync is WeightSyncMethod.OBJECT_STORE and system._anchor_follows
+        anchor = system.actors[Role.ANCHOR][0]
+        records = []
+
+        def on_step(rec) -> None:
+            records.append(rec)
+            if rec.stats.step == 2:  # Ray restarts it with the base weights; the next sampling notices
+                ray.kill(anchor, no_restart=False)
+
+        train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), on_step)
+        assert [r.syncs[Role.ANCHOR].version for r in records] == [1, 2, 3, 4]
+        assert all(r.syncs[Role.ANCHOR].num_bytes == 0 for r in records)  # the anchor rode the policy push
+        assert all(r.stats.sample_anchor_version == r.stats.step - 1 for r in records)  # on-policy throughout
+        assert "anchor actor 0 restarted (1/" in capfd.readouterr().out
+        want, got = _learner_anchor(system.learner[0]), _actor_anchor(anchor)
+        assert want.keys() == got.keys() and all(torch.equal(got[k], v) for k, v in want.items())
+    finally:
+        system.shutdown()
