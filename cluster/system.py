@@ -294,6 +294,7 @@ class System:
             raise ActorLostError(f"{role} actor {i} died again after {limit} restarts "
                                  f"(resources.max_actor_restarts={limit}): {cause}")
         _wait_until_alive(self.actors[role][i], f"{role} actor {i}", cause)
+        self._held[role][i] = 0  # Ray restarts it with the base weights: an anchor actor must not follow a push now
         if self._metrics:
             self._metrics.record_actor_restart(role.value)
         version = self._sync_actors(role, [i]).version if push else None
