@@ -33,13 +33,11 @@ from cluster.threads import job_threads, thread_env
 from cluster.weight_sync import (
     SyncReport,
     WeightSyncMethod,
-    checkpoint_bytes,
     choose_method,
     open_weight_group,
     push_weights,
     push_weights_collective,
 )
-from learner.config import Dtype
 from reward_service import serve_app
 
 # Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
@@ -190,9 +188,7 @@ class System:
         gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
         on_gpu = job.learner.device.value == "cuda"
         self._group_backend = "nccl" if on_gpu else "gloo"
-        element_size = 2 if job.learner.dtype is Dtype.BF16 else 4
-        self.weight_sync = choose_method(job.run.weight_sync, checkpoint_bytes(job.models.policy, element_size),
-                                         on_gpu)
+        self.weight_sync = choose_method(job.run.weight_sync, on_gpu)
         # The anchor actors follow the policy push with their own EMA (actors/weight_ema.py) on the object store.
         self._anchor_follows = (job.run.anchor_ema_on_actors and self.weight_sync is WeightSyncMethod.OBJECT_STORE
                                 and job.models.sampler_backend is SamplerBackend.VLLM)

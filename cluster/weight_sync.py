@@ -17,7 +17,6 @@ partial update), and so is a peer that is gone (a clear WeightSyncError within t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,37 +28,20 @@ from bond.records import Role
 from cluster.failures import JobFailure
 from cluster.job_config import WeightSyncMethod
 
-# Measured here (`python -m bench sync`, learner actor -> vLLM actor, best of 5, 2 CPU cores):
-#   tiny policy  1.8 MB: object_store 44 ms, collective 29 ms (memcpy of the bytes 2 ms)
-#   random 27 M 109 MB:  object_store 450 ms, collective 350 ms (memcpy 10 ms)
-# gloo wins at both sizes, but for small models the gain is ~15 ms a push, noise beside a step of seconds,
-# while the object store pushes to any subset of actors (a restarted actor alone; a collective group has fixed
-# members and must be formed again). So auto: collective on GPU (NCCL: no device -> host -> object store trip)
-# and on CPU from 32 MB of weights up; the object store for smaller CPU models.
-AUTO_COLLECTIVE_MIN_BYTES = 32 << 20
+# Measured here (`python -m bench sync`, learner actor -> vLLM actors, best of 5, 2 CPU cores shared with other
+# work, 2026-12-02), policy alone / a step's sync (policy + anchor):
+#   tiny policy 1.8 MB:  object_store 37 / 59 ms (anchor follows), collective 31 / 56 ms (both pushed); memcpy 0.7 ms
+#   random 27 M 109 MB:  object_store 211 / 259 ms (anchor follows), collective 294 / 684 ms (both pushed); memcpy 10 ms
+# With flat buckets (actors/weight_flat.py) the object store beats gloo on CPU from 27 M up, and only it carries
+# the anchor's actor-side EMA; at the tiny size the two are within a few ms. So auto: the object store on CPU, the
+# collective on GPU (NCCL: no device -> host -> object store trip).
 
 
-def checkpoint_bytes(model: str, element_size: int) -> int:
-    """Bytes of one push of the checkpoint's weights at `element_size` bytes each, from the safetensors headers
-    (nothing is loaded): what the learner's model_bytes will be, known before anything starts."""
-    from safetensors import safe_open
-
-    from actors.vllm_sampler import checkpoint_dir
-
-    total = 0
-    for f in sorted(checkpoint_dir(model).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            total += sum(math.prod(st.get_slice(name).get_shape()) for name in st.keys())  # noqa: SIM118
-    return total * element_size
-
-
-def choose_method(requested: WeightSyncMethod, model_bytes: int, on_gpu: bool) -> WeightSyncMethod:
-    """auto: collective on GPU, or on CPU for models of at least AUTO_COLLECTIVE_MIN_BYTES; else the object store."""
+def choose_method(requested: WeightSyncMethod, on_gpu: bool) -> WeightSyncMethod:
+    """auto: collective on GPU, the object store on CPU (measured above)."""
     if requested is not WeightSyncMethod.AUTO:
         return requested
-    if on_gpu or model_bytes >= AUTO_COLLECTIVE_MIN_BYTES:
-        return WeightSyncMethod.COLLECTIVE
-    return WeightSyncMethod.OBJECT_STORE
+    return WeightSyncMethod.COLLECTIVE if on_gpu else WeightSyncMethod.OBJECT_STORE
 
 
 @dataclass(frozen=True)

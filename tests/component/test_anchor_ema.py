@@ -16,7 +16,6 @@ from actors.weight_ema import AnchorEma
 from actors.weight_flat import FlatUpdate
 from bond.config import BondConfig
 from bond.records import Role
-from cluster.weight_sync import checkpoint_bytes
 from tests.component.test_learner import learner, make_batch
 
 ETA = 0.3  # large, so every step moves the anchor far from where it was
@@ -41,7 +40,6 @@ def test_actor_side_ema_equals_the_learners_anchor_bit_for_bit(tiny_dir):
     lr = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=4, bucket_bytes=1 << 18)
     ema = AnchorEma(checkpoint_tensors(tiny_dir / "policy", torch.float32), ETA)
     start = {k: v.clone() for k, v in ema.tensors.items()}
-    assert checkpoint_bytes(str(tiny_dir / "policy"), 4) == lr.model_bytes  # what System chooses the transport by
     assert all(torch.equal(ema.tensors[k], v) for k, v in learner_anchor(lr).items())
     for step in range(1, STEPS + 1):
         lr.step(make_batch(step))

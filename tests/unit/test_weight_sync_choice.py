@@ -4,17 +4,16 @@ import pytest
 
 from bond.config import ConfigError
 from cluster.job_config import RunConfig, WeightSyncMethod
-from cluster.weight_sync import AUTO_COLLECTIVE_MIN_BYTES, choose_method
+from cluster.weight_sync import choose_method
 
 
 def test_auto_rule_and_overrides():
-    auto, small, big = WeightSyncMethod.AUTO, 2 << 20, AUTO_COLLECTIVE_MIN_BYTES
-    assert choose_method(auto, small, on_gpu=False) is WeightSyncMethod.OBJECT_STORE
-    assert choose_method(auto, big, on_gpu=False) is WeightSyncMethod.COLLECTIVE
-    assert choose_method(auto, small, on_gpu=True) is WeightSyncMethod.COLLECTIVE
+    auto = WeightSyncMethod.AUTO
+    assert choose_method(auto, on_gpu=False) is WeightSyncMethod.OBJECT_STORE
+    assert choose_method(auto, on_gpu=True) is WeightSyncMethod.COLLECTIVE
     for forced in (WeightSyncMethod.OBJECT_STORE, WeightSyncMethod.COLLECTIVE):
-        assert choose_method(forced, small, on_gpu=False) is forced
-        assert choose_method(forced, big, on_gpu=True) is forced
+        for on_gpu in (False, True):
+            assert choose_method(forced, on_gpu=on_gpu) is forced
 
 
 def test_bad_values_name_the_field():
