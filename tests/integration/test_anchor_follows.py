@@ -1,6 +1,7 @@
 """In a real job the anchor actors follow the policy push with their own EMA (run.anchor_ema_on_actors): no anchor
 bytes move per step, a restarted anchor actor gets the learner's anchor once and then follows again, and at the
-end the actor's anchor equals the learner's bit for bit."""
+end the actor's anchor equals the learner's bit for bit. Also: the processes run the threads resources.threads
+gives them."""
 
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
     from cluster.loop import LoopState, train
     from cluster.prompts import PromptCursor, load_prompts
     from cluster.system import System
+    from cluster.threads import job_threads
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=4)
     system = System(job)
     try:
         assert system.weight_sync is WeightSyncMethod.OBJECT_STORE and system._anchor_follows
         anchor = system.actors[Role.ANCHOR][0]
+        # resources.threads=phase (sync): each process runs the threads of its phase, not Ray's 1 for 0.5 CPU
+        threads = job_threads(job)
+        assert ray.get(system.learner[0].threads.remote()) == threads.learner
+        assert ray.get(anchor.__ray_call__.remote(lambda a: torch.get_num_threads())) == threads.actor
         records = []
 
         def on_step(rec) -> None:
