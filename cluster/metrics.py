@@ -86,7 +86,8 @@ class JobMetrics:
 
     def record_sync(self, role: str, seconds: float, num_bytes: int) -> None:
         self.sync_seconds.set(seconds, tags={**self._tags, "role": role})
-        self.sync_bytes.inc(num_bytes, tags={**self._tags, "role": role})
+        if num_bytes:  # 0 when the anchor followed the policy push (Ray's counters refuse a 0 increment)
+            self.sync_bytes.inc(num_bytes, tags={**self._tags, "role": role})
 
     def record_staleness(self, role: str, versions_behind: float) -> None:
         self.staleness.set(versions_behind, tags={**self._tags, "role": role})
