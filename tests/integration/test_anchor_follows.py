@@ -30,7 +30,7 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
     from cluster.system import System
     from cluster.threads import job_threads
 
-    job = smoke_job(tmp_path, tiny_dir, run__steps=4)
+    job = smoke_job(tmp_path, tiny_dir, run__steps=3)
     system = System(job)
     try:
         assert system.weight_sync is WeightSyncMethod.OBJECT_STORE and system._anchor_follows
@@ -43,11 +43,11 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
 
         def on_step(rec) -> None:
             records.append(rec)
-            if rec.stats.step == 2:  # Ray restarts it with the base weights; the next sampling notices
+            if rec.stats.step == 1:  # Ray restarts it with the base weights; the next sampling notices
                 ray.kill(anchor, no_restart=False)
 
         train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), on_step)
-        assert [r.syncs[Role.ANCHOR].version for r in records] == [1, 2, 3, 4]
+        assert [r.syncs[Role.ANCHOR].version for r in records] == [1, 2, 3]
         assert all(r.syncs[Role.ANCHOR].num_bytes == 0 for r in records)  # the anchor rode the policy push
         assert all(r.stats.sample_anchor_version == r.stats.step - 1 for r in records)  # on-policy throughout
         assert "anchor actor 0 restarted (1/" in capfd.readouterr().out
