@@ -132,7 +132,7 @@ def run_size(size: str) -> list[Row]:
             trl_row(policy, tiny / "reward", warmup, timed, log)]
 
 
-def report(size: str, rows: list[Row]) -> None:
+def report(size: str, rows: list[Row]) -> None:  # flushed per size: a long run shows each table as it ends
     warmup, timed = STEPS[size]
     print(f"\n{size} policy: {PROMPTS_PER_STEP} prompts/step x 3 samples (J-BOND: 1 policy + 2 anchor; "
           f"RLOO: 3), <= {MAX_NEW_TOKENS} tokens, {timed} timed steps after {warmup}")
@@ -154,6 +154,7 @@ def report(size: str, rows: list[Row]) -> None:
         print()
     if naive and trl:
         print(f"  naive / TRL RLOO: {naive / trl:.2f}x")
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -163,9 +164,8 @@ def main() -> None:
     unknown = set(sizes) - set(STEPS)
     if unknown:
         sys.exit(f"JBOND_BENCH_SIZES: unknown size(s) {sorted(unknown)}; choose from {sorted(STEPS)}")
-    results = {size: run_size(size) for size in sizes}
-    for size, rows in results.items():
-        report(size, rows)
+    for size in sizes:
+        report(size, run_size(size))
 
 
 if __name__ == "__main__":
