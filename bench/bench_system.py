@@ -46,7 +46,8 @@ def job_config(policy: Path, reward: Path, warmup: int, timed: int) -> JobConfig
     for assignment in (f"models.policy={policy}", f"reward.path_or_name={reward}",
                        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
                        f"algorithm.prompts_per_step={PROMPTS_PER_STEP}", f"sampling.max_new_tokens={MAX_NEW_TOKENS}",
-                       f"run.steps={warmup + timed}", "run.progress=false", "reward.http_port=18931"):
+                       f"run.steps={warmup + timed}", "run.progress=false", "reward.http_port=18931",
+                       "learner.bucket_bytes=16777216"):  # the medium model's largest tensor is 3 MiB
         config_loading.apply_override(data, assignment)
     return config_loading.build(JobConfig, data)
 
