@@ -107,7 +107,10 @@ def trl_row(policy: Path, reward: Path, warmup: int, timed: int, log: Path) -> R
     cmd = [str(TRL_PYTHON), str(ROOT / "bench" / "trl_rloo.py"), "--model", str(policy), "--reward", str(reward),
            "--prompts", str(ROOT / "configs" / "review_prompts.jsonl"), "--prompts-per-step", str(PROMPTS_PER_STEP),
            "--samples", "3", "--max-new-tokens", str(MAX_NEW_TOKENS), "--warmup", str(warmup), "--timed", str(timed)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this project's venv leaks in
+    # nothing of this process leaks in: not its venv's PYTHONPATH, nor the torch.distributed rendezvous variables
+    # the in-process learner set (accelerate would join that process group)
+    leaks = {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in leaks}
     with log.open("w") as err:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
