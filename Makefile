@@ -17,7 +17,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare install install-gpu run test test-unit test-gpu bench lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak cost-model
+.PHONY: compare install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak cost-model
 
 install: $(STAMP)
 
@@ -70,8 +70,25 @@ test-gpu: install-gpu
 	$(GPU_BIN)/python -m cluster.tiny $(TINY)
 	$(GPU_BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
 
-bench: install tiny
+bench: install tiny bench-trl
 	$(CPU_VLLM_ENV) $(BIN)/python -m bench
+
+# Only bench/bench_system.py: full system (sync, pipelined) vs naive loop vs TRL RLOO, tiny and ~27 M policies
+# (JBOND_BENCH_SIZES=tiny or medium for one of them)
+bench-system: install tiny bench-trl
+	$(CPU_VLLM_ENV) $(BIN)/python -m bench system
+
+# TRL's RLOOTrainer for bench_system, in its own venv (its transformers/accelerate pins stay out of .venv):
+# the same local CPU torch wheel as .venv, trl from PyPI.
+TRL_VENV  := .venv-trl
+TRL_STAMP := $(TRL_VENV)/.installed-trl-1.16.0
+bench-trl: $(TRL_STAMP)
+
+$(TRL_STAMP):
+	@test -x $(TRL_VENV)/bin/python || $(PY) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install -q --upgrade pip
+	$(TRL_VENV)/bin/pip install -q torch==2.13.0 trl==1.16.0 transformers==5.19.0
+	@touch $@
 
 # GPU cluster planning: seconds per phase and prompts/s for 0.5B/7B layouts (bench/cost_model.py)
 cost-model: install
@@ -111,4 +128,4 @@ test-monitoring: install tiny prometheus
 		tests/unit/test_grafana_provisioning.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) artifacts runs .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) $(TRL_VENV) artifacts runs .pytest_cache

@@ -79,6 +79,9 @@ class BondConfig:
     """Global gradient-norm clip; 0 disables clipping."""
     prompts_per_step: int = 128
     """Global batch B: prompts per optimizer step, over all learner ranks and micro-batches."""
+    max_importance_weight: float = 2.0
+    """Stale samples (pipelined mode) are importance-weighted by pi_now(y) / pi_sampler(y), truncated at this
+    (bond/off_policy.py): lower is less variance and more bias towards the sampling weights; >= 1."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -101,6 +104,8 @@ class BondConfig:
         require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.max_grad_norm >= 0.0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+        require(self.max_importance_weight >= 1.0, "max_importance_weight",
+                f"must be >= 1 (a cap below 1 would down-weight fresh samples too), got {self.max_importance_weight}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant."""

@@ -97,14 +97,22 @@ def jbond_loss(
     beta: float,
     gamma: float,
     all_reduce_sum: AllReduceSum = _local,
+    policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
+    anchor_weight: torch.Tensor | None = None,  # [B] importance weight of the anchor pair [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
-    """The J-BOND surrogate: (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (ALGORITHM.md section 3)."""
+    """The J-BOND surrogate: (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (ALGORITHM.md section 3).
+
+    Stale samples (pipelined mode): the SFT half is weighted by the pair's weight, the regulariser (a function
+    of y only) by y's, the backward half (r_J depends on y and the pair) by their product.
+    """
     log_ratio = (logp_policy - logp_anchor).detach()  # log pi(y) - log pi_anchor(y) [sg]
     r_j = jbond_reward(policy_reward, anchor_rewards)
     ret = r_j - log_ratio  # R(y) [sg]
-    loss_fw = -logp_best_anchor.mean()
-    loss_bw = -((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
-    loss_reg = ((log_ratio - leave_one_out_baseline(log_ratio, all_reduce_sum)) * logp_policy).mean()
+    w_y = 1.0 if policy_weight is None else policy_weight.detach()
+    w_a = 1.0 if anchor_weight is None else anchor_weight.detach()
+    loss_fw = -(w_a * logp_best_anchor).mean()
+    loss_bw = -(w_y * w_a * (ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    loss_reg = (w_y * (log_ratio - leave_one_out_baseline(log_ratio, all_reduce_sum)) * logp_policy).mean()
     loss = (1.0 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg
     terms = LossTerms(
         loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=loss_reg.item(),
@@ -150,11 +158,13 @@ def reinforce_kl_loss(
     policy_reward: torch.Tensor,  # [B]
     beta_rl: float,
     all_reduce_sum: AllReduceSum = _local,
+    policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
     """REINFORCE with a KL penalty: R = r(y) - beta_rl (log pi(y) - log pi_ref(y)), leave-one-out baseline."""
     log_ratio = (logp_policy - logp_ref).detach()
     ret = policy_reward - beta_rl * log_ratio
-    loss = -((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    w_y = 1.0 if policy_weight is None else policy_weight.detach()
+    loss = -(w_y * (ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
     terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
                       kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
     return loss, terms

@@ -199,6 +199,8 @@ class StepStats:
     sample_anchor_version: float  # mean weights_version of the anchor samples used
     tokens: int  # completion tokens the learner processed this step
     seconds: float  # wall-clock time of the step
+    importance_weight_policy: float = 1.0  # mean truncated pi_now/pi_sampler of the policy samples (1: all fresh)
+    importance_weight_anchor: float = 1.0  # mean truncated weight of the anchor pairs (bond.off_policy)
 
 
 @dataclass(frozen=True)

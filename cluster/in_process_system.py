@@ -7,6 +7,7 @@ only the placement differs (RLlib's lesson: a component works in-process and rem
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ class InProcessSystem:
         self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
                        for role in (Role.POLICY, Role.ANCHOR)}
         self.reward = build_reward_model(job.reward)
-        self.learner = Learner(job.models.policy, job.algorithm, job.learner)
+        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
 
     def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings):
         """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
@@ -84,3 +85,11 @@ class InProcessSystem:
                 close = getattr(actor, "close", None)
                 if close:
                     close()
+
+
+def _free_port() -> int:
+    """The learner's (single-rank) process group still binds a TCP store: not the default 29500, which another
+    job or test on the machine may hold."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

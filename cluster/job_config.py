@@ -168,6 +168,9 @@ class RunConfig:
     """sync or pipelined (see Mode)."""
     max_staleness: int = 1
     """Pipelined mode: samples from weights more than this many versions old are dropped and redrawn."""
+    pipeline_depth: int = 1
+    """Pipelined mode: steps the actors sample ahead of the learner; samples are then up to this many versions
+    old (importance-weighted, algorithm.max_importance_weight). Above max_staleness, such samples are redrawn."""
     seed: int = 0
     """Seed of the per-step sampling requests (each step's seed derives from it, so a resume repeats them)."""
     show_samples: int = 6
@@ -205,7 +208,8 @@ class RunConfig:
         for name in ("checkpoint_every", "keep_checkpoints", "export_every", "max_staleness", "show_samples"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
-                "pipelined mode samples one version behind the learner: needs max_staleness >= 1")
+                "pipelined mode samples at least one version behind the learner: needs max_staleness >= 1")
+        require(self.pipeline_depth >= 1, "pipeline_depth", f"must be >= 1, got {self.pipeline_depth}")
         require(not self.storage_path or Path(self.storage_path).expanduser().is_absolute(), "storage_path",
                 f"must be an absolute path (a directory every node can write), got {self.storage_path!r}")
         require(not self.wandb_project or importlib.util.find_spec("wandb") is not None, "wandb_project",

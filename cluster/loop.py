@@ -1,14 +1,17 @@
 """The J-BOND training loop (the paper's Algorithm 2), on whatever `System` placed the components.
 
 Synchronous mode is exactly on-policy. Pipelined mode only changes *when* sampling runs: the actors
-sample step t+1 with the weights of step t while the learner trains on step t, so samples are at most
-one version behind; anything older than run.max_staleness is dropped (counted) and redrawn.
+sample steps t+1 .. t+run.pipeline_depth while the learner trains on step t, so a sample is up to
+pipeline_depth versions behind; the learner importance-weights such samples with their recorded sampler
+log-probabilities (bond/off_policy.py), and anything older than run.max_staleness is dropped (counted) and
+redrawn with the current weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,16 +124,25 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
         settings = dataclasses.replace(job.sampling, seed=job.run.seed * 1_000_003 + step)  # resume-deterministic
         return system.start_sampling(list(enumerate(p for _, p in chosen)), n, settings), after
 
-    in_flight = sample(state.step, state.cursor)
+    # Sampling requests in flight, oldest first: (pending, cursor after its prompts). Pipelined mode keeps steps
+    # t+1 .. t+pipeline_depth in flight while the learner trains on step t; sync mode only ever the next one.
+    in_flight: deque = deque()
+    planned = [state.step, state.cursor]  # next step to request, and where its prompts start
+
+    def request_up_to(last: int) -> None:
+        while planned[0] <= min(last, job.run.steps - 1):
+            in_flight.append(sample(*planned))
+            planned[:] = [planned[0] + 1, in_flight[-1][1]]
+
+    request_up_to(state.step)
     while state.step < job.run.steps:
         step, t0 = state.step, time.perf_counter()
-        pending, cursor_after = in_flight
+        pending, cursor_after = in_flight.popleft()
         samples = system.finish_sampling(pending)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
-        ahead = pipelined and step + 1 < job.run.steps
-        if ahead:  # the actors start on step t+1 while we learn on step t
-            in_flight = sample(step + 1, cursor_after)
+        if pipelined:  # the actors sample ahead while we learn on step t
+            request_up_to(step + job.run.pipeline_depth)
         if metrics:
-            metrics.record_queue_depth(int(ahead))
+            metrics.record_queue_depth(len(in_flight))
         stale = [c for c in samples.policy + samples.anchor
                  if version[c.role] - c.weights_version > job.run.max_staleness]
         if stale:  # never train on samples older than max_staleness: redraw them with the current weights
@@ -154,6 +166,6 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
             seconds={"sample": t_sampled - t0, "score": t_scored - t_sampled, "learn": t_learned - t_scored,
                      "sync": t_synced - t_learned},
             syncs=syncs, state=state))
-        if not pipelined and state.step < job.run.steps:
-            in_flight = sample(state.step, state.cursor)
+        if not pipelined:
+            request_up_to(state.step)
     return state

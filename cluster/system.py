@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -164,9 +165,48 @@ class Share:
     ref: ray.ObjectRef
 
 
+class EarlyScoring:
+    """Streaming: each share's samples go to the reward service as soon as its actor answers, from a background
+    thread, so scoring overlaps the other actors' sampling (sync mode) or the learner's step (pipelined mode)
+    instead of waiting for every actor. Only the happy path is handled here: a share whose actor failed, or
+    answered with weights older than it had confirmed, is left to finish_sampling's _collect (recover, redraw),
+    and its redrawn samples are scored by score() afterwards. `results` is read only after join()."""
+
+    def __init__(self, shares: tuple[Share, ...], submit):
+        self.results: dict[int, tuple[list[Completion], list]] = {}  # share index -> (samples, scoring requests)
+        self._thread = threading.Thread(target=self._run, args=(shares, submit), daemon=True,
+                                        name="jbond-early-scoring")
+        self._thread.start()
+
+    def _run(self, shares: tuple[Share, ...], submit) -> None:
+        index = {share.ref: i for i, share in enumerate(shares)}
+        waiting = list(index)
+        while waiting:
+            try:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+            except Exception:  # noqa: BLE001 - Ray shutting down under a failed job: _collect sees the real error
+                return
+            i = index[ready[0]]
+            try:
+                completions = ray.get(ready[0])
+            except Exception:  # noqa: BLE001 - the actor died: _collect recovers it and redraws the share
+                continue
+            if min((c.weights_version for c in completions), default=shares[i].version) < shares[i].version:
+                continue  # restarted unseen (base weights): _collect redraws
+            try:
+                requests = submit(completions)
+            except Exception:  # noqa: BLE001 - the reward service is down: score() requests them again (retried)
+                requests = []
+            self.results[i] = (completions, requests)
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 @dataclass(frozen=True)
 class PendingSamples:
     shares: tuple[Share, ...]
+    early: EarlyScoring | None = None  # scoring as each share arrives (None: score() does it all)
 
 
 def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
@@ -226,6 +266,7 @@ class System:
                 + [r.__ray_ready__.remote() for r in self.learner])
         self._metrics = metrics
         self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
+        self._early_scores: list[tuple[list, object]] = []  # replies to EarlyScoring's requests, for score()
         self._restarts = {role: [0] * len(group) for role, group in self.actors.items()}
         self._last_checkpoint: Path | None = None
         if self.weight_sync is WeightSyncMethod.COLLECTIVE:
@@ -243,9 +284,11 @@ class System:
 
     def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int,
                        settings: SamplingSettings) -> PendingSamples:
-        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight)."""
-        return PendingSamples(self._fan_out(Role.POLICY, prompts, 1, settings)
-                              + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
+        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight); each actor's
+        samples are sent on to the reward service as soon as they arrive (EarlyScoring)."""
+        shares = (self._fan_out(Role.POLICY, prompts, 1, settings)
+                  + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
+        return PendingSamples(shares, EarlyScoring(shares, self._request_scores))
 
     def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int,
                  settings: SamplingSettings) -> tuple[Share, ...]:
@@ -261,8 +304,18 @@ class System:
 
     def finish_sampling(self, pending: PendingSamples) -> Samples:
         parts: dict[Role, list[Completion]] = {Role.POLICY: [], Role.ANCHOR: []}
-        for share in pending.shares:
-            parts[share.role] += self._collect(share)
+        early = {}
+        if pending.early is not None:
+            pending.early.join()
+            early = pending.early.results
+        self._early_scores = []  # only the latest samples' requests: score() matches them by identity
+        for i, share in enumerate(pending.shares):
+            if i in early:
+                completions, requests = early[i]
+                self._early_scores += requests
+            else:
+                completions = self._collect(share)
+            parts[share.role] += completions
         return Samples(policy=parts[Role.POLICY], anchor=parts[Role.ANCHOR])
 
     def _collect(self, share: Share) -> list[Completion]:
@@ -298,17 +351,28 @@ class System:
         print(f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
               f"{redrawn} prompts redrawn; {time.perf_counter() - t0:.1f} s", flush=True)
 
-    def score(self, completions: Sequence[Completion], chunk: int = 16) -> list[ScoredCompletion]:
-        """Score through the reward service, in concurrent chunks so its batcher and replicas share the load."""
-        chunks = [completions[i:i + chunk] for i in range(0, len(completions), chunk)]
-        replies = [self.reward.score.remote(reward_prompts(part), [c.text for c in part]) for part in chunks]
-        scored = []
-        for part, reply in zip(chunks, replies, strict=True):
+    def _request_scores(self, completions: Sequence[Completion], chunk: int = 16) -> list[tuple[list, object]]:
+        """Send scoring requests in concurrent chunks (so Serve's batcher and replicas share the load); returns
+        (chunk, pending reply) pairs."""
+        chunks = [list(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        return [(part, self.reward.score.remote(reward_prompts(part), [c.text for c in part])) for part in chunks]
+
+    def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
+        """Score through the reward service. Samples of the latest finish_sampling were already sent as their actor
+        answered (EarlyScoring): their replies are collected; anything else (a redrawn share, evaluation samples,
+        a retry after a failed reply) is requested now."""
+        early, self._early_scores = self._early_scores, []  # a retry after a failure always asks afresh
+        wanted = {id(c) for c in completions}  # the requests hold their completions, so ids stay unique
+        requests = [(part, reply) for part, reply in early if any(id(c) in wanted for c in part)]
+        sent = {id(c) for part, _ in requests for c in part}
+        requests += self._request_scores([c for c in completions if id(c) not in sent])
+        scored: dict[int, ScoredCompletion] = {}
+        for part, reply in requests:
             # bounded: a request waiting for Serve to replace a dead replica must not wait forever
             result = reply.result(timeout_s=self.job.reward.request_timeout_s + REPLICA_START_ALLOWANCE_S)
-            scored += [ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id)
-                       for c, r in zip(part, result.rewards, strict=True)]
-        return scored
+            scored.update((id(c), ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id))
+                          for c, r in zip(part, result.rewards, strict=True))
+        return [scored[id(c)] for c in completions]
 
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples); an actor

@@ -49,6 +49,7 @@ from transformers import AutoModelForCausalLM
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
 from bond.objective import LossTerms, best_index, jbond_loss, reinforce_kl_loss
+from bond.off_policy import importance_weights
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
 from learner import checkpoint_dir, rendezvous, safetensors_shards
 from learner.config import Dtype, LearnerConfig
@@ -169,14 +170,24 @@ class Learner:
         with torch.no_grad():  # once per step each, on the policy samples only
             with self._anchor.swapped_in():
                 logp_anchor = torch.cat([self._logprobs(p) for p in policy_packs])
+                w_anchor = self._anchor_pair_weights(share) if jbond else None
             logp_ref = self._reference_logprobs(policy_packs)
+        stale_policy = torch.tensor([s.completion.weights_version != self.policy_version for s in share.policy],
+                                    device=self._device)
+        sampler_policy = torch.tensor([s.completion.sum_logprob for s in share.policy], dtype=torch.float64,
+                                      device=self._device)
+        w_policy: list[torch.Tensor] = []  # the objective's last evaluation's weights, for the statistics
 
         def objective(logp: torch.Tensor, logp_best: torch.Tensor | None) -> tuple[torch.Tensor, LossTerms]:
+            # pi_now(y) / pi_sampler(y) for samples drawn by an older policy (pipelined mode); exactly 1 otherwise
+            w_policy[:] = [importance_weights(logp, sampler_policy.to(logp.dtype), stale_policy,
+                                              self.bond.max_importance_weight)]
             if jbond:
                 return jbond_loss(logp, logp_anchor, logp_best, r_policy, r_anchor, self.bond.beta, self.bond.gamma,
-                                  all_reduce_sum=rendezvous.all_reduce_sum)
+                                  all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0],
+                                  anchor_weight=w_anchor)
             return reinforce_kl_loss(logp, logp_ref, r_policy, self.bond.beta_rl,
-                                     all_reduce_sum=rendezvous.all_reduce_sum)
+                                     all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0])
 
         def split(logps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             return (logps[:n], logps[n:]) if jbond else (logps, None)
@@ -214,7 +225,8 @@ class Learner:
 
         logp = logp.detach()
         local = torch.tensor([terms.loss, terms.loss_fw, terms.loss_bw, terms.loss_reg, terms.frac_penalised,
-                              (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item()],
+                              (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item(),
+                              w_policy[0].mean().item(), 1.0 if w_anchor is None else w_anchor.mean().item()],
                              dtype=torch.float64, device=self._device)
         g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()  # equal shares: mean of rank means
         tokens = sum(len(s.completion.token_ids) for s in batch.policy)
@@ -229,7 +241,24 @@ class Learner:
             grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
             sample_policy_version=sum(s.completion.weights_version for s in batch.policy) / batch.size,
             sample_anchor_version=sum(a.completion.weights_version for a in anchor_samples) / len(anchor_samples),
-            tokens=tokens, seconds=time.perf_counter() - t0)
+            tokens=tokens, seconds=time.perf_counter() - t0, importance_weight_policy=g[7],
+            importance_weight_anchor=g[8])
+
+    def _anchor_pair_weights(self, share: Batch) -> torch.Tensor | None:
+        """[B] truncated importance weight of each prompt's anchor pair under the current anchor (bond.off_policy);
+        None when every anchor sample was drawn by the current anchor (sync mode: no extra forward). Called with
+        the anchor swapped in."""
+        stale = torch.tensor([[a.completion.weights_version != self.anchor_version for a in g] for g in share.anchor],
+                             device=self._device)
+        # a global decision: under ZeRO-3 the forward below is a collective every rank must enter
+        if rendezvous.all_reduce_sum(stale.sum().double().unsqueeze(0)).item() == 0:
+            return None
+        flat = [a.completion for g in share.anchor for a in g]
+        chunk = 2 * self.config.micro_batch_prompts
+        logp_now = torch.cat([self._logprobs(self._pack(flat[i:i + chunk])) for i in range(0, len(flat), chunk)])
+        sampler = torch.tensor([c.sum_logprob for c in flat], dtype=logp_now.dtype, device=self._device)
+        shape = stale.shape
+        return importance_weights(logp_now.view(shape), sampler.view(shape), stale, self.bond.max_importance_weight)
 
     def logprobs(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> torch.Tensor:
         """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync).

@@ -24,6 +24,7 @@ from cluster.episodes import read_episodes
 from cluster.job_config import JobConfig
 from cluster.main import run
 from cluster.preemption import Preempted
+from reward_service.spec import build_reward_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +77,10 @@ def test_sync_run_end_to_end(local_ray, tiny_dir, tmp_path):
     assert len(episodes) == 3 * B * (1 + job.algorithm.n)
     assert {e["reward_model_id"] for e in episodes} and all(e["reward_model_id"] for e in episodes)
     assert all(e["weights_version"] == e["train_step"] - 1 for e in episodes)
+    # streamed scoring (each actor's samples scored as they arrive) attaches each reward to its own completion
+    rescored = build_reward_model(job.reward).score([e["observation"] for e in episodes],
+                                                    [e["action"] for e in episodes])
+    assert [e["reward"] for e in episodes] == pytest.approx(rescored, abs=1e-4)
     for name in ("reward_kl_vs_step.png", "reward_vs_kl.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "final_policy" / "config.json").exists()
@@ -83,13 +88,21 @@ def test_sync_run_end_to_end(local_ray, tiny_dir, tmp_path):
 
 
 def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
-    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__mode="pipelined", run__max_staleness=1)
+    """Depth 2: the actors sample steps t+1 and t+2 while the learner trains on step t, so from step 2 on the
+    samples are 2 versions old; max_staleness 1 fires and redraws them with the current weights. A stale sample
+    that is used (step 1, one version old) is importance-weighted; a fresh one has weight exactly 1."""
+    job = smoke_job(tmp_path, tiny_dir, run__steps=4, run__mode="pipelined", run__max_staleness=1,
+                    run__pipeline_depth=2)
     run(job)
     rows = stats_rows(tmp_path)
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    lags = [(r["step"] - 1) - r["sample_policy_version"] for r in rows]
-    assert all(0 <= lag <= 1 for lag in lags), lags
-    assert max(lags) == 1, f"pipelined mode should sample one version behind after step 1: {lags}"
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for role in ("policy", "anchor"):
+        lags = [(r["step"] - 1) - r[f"sample_{role}_version"] for r in rows]
+        assert lags == [0, 1, 0, 0], f"{role}: step 1 one version behind, steps 2-3 redrawn (2 > max 1): {lags}"
+        weights = [r[f"importance_weight_{role}"] for r in rows]
+        assert weights[0] == weights[2] == weights[3] == 1.0 and weights[1] != 1.0, weights
+    episodes = read_episodes(tmp_path / "episodes").to_pylist()
+    assert all(0 <= e["train_step"] - 1 - e["weights_version"] <= 1 for e in episodes)  # none older than allowed
 
 
 def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_path):
