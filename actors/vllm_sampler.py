@@ -202,8 +202,9 @@ class VllmSampler:
 
             self.llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
             return sum(self.llm.collective_rpc(release_kv_cache))
+        free_before = torch.cuda.mem_get_info()[0]
         self.llm.sleep(level=1)
-        return 0
+        return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
 
     def wake_up(self) -> None:
         if not self._on_cpu:

@@ -208,6 +208,13 @@ class System:
         # Colocated: the engines give their memory back while the learner steps (learn()).
         self._sleeps = job.engine.enable_sleep_mode or (
             res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
+        self._sleep_reported = False
+        if res.colocate and self._sleeps and res.gpus_per_actor == 0:
+            # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
+            # it back at once and from then on hold only what a sampling round touches.
+            released = sum(ray.get([a.sleep.remote() for group in self.actors.values() for a in group]))
+            ray.get([a.wake_up.remote() for group in self.actors.values() for a in group])
+            print(f"colocated: engines released {released / 2**20:.0f} MiB of KV cache at start", flush=True)
         self.reward = serve_app.deploy(job.reward)
         ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
                 + [r.__ray_ready__.remote() for r in self.learner])
@@ -320,7 +327,11 @@ class System:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
         actors = [a for group in self.actors.values() for a in group]
         if self._sleeps:  # give the engines' memory to the learner while it trains
-            ray.get([a.sleep.remote() for a in actors])
+            released = sum(ray.get([a.sleep.remote() for a in actors]))
+            if not self._sleep_reported:
+                self._sleep_reported = True
+                print(f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB released "
+                      "at the first sleep", flush=True)
         try:
             return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
         finally:

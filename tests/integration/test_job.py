@@ -200,3 +200,33 @@ def test_ray_job_submit(tiny_dir, tmp_path):
         print(f"ray job submit: {time.time() - t0:.0f} s")
     finally:
         head.stop()
+
+
+@pytest.mark.timeout(300)
+def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
+    """resources.colocate: the actors sit in the learner rank's bundle (Ray's state API says so), their engines
+    release their KV cache while the learner steps, and a resumed colocated run continues the versions."""
+    from ray.util.state import list_actors
+
+    def tags() -> set[str]:
+        return {a.name.split("-")[1] for a in list_actors(limit=10_000) if (a.name or "").startswith("jbond-")}
+
+    before = tags()
+    colocated = dict(resources__colocate="true", resources__cpus_per_learner=2, run__show_samples=0)
+    run(smoke_job(tmp_path, tiny_dir, run__steps=2, run__checkpoint_every=1, **colocated))
+    (tag,) = tags() - before
+    groups = {a.name.split("-")[2]: a.placement_group_id
+              for a in list_actors(limit=10_000, detail=True)
+              if (a.name or "").startswith(f"jbond-{tag}-")}
+    assert set(groups) == {"policy", "anchor", "learner"} and len(set(groups.values())) == 1, groups
+    out = capsys.readouterr().out
+    assert "2 engines sleep while the learner steps" in out, out[-2000:]
+    line = next(x for x in out.splitlines() if "KV cache at start" in x)
+    released_mib = int(line.split("released ")[1].split(" MiB")[0])
+    kv_mib = 2 * int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * 1024  # two engines, each its whole KV cache
+    assert released_mib >= 0.99 * kv_mib, line
+
+    run(smoke_job(tmp_path, tiny_dir, run__steps=3, run__resume="true", **colocated))
+    rows = stats_rows(tmp_path)
+    assert [(r["step"], r["sample_policy_version"], r["sample_anchor_version"]) for r in rows] == [
+        (1, 0, 0), (2, 1, 1), (3, 2, 2)]
