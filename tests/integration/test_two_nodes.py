@@ -103,6 +103,7 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
             time.sleep(2)
         log = out.stdout + out.stderr
         assert out.returncode == 0 and "succeeded" in log, log[-4000:]
+        assert "no live Ray node has the labels" not in log, log[-4000:]  # the job saw both nodes' labels
         print(f"two-node job: {time.time() - t0:.0f} s")
 
         # Where Ray ran them (its state API), by the names cluster/system.py gives its actors.
