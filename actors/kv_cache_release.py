@@ -31,15 +31,20 @@ def _tensors(caches) -> list[torch.Tensor]:
     return [t for c in caches for t in _tensors(c)]
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
 def release_kv_cache(worker) -> int:
-    """Drop the resident pages of `worker`'s KV-cache buffers; returns the bytes of address range released."""
+    """Drop the resident pages of `worker`'s KV-cache buffers; returns by how much the worker's RSS fell."""
     storages = {}  # data_ptr -> nbytes: the per-layer caches are views of a few shared buffers
     for t in _tensors(worker.model_runner.kv_caches):
         if t.device.type != "cpu":
             raise RuntimeError(f"release_kv_cache is for CPU engines; this KV cache is on {t.device}")
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-    released = 0
+    rss_before = _rss_bytes()
     for ptr, size in storages.items():
         start = -(-ptr // mmap.PAGESIZE) * mmap.PAGESIZE  # only whole pages inside the buffer
         end = (ptr + size) // mmap.PAGESIZE * mmap.PAGESIZE
@@ -48,5 +53,4 @@ def release_kv_cache(worker) -> int:
         if _libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"madvise(MADV_DONTNEED) on the KV cache failed: {os.strerror(err)}")
-        released += end - start
-    return released
+    return max(0, rss_before - _rss_bytes())

@@ -192,7 +192,8 @@ class VllmSampler:
         return self.weights_version
 
     def sleep(self) -> int:
-        """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes released.
+        """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes freed
+        (CPU: the drop of the worker's RSS; GPU: the rise of the device's free memory).
 
         GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
         CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),

@@ -82,7 +82,8 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
     args = ["--config", str(ROOT / "configs" / "smoke.yaml")]
     for o in [f"models.policy={MODELS[model]}", f"run.run_dir={run_dir}", f"run.steps={steps}",
               "run.checkpoint_every=0", "run.show_samples=0", "run.progress=false", "run.tensorboard=false",
-              "algorithm.prompts_per_step=16", f"reward.http_port={_free_port()}", *MODES[mode]]:
+              "algorithm.prompts_per_step=16", "learner.bucket_bytes=67108864", f"reward.http_port={_free_port()}",
+              *MODES[mode]]:
         args += ["--set", o]
     job = parse_config(args)
     if run_dir.exists():
@@ -117,9 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_topology")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the job's relative paths (configs/, artifacts/)
-    results = [run_one(model, mode, args.steps, args.out) for model in args.models for mode in MODES]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    results = []
+    for model in args.models:
+        for mode in MODES:
+            results.append(run_one(model, mode, args.steps, args.out))
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))  # kept if a later run fails
     print(f"\n{'model':8} {'mode':10} {'CPUs':>5} {'peak MiB':>9} {'policy':>7} {'anchor':>7} {'learner':>7} "
           f"{'s/step':>7}  sample / score / learn / sync s")
     for r in results:

@@ -330,7 +330,7 @@ class System:
             released = sum(ray.get([a.sleep.remote() for a in actors]))
             if not self._sleep_reported:
                 self._sleep_reported = True
-                print(f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB released "
+                print(f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB freed "
                       "at the first sleep", flush=True)
         try:
             return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]

@@ -30,8 +30,8 @@ def test_sleep_releases_the_kv_cache_and_wake_serves_the_same_samples(tiny_dir):
         released = sampler.sleep()
         rss_asleep = rss_bytes()
         # the whole reserved cache was resident (vLLM zero-fills it); at least 90 % of it leaves the process
-        assert released >= 0.99 * kv_bytes, released
         assert rss_awake - rss_asleep >= 0.9 * kv_bytes, (rss_awake, rss_asleep)
+        assert released == pytest.approx(rss_awake - rss_asleep, rel=0.05), released  # what sleep() reports
         sampler.wake_up()
         after = sampler.generate(prompts, 2, settings)
         assert [c.token_ids for c in after] == [c.token_ids for c in before]

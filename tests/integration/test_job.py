@@ -204,8 +204,9 @@ def test_ray_job_submit(tiny_dir, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
-    """resources.colocate: the actors sit in the learner rank's placement group (the GCS's actor table says so), their engines
-    release their KV cache while the learner steps, and a resumed colocated run continues the versions."""
+    """resources.colocate: the actors sit in the learner rank's placement group (the GCS's actor table says so),
+    their engines release their KV cache while the learner steps, and a resumed colocated run continues the
+    versions."""
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
 
@@ -226,7 +227,7 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
     line = next(x for x in out.splitlines() if "KV cache at start" in x)
     released_mib = int(line.split("released ")[1].split(" MiB")[0])
     kv_mib = 2 * int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * 1024  # two engines, each its whole KV cache
-    assert released_mib >= 0.99 * kv_mib, line
+    assert released_mib >= 0.9 * kv_mib, line  # the RSS the engines' processes gave back
 
     run(smoke_job(tmp_path, tiny_dir, run__steps=3, run__resume="true", **colocated))
     rows = stats_rows(tmp_path)
