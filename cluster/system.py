@@ -172,8 +172,7 @@ class System:
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
         engine_kwargs = sampler_kwargs(job)
-        # a tensor-parallel engine's shards: all on the actor's node, one GPU each
-        layout = placement.plan(res, job.actor_gpus)
+        layout = placement.plan(res, job.actor_gpus)  # actor_gpus: a tensor-parallel engine's shards, one GPU each
         groups = {name: self._placement(group, name) for name, group in layout.groups.items()}
 
         def where(slot: placement.Slot, env: dict[str, str]) -> dict:
@@ -209,15 +208,15 @@ class System:
         self._sleeps = job.engine.enable_sleep_mode or (
             res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
         self._sleep_reported = False
+        self.reward = serve_app.deploy(job.reward)
+        ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
+                + [r.__ray_ready__.remote() for r in self.learner])
         if res.colocate and self._sleeps and res.gpus_per_actor == 0:
             # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
             # it back at once and from then on hold only what a sampling round touches.
             released = sum(ray.get([a.sleep.remote() for group in self.actors.values() for a in group]))
             ray.get([a.wake_up.remote() for group in self.actors.values() for a in group])
             print(f"colocated: engines released {released / 2**20:.0f} MiB of KV cache at start", flush=True)
-        self.reward = serve_app.deploy(job.reward)
-        ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
-                + [r.__ray_ready__.remote() for r in self.learner])
         self._metrics = metrics
         self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
         self._restarts = {role: [0] * len(group) for role, group in self.actors.items()}
