@@ -4,8 +4,10 @@
 
 Each (model, mode) runs configs/smoke.yaml in sync mode, in-process (this script starts and stops Ray per run).
 A thread samples the RSS of the driver and of every live Ray actor of the job (samplers, learner, reward
-replica, Serve's controller and proxy) every 0.25 s; the figure is the peak of their sum (shared pages are
-counted once per process, as `ps` does) and each role's own peak. Step time is the median over the steps
+replica, Serve's controller and proxy) every 0.25 s; the figures are the peak of their sum over the run
+and in the steady state (after the first step: vLLM zero-fills its KV cache at start-up, before a
+colocated engine can give it back), shared pages counted once per process as `ps` does, and each role's
+own peak. Step time is the median over the steps
 after the first of sample + score + learn + sync. Split reserves cpus_per_actor for each actor and
 cpus_per_learner for the rank; colocated reserves the rank's bundle only, shared by all of them.
 """
@@ -44,9 +46,12 @@ def _role(name: str) -> str:
 
 
 class MemoryWatch(threading.Thread):
-    def __init__(self, interval_s: float = 0.25):
+    """Peaks of the summed RSS: over the whole run, and in the steady state (once the first step is logged)."""
+
+    def __init__(self, stats: Path, interval_s: float = 0.25):
         super().__init__(daemon=True)
-        self.interval_s, self.stop, self.peak_total = interval_s, threading.Event(), 0.0
+        self.stats, self.interval_s, self.stop = stats, interval_s, threading.Event()
+        self.peak_total = self.peak_steady = 0.0
         self.peak_role: dict[str, float] = {}
 
     def run(self) -> None:
@@ -70,6 +75,8 @@ class MemoryWatch(threading.Thread):
                 total += rss
                 per_role[role] = per_role.get(role, 0.0) + rss
             self.peak_total = max(self.peak_total, total)
+            if self.stats.exists() and self.stats.stat().st_size:  # start-up is over: a step has been trained
+                self.peak_steady = max(self.peak_steady, total)
             for role, rss in per_role.items():
                 self.peak_role[role] = max(self.peak_role.get(role, 0.0), rss)
             time.sleep(self.interval_s)
@@ -90,7 +97,7 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
         import shutil
 
         shutil.rmtree(run_dir)
-    watch = MemoryWatch()
+    watch = MemoryWatch(run_dir / "stats.jsonl")
     watch.start()
     t0 = time.perf_counter()
     try:
@@ -105,7 +112,8 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
     reserved = res.learner_ranks * res.cpus_per_learner + (
         0 if res.colocate else (res.policy_actors + res.anchor_actors) * res.cpus_per_actor)
     return {"model": model, "mode": mode, "steps": len(rows), "reserved_cpus": reserved,
-            "peak_total_mib": round(watch.peak_total), "peak_mib": {k: round(v) for k, v in watch.peak_role.items()},
+            "peak_total_mib": round(watch.peak_total), "peak_steady_mib": round(watch.peak_steady),
+            "peak_mib": {k: round(v) for k, v in watch.peak_role.items()},
             "step_s": round(statistics.median(step_s), 3), "phase_s": {k: round(v, 3) for k, v in phases.items()},
             "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -123,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         for mode in MODES:
             results.append(run_one(model, mode, args.steps, args.out))
             (args.out / "results.json").write_text(json.dumps(results, indent=1))  # kept if a later run fails
-    print(f"\n{'model':8} {'mode':10} {'CPUs':>5} {'peak MiB':>9} {'policy':>7} {'anchor':>7} {'learner':>7} "
-          f"{'s/step':>7}  sample / score / learn / sync s")
+    print(f"\n{'model':8} {'mode':10} {'CPUs':>5} {'peak MiB':>9} {'steady':>7} {'policy':>7} {'anchor':>7} "
+          f"{'learner':>7} {'s/step':>7}  sample / score / learn / sync s")
     for r in results:
         p, ph = r["peak_mib"], r["phase_s"]
         print(f"{r['model']:8} {r['mode']:10} {r['reserved_cpus']:5.1f} {r['peak_total_mib']:9d} "
+              f"{r['peak_steady_mib']:7d} "
               f"{p.get('policy', 0):7d} {p.get('anchor', 0):7d} {p.get('learner', 0):7d} {r['step_s']:7.2f}  "
               f"{ph['sample']:.2f} / {ph['score']:.2f} / {ph['learn']:.2f} / {ph['sync']:.2f}")
     print(f"results: {args.out / 'results.json'}")
