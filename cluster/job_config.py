@@ -128,9 +128,9 @@ class ResourcesConfig:
     """Per sampler actor: a dead actor (crash, OOM, lost node) is restarted, re-synced to the current weights
     and its share of the step redrawn, at most this many times; one more death ends the job."""
     actor_node_labels: dict[str, str] = field(default_factory=dict)
-    """Run every sampling worker on nodes carrying all these Ray node labels (given to `ray start --labels
-    '{"pool": "actors"}'`), e.g. {pool: actors}; {} = any node. Exact values; Ray's label selectors place
-    the placement group's bundles."""
+    """Run every sampling worker on nodes carrying all these Ray node labels (given by `ray start --labels
+    pool=actors`), e.g. {pool: actors}; {} = any node. Exact values; Ray's label selectors place the
+    placement group's bundles."""
     learner_node_labels: dict[str, str] = field(default_factory=dict)
     """The same for the learner ranks (and, with colocate, the actors that share their bundles), e.g.
     {pool: trainers}."""
