@@ -17,7 +17,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak cost-model
+.PHONY: compare install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
 
 install: $(STAMP)
 
@@ -97,6 +97,10 @@ cost-model: install
 # 20-minute pipelined run watching every process's RSS and the object store: runs/soak/soak.{csv,png}
 soak: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m bench soak
+
+# split vs colocated placement (resources.colocate): peak memory and step time, tiny and medium models
+topology: install tiny
+	$(CPU_VLLM_ENV) $(BIN)/python -m bench topology --models tiny medium
 
 # J-BOND vs REINFORCE(beta_RL) reward-vs-KL on the default task: runs/compare/reward_vs_kl.png
 compare: install tiny

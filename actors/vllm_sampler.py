@@ -97,7 +97,7 @@ class VllmSampler:
 
         self._role = role
         self._dtype = _DTYPES[dtype]
-        on_cpu = current_platform.is_cpu()
+        self._on_cpu = on_cpu = current_platform.is_cpu()
         if on_cpu and (tensor_parallel_size > 1 or enable_sleep_mode):
             raise ValueError("tensor_parallel_size > 1 and enable_sleep_mode need CUDA vLLM; this engine runs on CPU")
         kwargs: dict = {}
@@ -226,12 +226,25 @@ class VllmSampler:
         self.llm.reset_prefix_cache()
         self._staging.applied(tensors, version)
 
-    def sleep(self) -> None:
-        """Free the GPU memory (weights offloaded to host RAM, KV cache dropped) until wake_up (enable_sleep_mode)."""
+    def sleep(self) -> int:
+        """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes freed
+        (CPU: the drop of the worker's RSS; GPU: the rise of the device's free memory).
+
+        GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
+        CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),
+        the weights stay."""
+        if self._on_cpu:
+            from actors.kv_cache_release import release_kv_cache
+
+            self.llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
+            return sum(self.llm.collective_rpc(release_kv_cache))
+        free_before = torch.cuda.mem_get_info()[0]
         self.llm.sleep(level=1)
+        return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
 
     def wake_up(self) -> None:
-        self.llm.wake_up()
+        if not self._on_cpu:
+            self.llm.wake_up()
         self.llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted
 
     # --- scoring ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`python -m bench`: run every bench/bench_*.py (each prints ratios measured side by side in one run).
 
 `python -m bench soak [--minutes M]` runs the soak (bench/soak.py, 20 minutes) instead; it never runs by default.
+`python -m bench topology [--models tiny medium]` compares split and colocated placement (bench/topology.py).
 """
 
 import importlib
@@ -15,6 +16,11 @@ def main() -> None:
         from bench import soak
 
         soak.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["topology"]:
+        from bench import topology
+
+        topology.main(sys.argv[2:])
         return
     only = set(sys.argv[1:])
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,20 @@ class ResourcesConfig:
     max_actor_restarts: int = 3
     """Per sampler actor: a dead actor (crash, OOM, lost node) is restarted, re-synced to the current weights
     and its share of the step redrawn, at most this many times; one more death ends the job."""
+    actor_node_labels: dict[str, str] = field(default_factory=dict)
+    """Run every sampling worker on nodes carrying all these Ray node labels (given by `ray start --labels
+    pool=actors`), e.g. {pool: actors}; {} = any node. Exact values; Ray's label selectors place the
+    placement group's bundles."""
+    learner_node_labels: dict[str, str] = field(default_factory=dict)
+    """The same for the learner ranks (and, with colocate, the actors that share their bundles), e.g.
+    {pool: trainers}."""
+    colocate: bool = False
+    """Actors share the learner ranks' resources instead of reserving their own: one placement bundle per rank
+    (cpus_per_learner, gpus_per_learner) holds the rank and, round-robin, the actors; each process takes an
+    equal share of the bundle (fractional GPUs on the same device). cpus_per_actor is then not reserved, and
+    gpus_per_actor > 0 only says the actors run on GPU. The engines sleep while the learner steps and wake
+    before the weight push (sync mode only): on GPU vLLM's sleep mode (engine.enable_sleep_mode, level 1); on
+    CPU, where vLLM ignores sleep, each engine hands its KV cache's memory back to the OS (README)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -140,6 +155,32 @@ class ResourcesConfig:
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("cpus_per_actor", "gpus_per_actor", "cpus_per_learner", "gpus_per_learner"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("actor_node_labels", "learner_node_labels"):
+            _check_node_labels(name, getattr(self, name))
+        if self.colocate:
+            require(not self.actor_node_labels, "actor_node_labels",
+                    "colocated actors run in the learner ranks' bundles: place them with learner_node_labels")
+            require((self.gpus_per_actor > 0) == (self.gpus_per_learner > 0), "gpus_per_actor",
+                    f"colocated actors share the learner's devices: actors and learner both on GPU or both on CPU "
+                    f"(gpus_per_actor {self.gpus_per_actor}, gpus_per_learner {self.gpus_per_learner})")
+
+
+# Ray's node-label syntax: an optional DNS-style prefix and '/', then a name of <= 63 characters that starts and
+# ends alphanumeric with '-', '_' or '.' between; values the same without the prefix (or empty).
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+
+
+def _check_node_labels(name: str, labels: object) -> None:
+    require(isinstance(labels, dict), name, f"expected a mapping of Ray node labels (e.g. {{pool: actors}}), "
+            f"got {labels!r}")
+    for key, value in labels.items():
+        require(isinstance(key, str) and _LABEL_KEY.fullmatch(key) is not None, name,
+                f"{key!r} is not a Ray node-label key ([prefix/]name: letters, digits, '-', '_', '.', <= 63)")
+        require(isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None, name,
+                f"label {key}: {value!r} is not a Ray node-label value (a string of letters, digits, '-', '_', '.', "
+                f"<= 63; quote numbers and booleans in YAML)")
 
 
 @dataclass(frozen=True)
@@ -304,6 +345,17 @@ class JobConfig:
                     f"(got {res.gpus_per_actor})")
             require(self.models.sampler_backend is SamplerBackend.VLLM, "engine.tensor_parallel_size",
                     "tensor parallelism needs the vllm sampler backend")
+        if res.colocate:
+            require(self.run.mode is Mode.SYNC, "resources.colocate",
+                    "colocated actors and learner take turns on the same resources; pipelined mode samples while "
+                    "the learner trains: use run.mode: sync")
+            require(engine.tensor_parallel_size == 1, "resources.colocate",
+                    "a tensor-parallel engine needs whole GPUs of its own; colocated actors take a share of the "
+                    "learner's devices: use engine.tensor_parallel_size: 1")
+            require(not on_gpu or engine.enable_sleep_mode or self.models.sampler_backend is not SamplerBackend.VLLM,
+                    "engine.enable_sleep_mode",
+                    "colocated vLLM engines on GPU must free the devices while the learner steps: set "
+                    "engine.enable_sleep_mode: true")
         if engine.enable_sleep_mode:
             require(on_gpu and self.models.sampler_backend is SamplerBackend.VLLM, "engine.enable_sleep_mode",
                     "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend")

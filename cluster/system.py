@@ -27,6 +27,7 @@ from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from cluster import placement
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
@@ -225,7 +226,6 @@ class System:
         self._groups = []
         sampler_cls = sampler_class(job.models.sampler_backend)
         engine_kwargs = sampler_kwargs(job)
-        gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
         on_gpu = job.learner.device.value == "cuda"
         self._group_backend = "nccl" if on_gpu else "gloo"
         self.weight_sync = choose_method(job.run.weight_sync, on_gpu)
@@ -234,36 +234,54 @@ class System:
                                 and job.models.sampler_backend is SamplerBackend.VLLM)
         role_kwargs = {Role.POLICY: {}, Role.ANCHOR: {"anchor_ema": job.algorithm.eta} if self._anchor_follows else {}}
         threads = job_threads(job)
-        actor_env = {**sampler_env(gpus), **thread_env(threads.actor)}
+        layout = placement.plan(res, job.actor_gpus)  # actor_gpus: a tensor-parallel engine's shards, one GPU each
+        groups = {name: self._placement(group, name) for name, group in layout.groups.items()}
+
+        def where(slot: placement.Slot, env: dict[str, str]) -> dict:
+            # a colocated CPU slot's share of the bundle's cores overrides resources.threads' count
+            env = {**env, **(thread_env(slot.omp_threads) if slot.omp_threads else {})}
+            return dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
+                        **({"runtime_env": {"env_vars": env}} if env else {}),
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(
+                            groups[slot.group], placement_group_bundle_index=slot.bundle))
+
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
-        for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
-            pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": gpus}] * count)
+        for role, slots in layout.actors.items():
             self.actors[role] = [
                 ray.remote(sampler_cls).options(
-                    num_cpus=res.cpus_per_actor, num_gpus=gpus, runtime_env={"env_vars": actor_env},
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+                    **where(slot, {**sampler_env(job.actor_gpus), **thread_env(threads.actor)}),
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
                     max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
                 ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
                          **engine_kwargs, **role_kwargs[role])
-                for i in range(count)
+                for i, slot in enumerate(slots)
             ]
-        pg = self._placement([{"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}] * res.learner_ranks)
-        strategy = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
-                    for i in range(res.learner_ranks)]
-        addr, port = ray.get(ray.remote(_free_port).options(num_cpus=0, scheduling_strategy=strategy[0]).remote())
+        first = layout.learner[0]
+        addr, port = ray.get(ray.remote(_free_port).options(
+            num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                groups[first.group], placement_group_bundle_index=first.bundle)).remote())
         self.learner = [
-            ray.remote(LearnerRank).options(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner,
-                                            runtime_env={"env_vars": thread_env(threads.learner)},
-                                            scheduling_strategy=strategy[r]).remote(
-                job, job.models.policy, r, res.learner_ranks, addr, port, threads=threads.learner)
-            for r in range(res.learner_ranks)
+            ray.remote(LearnerRank).options(**where(slot, thread_env(threads.learner)),
+                                            name=f"jbond-{tag}-learner-{r}").remote(
+                job, job.models.policy, r, res.learner_ranks, addr, port,
+                threads=slot.omp_threads or threads.learner)
+            for r, slot in enumerate(layout.learner)
         ]
+        # Colocated: the engines give their memory back while the learner steps (learn()).
+        self._sleeps = job.engine.enable_sleep_mode or (
+            res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
+        self._sleep_reported = False
         self.reward = serve_app.deploy(job.reward, env_vars=thread_env(threads.reward))
         ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
                 + [r.__ray_ready__.remote() for r in self.learner])
+        if res.colocate and self._sleeps and res.gpus_per_actor == 0:
+            # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
+            # it back at once and from then on hold only what a sampling round touches.
+            released = sum(ray.get([a.sleep.remote() for group in self.actors.values() for a in group]))
+            ray.get([a.wake_up.remote() for group in self.actors.values() for a in group])
+            print(f"colocated: engines released {released / 2**20:.0f} MiB of KV cache at start", flush=True)
         self._metrics = metrics
         self._held = {role: [0] * len(group) for role, group in self.actors.items()}  # confirmed weights versions
         self._early_scores: list[tuple[list, object]] = []  # replies to EarlyScoring's requests, for score()
@@ -273,9 +291,14 @@ class System:
             for role in self.actors:
                 self._open_group(role)
 
-    def _placement(self, bundles: list[dict[str, float]]):
-        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
-        pg = placement_group(bundles, strategy="PACK")
+    def _placement(self, group: placement.Group, name: str):
+        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in group.bundles]
+        selector = {"bundle_label_selector": [group.labels] * len(bundles)} if group.labels else {}
+        if group.labels and not any(_has_labels(node, group.labels) for node in ray.nodes() if node["Alive"]):
+            field = "learner_node_labels" if name in (placement.LEARNER, placement.SHARED) else "actor_node_labels"
+            print(f"warning: no live Ray node has the labels {group.labels} (resources.{field}); the {name} "
+                  "processes wait until one joins (`ray start --labels ...`)", flush=True)
+        pg = placement_group(bundles, strategy="PACK", **selector)
         ray.get(pg.ready())
         self._groups.append(pg)
         return pg
@@ -389,12 +412,16 @@ class System:
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
         actors = [a for group in self.actors.values() for a in group]
-        if self.job.engine.enable_sleep_mode:  # give the GPU memory to the learner while it trains
-            ray.get([a.sleep.remote() for a in actors])
+        if self._sleeps:  # give the engines' memory to the learner while it trains
+            released = sum(ray.get([a.sleep.remote() for a in actors]))
+            if not self._sleep_reported:
+                self._sleep_reported = True
+                print(f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB freed "
+                      "at the first sleep", flush=True)
         try:
             return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
         finally:
-            if self.job.engine.enable_sleep_mode:  # awake before the weight push that follows
+            if self._sleeps:  # awake before the weight push that follows
                 ray.get([a.wake_up.remote() for a in actors])
 
     def sync(self, role: Role) -> SyncReport:
@@ -533,6 +560,10 @@ def _wait_until_alive(actor, name: str, cause: str) -> None:
             time.sleep(0.5)
 
 
+def _has_labels(node: dict, labels: dict[str, str]) -> bool:
+    return all(node.get("Labels", {}).get(k) == v for k, v in labels.items())
+
+
 def reward_prompts(completions: Sequence[Completion]) -> list[Prompt]:
     """What the reward service reads as each completion's prompt: the prompt row (messages, extras), not the
     policy's rendering of it; the reward model applies its own tokenizer and template."""
@@ -573,8 +604,9 @@ def init_ray(job: JobConfig) -> Path | None:
     for key, value in {**SERVE_PROXY_ENV, **({} if job.run.verbose else QUIET_ENV)}.items():
         os.environ.setdefault(key, value)
     res = job.resources
-    needed = ((res.policy_actors + res.anchor_actors) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
-              + job.reward.replicas * job.reward.cpus_per_replica + 1)
+    actor_cpus = 0 if res.colocate else (res.policy_actors + res.anchor_actors) * res.cpus_per_actor
+    needed = (actor_cpus + res.learner_ranks * res.cpus_per_learner + job.reward.replicas * job.reward.cpus_per_replica
+              + 1)
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
     # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
     context = ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,

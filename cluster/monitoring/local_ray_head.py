@@ -33,12 +33,14 @@ def free_port() -> int:
 class LocalRayHead:
     """`ray start --head --block` on free ports; `env` is what a client (driver, `ray job submit`) needs."""
 
-    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000, dashboard_port: int = 0):
+    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000, dashboard_port: int = 0,
+                 extra_args: tuple[str, ...] = ()):
         # A short path under /tmp: Ray's unix sockets live under the temp dir and are limited to ~107 chars.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="jmon-", dir="/tmp"))
         self.port, self.metrics_port = free_port(), free_port()
         self.dashboard_port = dashboard_port or free_port()
         self.num_cpus = num_cpus
+        self.extra_args = extra_args  # more `ray start` flags, e.g. ("--labels", '{"pool": "actors"}')
         # Token auth on, with a token of our own: ~/.ray/auth_token is shared with anyone else on the machine.
         self.token = secrets.token_hex(16)
         token_path = self.temp_dir / "auth_token"
@@ -73,7 +75,8 @@ class LocalRayHead:
                # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
                # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
                *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "runtime-env-agent-port", "ray-client-server-port"))]
+                                                        "runtime-env-agent-port", "ray-client-server-port")),
+               *self.extra_args]
         with open(self.log, "w") as log:
             self._proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)

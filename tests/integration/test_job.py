@@ -213,3 +213,36 @@ def test_ray_job_submit(tiny_dir, tmp_path):
         print(f"ray job submit: {time.time() - t0:.0f} s")
     finally:
         head.stop()
+
+
+@pytest.mark.timeout(300)
+def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
+    """resources.colocate: the actors sit in the learner rank's placement group (the GCS's actor table says so),
+    their engines release their KV cache while the learner steps, and a resumed colocated run continues the
+    versions."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    def groups() -> dict[str, str]:
+        """name -> placement group of every jbond actor, from the GCS's actor table (the dead ones included;
+        this module's Ray has no dashboard for ray.util.state)."""
+        rows = [gcs_pb2.ActorTableData.FromString(row)
+                for row in state._connect_and_get_accessor().get_actor_table(None, None)]
+        return {r.name: r.placement_group_id.hex() for r in rows if r.name.startswith("jbond-")}
+
+    before = set(groups())
+    colocated = dict(resources__colocate="true", resources__cpus_per_learner=2, run__show_samples=0)
+    run(smoke_job(tmp_path, tiny_dir, run__steps=2, run__checkpoint_every=1, **colocated))
+    placed = {name.split("-")[2]: pg for name, pg in groups().items() if name not in before}
+    assert set(placed) == {"policy", "anchor", "learner"} and len(set(placed.values())) == 1, placed
+    out = capsys.readouterr().out
+    assert "2 engines sleep while the learner steps" in out, out[-2000:]
+    line = next(x for x in out.splitlines() if "KV cache at start" in x)
+    released_mib = int(line.split("released ")[1].split(" MiB")[0])
+    kv_mib = 2 * int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * 1024  # two engines, each its whole KV cache
+    assert released_mib >= 0.9 * kv_mib, line  # the RSS the engines' processes gave back
+
+    run(smoke_job(tmp_path, tiny_dir, run__steps=3, run__resume="true", **colocated))
+    rows = stats_rows(tmp_path)
+    assert [(r["step"], r["sample_policy_version"], r["sample_anchor_version"]) for r in rows] == [
+        (1, 0, 0), (2, 1, 1), (3, 2, 2)]
