@@ -103,8 +103,12 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         self.zero_stage, self.micro_batches, self.world_size = cfg.zero_stage, micro_batches, world_size
         self.rank = dist.get_rank()
+        # A LoRA module's base is frozen: the optimizer (and its ZeRO partitions) hold the adapters only,
+        # and checkpoints leave the frozen base out (it is the model the learner was built from).
+        self._frozen = any(not p.requires_grad for p in module.parameters())
         self.torch_optimizer = torch.optim.AdamW(
-            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            [p for p in module.parameters() if p.requires_grad],
+            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
         config = deepspeed_config(bond, cfg, world_size, micro_batches)
         self.engine, _, _, _ = deepspeed.initialize(
@@ -164,10 +168,11 @@ class DeepSpeedEngine:
         return _partition(param, full, self.rank)
 
     def save_state(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)
+        self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False, exclude_frozen_parameters=self._frozen)
 
     def load_state(self, path: Path) -> None:
         load_path, _ = self.engine.load_checkpoint(
-            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False,
+            load_module_strict=not self._frozen)  # without the frozen base, the saved module state is partial
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/{_TAG}")

@@ -20,7 +20,8 @@ class TorchEngine:
         self.module, self.rank, self.world_size = module, rank, world_size
         self.max_grad_norm = bond.max_grad_norm
         self.optimizer = torch.optim.AdamW(
-            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            [p for p in module.parameters() if p.requires_grad],
+            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
         if world_size > 1:  # start identical on every rank, whatever each rank loaded
             for p in module.parameters():
