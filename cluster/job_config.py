@@ -295,6 +295,10 @@ class JobConfig:
                     "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend")
             require(self.run.mode is Mode.SYNC, "engine.enable_sleep_mode",
                     "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync")
+        if self.learner.lora is not None:
+            require(self.models.sampler_backend is SamplerBackend.VLLM, "learner.lora",
+                    "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
+                    "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)")
         if engine.max_model_len is not None and self.prompts.max_prompt_length is not None:
             require(self.prompts.max_prompt_length < engine.max_model_len, "prompts.max_prompt_length",
                     f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "

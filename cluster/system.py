@@ -22,6 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.lora_adapter import AdapterSpec
 from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
@@ -429,7 +430,9 @@ def reward_prompts(completions: Sequence[Completion]) -> list[Prompt]:
 def sampler_kwargs(job: JobConfig) -> dict:
     """The engine knobs the chosen sampler class takes (the hf backend has no vLLM-only ones)."""
     if job.models.sampler_backend is SamplerBackend.VLLM:
-        return job.engine.vllm_kwargs()
+        lora = job.learner.lora  # the actors serve base + pushed adapters (actors/lora_adapter.py)
+        adapter = AdapterSpec(lora.r, lora.alpha, lora.target_modules) if lora is not None else None
+        return {**job.engine.vllm_kwargs(), "lora": adapter}
     return {**job.engine.hf_kwargs(), "device": "cuda" if job.resources.gpus_per_actor > 0 else "cpu"}
 
 

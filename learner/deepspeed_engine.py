@@ -63,8 +63,9 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
     The module is built from its config under `deepspeed.zero.Init` (every parameter is allocated as this
     rank's partition only), then each rank fills its partitions from the safetensors checkpoint one tensor at
     a time (peak: the model's partitions + its largest single tensor). No gather, no broadcast: every rank reads
-    the (shared) files itself. transformers' own zero.Init path (HfDeepSpeedConfig) needs `accelerate`, which
-    this stack does not install; this is the same construction without it.
+    the (shared) files itself. transformers' own zero.Init path (HfDeepSpeedConfig) is the same construction
+    through process-global state; this one is explicit. A LoRA policy (learner/lora.py) is wrapped by peft
+    afterwards: its small adapter layers are created whole and partitioned by deepspeed.initialize.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights

@@ -7,6 +7,7 @@ adapter bytes; a bad adapter tensor is refused with the engine still serving the
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from actors.lora_adapter import AdapterSpec
 from actors.vllm_sampler import VllmSampler
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.config import BondConfig
-from bond.records import Role, WeightUpdate
+from bond.records import Completion, Role, WeightUpdate
 from learner.config import LoraConfig
 from tests.component.test_learner import learner, make_batch
 
@@ -27,11 +28,16 @@ BOND = BondConfig(prompts_per_step=8, lr=1e-2, warmup_steps=0, gamma=0.5, eta=0.
 LOGPROB_ATOL = 1e-4  # as in test_vllm_sampler.py: kernels differ by ~3e-6 nats, a stale adapter by > 1e-2
 
 
-def served_and_learned(engine, lrn, batch):
-    completions = [s.completion for s in batch.policy]
-    served = torch.tensor(engine.score_logprobs([c.prompt_token_ids for c in completions],
-                                                [c.token_ids for c in completions]))
-    return served, lrn.logprobs(completions)
+PROMPTS = ["the movie", "the plot was", "a story"]
+COMPLETIONS = [[51, 33, 55, 25, 5, 2], [33, 13, 5], [40, 41, 42, 2]]  # token ids of the tiny vocabulary
+
+
+def served_and_learned(engine, lrn) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y | x) of fixed sequences as the engine serves them and as the learner computes them."""
+    probe = [Completion(prompt_id=i, prompt=text, prompt_token_ids=tuple(ids), token_ids=tuple(c), text="y",
+                        logprobs=(0.0,) * len(c), role=Role.POLICY, weights_version=0)
+             for i, (text, ids, c) in enumerate(zip(PROMPTS, engine.encode(PROMPTS), COMPLETIONS, strict=True))]
+    return torch.tensor(engine.score_logprobs(PROMPTS, COMPLETIONS)), lrn.logprobs(probe)
 
 
 @pytest.mark.timeout(300)
@@ -40,8 +46,7 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
     engine = VllmSampler(str(tiny_dir / "policy"), Role.POLICY, max_model_len=64,
                          lora=AdapterSpec(LORA.r, LORA.alpha, LORA.target_modules))
     try:
-        probe = make_batch(99)
-        served, learned = served_and_learned(engine, lrn, probe)
+        served, learned = served_and_learned(engine, lrn)
         torch.testing.assert_close(served, learned, rtol=0, atol=LOGPROB_ATOL)  # version 0: the base
 
         lrn.step(make_batch(0))
@@ -50,7 +55,7 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
         t0 = time.perf_counter()
         assert [engine.load_weights(u) for u in updates][-1] == 1
         print(f"adapter push into vLLM: {lrn.model_bytes} bytes, {1e3 * (time.perf_counter() - t0):.1f} ms")
-        served1, learned1 = served_and_learned(engine, lrn, probe)
+        served1, learned1 = served_and_learned(engine, lrn)
         assert (learned1 - learned).abs().max() > 1e-2  # the step moved the policy
         torch.testing.assert_close(served1, learned1, rtol=0, atol=LOGPROB_ATOL)
         first_dir = engine._lora_request.lora_path
@@ -61,7 +66,7 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
         with pytest.raises(ValueError, match="shape"):
             engine.load_weights(WeightUpdate(Role.POLICY, 2, bad))
         assert engine.weights_version == 1
-        torch.testing.assert_close(served_and_learned(engine, lrn, probe)[0], learned1, rtol=0, atol=LOGPROB_ATOL)
+        torch.testing.assert_close(served_and_learned(engine, lrn)[0], learned1, rtol=0, atol=LOGPROB_ATOL)
 
         # the second push by broadcast (the collective transport): learner thread = group rank 0, engine = rank 1
         lrn.step(make_batch(1))
@@ -79,9 +84,9 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
         engine.join_weight_group(address, 1)
         assert engine.receive_weights() == 2
         sender.join(timeout=60)
-        served2, learned2 = served_and_learned(engine, lrn, probe)
+        served2, learned2 = served_and_learned(engine, lrn)
         torch.testing.assert_close(served2, learned2, rtol=0, atol=LOGPROB_ATOL)
         assert (learned2 - learned1).abs().max() > 1e-3
-        assert not torch.os.path.exists(first_dir)  # the replaced adapter's files are gone
+        assert not os.path.exists(first_dir)  # the replaced adapter's files are gone
     finally:
         engine.close()
