@@ -24,6 +24,11 @@ log-probabilities of the whole share to get d loss / d log pi per sequence; each
 back-propagates sum(coefficient * log pi), which by the chain rule accumulates exactly the gradient of
 the loss over the share while holding one micro-batch's activations at a time.
 
+LoRA (config.lora, learner/lora.py): the module is wrapped by peft and only the adapters train. Everything
+above then applies to the adapter tensors alone: the optimizer state, the anchor (the frozen base plus an EMA
+of the adapters, bond/lora.py), the reference (the initial adapter, B = 0: exactly the base), weight pushes
+and checkpoints are adapter-sized; export_hf writes the merged model and the adapter beside it.
+
 Dropout is off (module.eval()): log pi must be a deterministic function of the weights.
 Checkpoints and exports assume every rank sees the same file system (rank 0 writes the shared files).
 """
