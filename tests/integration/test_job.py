@@ -109,7 +109,7 @@ def test_lora_run_pushes_adapters_only_and_resumes(local_ray, tiny_dir, tmp_path
           f"model's {full_bytes}")
     manifest = json.loads((newest_valid(tmp_path)[0] / "manifest.json").read_text())
     assert manifest["step"] == 3 and manifest["lora"].startswith("r=4 alpha=8 ")
-    assert (tmp_path / "final_policy" / "model.safetensors").exists()
+    assert list((tmp_path / "final_policy").glob("model*.safetensors"))  # merged (sharded at bucket_bytes)
     assert {p.name for p in (tmp_path / "final_policy" / "adapter").iterdir()} == {"adapter_model.safetensors",
                                                                                 "adapter_config.json"}
 
