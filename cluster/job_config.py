@@ -238,7 +238,8 @@ class RunConfig:
     anchor_ema_on_actors: bool = True
     """With the object-store transport and vLLM actors: the anchor actors take the policy push too and apply the
     EMA to their own fp32 anchor copy (bit-identical to the learner's; actors/weight_ema.py), so a step moves one
-    model instead of two. Off, or with the collective transport, the learner pushes its anchor as well."""
+    model instead of two. Off, with the collective transport, or with learner.lora (the anchor push is then the
+    adapters' EMA, already small), the learner pushes its anchor as well."""
     weight_sync_timeout_s: float = 300.0
     """A weight push (or forming a collective group) not done within this many seconds fails the job with the
     peer it waited for named, instead of hanging on a dead actor."""
@@ -361,6 +362,10 @@ class JobConfig:
                     "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend")
             require(self.run.mode is Mode.SYNC, "engine.enable_sleep_mode",
                     "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync")
+        if self.learner.lora is not None:
+            require(self.models.sampler_backend is SamplerBackend.VLLM, "learner.lora",
+                    "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
+                    "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)")
         if engine.max_model_len is not None and self.prompts.max_prompt_length is not None:
             require(self.prompts.max_prompt_length < engine.max_model_len, "prompts.max_prompt_length",
                     f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "

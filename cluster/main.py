@@ -90,7 +90,8 @@ def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
     if path is None:
         print(f"no checkpoint in {run_dir / 'checkpoints'}: starting at step 0", flush=True)
         return None
-    checkpoints.check_layout(path, job.resources.learner_ranks, job.learner.zero_stage, job.learner.dtype.value)
+    checkpoints.check_layout(path, job.resources.learner_ranks, job.learner.zero_stage, job.learner.dtype.value,
+                             job.learner.lora.layout if job.learner.lora is not None else None)
     return path
 
 

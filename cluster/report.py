@@ -10,9 +10,14 @@ from pathlib import Path
 from bond.records import StepStats
 
 
-def append_stats(path: Path, stats: StepStats, seconds: dict[str, float]) -> None:
+def append_stats(path: Path, stats: StepStats, seconds: dict[str, float],
+                 sync_bytes: dict[str, int] | None = None) -> None:
+    """One stats.jsonl row: the StepStats, the phase seconds and the bytes each role's weight push moved."""
+    row = {**dataclasses.asdict(stats), "phase_seconds": seconds}
+    if sync_bytes is not None:
+        row["sync_bytes"] = sync_bytes
     with open(path, "a") as f:
-        f.write(json.dumps({**dataclasses.asdict(stats), "phase_seconds": seconds}) + "\n")
+        f.write(json.dumps(row) + "\n")
 
 
 def read_stats(path: Path, up_to_step: int | None = None) -> list[dict]:

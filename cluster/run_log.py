@@ -56,11 +56,13 @@ class RunLog:
 
     def step(self, rec: StepRecord) -> None:
         s = rec.stats
-        report.append_stats(self.stats_path, s, rec.seconds)
+        sync_bytes = {role.value: sync.num_bytes for role, sync in rec.syncs.items()}
+        report.append_stats(self.stats_path, s, rec.seconds, sync_bytes)
         self.episodes.write(s.step, rec.samples)
         self._prometheus(rec)
         scalars = {f"train/{k}": float(v) for k, v in dataclasses.asdict(s).items() if k not in _NOT_SCALARS}
         scalars.update({f"time/{phase}_s": seconds for phase, seconds in rec.seconds.items()})
+        scalars.update({f"sync/{role}_bytes": float(n) for role, n in sync_bytes.items()})
         self.trackers.scalars(s.step, scalars)
         if self._bar is not None:
             self._bar.update(1)

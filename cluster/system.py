@@ -23,6 +23,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.lora_adapter import AdapterSpec
 from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate
@@ -230,8 +231,9 @@ class System:
         self._group_backend = "nccl" if on_gpu else "gloo"
         self.weight_sync = choose_method(job.run.weight_sync, on_gpu)
         # The anchor actors follow the policy push with their own EMA (actors/weight_ema.py) on the object store.
+        # Not with LoRA: there the anchor push is adapter-sized already (the EMA of the adapters).
         self._anchor_follows = (job.run.anchor_ema_on_actors and self.weight_sync is WeightSyncMethod.OBJECT_STORE
-                                and job.models.sampler_backend is SamplerBackend.VLLM)
+                                and job.models.sampler_backend is SamplerBackend.VLLM and job.learner.lora is None)
         role_kwargs = {Role.POLICY: {}, Role.ANCHOR: {"anchor_ema": job.algorithm.eta} if self._anchor_follows else {}}
         threads = job_threads(job)
         layout = placement.plan(res, job.actor_gpus)  # actor_gpus: a tensor-parallel engine's shards, one GPU each
@@ -573,7 +575,9 @@ def reward_prompts(completions: Sequence[Completion]) -> list[Prompt]:
 def sampler_kwargs(job: JobConfig) -> dict:
     """The engine knobs the chosen sampler class takes (the hf backend has no vLLM-only ones)."""
     if job.models.sampler_backend is SamplerBackend.VLLM:
-        return job.engine.vllm_kwargs()
+        lora = job.learner.lora  # the actors serve base + pushed adapters (actors/lora_adapter.py)
+        adapter = AdapterSpec(lora.r, lora.alpha, lora.target_modules) if lora is not None else None
+        return {**job.engine.vllm_kwargs(), "lora": adapter}
     return {**job.engine.hf_kwargs(), "device": "cuda" if job.resources.gpus_per_actor > 0 else "cpu"}
 
 

@@ -111,7 +111,7 @@ def verify(path: Path, hashes: bool = True) -> dict:
     return meta
 
 
-LAYOUT_KEYS = ("world_size", "zero_stage", "dtype")
+LAYOUT_KEYS = ("world_size", "zero_stage", "dtype", "lora")  # lora: LoraConfig.layout, None = full weights
 
 
 def check_layout(path: Path, meta: dict, requested: dict) -> None:
@@ -121,7 +121,7 @@ def check_layout(path: Path, meta: dict, requested: dict) -> None:
     different world size or ZeRO stage; DeepSpeed's universal-checkpoint conversion is not wired in.
     """
     saved = {k: meta.get(k) for k in LAYOUT_KEYS}
-    wanted = {k: requested[k] for k in LAYOUT_KEYS}
+    wanted = {k: requested.get(k) for k in LAYOUT_KEYS}
     if saved != wanted:
         def show(layout: dict) -> str:
             return ", ".join(f"{k}={layout[k]}" for k in LAYOUT_KEYS)
@@ -129,6 +129,6 @@ def check_layout(path: Path, meta: dict, requested: dict) -> None:
         raise CheckpointError(
             f"checkpoint {path} was saved with {show(saved)}; this job asks for {show(wanted)}. Resuming with a "
             "different layout is not supported (each rank's optimizer state is partitioned for the saved one): "
-            "resume with resources.learner_ranks / learner.zero_stage / learner.dtype as saved, or start a new "
-            f"run from its policy weights (an HF directory: models.policy={path / 'policy'} if its tokenizer "
-            "is beside it, or an export under run_dir/exports/)")
+            "resume with resources.learner_ranks / learner.zero_stage / learner.dtype / learner.lora as saved, or "
+            f"start a new run from its policy weights (an HF directory: models.policy={path / 'policy'} if its "
+            "tokenizer is beside it, or an export under run_dir/exports/)")

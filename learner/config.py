@@ -19,6 +19,43 @@ class Device(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Train LoRA adapters (peft) instead of every weight: the base stays frozen, the optimizer, the EMA anchor,
+    checkpoints and weight pushes are adapter-sized, and the actors serve the base plus the pushed adapter."""
+
+    r: int = 8
+    """Adapter rank (the inner dimension of B @ A); at most 512 (vLLM's largest LoRA rank)."""
+    alpha: float = 16.0
+    """Scaling numerator: the layer adds (alpha / r) * B @ A to its frozen weight."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Names (last path component) of the linear layers that get adapters, as in peft's LoraConfig; the
+    default is every attention and MLP projection of Llama/Qwen/Mistral-style models."""
+    dropout: float = 0.0
+    """Dropout on the adapter input while training. Must be 0 here: log pi(y) must be a deterministic function
+    of the weights (the learner runs in eval mode, see learner/learner.py), so a non-zero value is refused."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(1 <= self.r <= 512, "r", f"must be in [1, 512], got {self.r}")
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        require(isinstance(self.target_modules, tuple) and len(self.target_modules) > 0
+                and all(isinstance(m, str) and m for m in self.target_modules), "target_modules",
+                f"expected a non-empty list of module names, got {self.target_modules!r}")
+        require(self.dropout == 0.0, "dropout",
+                f"must be 0 (log pi must be deterministic in the weights; the learner never trains with dropout), "
+                f"got {self.dropout}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+    @property
+    def layout(self) -> str:
+        """What a checkpoint's adapter and optimizer state are tied to (recorded in its manifest)."""
+        return f"r={self.r} alpha={self.alpha:g} target_modules={','.join(self.target_modules)}"
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """Per-replica knobs of the learner. The global batch (prompts_per_step) lives in BondConfig."""
 
@@ -49,6 +86,9 @@ class LearnerConfig:
     """torch seed of every rank (nothing in a step is random today: dropout is off; kept for restorability)."""
     timeout_s: int = 1800
     """Process-group timeout: how long a rank waits for the others in a collective before failing."""
+    lora: LoraConfig | None = None
+    """null: full fine-tuning. A section ({r, alpha, target_modules, dropout}): train LoRA adapters only, and
+    push only adapter weights to the actors (README, LoRA)."""
 
     def __post_init__(self) -> None:
         check_types(self)

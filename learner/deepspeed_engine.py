@@ -63,8 +63,9 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
     The module is built from its config under `deepspeed.zero.Init` (every parameter is allocated as this
     rank's partition only), then each rank fills its partitions from the safetensors checkpoint one tensor at
     a time (peak: the model's partitions + its largest single tensor). No gather, no broadcast: every rank reads
-    the (shared) files itself. transformers' own zero.Init path (HfDeepSpeedConfig) needs `accelerate`, which
-    this stack does not install; this is the same construction without it.
+    the (shared) files itself. transformers' own zero.Init path (HfDeepSpeedConfig) is the same construction
+    through process-global state; this one is explicit. A LoRA policy (learner/lora.py) is wrapped by peft
+    afterwards: its small adapter layers are created whole and partitioned by deepspeed.initialize.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
@@ -103,8 +104,12 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         self.zero_stage, self.micro_batches, self.world_size = cfg.zero_stage, micro_batches, world_size
         self.rank = dist.get_rank()
+        # A LoRA module's base is frozen: the optimizer (and its ZeRO partitions) hold the adapters only,
+        # and checkpoints leave the frozen base out (it is the model the learner was built from).
+        self._frozen = any(not p.requires_grad for p in module.parameters())
         self.torch_optimizer = torch.optim.AdamW(
-            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            [p for p in module.parameters() if p.requires_grad],
+            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
         config = deepspeed_config(bond, cfg, world_size, micro_batches)
         self.engine, _, _, _ = deepspeed.initialize(
@@ -164,10 +169,11 @@ class DeepSpeedEngine:
         return _partition(param, full, self.rank)
 
     def save_state(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False)
+        self.engine.save_checkpoint(str(path), tag=_TAG, save_latest=False, exclude_frozen_parameters=self._frozen)
 
     def load_state(self, path: Path) -> None:
         load_path, _ = self.engine.load_checkpoint(
-            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False,
+            load_module_strict=not self._frozen)  # without the frozen base, the saved module state is partial
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/{_TAG}")

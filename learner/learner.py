@@ -30,6 +30,11 @@ their own samples; log pi_anchor(y) of the policy's samples is computed here, be
 where the sequences are already packed (on a 2-core machine the score phase has no idle core to move it to).
 log pi_ref(y) may run on a bf16 copy of pi_ref (learner.reference_dtype).
 
+LoRA (config.lora, learner/lora.py): the module is wrapped by peft and only the adapters train. Everything
+above then applies to the adapter tensors alone: the optimizer state, the anchor (the frozen base plus an EMA
+of the adapters, bond/lora.py), the reference (the initial adapter, B = 0: exactly the base), weight pushes
+and checkpoints are adapter-sized; export_hf writes the merged model and the adapter beside it.
+
 Dropout is off (module.eval()): log pi must be a deterministic function of the weights.
 Checkpoints and exports assume every rank sees the same file system (rank 0 writes the shared files).
 """
@@ -44,14 +49,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
+from bond.lora import merged_weight
 from bond.objective import LossTerms, best_index, jbond_loss, reinforce_kl_loss
 from bond.off_policy import importance_weights
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
-from learner import checkpoint_dir, rendezvous, safetensors_shards
+from learner import checkpoint_dir, lora, rendezvous, safetensors_shards
 from learner.config import Dtype, LearnerConfig
 from learner.engine import Engine
 from learner.sequences import Packed, completion_logprobs, pack
@@ -104,15 +112,23 @@ class Learner:
         if config.gradient_checkpointing:
             _enable_gradient_checkpointing(module)
         self._pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else 0
-        self._names = [n for n, _ in module.named_parameters()]
-        self._check_names()
+        if config.lora is not None:  # the base freezes; only the adapters train (learner/lora.py)
+            module = lora.wrap(module, config.lora, self.reference_id)
         if config.zero_stage == 0:
             self.engine: Engine = TorchEngine(module, bond, rank, world_size)
         else:
             from learner.deepspeed_engine import DeepSpeedEngine  # zero_stage 0 never imports deepspeed
 
             self.engine = DeepSpeedEngine(module, bond, config, world_size, micro_batches)
-        self._params = [p for _, p in self.engine.module.named_parameters()]
+        # With LoRA the trained parameters, and so the anchor, the reference, weight pushes and the optimizer
+        # state, are the adapters; the reference is the initial adapter (B = 0), i.e. exactly the base model.
+        self._lora = lora.LoraLayout.of(self.engine.module, config.lora) if config.lora is not None else None
+        if self._lora is not None:
+            self._names, self._params = self._lora.adapter_names, self._lora.adapter_params
+        else:
+            self._names = [n for n, _ in self.engine.module.named_parameters()]
+            self._params = [p for _, p in self.engine.module.named_parameters()]
+            self._check_names()
         self._check_buckets()
         self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
@@ -129,7 +145,8 @@ class Learner:
 
     @property
     def model_bytes(self) -> int:
-        """Bytes of one full copy of the weights in the export dtype (what a weight push moves)."""
+        """Bytes of one copy of the pushed weights in the export dtype (what a weight push moves): the whole
+        model, or with LoRA the adapters only."""
         size = torch.tensor([], dtype=self._dtype).element_size()
         return sum(math.prod(self.engine.full_shape(p)) for p in self._params) * size
 
@@ -147,7 +164,8 @@ class Learner:
     @property
     def layout(self) -> dict:
         """What a checkpoint's optimizer state is tied to (see checkpoint_dir.check_layout)."""
-        return {"world_size": self.world_size, "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value}
+        return {"world_size": self.world_size, "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value,
+                "lora": self.config.lora.layout if self.config.lora is not None else None}
 
     # ---- the update ----------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
@@ -298,11 +316,11 @@ class Learner:
         shadow = self._anchor if role is Role.ANCHOR else self._reference
         return {self._names[i]: shadow.full(i).to(dtype=dtype, copy=True) for i in indices}
 
-    def _bucket_plan(self, dtype: torch.dtype) -> list[list[int]]:
+    def _bucket_plan(self, dtype: torch.dtype, params: list[torch.nn.Parameter] | None = None) -> list[list[int]]:
         size = torch.tensor([], dtype=dtype).element_size()
         plan: list[list[int]] = [[]]
         used = 0
-        for i, p in enumerate(self._params):
+        for i, p in enumerate(self._params if params is None else params):
             nbytes = math.prod(self.engine.full_shape(p)) * size
             if plan[-1] and used + nbytes > self.config.bucket_bytes:
                 plan.append([])
@@ -342,14 +360,16 @@ class Learner:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         rendezvous.barrier()
-        self._write_weights(Role.POLICY, self._dtype, partial / "policy")
-        self._write_weights(Role.ANCHOR, torch.float32, partial / "anchor")  # full precision of the EMA
+        write = self._write_weights if self._lora is None else self._write_adapter  # LoRA: peft adapter dirs
+        write(Role.POLICY, self._dtype, partial / "policy")
+        write(Role.ANCHOR, torch.float32, partial / "anchor")  # full precision of the EMA
         self.engine.save_state(partial / "engine")
         (partial / "rng").mkdir(exist_ok=True)
         torch.save(_rng_state(), partial / "rng" / f"rank{self.rank}.pt")
         rendezvous.barrier()
         if self.rank == 0:
-            self.engine.module.config.save_pretrained(partial / "policy")  # policy/ is itself a model dir
+            if self._lora is None:
+                self.engine.module.config.save_pretrained(partial / "policy")  # policy/ is itself a model dir
             (partial / "extra.json").write_text(extra_text)
             checkpoint_dir.seal(partial, final, {
                 "step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
@@ -365,7 +385,9 @@ class Learner:
                                                  f"but this learner has {self.reference_id!r}")
         checkpoint_dir.check_layout(path, meta, self.layout)
         self.engine.load_state(path / "engine")
-        for i, (_, full) in enumerate(safetensors_shards.read(path / "anchor", self._names)):
+        anchor = safetensors_shards.read(path / "anchor", self._names) if self._lora is None \
+            else _read_adapter(path / "anchor", self._names)
+        for i, (_, full) in enumerate(anchor):
             self._anchor.load_full(i, full)
         rng = path / "rng" / f"rank{self.rank}.pt"
         _set_rng_state(torch.load(rng, weights_only=True))
@@ -374,12 +396,24 @@ class Learner:
         return json.loads((path / "extra.json").read_text())
 
     def export_hf(self, directory: str | Path) -> None:
-        """The policy as a Hugging Face model directory (safetensors, config, tokenizer); collective."""
+        """The policy as a Hugging Face model directory (safetensors, config, tokenizer); collective.
+
+        With LoRA the directory holds the merged model (W0 + (alpha/r) B A: loadable without peft) and
+        `adapter/`, the adapter alone in peft's save_pretrained format (PeftModel.from_pretrained, vLLM LoRA)."""
         final = Path(directory)
         partial = checkpoint_dir.partial_path(final)
         if self.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
-        self._write_weights(Role.POLICY, self._dtype, partial)
+        if self._lora is None:
+            self._write_weights(Role.POLICY, self._dtype, partial)
+        else:
+            merged = self._merged_buckets(self._dtype)
+            if self.rank == 0:
+                safetensors_shards.write_shards(merged, partial)
+            else:
+                for _ in merged:  # collective gathers: take part, write nothing
+                    pass
+            self._write_adapter(Role.POLICY, self._dtype, partial / "adapter")
         if self.rank == 0:
             self.engine.module.config.save_pretrained(partial)
             for pattern in _SIDE_FILES:
@@ -388,6 +422,35 @@ class Learner:
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
         rendezvous.barrier()
+
+    def _write_adapter(self, role: Role, dtype: torch.dtype, out: Path) -> None:
+        """The role's adapter as peft's save_pretrained writes it (adapter_model.safetensors + adapter_config.json).
+        One file: adapters are small (the whole adapter is gathered, bucket by bucket, on every rank)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for indices in self._bucket_plan(dtype):
+            tensors.update(self._gather(role, indices, dtype))
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, out / lora.ADAPTER_WEIGHTS,
+                      metadata={"format": "pt"})
+            lora.write_adapter_config(self.engine.module, out)
+
+    def _merged_buckets(self, dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:
+        """The base weights with the policy's adapters merged in, in base checkpoint names, bucket by bucket
+        (a collective under ZeRO-3: the adapters are gathered once, each base bucket when it is written)."""
+        assert self._lora is not None
+        adapters = self._gather(Role.POLICY, list(range(len(self._params))), torch.float32)
+        names, params = self._lora.base_names, self._lora.base_params
+        for indices in self._bucket_plan(dtype, params):
+            with self.engine.gathered([params[i] for i in indices]):
+                out = {}
+                for i in indices:
+                    weight = params[i].data.detach()
+                    if i in self._lora.pairs:
+                        a, b = (self._names[j] for j in self._lora.pairs[i])
+                        weight = merged_weight(weight, adapters[a], adapters[b], self._lora.scaling)
+                    out[names[i]] = weight.to(dtype=dtype, copy=True)
+            yield out
 
     def _write_weights(self, role: Role, dtype: torch.dtype, out: Path) -> None:
         buckets = (self._gather(role, indices, dtype) for indices in self._bucket_plan(dtype))
@@ -439,6 +502,16 @@ def _best_anchor(batch: Batch) -> list[Completion]:
     """y'_best per prompt: the anchor sample with the highest reward (ties to the first)."""
     rewards = torch.tensor([[a.reward for a in g] for g in batch.anchor])
     return [g[int(j)].completion for g, j in zip(batch.anchor, best_index(rewards), strict=True)]
+
+
+def _read_adapter(directory: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    with safe_open(str(directory / lora.ADAPTER_WEIGHTS), framework="pt") as f:
+        missing = sorted(set(names) - set(f.keys()))
+        if missing:
+            raise checkpoint_dir.CheckpointError(f"{directory} lacks adapter tensors {missing[:3]} (a checkpoint of "
+                                                 f"another learner.lora setting?)")
+        for name in names:
+            yield name, f.get_tensor(name)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from bond.config import BondConfig
 
@@ -18,9 +18,13 @@ class TorchEngine:
 
     def __init__(self, module: torch.nn.Module, bond: BondConfig, rank: int, world_size: int) -> None:
         self.module, self.rank, self.world_size = module, rank, world_size
+        trained = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        # LoRA: only the adapters train; None when every parameter does (the checkpoint then holds the whole model)
+        self._trained = trained if len(trained) < len(list(module.parameters())) else None
         self.max_grad_norm = bond.max_grad_norm
         self.optimizer = torch.optim.AdamW(
-            module.parameters(), lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
+            [p for p in module.parameters() if p.requires_grad],
+            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
         if world_size > 1:  # start identical on every rank, whatever each rank loaded
             for p in module.parameters():
@@ -65,11 +69,23 @@ class TorchEngine:
     def save_state(self, path: Path) -> None:
         if self.rank == 0:  # every rank holds the same state
             path.mkdir(parents=True, exist_ok=True)
-            save_model(self.module, str(path / "model.safetensors"))  # handles tied weights
+            if self._trained is None:
+                save_model(self.module, str(path / "model.safetensors"))  # handles tied weights
+            else:  # a frozen base (LoRA) is the model the learner was built from: not saved again
+                save_file({n: p.detach().contiguous() for n, p in self._trained.items()}, path / "model.safetensors")
             torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
 
     def load_state(self, path: Path) -> None:
-        load_model(self.module, str(path / "model.safetensors"), device=str(_device(self.module)))
+        if self._trained is None:
+            load_model(self.module, str(path / "model.safetensors"), device=str(_device(self.module)))
+        else:
+            saved = load_file(path / "model.safetensors", device=str(_device(self.module)))
+            if saved.keys() != self._trained.keys():
+                raise ValueError(f"{path}: trained parameters differ from this model's (a checkpoint of another "
+                                 f"learner.lora setting?)")
+            with torch.no_grad():
+                for name, p in self._trained.items():
+                    p.copy_(saved[name])
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
                                                   map_location=_device(self.module)))
 

@@ -5,6 +5,7 @@ actors, reward service and learner); `ray job submit` gets its own head started 
 """
 
 import json
+import math
 import os
 import signal
 import socket
@@ -85,6 +86,37 @@ def test_sync_run_end_to_end(local_ray, tiny_dir, tmp_path):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "final_policy" / "config.json").exists()
     assert "samples after training" in (tmp_path / "summary.txt").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_lora_run_pushes_adapters_only_and_resumes(local_ray, tiny_dir, tmp_path):
+    """learner.lora: 2 steps, then --resume for a third. Every push carries the adapters only (a small fraction of
+    the model's bytes), the actors sample with each pushed version (also after the resume: the restored adapter is
+    pushed), and the final export is a merged model plus the peft adapter."""
+    from safetensors import safe_open
+
+    lora = dict(learner__lora__r=4, learner__lora__alpha=8)
+    run(smoke_job(tmp_path, tiny_dir, run__steps=2, run__checkpoint_every=2, **lora))
+    run(smoke_job(tmp_path, tiny_dir, run__steps=3, run__checkpoint_every=2, run__resume="true", **lora))
+    rows = stats_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["sample_policy_version"] == r["step"] - 1 == r["sample_anchor_version"] for r in rows)
+    with safe_open(str(tiny_dir / "policy" / "model.safetensors"), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    full_bytes = sum(4 * math.prod(shape) for shape in shapes.values())  # fp32
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the default
+    # A [4, in] and B [out, 4] per target weight [out, in], fp32
+    adapter_bytes = sum(4 * 4 * sum(shape) for k, shape in shapes.items() if k.split(".")[-2] in targets)
+    for r in rows:
+        assert r["sync_bytes"] == {"policy": adapter_bytes, "anchor": adapter_bytes}
+    assert adapter_bytes < 0.06 * full_bytes
+    print(f"LoRA r=4 sync: {adapter_bytes} bytes per role per step, {adapter_bytes / full_bytes:.1%} of the "
+          f"model's {full_bytes}")
+    manifest = json.loads((newest_valid(tmp_path)[0] / "manifest.json").read_text())
+    assert manifest["step"] == 3 and manifest["lora"].startswith("r=4 alpha=8 ")
+    assert list((tmp_path / "final_policy").glob("model*.safetensors"))  # merged (sharded at bucket_bytes)
+    assert {p.name for p in (tmp_path / "final_policy" / "adapter").iterdir()} == {"adapter_model.safetensors",
+                                                                                "adapter_config.json"}
 
 
 def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
