@@ -7,11 +7,13 @@ only the placement differs (RLlib's lesson: a component works in-process and rem
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from cluster.job_config import JobConfig
 from cluster.loop import Samples
@@ -19,6 +21,12 @@ from cluster.system import reward_prompts, role_settings, sampler_class, sampler
 from cluster.weight_sync import SyncReport, confirmed_version
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class InProcessSystem:
@@ -29,7 +37,9 @@ class InProcessSystem:
         self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
                        for role in (Role.POLICY, Role.ANCHOR)}
         self.reward = build_reward_model(job.reward)
-        self.learner = Learner(job.models.policy, job.algorithm, job.learner)
+        # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
+        # other jobs on the machine) must not all claim the default 29500
+        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
 
     def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings):
         """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
@@ -55,6 +65,9 @@ class InProcessSystem:
 
     def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
         return self.learner.logprobs(completions, role).tolist()
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        return self.learner.kl_to_reference(completions)
 
     def learn(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from cluster.failures import ScoringFailedError, first_line
 from cluster.job_config import JobConfig, Mode
@@ -44,6 +45,9 @@ class System(Protocol):
 
     def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
         """log pi_role(y | x) of each completion, from the learner (evaluation's KL)."""
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
 

@@ -94,6 +94,7 @@ class RunLog:
                       f"eval/{r.mode}/tokens": r.tokens}
             if r.kl_ref is not None:
                 values[f"eval/{r.mode}/kl_ref"] = r.kl_ref
+                values[f"eval/{r.mode}/kl_ref_tokenwise"] = r.kl_ref_tokenwise
             self.trackers.scalars(r.step, values)
             self.trackers.table(r.step, f"eval_samples/{r.mode}", ("prompt", "completion", "reward"), r.samples)
 

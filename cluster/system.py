@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
@@ -119,6 +120,9 @@ class LearnerRank:
     def logprobs(self, completions: list[Completion], role: Role) -> list[float]:
         """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
         return self.learner.logprobs(completions, role).tolist()
+
+    def kl_to_reference(self, completions: list[Completion]) -> KlEstimates:
+        return self.learner.kl_to_reference(completions)
 
     def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
         self.learner.save(directory, extra=extra, sha256=sha256)
@@ -299,6 +303,11 @@ class System:
         """log pi_role(y | x) of each completion (summed over its tokens), from the learner."""
         ref = ray.put(list(completions))
         return self._on_learner([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """KL(pi || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
+        ref = ray.put(list(completions))
+        return self._on_learner([rank.kl_to_reference.remote(ref) for rank in self.learner])[0]
 
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share

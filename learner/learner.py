@@ -30,6 +30,7 @@ Checkpoints and exports assume every rank sees the same file system (rank 0 writ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -42,6 +43,7 @@ from transformers import AutoModelForCausalLM
 
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
+from bond.divergence import KlEstimates, kl_estimates
 from bond.objective import LossTerms, best_index, jbond_loss, reinforce_kl_loss
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
 from learner import checkpoint_dir, rendezvous, safetensors_shards
@@ -230,6 +232,23 @@ class Learner:
                 with swap.swapped_in():
                     out = [self._logprobs(p) for p in packs]
         return torch.cat(out).float().cpu()
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion estimates of KL(pi || pi_ref) (bond.divergence) from both models' full logits, fp32 CPU.
+
+        The policy's logits for every chunk first, then the reference swapped in once (a swap copies the
+        whole local model). A collective under ZeRO-3, like `logprobs`.
+        """
+        chunk = 2 * self.config.micro_batch_prompts
+        packs = [self._pack(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        with torch.no_grad():
+            policy = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
+            with self._reference.swapped_in():
+                reference = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
+        parts = [kl_estimates(lp, lr, p.targets[:, p.logit_positions], p.target_mask[:, p.logit_positions])
+                 for p, lp, lr in zip(packs, policy, reference, strict=True)]
+        return KlEstimates(*(torch.cat([getattr(e, f.name) for e in parts]).float().cpu()
+                             for f in dataclasses.fields(KlEstimates)))
 
     # ---- weights out ---------------------------------------------------------------------------------------
     def weights(self, role: Role) -> Iterator[WeightUpdate]:
