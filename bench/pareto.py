@@ -64,6 +64,17 @@ def _base_overrides(args) -> list[str]:
             f"eval.every_steps={args.eval_every}", "eval.greedy=false", "run.progress=false"]
 
 
+def code_version() -> str:
+    """The commit the runs are made with (+dirty when tracked files differ from it): recorded with each result."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _slug(name: str) -> str:
     return name.lower().replace(" ", "_").replace("=", "").replace("-", "")
 
@@ -101,7 +112,8 @@ def train_and_evaluate(config: Path, overrides: list[str], out: Path) -> dict:
         train(job, system, split.train, LoopState(0, PromptCursor()), on_step)
     finally:
         system.shutdown()
-    result = {"key": key, "overrides": overrides, "eval": rows, "seconds": time.perf_counter() - t0}
+    result = {"key": key, "overrides": overrides, "eval": rows, "seconds": time.perf_counter() - t0,
+              "code": code_version()}
     done.write_text(json.dumps(result, indent=1))
     return result
 
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                                                args.out / _slug(v.name) / f"seed{seed}")
                    for v in runnable for seed in args.seeds}
         runs: dict[str, list[list[dict]]] = {v.name: [] for v in runnable}
+        codes: dict[str, set[str]] = {}
         for (name, seed), f in futures.items():
             try:
                 result = f.result()
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             if name not in runs:
                 continue
             runs[name].append(result["eval"])
+            codes.setdefault(result.get("code", "unknown"), set()).add(name)
             last = result["eval"][-1]
             print(f"{name:<26} seed {seed}: reward {last['reward']:+.3f}  KL {last['kl_ref']:.3f} "
                   f"({result.get('seconds', 0):.0f} s)", flush=True)
@@ -195,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     pareto_report.plot(summary, families, args.out / "pareto.png")
     markdown = pareto_report.markdown(summary, skipped, seeds=args.seeds, command=command,
                                       minutes=(time.perf_counter() - t0) / 60)
+    markdown += "".join(f"\nRuns made at commit {c}: {', '.join(sorted(names))}.\n"
+                        for c, names in sorted(codes.items()))
     (args.out / "pareto.md").write_text(markdown)
     (args.out / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=1))
     print(markdown)
