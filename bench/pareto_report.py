@@ -4,7 +4,9 @@ budgets, the J-BOND vs REINFORCE verdicts, the PNG and the markdown table.
 The front of one run at a KL budget b is the best held-out reward among its evaluations whose
 KL(pi || ref) (k1, the estimator every method shares) is at most b; step 0 (pi = ref) is always one of
 them. Fronts are averaged over seeds; a difference counts as holding or reversed only beyond 2 standard
-errors (the seeds' standard errors combined), and as unresolved otherwise.
+errors (the seeds' standard errors combined), and as unresolved otherwise. A budget beyond the KL either
+method reached (its reach: the seeds' mean of their largest evaluated KL) compares nothing: a curve that
+stops at KL 1 has no point at KL 4 to be better or worse than, so such cells are "beyond", not verdicts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)  # nats of KL(pi || ref)
+BUDGETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # nats of KL(pi || ref)
 Z = 2.0  # standard errors a difference must exceed to count
 
 
@@ -39,6 +41,7 @@ class Curve:
     kl_tokenwise: list[tuple[float, float]]
     reward: list[tuple[float, float]]
     front: list[tuple[float, float]]  # at each of BUDGETS
+    reach: tuple[float, float]  # the largest evaluated KL of each seed: mean, se
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Verdict:
     budget: float
     diff: float  # J-BOND front - REINFORCE front, mean over seeds
     se: float
-    outcome: str  # "holds" | "reversed" | "unresolved"
+    outcome: str  # "holds" | "reversed" | "unresolved" | "beyond" (a method never reached this KL)
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,17 @@ def curve(name: str, runs: Sequence[Sequence[dict]]) -> Curve:
         return [mean_se([rows[i][key] for rows in runs]) for i in range(len(steps))]
 
     return Curve(name=name, seeds=len(runs), steps=steps, kl=at("kl_ref"), kl_tokenwise=at("kl_ref_tokenwise"),
-                 reward=at("reward"), front=[mean_se([front(rows, b) for rows in runs]) for b in BUDGETS])
+                 reward=at("reward"), front=[mean_se([front(rows, b) for rows in runs]) for b in BUDGETS],
+                 reach=mean_se([max(r["kl_ref"] for r in rows) for rows in runs]))
 
 
 def verdict(j: Curve, r: Curve, i: int) -> Verdict:
     (mj, sj), (mr, sr) = j.front[i], r.front[i]
     diff, se = mj - mr, math.hypot(sj, sr)
-    outcome = "holds" if diff > Z * se else "reversed" if diff < -Z * se else "unresolved"
+    if BUDGETS[i] > min(j.reach[0], r.reach[0]):
+        outcome = "beyond"
+    else:
+        outcome = "holds" if diff > Z * se else "reversed" if diff < -Z * se else "unresolved"
     return Verdict(j.name, r.name, BUDGETS[i], diff, se, outcome)
 
 
@@ -107,27 +114,31 @@ def markdown(s: Summary, skipped: dict[str, str], seeds: Sequence[int], command:
     out.append(f"| BoN n={s.bon_n[-1]} (analytic KL) | {r64:+.3f} ± {s64:.3f} | {s.bon_kl[-1]:.3f} | "
                f"{s.bon_kl[-1]:.3f} |")
     out += ["", "Front: best held-out reward reached within a KL(pi || ref) budget (k1):", "",
-            "| method | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
-            "|---|" + "---|" * len(BUDGETS)]
+            "| method | reach (KL) | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
+            "|---|---|" + "---|" * len(BUDGETS)]
     for c in s.curves:
-        out.append(f"| {c.name} | " + " | ".join(f"{m:+.3f} ± {e:.3f}" for m, e in c.front) + " |")
-    out.append("| Best-of-N | " + " | ".join(f"{m:+.3f}" for m in s.bon_front) + " |")
+        out.append(f"| {c.name} | {c.reach[0]:.2f} ± {c.reach[1]:.2f} | "
+                   + " | ".join(f"{m:+.3f} ± {e:.3f}" for m, e in c.front) + " |")
+    out.append(f"| Best-of-N | {s.bon_kl[-1]:.2f} | " + " | ".join(f"{m:+.3f}" for m in s.bon_front) + " |")
     if s.verdicts:
         out += ["", f"The paper's claim, J-BOND's front above REINFORCE's for every beta_RL: J-BOND front minus "
-                f"REINFORCE front; ✓ holds, ✗ reversed (beyond {Z:g} standard errors), ~ unresolved.", ""]
+                f"REINFORCE front; ✓ holds, ✗ reversed (beyond {Z:g} standard errors), ~ unresolved, "
+                "— beyond the reach of one of the two (not compared).", ""]
         jbonds = list(dict.fromkeys(v.jbond for v in s.verdicts))
         reinforces = list(dict.fromkeys(v.reinforce for v in s.verdicts))
-        mark = {"holds": "✓", "reversed": "✗", "unresolved": "~"}
+        mark = {"holds": "✓", "reversed": "✗", "unresolved": "~", "beyond": "—"}
         for j in jbonds:
             out += [f"| {j} vs | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
                     "|---|" + "---|" * len(BUDGETS)]
             for r in reinforces:
                 cells = [v for v in s.verdicts if v.jbond == j and v.reinforce == r]
-                out.append(f"| {r} | " + " | ".join(f"{v.diff:+.3f} ± {v.se:.3f} {mark[v.outcome]}" for v in cells)
+                out.append(f"| {r} | " + " | ".join(
+                    "—" if v.outcome == "beyond" else f"{v.diff:+.3f} ± {v.se:.3f} {mark[v.outcome]}" for v in cells)
                            + " |")
             counts = {o: sum(v.outcome == o for v in s.verdicts if v.jbond == j) for o in mark}
             out += ["", f"{j}: holds in {counts['holds']}, reversed in {counts['reversed']}, unresolved in "
-                    f"{counts['unresolved']} of {sum(counts.values())} (REINFORCE beta_RL, budget) cells.", ""]
+                    f"{counts['unresolved']} of the {sum(counts.values()) - counts['beyond']} compared "
+                    "(REINFORCE beta_RL, KL budget) cells.", ""]
     for name, why in skipped.items():
         out.append(f"Not run: {name} ({why}).")
     return "\n".join(out) + "\n"
@@ -157,6 +168,10 @@ def plot(s: Summary, families: dict[str, str], path) -> None:
                         color=colours(i % 10), label=c.name)
             ax.fill_between(xs, [y - e for y, (_, e) in zip(ys, c.reward, strict=True)],
                             [y + e for y, (_, e) in zip(ys, c.reward, strict=True)], color=colours(i % 10), alpha=0.12)
+        far = [f"{c.name} (KL {m:.1f})" for c in s.curves for m, _ in getattr(c, key)[-1:] if m > 2 * s.bon_kl[-1]]
+        ax.set_xlim(-0.1, 2 * s.bon_kl[-1])  # an unstable run's KL must not squeeze every other curve
+        if far:
+            ax.text(0.02, 0.98, "off the axis: " + ", ".join(far), transform=ax.transAxes, fontsize=7, va="top")
         ax.set_xlabel(label + ", nats")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out reward (mean ± s.e. over seeds)")
