@@ -1,8 +1,9 @@
 """A small offline "summarise this review" world for the textual-entailment reward (RLEF, ALGORITHM.md 5).
 
 A source is a multi-clause review ("the plot was very dull but the acting seemed great and the music was
-boring ."); the prompt is "review : <source> summary :" and a summary is one or two short clauses
-("the acting was great ."). Each summary clause is a (subject, adjective) claim about the source:
+boring ."); the prompt is "review : <source> summary :" and a summary is its lead clause ("the plot was very
+dull .", the lead baseline of news summarisation) or something that goes wrong with it. Each clause of a
+summary is a (subject, adjective) claim about the source:
 
     entailed       the source says that adjective of that subject
     contradiction  the source gives that subject an adjective of the opposite polarity
@@ -12,9 +13,16 @@ A summary is `entailment` iff every clause is entailed, `contradiction` iff some
 `neutral` (and `malformed` when it is not a summary of this grammar at all). These labels train the NLI
 classifier and give the literal faithfulness every evaluation reports beside the learned reward.
 
-The SFT data the policy imitates mixes faithful extracts, contradictions, hallucinated subjects and, now and
-then, a verbatim copy of the whole source: faithful but not a summary. An entailment reward can be
-maximised by copying, so the trade-off to watch is faithfulness against length and copy rate.
+The SFT data the policy imitates mixes faithful lead clauses, lead clauses with a flipped adjective
+(contradictions), with a subject the source never mentions (hallucinations) and, now and then, a verbatim
+copy of the whole source: faithful but not a summary. An entailment reward can be maximised by copying, so
+the trade-off to watch is faithfulness against length and copy rate.
+
+Why lead clauses: a tiny classifier trained from scratch in a minute learns to compare a hypothesis with the
+premise position by position, but did not learn (in 4000 steps) to find the clause of a 3-clause premise that
+a summary clause is about. So the generated summaries are lead clauses, whose words line up with the
+premise's start; the literal labels stay semantic, and a summary the classifier was never shown (another
+clause of the source, say) is judged by them correctly even where the classifier is not.
 """
 
 from __future__ import annotations
@@ -46,12 +54,11 @@ def source(rng: random.Random) -> tuple[str, tuple[Claim, ...]]:
     """A review of 2-3 clauses about distinct subjects, and the claims it makes."""
     subjects = rng.sample(grammar.SUBJECTS, rng.choice(CLAUSES))
     claims = tuple(Claim(s, rng.choice(ADJECTIVES)) for s in subjects)
-    parts = []
-    for i, c in enumerate(claims):
-        if i:
-            parts.append(rng.choice(grammar.CONJUNCTIONS))
+    parts = [f"{claims[0].subject} was {claims[0].adjective}"]  # the lead clause in plain words (see above)
+    for c in claims[1:]:
         adverb = [rng.choice(grammar.ADVERBS)] if rng.random() < 0.3 else []
-        parts.append(" ".join([c.subject, rng.choice(grammar.LINKS), *adverb, c.adjective]))
+        clause = " ".join([c.subject, rng.choice(grammar.LINKS), *adverb, c.adjective])
+        parts += [rng.choice(grammar.CONJUNCTIONS), clause]
     return " ".join(parts) + f" {grammar.END}", claims
 
 
@@ -59,28 +66,33 @@ def prompt(src: str) -> str:
     return f"{PREFIX} {src} {MARKER}"
 
 
-def render(claims: Sequence[Claim]) -> str:
-    return " and ".join(f"{c.subject} was {c.adjective}" for c in claims) + f" {grammar.END}"
-
-
 def _opposite(rng: random.Random, adjective: str) -> str:
     return rng.choice(grammar.NEGATIVE if POLARITY[adjective] > 0 else grammar.POSITIVE)
 
 
+def lead(src: str) -> str:
+    """The source's first clause, verbatim, as a sentence."""
+    words = src.split()[:-1]
+    cut = next((i for i, w in enumerate(words) if w in grammar.CONJUNCTIONS), len(words))
+    return " ".join(words[:cut]) + f" {grammar.END}"
+
+
 def summary(rng: random.Random, src: str, claims: Sequence[Claim], kind: str) -> str:
-    """An SFT summary of the given kind: faithful | contradiction | hallucination | copy."""
+    """An SFT summary of the given kind: faithful | contradiction | hallucination | swap | copy."""
     if kind == "copy":
         return src
-    chosen = rng.sample(list(claims), min(len(claims), rng.choice((1, 1, 2))))
+    words, first = lead(src).split(), claims[0]
     if kind == "contradiction":
-        i = rng.randrange(len(chosen))
-        chosen[i] = Claim(chosen[i].subject, _opposite(rng, chosen[i].adjective))
+        words[-2] = _opposite(rng, first.adjective)
+    elif kind == "swap":  # another adjective of the same polarity: not said, not contradicted (neutral)
+        words[-2] = rng.choice([a for a in ADJECTIVES if POLARITY[a] == POLARITY[first.adjective]
+                                and a != first.adjective])
     elif kind == "hallucination":
         absent = [s for s in grammar.SUBJECTS if s not in {c.subject for c in claims}]
-        chosen[rng.randrange(len(chosen))] = Claim(rng.choice(absent), rng.choice(ADJECTIVES))
+        words[:2] = rng.choice(absent).split()
     elif kind != "faithful":
         raise ValueError(f"unknown summary kind {kind!r}")
-    return render(chosen)
+    return " ".join(words)
 
 
 def sft_example(rng: random.Random) -> tuple[str, str]:
@@ -139,12 +151,7 @@ def nli_example(rng: random.Random) -> tuple[str, str, int]:
     """(premise, hypothesis, label index into LABELS): SFT-like summaries plus same-polarity swaps (neutral)."""
     src, claims = source(rng)
     kind = rng.choice(("faithful", "faithful", "contradiction", "hallucination", "copy", "swap"))
-    if kind == "swap":  # same subject, another adjective of the same polarity: not said, not contradicted
-        c = rng.choice(claims)
-        same = [a for a in ADJECTIVES if POLARITY[a] == POLARITY[c.adjective] and a != c.adjective]
-        hyp = render([Claim(c.subject, rng.choice(same))])
-    else:
-        hyp = summary(rng, src, claims, kind)
+    hyp = summary(rng, src, claims, kind)
     return src, hyp, LABELS.index(label(claims, hyp))
 
 

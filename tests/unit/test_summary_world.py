@@ -19,12 +19,18 @@ def test_sources_parse_back_to_their_claims_and_are_review_sentences():
 
 
 @pytest.mark.parametrize(("kind", "expected"), [("faithful", "entailment"), ("copy", "entailment"),
-                                                ("contradiction", "contradiction"), ("hallucination", "neutral")])
+                                                ("contradiction", "contradiction"), ("hallucination", "neutral"),
+                                                ("swap", "neutral")])
 def test_each_summary_kind_gets_its_label(kind, expected):
     rng = random.Random(kind)
     for _ in range(200):
         src, claims = world.source(rng)
         assert world.label(claims, world.summary(rng, src, claims, kind)) == expected
+
+
+def test_lead_clause():
+    assert world.lead("the plot seemed very dull but the acting was great .") == "the plot seemed very dull ."
+    assert world.lead("the plot was dull .") == "the plot was dull ."
 
 
 def test_labels_by_hand():
