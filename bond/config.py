@@ -100,6 +100,8 @@ class BondConfig:
                 "for Best-of-n with n > 2 use algorithm=bond")
         require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
         require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
+        require(self.gamma == 0.0 or self.algorithm is Algorithm.JBOND, "gamma",
+                f"the KL(pi || anchor) regulariser is J-BOND's; {self.algorithm.value} has none, got {self.gamma}")
         require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
         require(self.k_quantile >= 1, "k_quantile", f"must be >= 1, got {self.k_quantile}")
         require(self.algorithm is not Algorithm.BOND or self.k_quantile >= self.n, "k_quantile",

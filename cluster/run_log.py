@@ -79,7 +79,8 @@ class RunLog:
         for role, sync in rec.syncs.items():
             m.record_sync(role.value, sync.seconds, sync.num_bytes)
         m.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
-        if math.isfinite(s.sample_anchor_version):  # nan: no anchor samples in this algorithm
+        # nan: this algorithm draws no anchor samples; a periodically copied anchor changes version only on copies
+        if math.isfinite(s.sample_anchor_version) and not self.job.algorithm.anchor_copy_every:
             m.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
 
     def end_progress(self) -> None:

@@ -31,6 +31,7 @@ def test_yaml_and_overrides(tmp_path):
     ("algorithm.iterated=true", "algorithm.iterated"),
     ("algorithm.algorithm=reinforce,algorithm.rloo_k=1", "algorithm.rloo_k"),
     ("algorithm.anchor_copy_every=-1", "algorithm.anchor_copy_every"),
+    ("algorithm.algorithm=reinforce,algorithm.gamma=1", "algorithm.gamma"),
     ("resources.reference_actors=0", "resources.reference_actors"),
     ("algorithm.n=3", "algorithm.n"),
     ("sampling.temperature=0.7", "sampling.temperature"),
