@@ -47,3 +47,14 @@ def test_batch_checks_roles_and_prompts():
         Batch(policy=((),), target=((),))
 
 
+
+
+def test_request_seeds_are_distinct_across_roles_actors_and_steps():
+    """Every (step, role, prompt id, sample index) of a run gets its own seed: roles get their own stream
+    (role_settings), a role's actors split the prompt ids, and each step's base seed differs."""
+    from actors.sampling import SamplingSettings
+    from cluster.system import role_settings
+
+    seeds = [role_settings(SamplingSettings(seed=step), role)  # the loop: run.seed * 1_000_003 + step.sample_seed(prompt_id, j)
+             for step in range(3) for role in Role for prompt_id in range(16) for j in range(4)]
+    assert len(set(seeds)) == len(seeds) == 3 * 3 * 16 * 4
