@@ -55,6 +55,7 @@ def test_request_seeds_are_distinct_across_roles_actors_and_steps():
     from actors.sampling import SamplingSettings
     from cluster.system import role_settings
 
-    seeds = [role_settings(SamplingSettings(seed=step), role)  # the loop: run.seed * 1_000_003 + step.sample_seed(prompt_id, j)
+    # the loop's base seed is run.seed * 1_000_003 + step: step itself for run.seed 0
+    seeds = [role_settings(SamplingSettings(seed=step), role).sample_seed(prompt_id, j)
              for step in range(3) for role in Role for prompt_id in range(16) for j in range(4)]
     assert len(set(seeds)) == len(seeds) == 3 * 3 * 16 * 4
