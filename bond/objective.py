@@ -115,7 +115,7 @@ def jbond_loss(
 
 def bond_jeffreys_loss(
     logp_policy: torch.Tensor,  # [B] log pi(y), y ~ pi, with grad
-    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg]
+    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg] (iterated BOND: log pi_anchor(y), the anchor is the reference)
     logp_best_of_n: torch.Tensor,  # [B] log pi(y_BoN), y_BoN the best of n samples of pi_ref, with grad
     policy_reward: torch.Tensor,  # [B] r(x, y)
     ref_rewards: torch.Tensor,  # [B, k] rewards of k samples of pi_ref, for the Monte-Carlo quantiles
