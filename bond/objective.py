@@ -1,4 +1,4 @@
-"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE with a KL penalty, GKD, ReST.
+"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE (RLOO) with a KL penalty, GKD, ReST.
 
 Every loss takes per-sequence log-probabilities log pi(y) = sum over completion tokens (see
 `sequence_logprobs`), rewards, and returns (scalar surrogate loss, statistics). Terms marked [sg] carry
@@ -115,7 +115,7 @@ def jbond_loss(
 
 def bond_jeffreys_loss(
     logp_policy: torch.Tensor,  # [B] log pi(y), y ~ pi, with grad
-    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg]
+    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg] (iterated BOND: log pi_anchor(y), the anchor is the reference)
     logp_best_of_n: torch.Tensor,  # [B] log pi(y_BoN), y_BoN the best of n samples of pi_ref, with grad
     policy_reward: torch.Tensor,  # [B] r(x, y)
     ref_rewards: torch.Tensor,  # [B, k] rewards of k samples of pi_ref, for the Monte-Carlo quantiles
@@ -144,17 +144,26 @@ def bond_jeffreys_loss(
     return loss, terms
 
 
-def reinforce_kl_loss(
-    logp_policy: torch.Tensor,  # [B] with grad
-    logp_ref: torch.Tensor,  # [B] [sg]
-    policy_reward: torch.Tensor,  # [B]
+def rloo_kl_loss(
+    logp_policy: torch.Tensor,  # [B, k] log pi(y_ij), k samples of pi per prompt, with grad
+    logp_ref: torch.Tensor,  # [B, k] log pi_ref(y_ij) [sg]
+    policy_reward: torch.Tensor,  # [B, k] r(x_i, y_ij)
     beta_rl: float,
-    all_reduce_sum: AllReduceSum = _local,
 ) -> tuple[torch.Tensor, LossTerms]:
-    """REINFORCE with a KL penalty: R = r(y) - beta_rl (log pi(y) - log pi_ref(y)), leave-one-out baseline."""
+    """REINFORCE with a KL penalty and the RLOO baseline (ALGORITHM.md section 4; Kool et al. 2019):
+    R_ij = r_ij - beta_rl (log pi(y_ij) - log pi_ref(y_ij)) [sg], baselined by the mean R of the prompt's
+    other k-1 samples, loss = -mean_ij (R_ij - B_ij) log pi(y_ij). The baseline never looks at another prompt,
+    so it needs no all-reduce: a prompt's k samples always sit on one rank."""
+    if logp_policy.dim() != 2 or logp_policy.shape[1] < 2:
+        raise ValueError(f"rloo_kl_loss: needs [B, k >= 2] samples, got {tuple(logp_policy.shape)}")
+    if logp_ref.shape != logp_policy.shape or policy_reward.shape != logp_policy.shape:
+        raise ValueError(f"rloo_kl_loss: shapes differ: {tuple(logp_policy.shape)}, {tuple(logp_ref.shape)}, "
+                         f"{tuple(policy_reward.shape)}")
+    k = logp_policy.shape[1]
     log_ratio = (logp_policy - logp_ref).detach()
     ret = policy_reward - beta_rl * log_ratio
-    loss = -((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    baseline = (ret.sum(-1, keepdim=True) - ret) / (k - 1)
+    loss = -((ret - baseline) * logp_policy).mean()
     terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
                       kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
     return loss, terms

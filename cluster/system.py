@@ -1,4 +1,4 @@
-"""Placing and wiring the boxes on Ray: actors (policy, anchor), the reward service, the learner ranks.
+"""Placing and wiring the boxes on Ray: actors (policy, anchor, reference), the reward service, the learner ranks.
 
 The same code runs on one laptop and on a cluster: placement groups reserve each role's bundles, and
 every component is the plain class from actors/, learner/ or reward_service/ run as a Ray actor (or a
@@ -26,6 +26,7 @@ from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats, WeightUpdate
+from bond.sampling_plan import SamplingPlan
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
 from cluster.loop import Samples
@@ -159,17 +160,23 @@ class PendingSamples:
     shares: tuple[Share, ...]
 
 
+ROLE_STREAM = {Role.POLICY: 0, Role.ANCHOR: 1, Role.REFERENCE: 2}  # each role's own random streams
+
+
 def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
-    """Policy and anchor must not share random streams (their weights are equal at step 0)."""
+    """Roles must not share random streams (policy, anchor and reference weights are equal at step 0); within a
+    role, SamplingSettings.sample_seed keys each request by prompt id, so its actors never share one either."""
     if settings.seed is None:
         return settings
-    return dataclasses.replace(settings, seed=2 * settings.seed + (role is Role.ANCHOR))
+    return dataclasses.replace(settings, seed=len(ROLE_STREAM) * settings.seed + ROLE_STREAM[role])
 
 
 class System:
     """Handles to every component of a running job."""
 
-    def __init__(self, job: JobConfig, metrics=None):
+    def __init__(self, job: JobConfig, metrics=None, roles: Sequence[Role] | None = None):
+        """roles: whose sampling workers to start (default job.actor_roles, what the algorithm samples); add
+        Role.REFERENCE to evaluate Best-of-N of the reference (cluster/best_of_n.py) in a job that trains without."""
         self.job = job
         res = job.resources
         self._groups = []
@@ -178,7 +185,8 @@ class System:
         gpus = job.actor_gpus  # a tensor-parallel engine's shards: all on the actor's node, one GPU each
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
-        for role, count in ((Role.POLICY, res.policy_actors), (Role.ANCHOR, res.anchor_actors)):
+        for role in dict.fromkeys(roles or job.actor_roles):
+            count = res.actors(role)
             pg = self._placement([{"CPU": res.cpus_per_actor, "GPU": gpus}] * count)
             self.actors[role] = [
                 ray.remote(sampler_cls).options(
@@ -187,7 +195,7 @@ class System:
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
                     max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
-                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
+                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + 250 * ROLE_STREAM[role],
                          **engine_kwargs)
                 for i in range(count)
             ]
@@ -213,7 +221,8 @@ class System:
         self.weight_sync = choose_method(job.run.weight_sync, ray.get(self.learner[0].model_bytes.remote()), on_gpu)
         if self.weight_sync is WeightSyncMethod.COLLECTIVE:
             for role in self.actors:
-                self._open_group(role)
+                if role is not Role.REFERENCE:  # frozen: never pushed to
+                    self._open_group(role)
 
     def _placement(self, bundles: list[dict[str, float]]):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
@@ -224,14 +233,16 @@ class System:
 
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int,
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
                        settings: SamplingSettings) -> PendingSamples:
-        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight)."""
-        return PendingSamples(self._fan_out(Role.POLICY, prompts, 1, settings)
-                              + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
+        """Ask each sampled role's actors for the plan's samples per prompt (in flight)."""
+        return PendingSamples(tuple(share for role, n in plan.draws
+                                    for share in self._fan_out(role, prompts, n, settings)))
 
     def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int,
                  settings: SamplingSettings) -> tuple[Share, ...]:
+        if role not in self.actors:
+            raise ValueError(f"no {role} actors in this system (started: {sorted(r.value for r in self.actors)})")
         count, settings = len(self.actors[role]), role_settings(settings, role)
         shares = [tuple(prompts[i::count]) for i in range(count)]
         return tuple(self._send(role, i, share, n, settings) for i, share in enumerate(shares) if share)
@@ -243,10 +254,10 @@ class System:
         return Share(role, i, prompts, n, settings, self._held[role][i], self._restarts[role][i], ref)
 
     def finish_sampling(self, pending: PendingSamples) -> Samples:
-        parts: dict[Role, list[Completion]] = {Role.POLICY: [], Role.ANCHOR: []}
+        parts: dict[Role, list[Completion]] = {}
         for share in pending.shares:
-            parts[share.role] += self._collect(share)
-        return Samples(policy=parts[Role.POLICY], anchor=parts[Role.ANCHOR])
+            parts.setdefault(share.role, []).extend(self._collect(share))
+        return Samples(by_role=parts)
 
     def _collect(self, share: Share) -> list[Completion]:
         """The share's samples; if its actor died (its ref fails) or restarted unseen (it answers with an older
@@ -275,6 +286,7 @@ class System:
         _wait_until_alive(self.actors[role][i], f"{role} actor {i}", cause)
         if self._metrics:
             self._metrics.record_actor_restart(role.value)
+        push = push and role is not Role.REFERENCE  # a restarted reference actor holds pi_ref already
         version = self._sync_actors(role, [i]).version if push else None
         synced = f"synced to weights version {version}, " if push else ""
         print(f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
@@ -469,7 +481,7 @@ def init_ray(job: JobConfig) -> Path | None:
     for key, value in {**SERVE_PROXY_ENV, **({} if job.run.verbose else QUIET_ENV)}.items():
         os.environ.setdefault(key, value)
     res = job.resources
-    needed = ((res.policy_actors + res.anchor_actors) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
+    needed = (sum(map(res.actors, job.actor_roles)) * res.cpus_per_actor + res.learner_ranks * res.cpus_per_learner
               + job.reward.replicas * job.reward.cpus_per_replica + 1)
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
     # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
