@@ -66,9 +66,6 @@ class InProcessSystem:
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
 
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        return self.learner.logprobs(completions, role).tolist()
-
     def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
         return self.learner.kl_to_reference(completions)
 

@@ -51,9 +51,6 @@ class System(Protocol):
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
 
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        """log pi_role(y | x) of each completion, from the learner (evaluation's KL)."""
-
     def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
         """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
 

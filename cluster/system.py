@@ -118,11 +118,8 @@ class LearnerRank:
     def version(self, role: Role) -> int:
         return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
 
-    def logprobs(self, completions: list[Completion], role: Role) -> list[float]:
-        """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
-        return self.learner.logprobs(completions, role).tolist()
-
     def kl_to_reference(self, completions: list[Completion]) -> KlEstimates:
+        """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
         return self.learner.kl_to_reference(completions)
 
     def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
@@ -310,11 +307,6 @@ class System:
         shares = self._fan_out(role, tuple(enumerate(prompts)), n, settings)
         parts = [c for share in shares for c in self._collect(share)]
         return sorted(parts, key=lambda c: c.prompt_id)  # stable: a prompt's n samples stay in order
-
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        """log pi_role(y | x) of each completion (summed over its tokens), from the learner."""
-        ref = ray.put(list(completions))
-        return self._on_learner([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
 
     def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
         """KL(pi || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
