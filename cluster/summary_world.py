@@ -19,7 +19,7 @@ copy of the whole source: faithful but not a summary. An entailment reward can b
 the trade-off to watch is faithfulness against length and copy rate.
 
 Why lead clauses: a tiny classifier trained from scratch in a minute learns to compare a hypothesis with the
-premise position by position, but did not learn (in 4000 steps) to find the clause of a 3-clause premise that
+premise position by position, but did not learn (in the 1000 steps tried) to find the clause of a premise that
 a summary clause is about. So the generated summaries are lead clauses, whose words line up with the
 premise's start; the literal labels stay semantic, and a summary the classifier was never shown (another
 clause of the source, say) is judged by them correctly even where the classifier is not.
