@@ -17,7 +17,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
+.PHONY: compare pareto summary summary-world install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
 
 install: $(STAMP)
 
@@ -105,6 +105,21 @@ topology: install tiny
 # J-BOND vs REINFORCE(beta_RL) reward-vs-KL on the default task: runs/compare/reward_vs_kl.png
 compare: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.compare --config configs/local.yaml
+
+# Every method over 3 seeds, reward vs KL(pi||ref) on held-out prompts, the Best-of-N curve, fronts and verdicts:
+# runs/pareto/{pareto.png,pareto.md} (in-process system, HF sampler: no vLLM engine; tens of minutes on 2 cores)
+PARETO_ARGS ?=
+pareto: install tiny
+	$(BIN)/python -m bench.pareto $(PARETO_ARGS)
+
+# The textual-entailment task: artifacts/summary (policy, NLI classifier, prompts), then J-BOND with the NLI reward
+# over 3 seeds: faithfulness, copy rate and length before/after in runs/summary/summary.md
+summary-world: install
+	$(BIN)/python -m cluster.summary_models artifacts/summary
+
+SUMMARY_ARGS ?=
+summary: install summary-world
+	$(BIN)/python -m bench.nli_summary $(SUMMARY_ARGS)
 
 lint: install
 	$(BIN)/ruff check bond actors learner reward_service cluster tests bench

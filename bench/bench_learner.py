@@ -31,8 +31,8 @@ def _batch(seed: int) -> Batch:
                        logprobs=(-1.0,) * len(tokens), role=role, weights_version=0)
         return ScoredCompletion(c, rng.random(), "bench")
 
-    return Batch(policy=tuple(sample(i, Role.POLICY) for i in range(PROMPTS)),
-                 anchor=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
+    return Batch(policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
+                 target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
 
 
 def _rank(rank: int, world_size: int, stages: tuple[int, ...], port: int, model: Path, results) -> None:

@@ -14,9 +14,9 @@ class ConfigError(ValueError):
 
 
 class Algorithm(enum.StrEnum):
-    JBOND = "jbond"  # J-BOND, Algorithm 2 of the BOND paper: 1 policy + n anchor samples per prompt
-    BOND = "bond"  # BOND with the Jeffreys divergence against Best-of-n of the reference
-    REINFORCE = "reinforce"  # REINFORCE with a KL penalty to the reference (baseline)
+    JBOND = "jbond"  # J-BOND, Algorithm 2 of the BOND paper: 1 policy + 2 anchor samples per prompt
+    BOND = "bond"  # BOND-N, Jeffreys divergence to Best-of-n of the reference (or of the anchor: iterated BOND)
+    REINFORCE = "reinforce"  # RLOO: REINFORCE with a KL penalty to the reference, k policy samples per prompt
 
 
 def require(ok: bool, field: str, message: str) -> None:
@@ -52,15 +52,25 @@ class BondConfig:
     algorithm: Algorithm = Algorithm.JBOND
     """Which objective the learner optimises."""
     n: int = 2
-    """Anchor samples per prompt for J-BOND (2 in the paper); the Best-of-n order for BOND."""
+    """Anchor samples per prompt for J-BOND (exactly 2, as in the paper); the Best-of-n order N for BOND."""
     beta: float = 0.5
     """Jeffreys mix: (1 - beta) * forward KL (SFT on the best sample) + beta * backward KL (policy gradient)."""
     gamma: float = 0.0
     """Weight of the KL(pi || pi_anchor) regulariser (paper: one of 0, 0.5, 1, 2)."""
     eta: float = 0.02
     """EMA rate of the anchor: theta_anchor <- (1 - eta) theta_anchor + eta theta after each update."""
+    anchor_copy_every: int = 0
+    """0: the anchor is the EMA above, updated every step. M > 0: the anchor is instead replaced by a copy of the
+    policy every M steps (eta unused): iterated BOND's "distil Bo-n, make it the new reference, repeat"."""
     k_quantile: int = 16
-    """BOND: reference samples per prompt for the Monte-Carlo quantile estimate of p_le."""
+    """BOND: samples of the target model per prompt (>= n) for the Monte-Carlo quantiles p_le, p_lt; the first
+    n of them also give the Best-of-n sample of the forward (SFT) half."""
+    iterated: bool = False
+    """BOND only: distil Best-of-n of the moving anchor (EMA, or periodic copies with anchor_copy_every) instead
+    of the frozen reference, so the policy walks through Bo-n, Bo-n^2, ... (iterated BOND)."""
+    rloo_k: int = 3
+    """REINFORCE: policy samples per prompt, each baselined by the mean return of the prompt's other k-1
+    (RLOO). 3 matches J-BOND's budget of 1 policy + 2 anchor samples."""
     beta_rl: float = 0.01
     """REINFORCE baseline: KL-penalty coefficient towards the reference."""
     lr: float = 3e-6
@@ -93,8 +103,18 @@ class BondConfig:
                 "for Best-of-n with n > 2 use algorithm=bond")
         require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
         require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
+        require(self.gamma == 0.0 or self.algorithm is Algorithm.JBOND, "gamma",
+                f"the KL(pi || anchor) regulariser is J-BOND's; {self.algorithm.value} has none, got {self.gamma}")
         require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
         require(self.k_quantile >= 1, "k_quantile", f"must be >= 1, got {self.k_quantile}")
+        require(self.algorithm is not Algorithm.BOND or self.k_quantile >= self.n, "k_quantile",
+                f"BOND picks its Best-of-n sample among the k_quantile target samples: needs k_quantile >= n "
+                f"= {self.n}, got {self.k_quantile}")
+        require(not self.iterated or self.algorithm is Algorithm.BOND, "iterated",
+                f"iterated BOND is a variant of algorithm=bond, got algorithm={self.algorithm.value}")
+        require(self.anchor_copy_every >= 0, "anchor_copy_every", f"must be >= 0, got {self.anchor_copy_every}")
+        require(self.rloo_k >= 2, "rloo_k",
+                f"the leave-one-out baseline needs at least 2 samples per prompt, got {self.rloo_k}")
         require(self.beta_rl >= 0.0, "beta_rl", f"must be >= 0, got {self.beta_rl}")
         require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")

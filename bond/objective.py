@@ -1,4 +1,4 @@
-"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE with a KL penalty, GKD, ReST.
+"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE (RLOO) with a KL penalty, GKD, ReST.
 
 Every loss takes per-sequence log-probabilities log pi(y) = sum over completion tokens (see
 `sequence_logprobs`), rewards, and returns (scalar surrogate loss, statistics). Terms marked [sg] carry
@@ -123,15 +123,20 @@ def jbond_loss(
 
 def bond_jeffreys_loss(
     logp_policy: torch.Tensor,  # [B] log pi(y), y ~ pi, with grad
-    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg]
+    logp_ref: torch.Tensor,  # [B] log pi_ref(y) [sg] (iterated BOND: log pi_anchor(y), the anchor is the reference)
     logp_best_of_n: torch.Tensor,  # [B] log pi(y_BoN), y_BoN the best of n samples of pi_ref, with grad
     policy_reward: torch.Tensor,  # [B] r(x, y)
     ref_rewards: torch.Tensor,  # [B, k] rewards of k samples of pi_ref, for the Monte-Carlo quantiles
     n: int,
     beta: float,
     all_reduce_sum: AllReduceSum = _local,
+    policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
+    target_weight: torch.Tensor | None = None,  # [B] importance weight of the k target samples [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
     """BOND with the Jeffreys divergence J_beta = (1-beta) KL(pi_BoN||pi) + beta KL(pi||pi_BoN) (ALGORITHM.md 2).
+
+    Stale samples (pipelined mode) as in jbond_loss: the SFT half is weighted by the target group's weight (only
+    a moving target, iterated BOND's anchor, can be stale), the backward half by the product of both.
 
     Backward half: policy gradient with R = r_BOND(y) - 1/(n-1) (log pi(y) - log pi_ref(y)), scaled by
     (n-1), because KL(pi||pi_BoN) = (n-1) E_pi[-r_BOND + (log pi - log pi_ref)/(n-1)] up to a constant.
@@ -142,8 +147,10 @@ def bond_jeffreys_loss(
     r_bond = bond_reward(p_le.clamp_min(0.5 / k), p_lt, n)
     log_ratio = (logp_policy - logp_ref).detach()
     ret = r_bond - log_ratio / (n - 1)
-    loss_fw = -logp_best_of_n.mean()
-    loss_bw = -(n - 1) * ((ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    w_y = 1.0 if policy_weight is None else policy_weight.detach()
+    w_t = 1.0 if target_weight is None else target_weight.detach()
+    loss_fw = -(w_t * logp_best_of_n).mean()
+    loss_bw = -(n - 1) * (w_y * w_t * (ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
     loss = (1.0 - beta) * loss_fw + beta * loss_bw
     terms = LossTerms(
         loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=0.0,
@@ -152,19 +159,28 @@ def bond_jeffreys_loss(
     return loss, terms
 
 
-def reinforce_kl_loss(
-    logp_policy: torch.Tensor,  # [B] with grad
-    logp_ref: torch.Tensor,  # [B] [sg]
-    policy_reward: torch.Tensor,  # [B]
+def rloo_kl_loss(
+    logp_policy: torch.Tensor,  # [B, k] log pi(y_ij), k samples of pi per prompt, with grad
+    logp_ref: torch.Tensor,  # [B, k] log pi_ref(y_ij) [sg]
+    policy_reward: torch.Tensor,  # [B, k] r(x_i, y_ij)
     beta_rl: float,
-    all_reduce_sum: AllReduceSum = _local,
-    policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
+    policy_weight: torch.Tensor | None = None,  # [B, k] importance weight of y_ij (bond.off_policy) [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
-    """REINFORCE with a KL penalty: R = r(y) - beta_rl (log pi(y) - log pi_ref(y)), leave-one-out baseline."""
+    """REINFORCE with a KL penalty and the RLOO baseline (ALGORITHM.md section 4; Kool et al. 2019):
+    R_ij = r_ij - beta_rl (log pi(y_ij) - log pi_ref(y_ij)) [sg], baselined by the mean R of the prompt's
+    other k-1 samples, loss = -mean_ij (R_ij - B_ij) log pi(y_ij). The baseline never looks at another prompt,
+    so it needs no all-reduce: a prompt's k samples always sit on one rank."""
+    if logp_policy.dim() != 2 or logp_policy.shape[1] < 2:
+        raise ValueError(f"rloo_kl_loss: needs [B, k >= 2] samples, got {tuple(logp_policy.shape)}")
+    if logp_ref.shape != logp_policy.shape or policy_reward.shape != logp_policy.shape:
+        raise ValueError(f"rloo_kl_loss: shapes differ: {tuple(logp_policy.shape)}, {tuple(logp_ref.shape)}, "
+                         f"{tuple(policy_reward.shape)}")
+    k = logp_policy.shape[1]
     log_ratio = (logp_policy - logp_ref).detach()
     ret = policy_reward - beta_rl * log_ratio
+    baseline = (ret.sum(-1, keepdim=True) - ret) / (k - 1)
     w_y = 1.0 if policy_weight is None else policy_weight.detach()
-    loss = -(w_y * (ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
+    loss = -(w_y * (ret - baseline) * logp_policy).mean()
     terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
                       kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
     return loss, terms

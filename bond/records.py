@@ -145,36 +145,60 @@ class ScoredCompletion:
 
 @dataclass(frozen=True)
 class Batch:
-    """What the learner consumes for one J-BOND step: B prompts, one policy sample and N anchor samples each."""
+    """What the learner consumes for one step: B prompts, k policy samples and N target samples each.
 
-    policy: tuple[ScoredCompletion, ...]  # [B] y ~ pi
-    anchor: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ pi_anchor (N = 2 for J-BOND)
+    The target is the model whose Best-of-n the loss distils: pi_anchor (J-BOND, iterated BOND) or pi_ref
+    (BOND); REINFORCE has none (N = 0). bond.sampling_plan gives k, N and the target's role per algorithm.
+    """
+
+    policy: tuple[tuple[ScoredCompletion, ...], ...]  # [B][k] y ~ pi (k = 1; REINFORCE: rloo_k)
+    target: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ the target (N = 2 for J-BOND, 0 for REINFORCE)
 
     def __post_init__(self) -> None:
-        if len(self.policy) != len(self.anchor):
-            raise ValueError(f"Batch: {len(self.policy)} policy samples but {len(self.anchor)} anchor groups")
+        if len(self.policy) != len(self.target):
+            raise ValueError(f"Batch: {len(self.policy)} policy groups but {len(self.target)} target groups")
         if not self.policy:
             raise ValueError("Batch: empty")
-        sizes = {len(group) for group in self.anchor}
-        if len(sizes) != 1 or 0 in sizes:
-            raise ValueError(f"Batch: every prompt needs the same nonzero number of anchor samples, got {sizes}")
-        for i, (y, group) in enumerate(zip(self.policy, self.anchor, strict=True)):
-            if y.completion.role is not Role.POLICY:
-                raise ValueError(f"Batch: policy[{i}] has role {y.completion.role}")
-            for a in group:
-                if a.completion.role is not Role.ANCHOR:
-                    raise ValueError(f"Batch: anchor[{i}] has a sample of role {a.completion.role}")
-                if a.completion.prompt_id != y.completion.prompt_id:
-                    raise ValueError(f"Batch: anchor[{i}] is for prompt {a.completion.prompt_id}, "
-                                     f"policy[{i}] for prompt {y.completion.prompt_id}")
+        for name, groups in (("policy", self.policy), ("target", self.target)):
+            sizes = {len(group) for group in groups}
+            if len(sizes) != 1 or (name == "policy" and 0 in sizes):
+                raise ValueError(f"Batch: every prompt needs the same {'nonzero ' * (name == 'policy')}number "
+                                 f"of {name} samples, got {sorted(sizes)}")
+        target_roles = {t.completion.role for group in self.target for t in group}
+        if Role.POLICY in target_roles or len(target_roles) > 1:
+            raise ValueError(f"Batch: target samples must all come from one non-policy role, got "
+                             f"{sorted(r.value for r in target_roles)}")
+        for i, (ys, group) in enumerate(zip(self.policy, self.target, strict=True)):
+            prompt_id = ys[0].completion.prompt_id
+            for y in ys:
+                if y.completion.role is not Role.POLICY:
+                    raise ValueError(f"Batch: policy[{i}] has a sample of role {y.completion.role}")
+            for s in (*ys, *group):
+                if s.completion.prompt_id != prompt_id:
+                    raise ValueError(f"Batch: prompt {i} mixes samples of prompt ids {prompt_id} and "
+                                     f"{s.completion.prompt_id}")
 
     @property
     def size(self) -> int:
         return len(self.policy)
 
+    @property
+    def target_role(self) -> Role | None:
+        return self.target[0][0].completion.role if self.target[0] else None
+
+    @property
+    def policy_samples(self) -> list[ScoredCompletion]:
+        """[B * k] every policy sample, a prompt's k consecutive."""
+        return [s for group in self.policy for s in group]
+
+    @property
+    def target_samples(self) -> list[ScoredCompletion]:
+        """[B * N] every target sample, a prompt's N consecutive."""
+        return [s for group in self.target for s in group]
+
     def slice(self, start: int, stop: int) -> Batch:
         """Prompts [start, stop): a data-parallel rank's or a micro-batch's share."""
-        return Batch(policy=self.policy[start:stop], anchor=self.anchor[start:stop])
+        return Batch(policy=self.policy[start:stop], target=self.target[start:stop])
 
 
 @dataclass(frozen=True)
@@ -182,12 +206,12 @@ class StepStats:
     """What one learner step reports (all per-sequence quantities are means over the batch, in nats)."""
 
     step: int  # optimizer steps taken so far, this one included
-    loss: float  # (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg
-    loss_fw: float  # -log pi(y'_best), forward-KL (SFT) half
+    loss: float  # (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (REINFORCE: loss_bw)
+    loss_fw: float  # -log pi(y'_best), forward-KL (SFT) half (0 for REINFORCE)
     loss_bw: float  # policy-gradient surrogate of the backward-KL half
     loss_reg: float  # score-function surrogate of KL(pi || pi_anchor)
     reward_policy: float  # mean r(x, y) of the policy samples
-    reward_anchor: float  # mean r(x, y') of the anchor samples
+    reward_anchor: float  # mean r(x, y') of the target samples (anchor; reference for BOND); nan for REINFORCE
     kl_ref: float  # mean of log pi(y) - log pi_ref(y) on policy samples
     kl_anchor: float  # mean of log pi(y) - log pi_anchor(y) on policy samples
     frac_penalised: float  # fraction of policy samples with r_J = -log 16
@@ -196,7 +220,7 @@ class StepStats:
     policy_version: int  # weights version after this step
     anchor_version: int
     sample_policy_version: float  # mean weights_version of the policy samples used
-    sample_anchor_version: float  # mean weights_version of the anchor samples used
+    sample_anchor_version: float  # mean weights_version of the anchor samples used (nan if none were drawn)
     tokens: int  # completion tokens the learner processed this step
     seconds: float  # wall-clock time of the step
     importance_weight_policy: float = 1.0  # mean truncated pi_now/pi_sampler of the policy samples (1: all fresh)

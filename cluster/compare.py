@@ -73,7 +73,7 @@ def main() -> None:
     variants = {"J-BOND": base.algorithm}
     for beta in args.beta_rl:
         variants[f"REINFORCE beta_RL={beta:g}"] = dataclasses.replace(
-            base.algorithm, algorithm=Algorithm.REINFORCE, beta_rl=beta)
+            base.algorithm, algorithm=Algorithm.REINFORCE, beta_rl=beta, gamma=0.0)
     runs = {}
     for name, algorithm in variants.items():
         print(f"{name}:", flush=True)

@@ -29,7 +29,7 @@ SCHEMA = pa.schema([
     ("discount", pa.float32()),
     ("train_step", pa.int64()),  # learner step this sample was used in
     ("prompt_id", pa.int64()),
-    ("role", pa.string()),  # policy | anchor
+    ("role", pa.string()),  # policy | anchor | reference
     ("weights_version", pa.int64()),
     ("reward_model_id", pa.string()),
     ("finish_reason", pa.string()),

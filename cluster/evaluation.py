@@ -1,9 +1,13 @@
-"""Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref).
+"""Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref),
+and the Best-of-N curve of the reference that every trained policy is compared with.
 
 KL(pi || ref) is estimated on the sampled completions as the mean over completions of
-sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)], both computed by the learner (a collective under
-ZeRO-3, which the system's `logprobs` verb runs on every rank). At sampling.temperature != 1 the samples
-are not exactly from pi, so the estimate is of the tempered sampler's divergence, as in the training stats.
+sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)] (`kl_ref`: k1, the estimator of every method's
+training stats), and beside it the lower-variance `kl_ref_tokenwise` (the exact per-token KL of both
+models' next-token distributions at the sampled prefixes) and `kl_ref_k3` (bond.divergence says why each
+is unbiased). All come from the learner (a collective under ZeRO-3, which the system's `kl_to_reference`
+verb runs on every rank). At sampling.temperature != 1 the samples are not exactly from pi, so the
+estimate is of the tempered sampler's divergence, as in the training stats.
 
 Evaluation never touches the training prompt cursor or the training random streams: its requests carry
 their own seeds (an offset the training seeds never reach), the learner's forward is deterministic and
@@ -19,6 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
+from bond.divergence import bon_kl, expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.job_config import EvalConfig, JobConfig
 from cluster.prompts import load_prompts
@@ -35,7 +42,11 @@ class EvalResult:
     completions: int
     reward: float  # mean over completions
     reward_std: float
-    kl_ref: float | None  # nats per completion (sampled only)
+    kl_ref: float | None  # nats per completion, k1 = log pi(y) - log ref(y) (sampled only)
+    kl_ref_tokenwise: float | None  # nats per completion, sum_t KL(pi || ref) at the sampled prefixes (sampled only)
+    kl_ref_k3: float | None  # nats per completion, sum_t (r_t - 1) - log r_t (sampled only)
+    kl_ref_sem: float | None  # standard error of kl_ref over completions (sampled only)
+    kl_ref_tokenwise_sem: float | None  # standard error of kl_ref_tokenwise
     tokens: float  # mean completion length in tokens
     seconds: float
     samples: tuple[tuple[str, str, float], ...]  # the first SAMPLE_ROWS (prompt, completion, reward)
@@ -87,18 +98,52 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
         completions = system.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
         scored = system.score(completions)
         rewards = [s.reward for s in scored]
-        kl = None
+        kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
         if not greedy:
-            log_pi = system.logprobs(completions, Role.POLICY)
-            log_ref = system.logprobs(completions, Role.REFERENCE)
-            kl = sum(a - b for a, b in zip(log_pi, log_ref, strict=True)) / len(completions)
+            est = system.kl_to_reference(completions)
+            kl = {"kl_ref": est.sampled.mean().item(), "kl_ref_tokenwise": est.tokenwise.mean().item(),
+                  "kl_ref_k3": est.k3.mean().item(), "kl_ref_sem": _sem(est.sampled.tolist()),
+                  "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist())}
         results.append(EvalResult(
             step=step, mode=mode, prompts=len(prompts), completions=len(completions),
-            reward=statistics.fmean(rewards), reward_std=statistics.pstdev(rewards), kl_ref=kl,
+            reward=statistics.fmean(rewards), reward_std=statistics.pstdev(rewards), **kl,
             tokens=statistics.fmean(len(c.token_ids) for c in completions), seconds=time.perf_counter() - t0,
             samples=tuple((s.completion.prompt_text, s.completion.text.strip(), s.reward)
                           for s in scored[:SAMPLE_ROWS])))
     return results
+
+
+def _sem(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class BonPoint:
+    n: int
+    kl_ref: float  # log n - (n - 1) / n: KL(pi_BoN || ref) for a continuous reward, an upper bound with ties
+    reward: float  # E[max of n rewards], averaged over prompts (unbiased per prompt: bond.divergence)
+    reward_sem: float  # standard error over prompts
+
+
+def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n: int = 64,
+              samples_per_prompt: int = 128, seed: int = 0) -> list[BonPoint]:
+    """The Best-of-N curve on the held-out prompts: reward of BoN sampling vs its KL, for n = 1 .. max_n.
+
+    `role`'s actors must hold the reference weights (e.g. the policy actors before the first update).
+    samples_per_prompt (M >= max_n) draws per prompt; every n uses all of them through the U-statistic
+    E[max of n] estimate, far less noisy than drawing n samples once per prompt.
+    """
+    if samples_per_prompt < max_n:
+        raise ValueError(f"bon_curve: samples_per_prompt ({samples_per_prompt}) must be >= max_n ({max_n})")
+    prompts = list(heldout[: job.eval.num_prompts])
+    settings = dataclasses.replace(job.sampling, seed=_SEED_OFFSET // 2 + seed * 1_000_003)
+    completions = system.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
+    rewards = torch.tensor([s.reward for s in system.score(completions)]).view(len(prompts), samples_per_prompt)
+    points = []
+    for n in range(1, max_n + 1):
+        per_prompt = expected_max_of_n(rewards, n).tolist()
+        points.append(BonPoint(n=n, kl_ref=bon_kl(n), reward=statistics.fmean(per_prompt), reward_sem=_sem(per_prompt)))
+    return points
 
 
 def due(step: int, cfg: EvalConfig, last_step: int) -> bool:

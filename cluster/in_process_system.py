@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan
 from cluster.job_config import JobConfig
 from cluster.loop import Samples
 from cluster.system import reward_prompts, role_settings, sampler_class, sampler_kwargs
@@ -22,25 +24,35 @@ from learner.learner import Learner
 from reward_service.spec import build_reward_model
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class InProcessSystem:
-    def __init__(self, job: JobConfig):
+    def __init__(self, job: JobConfig, roles: Sequence[Role] | None = None):
+        """roles: whose samplers to build (default job.actor_roles); one sampler per role here."""
         if job.resources.learner_ranks != 1:
             raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
         sampler_cls = sampler_class(job.models.sampler_backend)
         self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
-                       for role in (Role.POLICY, Role.ANCHOR)}
+                       for role in dict.fromkeys(roles or job.actor_roles)}
         self.reward = build_reward_model(job.reward)
+        # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
+        # other jobs on the machine) must not all claim the default 29500
         self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings):
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings):
         """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
         "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
-        return lambda: self._sample(prompts, n_anchor, settings)
+        return lambda: self._sample(prompts, plan, settings)
 
-    def _sample(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings) -> Samples:
+    def _sample(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings) -> Samples:
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
-        return Samples(*(self.actors[role][0].generate(texts, n, role_settings(settings, role), prompt_ids=ids)
-                         for role, n in ((Role.POLICY, 1), (Role.ANCHOR, n_anchor))))
+        return Samples(by_role={role: self.actors[role][0].generate(texts, n, role_settings(settings, role),
+                                                                    prompt_ids=ids)
+                                for role, n in plan.draws})
 
     @staticmethod
     def finish_sampling(pending) -> Samples:
@@ -54,8 +66,8 @@ class InProcessSystem:
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
 
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        return self.learner.logprobs(completions, role).tolist()
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        return self.learner.kl_to_reference(completions)
 
     def learn(self, batch: Batch) -> StepStats:
         return self.learner.step(batch)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
-from bond.config import Algorithm, BondConfig, check_types, require
+from bond.config import BondConfig, check_types, require
+from bond.records import Role
+from bond.sampling_plan import sampling_plan
 from cluster.prompts import PromptSource
 from cluster.threads import ThreadPolicy
 from learner.config import Dtype, LearnerConfig
@@ -114,7 +116,9 @@ class ResourcesConfig:
     policy_actors: int = 1
     """Sampling workers (vLLM engines) holding the policy; each prompt batch is split over them."""
     anchor_actors: int = 1
-    """Sampling workers holding the EMA anchor (they draw n samples per prompt)."""
+    """Sampling workers holding the EMA anchor (J-BOND, iterated BOND: they draw the anchor samples)."""
+    reference_actors: int = 1
+    """Sampling workers holding the frozen reference pi_ref, never pushed to (BOND: its k_quantile samples)."""
     learner_ranks: int = 1
     """Data-parallel learner processes (the DeepSpeed world size); prompts_per_step must split evenly over them."""
     cpus_per_actor: float = 1.0
@@ -151,7 +155,7 @@ class ResourcesConfig:
     def __post_init__(self) -> None:
         check_types(self)
         require(self.max_actor_restarts >= 0, "max_actor_restarts", f"must be >= 0, got {self.max_actor_restarts}")
-        for name in ("policy_actors", "anchor_actors", "learner_ranks"):
+        for name in ("policy_actors", "anchor_actors", "reference_actors", "learner_ranks"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("cpus_per_actor", "gpus_per_actor", "cpus_per_learner", "gpus_per_learner"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -181,6 +185,11 @@ def _check_node_labels(name: str, labels: object) -> None:
         require(isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None, name,
                 f"label {key}: {value!r} is not a Ray node-label value (a string of letters, digits, '-', '_', '.', "
                 f"<= 63; quote numbers and booleans in YAML)")
+
+    def actors(self, role: Role) -> int:
+        """How many sampling workers hold `role`'s weights (when the job samples that role at all)."""
+        return {Role.POLICY: self.policy_actors, Role.ANCHOR: self.anchor_actors,
+                Role.REFERENCE: self.reference_actors}[role]
 
 
 @dataclass(frozen=True)
@@ -312,9 +321,6 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        require(self.algorithm.algorithm is not Algorithm.BOND, "algorithm.algorithm",
-                "bond (against Best-of-n of the frozen reference) needs k reference samples per prompt, which "
-                "the job does not draw yet; use jbond or reinforce (the loss is bond.objective.bond_jeffreys_loss)")
         # The learner's log pi(y) is the untempered, unnucleated model; samples drawn at another temperature
         # or top_p come from a different distribution, and every objective here would silently be biased.
         require(self.sampling.temperature == 1.0, "sampling.temperature",
@@ -370,6 +376,11 @@ class JobConfig:
             require(self.prompts.max_prompt_length < engine.max_model_len, "prompts.max_prompt_length",
                     f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "
                     f"{engine.max_model_len}")
+
+    @property
+    def actor_roles(self) -> tuple[Role, ...]:
+        """The roles whose sampling workers the job starts: those its algorithm samples (bond.sampling_plan)."""
+        return sampling_plan(self.algorithm).roles
 
     @property
     def actor_gpus(self) -> float:

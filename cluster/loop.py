@@ -1,4 +1,6 @@
-"""The J-BOND training loop (the paper's Algorithm 2), on whatever `System` placed the components.
+"""The training loop (the paper's Algorithm 2, and the rest of the family), on whatever `System` placed the
+components. What a step samples (which roles, how many per prompt) is the algorithm's SamplingPlan
+(bond/sampling_plan.py); the learner picks the matching loss.
 
 Synchronous mode is exactly on-policy. Pipelined mode only changes *when* sampling runs: the actors
 sample steps t+1 .. t+run.pipeline_depth while the learner trains on step t, so a sample is up to
@@ -12,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan, sampling_plan
 from cluster.failures import ScoringFailedError, first_line
 from cluster.job_config import JobConfig, Mode
 from cluster.prompts import PromptCursor, take
@@ -28,16 +32,21 @@ from reward_service.errors import RewardServiceError, RewardTimeoutError
 
 @dataclass(frozen=True)
 class Samples:
-    policy: list[Completion]  # [B] one per prompt
-    anchor: list[Completion]  # [B * n] n per prompt, consecutive
+    """One step's completions of every role the plan samples."""
+
+    by_role: Mapping[Role, list[Completion]]  # role -> [B * n_role], a prompt's n_role consecutive
+
+    def all(self) -> list[Completion]:
+        return [c for completions in self.by_role.values() for c in completions]
 
 
 class System(Protocol):
     """What the loop drives: cluster.system.System (Ray) and cluster.in_process_system.InProcessSystem.
     Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int, settings: SamplingSettings) -> Any:
-        """Start drawing 1 policy and n_anchor anchor samples per (prompt_id, prompt); returns what is pending."""
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
+                       settings: SamplingSettings) -> Any:
+        """Start drawing the plan's samples of each role per (prompt_id, prompt); returns what is pending."""
 
     def finish_sampling(self, pending: Any) -> Samples:
         """Wait for what start_sampling began (redrawing the share of an actor that died)."""
@@ -45,8 +54,8 @@ class System(Protocol):
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
 
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        """log pi_role(y | x) of each completion, from the learner (evaluation's KL)."""
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
 
@@ -73,21 +82,36 @@ class LoopState:
 @dataclass(frozen=True)
 class StepRecord:
     stats: StepStats
-    samples: tuple[ScoredCompletion, ...]  # policy then anchor samples used in this step
+    samples: tuple[ScoredCompletion, ...]  # policy then target (anchor or reference) samples used in this step
     seconds: dict[str, float]  # sample / score / learn / sync wall-clock
-    syncs: dict[Role, SyncReport]  # each role's weight push: version, buckets, bytes, seconds
+    syncs: dict[Role, SyncReport]  # each pushed role's weight push (version, buckets, bytes, seconds); a role
+    # whose weights did not change in this step (a periodically copied anchor between copies) is not pushed
     state: LoopState  # after this step
 
 
-def make_batch(scored: Sequence[ScoredCompletion], n: int) -> Batch:
-    """Pair each prompt's policy sample with its n anchor samples (prompt_id = position in the step)."""
-    policy = sorted((s for s in scored if s.completion.role is Role.POLICY), key=lambda s: s.completion.prompt_id)
-    anchors: dict[int, list[ScoredCompletion]] = {}
+def make_batch(scored: Sequence[ScoredCompletion], plan: SamplingPlan) -> Batch:
+    """Group each prompt's samples by role (prompt_id = position in the step), checking the plan's counts: a
+    prompt with a missing or extra sample is an error here, never a silently smaller batch."""
+    groups: dict[Role, dict[int, list[ScoredCompletion]]] = {role: {} for role in plan.roles}
     for s in scored:
-        if s.completion.role is Role.ANCHOR:
-            anchors.setdefault(s.completion.prompt_id, []).append(s)
-    return Batch(policy=tuple(policy), anchor=tuple(tuple(anchors.get(p.completion.prompt_id, ()))
-                                                      for p in policy))
+        if s.completion.role not in groups:
+            raise ValueError(f"make_batch: a {s.completion.role} sample, but this plan samples {plan.roles}")
+        groups[s.completion.role].setdefault(s.completion.prompt_id, []).append(s)
+    ids = sorted(groups[Role.POLICY])
+    for role, n in plan.draws:
+        counts = {i: len(groups[role].get(i, ())) for i in ids}
+        wrong = {i: c for i, c in counts.items() if c != n}
+        if wrong or set(groups[role]) - set(ids):
+            raise ValueError(f"make_batch: expected {n} {role} samples per prompt, got {wrong or counts} "
+                             f"(prompt ids without policy samples: {sorted(set(groups[role]) - set(ids))})")
+    target = groups[plan.target_role] if plan.target_role is not None else {}
+    return Batch(policy=tuple(tuple(groups[Role.POLICY][i]) for i in ids),
+                 target=tuple(tuple(target.get(i, ())) for i in ids))
+
+
+def learner_version(stats: StepStats, role: Role) -> int:
+    """The version of `role`'s weights after the step (the reference never changes: 0)."""
+    return {Role.POLICY: stats.policy_version, Role.ANCHOR: stats.anchor_version, Role.REFERENCE: 0}[role]
 
 
 SCORE_ATTEMPTS = 5  # backoff 1 + 2 + 4 + 8 s: Serve notices a dead replica within its 2 s health check
@@ -115,14 +139,15 @@ def score_with_retries(system: System, completions: Sequence[Completion], metric
 
 def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
           on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
-    B, n, pipelined = job.algorithm.prompts_per_step, job.algorithm.n, job.run.mode is Mode.PIPELINED
+    B, pipelined = job.algorithm.prompts_per_step, job.run.mode is Mode.PIPELINED
+    plan = sampling_plan(job.algorithm)  # e.g. J-BOND: 1 policy + 2 anchor samples per prompt
     state = start
-    version = {Role.POLICY: start.step, Role.ANCHOR: start.step}  # one version per optimizer step
+    version: dict[Role, int] = {}  # each pushed role's version after the last step (unknown before the first)
 
     def sample(step: int, cursor: PromptCursor):
         chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
         settings = dataclasses.replace(job.sampling, seed=job.run.seed * 1_000_003 + step)  # resume-deterministic
-        return system.start_sampling(list(enumerate(p for _, p in chosen)), n, settings), after
+        return system.start_sampling(list(enumerate(p for _, p in chosen)), plan, settings), after
 
     # Sampling requests in flight, oldest first: (pending, cursor after its prompts). Pipelined mode keeps steps
     # t+1 .. t+pipeline_depth in flight while the learner trains on step t; sync mode only ever the next one.
@@ -138,26 +163,26 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
     while state.step < job.run.steps:
         step, t0 = state.step, time.perf_counter()
         pending, cursor_after = in_flight.popleft()
-        samples = system.finish_sampling(pending)  # 1 sample of pi, n of pi_anchor per prompt, version-tagged
+        samples = system.finish_sampling(pending)  # each role's samples, version-tagged
         if pipelined:  # the actors sample ahead while we learn on step t
             request_up_to(step + job.run.pipeline_depth)
         if metrics:
             metrics.record_queue_depth(len(in_flight))
-        stale = [c for c in samples.policy + samples.anchor
-                 if version[c.role] - c.weights_version > job.run.max_staleness]
+        stale = [c for c in samples.all()
+                 if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness]
         if stale:  # never train on samples older than max_staleness: redraw them with the current weights
             if metrics:
                 metrics.record_skip("stale", len(stale))
             samples = system.finish_sampling(sample(step, state.cursor)[0])
         t_sampled = time.perf_counter()
 
-        scored = score_with_retries(system, samples.policy + samples.anchor, metrics)
+        scored = score_with_retries(system, samples.all(), metrics)
         t_scored = time.perf_counter()
-        stats = system.learn(make_batch(scored, n))  # J-BOND loss, Adam, EMA anchor
+        stats = system.learn(make_batch(scored, plan))  # the algorithm's loss, Adam, anchor update
         t_learned = time.perf_counter()
-        syncs = {role: system.sync(role) for role in (Role.POLICY, Role.ANCHOR)}  # versioned, confirmed
-        for role, report in syncs.items():
-            version[role] = report.version
+        syncs = {role: system.sync(role) for role in plan.pushed  # versioned, confirmed; the reference never
+                 if learner_version(stats, role) != version.get(role)}  # changes, a copied anchor only sometimes
+        version.update({role: learner_version(stats, role) for role in plan.pushed})
         t_synced = time.perf_counter()
 
         state = LoopState(step=step + 1, cursor=cursor_after)

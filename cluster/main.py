@@ -20,6 +20,7 @@ import yaml
 from actors.sampling import SamplingSettings
 from bond.config import ConfigError
 from bond.records import Prompt, Role
+from bond.sampling_plan import sampling_plan
 from cluster import checkpoints, config_help, config_loading, evaluation, preflight, storage
 from cluster.evaluation import PromptSplit
 from cluster.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
@@ -124,8 +125,8 @@ def run(job: JobConfig) -> dict:
     t_start, system = time.perf_counter(), None
     try:
         system = System(job, metrics=metrics)
-        print(f"system up in {time.perf_counter() - t_start:.1f} s: {job.resources.policy_actors} policy + "
-              f"{job.resources.anchor_actors} anchor actors ({job.models.sampler_backend}), "
+        actors = " + ".join(f"{job.resources.actors(role)} {role}" for role in job.actor_roles)
+        print(f"system up in {time.perf_counter() - t_start:.1f} s: {actors} actors ({job.models.sampler_backend}), "
               f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
         with stop_on_sigterm() as stop:  # after ray.init, which installs its own SIGTERM handler
             return _train(job, system, metrics, split, run_dir, resume_from, stop)
@@ -144,7 +145,7 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
     if resume_from is not None:
         extra = system.restore(resume_from)
         start = LoopState(step=extra["step"], cursor=PromptCursor(*extra["cursor"]))
-        for role in (Role.POLICY, Role.ANCHOR):
+        for role in sampling_plan(job.algorithm).pushed:
             system.sync(role)  # the actors must sample with the restored weights
         print(f"resumed from {resume_from} at step {start.step}", flush=True)
     log = RunLog(job, run_dir, metrics, start.step)

@@ -11,6 +11,7 @@ System.learn) makes them take turns. Pure planning, no Ray calls: cluster/system
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bond.records import Role
@@ -49,9 +50,10 @@ def _share(amount: float, parts: int) -> float:
     return math.floor(amount / parts * 10_000) / 10_000
 
 
-def plan(res: ResourcesConfig, actor_gpus: float) -> Plan:
-    """actor_gpus: GPUs one actor's engine needs in split mode (JobConfig.actor_gpus: tensor parallel shards)."""
-    counts = {Role.POLICY: res.policy_actors, Role.ANCHOR: res.anchor_actors}
+def plan(res: ResourcesConfig, actor_gpus: float, roles: Sequence[Role] = (Role.POLICY, Role.ANCHOR)) -> Plan:
+    """actor_gpus: GPUs one actor's engine needs in split mode (JobConfig.actor_gpus: tensor parallel shards);
+    roles: whose sampling actors to place (JobConfig.actor_roles: what the algorithm samples)."""
+    counts = {role: res.actors(role) for role in roles}
     if not res.colocate:
         groups = {role.value: Group(({"CPU": res.cpus_per_actor, "GPU": actor_gpus},) * count, res.actor_node_labels)
                   for role, count in counts.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,12 +75,15 @@ class RunLog:
         m.record_step(s, [x.reward for x in rec.samples if x.completion.role is Role.POLICY])
         for phase, seconds in rec.seconds.items():
             m.record_phase(phase, seconds)
-        for role in (Role.POLICY, Role.ANCHOR):
+        for role in dict.fromkeys(x.completion.role for x in rec.samples):  # the roles this algorithm samples
             tokens = sum(len(x.completion.token_ids) for x in rec.samples if x.completion.role is role)
             m.record_tokens(role.value, tokens, rec.seconds["sample"])
-            m.record_sync(role.value, rec.syncs[role].seconds, rec.syncs[role].num_bytes)
+        for role, sync in rec.syncs.items():
+            m.record_sync(role.value, sync.seconds, sync.num_bytes)
         m.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
-        m.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
+        # nan: this algorithm draws no anchor samples; a periodically copied anchor changes version only on copies
+        if math.isfinite(s.sample_anchor_version) and not self.job.algorithm.anchor_copy_every:
+            m.record_staleness("anchor", s.anchor_version - 1 - s.sample_anchor_version)
 
     def end_progress(self) -> None:
         """Training is over: later lines (final samples, summary) print below a closed bar."""
@@ -96,6 +100,7 @@ class RunLog:
                       f"eval/{r.mode}/tokens": r.tokens}
             if r.kl_ref is not None:
                 values[f"eval/{r.mode}/kl_ref"] = r.kl_ref
+                values[f"eval/{r.mode}/kl_ref_tokenwise"] = r.kl_ref_tokenwise
             self.trackers.scalars(r.step, values)
             self.trackers.table(r.step, f"eval_samples/{r.mode}", ("prompt", "completion", "reward"), r.samples)
 

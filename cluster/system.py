@@ -1,4 +1,4 @@
-"""Placing and wiring the boxes on Ray: actors (policy, anchor), the reward service, the learner ranks.
+"""Placing and wiring the boxes on Ray: actors (policy, anchor, reference), the reward service, the learner ranks.
 
 The same code runs on one laptop and on a cluster: placement groups reserve each role's bundles, and
 every component is the plain class from actors/, learner/ or reward_service/ run as a Ray actor (or a
@@ -27,7 +27,9 @@ from actors.lora_adapter import AdapterSpec
 from actors.sampling import SamplingSettings
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate
+from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan
 from cluster import placement
 from cluster.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
 from cluster.job_config import JobConfig, SamplerBackend
@@ -133,9 +135,9 @@ class LearnerRank:
     def version(self, role: Role) -> int:
         return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
 
-    def logprobs(self, completions: list[Completion], role: Role) -> list[float]:
+    def kl_to_reference(self, completions: list[Completion]) -> KlEstimates:
         """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
-        return self.learner.logprobs(completions, role).tolist()
+        return self.learner.kl_to_reference(completions)
 
     def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
         self.learner.save(directory, extra=extra, sha256=sha256)
@@ -211,17 +213,23 @@ class PendingSamples:
     early: EarlyScoring | None = None  # scoring as each share arrives (None: score() does it all)
 
 
+ROLE_STREAM = {Role.POLICY: 0, Role.ANCHOR: 1, Role.REFERENCE: 2}  # each role's own random streams
+
+
 def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
-    """Policy and anchor must not share random streams (their weights are equal at step 0)."""
+    """Roles must not share random streams (policy, anchor and reference weights are equal at step 0); within a
+    role, SamplingSettings.sample_seed keys each request by prompt id, so its actors never share one either."""
     if settings.seed is None:
         return settings
-    return dataclasses.replace(settings, seed=2 * settings.seed + (role is Role.ANCHOR))
+    return dataclasses.replace(settings, seed=len(ROLE_STREAM) * settings.seed + ROLE_STREAM[role])
 
 
 class System:
     """Handles to every component of a running job."""
 
-    def __init__(self, job: JobConfig, metrics=None):
+    def __init__(self, job: JobConfig, metrics=None, roles: Sequence[Role] | None = None):
+        """roles: whose sampling workers to start (default job.actor_roles, what the algorithm samples); add
+        Role.REFERENCE to evaluate Best-of-N of the reference (cluster/best_of_n.py) in a job that trains without."""
         self.job = job
         res = job.resources
         self._groups = []
@@ -232,11 +240,15 @@ class System:
         self.weight_sync = choose_method(job.run.weight_sync, on_gpu)
         # The anchor actors follow the policy push with their own EMA (actors/weight_ema.py) on the object store.
         # Not with LoRA: there the anchor push is adapter-sized already (the EMA of the adapters).
+        # Only for an anchor that moves by the EMA every step (not iterated BOND's periodic copy).
+        actor_roles = tuple(dict.fromkeys(roles or job.actor_roles))
         self._anchor_follows = (job.run.anchor_ema_on_actors and self.weight_sync is WeightSyncMethod.OBJECT_STORE
-                                and job.models.sampler_backend is SamplerBackend.VLLM and job.learner.lora is None)
-        role_kwargs = {Role.POLICY: {}, Role.ANCHOR: {"anchor_ema": job.algorithm.eta} if self._anchor_follows else {}}
+                                and job.models.sampler_backend is SamplerBackend.VLLM and job.learner.lora is None
+                                and Role.ANCHOR in actor_roles and not job.algorithm.anchor_copy_every)
+        role_kwargs = {Role.ANCHOR: {"anchor_ema": job.algorithm.eta}} if self._anchor_follows else {}
         threads = job_threads(job)
-        layout = placement.plan(res, job.actor_gpus)  # actor_gpus: a tensor-parallel engine's shards, one GPU each
+        # actor_gpus: a tensor-parallel engine's shards, one GPU each
+        layout = placement.plan(res, job.actor_gpus, actor_roles)
         groups = {name: self._placement(group, name) for name, group in layout.groups.items()}
 
         def where(slot: placement.Slot, env: dict[str, str]) -> dict:
@@ -256,8 +268,8 @@ class System:
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
                     max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
-                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + (0 if role is Role.POLICY else 500),
-                         **engine_kwargs, **role_kwargs[role])
+                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + 250 * ROLE_STREAM[role],
+                         **engine_kwargs, **role_kwargs.get(role, {}))
                 for i, slot in enumerate(slots)
             ]
         first = layout.learner[0]
@@ -291,7 +303,8 @@ class System:
         self._last_checkpoint: Path | None = None
         if self.weight_sync is WeightSyncMethod.COLLECTIVE:
             for role in self.actors:
-                self._open_group(role)
+                if role is not Role.REFERENCE:  # frozen: never pushed to
+                    self._open_group(role)
 
     def _placement(self, group: placement.Group, name: str):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in group.bundles]
@@ -307,16 +320,17 @@ class System:
 
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], n_anchor: int,
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
                        settings: SamplingSettings) -> PendingSamples:
-        """Ask the policy actors for 1 sample and the anchor actors for n per prompt (in flight); each actor's
-        samples are sent on to the reward service as soon as they arrive (EarlyScoring)."""
-        shares = (self._fan_out(Role.POLICY, prompts, 1, settings)
-                  + self._fan_out(Role.ANCHOR, prompts, n_anchor, settings))
+        """Ask each sampled role's actors for the plan's samples per prompt (in flight); each actor's samples are
+        sent on to the reward service as soon as they arrive (EarlyScoring)."""
+        shares = tuple(share for role, n in plan.draws for share in self._fan_out(role, prompts, n, settings))
         return PendingSamples(shares, EarlyScoring(shares, self._request_scores))
 
     def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int,
                  settings: SamplingSettings) -> tuple[Share, ...]:
+        if role not in self.actors:
+            raise ValueError(f"no {role} actors in this system (started: {sorted(r.value for r in self.actors)})")
         count, settings = len(self.actors[role]), role_settings(settings, role)
         shares = [tuple(prompts[i::count]) for i in range(count)]
         return tuple(self._send(role, i, share, n, settings) for i, share in enumerate(shares) if share)
@@ -328,7 +342,7 @@ class System:
         return Share(role, i, prompts, n, settings, self._held[role][i], self._restarts[role][i], ref)
 
     def finish_sampling(self, pending: PendingSamples) -> Samples:
-        parts: dict[Role, list[Completion]] = {Role.POLICY: [], Role.ANCHOR: []}
+        parts: dict[Role, list[Completion]] = {}
         early = {}
         if pending.early is not None:
             pending.early.join()
@@ -340,8 +354,8 @@ class System:
                 self._early_scores += requests
             else:
                 completions = self._collect(share)
-            parts[share.role] += completions
-        return Samples(policy=parts[Role.POLICY], anchor=parts[Role.ANCHOR])
+            parts.setdefault(share.role, []).extend(completions)
+        return Samples(by_role=parts)
 
     def _collect(self, share: Share) -> list[Completion]:
         """The share's samples; if its actor died (its ref fails) or restarted unseen (it answers with an older
@@ -371,6 +385,7 @@ class System:
         self._held[role][i] = 0  # Ray restarts it with the base weights: an anchor actor must not follow a push now
         if self._metrics:
             self._metrics.record_actor_restart(role.value)
+        push = push and role is not Role.REFERENCE  # a restarted reference actor holds pi_ref already
         version = self._sync_actors(role, [i]).version if push else None
         synced = f"synced to weights version {version}, " if push else ""
         print(f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
@@ -406,10 +421,10 @@ class System:
         parts = [c for share in shares for c in self._collect(share)]
         return sorted(parts, key=lambda c: c.prompt_id)  # stable: a prompt's n samples stay in order
 
-    def logprobs(self, completions: Sequence[Completion], role: Role) -> list[float]:
-        """log pi_role(y | x) of each completion (summed over its tokens), from the learner."""
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """KL(pi || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
         ref = ray.put(list(completions))
-        return self._on_learner([rank.logprobs.remote(ref, role) for rank in self.learner])[0]
+        return self._on_learner([rank.kl_to_reference.remote(ref) for rank in self.learner])[0]
 
     def learn(self, batch: Batch) -> StepStats:
         ref = ray.put(batch)  # one put, every rank reads it and takes its share
@@ -608,7 +623,7 @@ def init_ray(job: JobConfig) -> Path | None:
     for key, value in {**SERVE_PROXY_ENV, **({} if job.run.verbose else QUIET_ENV)}.items():
         os.environ.setdefault(key, value)
     res = job.resources
-    actor_cpus = 0 if res.colocate else (res.policy_actors + res.anchor_actors) * res.cpus_per_actor
+    actor_cpus = 0 if res.colocate else sum(map(res.actors, job.actor_roles)) * res.cpus_per_actor
     needed = (actor_cpus + res.learner_ranks * res.cpus_per_learner + job.reward.replicas * job.reward.cpus_per_replica
               + 1)
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}

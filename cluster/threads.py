@@ -66,6 +66,6 @@ def job_threads(job) -> ThreadCounts:
 
     res = job.resources
     return thread_counts(res.threads, job.run.mode is Mode.SYNC, node_cores(), learner_ranks=res.learner_ranks,
-                         actors=res.policy_actors + res.anchor_actors, reward_replicas=job.reward.replicas,
+                         actors=sum(map(res.actors, job.actor_roles)), reward_replicas=job.reward.replicas,
                          cpus_per_learner=res.cpus_per_learner, cpus_per_actor=res.cpus_per_actor,
                          cpus_per_replica=job.reward.cpus_per_replica)

@@ -38,8 +38,8 @@ PAD, BOS, EOS, UNK, SEP = range(len(SPECIALS))
 MAX_POSITIONS = 64
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    words = [f"\u2581{w}" for w in grammar.VOCABULARY]
+def build_tokenizer(vocabulary: tuple[str, ...] = grammar.VOCABULARY) -> PreTrainedTokenizerFast:
+    words = [f"\u2581{w}" for w in vocabulary]
     vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
@@ -118,11 +118,11 @@ def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForC
 
 
 def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
-    return LlamaConfig(
+    return LlamaConfig(**{**dict(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
-        torch_dtype="float32", **overrides)
+        torch_dtype="float32"), **overrides})
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], pairs: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""The Learner: one J-BOND (or REINFORCE) optimizer step per Batch, the EMA anchor, weight export, checkpoints.
+"""The Learner: one optimizer step per Batch (J-BOND, BOND, REINFORCE/RLOO), the anchor, weight export, checkpoints.
 
 Data parallelism: rank r of W runs in its own process and takes prompts [r*B/W, (r+1)*B/W) of every
 global Batch of B prompts; it splits them into micro-batches of `micro_batch_prompts` (gradient
@@ -41,6 +41,7 @@ Checkpoints and exports assume every rank sees the same file system (rank 0 writ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -55,10 +56,12 @@ from transformers import AutoModelForCausalLM
 
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
+from bond.divergence import KlEstimates, kl_estimates
 from bond.lora import merged_weight
-from bond.objective import LossTerms, best_index, jbond_loss, reinforce_kl_loss
+from bond.objective import LossTerms, best_index, bond_jeffreys_loss, jbond_loss, rloo_kl_loss
 from bond.off_policy import importance_weights
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
+from bond.sampling_plan import sampling_plan
 from learner import checkpoint_dir, lora, rendezvous, safetensors_shards
 from learner.config import Dtype, LearnerConfig
 from learner.engine import Engine
@@ -83,9 +86,7 @@ class Learner:
     def __init__(self, model: str | Path, bond: BondConfig, config: LearnerConfig | None = None, rank: int = 0,
                  world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
         config = config or LearnerConfig()
-        if bond.algorithm is Algorithm.BOND:
-            raise NotImplementedError("the learner does not run algorithm=bond yet: BOND needs k_quantile samples "
-                                      "of pi_ref per prompt, which Batch does not carry; use jbond or reinforce")
+        self._plan = sampling_plan(bond)  # the shape every Batch must have
         if bond.prompts_per_step % world_size:
             raise ValueError(f"prompts_per_step={bond.prompts_per_step} must be divisible by world_size={world_size}")
         self._share = bond.prompts_per_step // world_size
@@ -158,8 +159,27 @@ class Learner:
 
     @property
     def anchor_version(self) -> int:
-        """EMA updates taken (one per optimizer step): the version of the anchor weights."""
-        return self._step
+        """The version of the anchor weights: the optimizer step that last changed them (the EMA: every step;
+        with anchor_copy_every = M, the last multiple of M)."""
+        every = self.bond.anchor_copy_every
+        return self._step - self._step % every if every else self._step
+
+    def _anchor_rate(self, step: int) -> float:
+        """How far the anchor moves toward the policy after optimizer step `step` (0-based): eta every step, or
+        (anchor_copy_every = M) a whole copy after every M-th step and nothing in between."""
+        every = self.bond.anchor_copy_every
+        if not every:
+            return self.bond.eta
+        return 1.0 if (step + 1) % every == 0 else 0.0
+
+    def _check_shape(self, batch: Batch) -> None:
+        """The batch must be what this algorithm samples: another shape would silently change the loss."""
+        plan = self._plan
+        k, n = len(batch.policy[0]), len(batch.target[0])
+        if (k, n, batch.target_role) != (plan.policy, plan.target, plan.target_role):
+            raise ValueError(f"Batch has {k} policy and {n} {batch.target_role} samples per prompt; "
+                             f"{self.bond.algorithm.value} trains on {plan.policy} policy and {plan.target} "
+                             f"{plan.target_role} samples")
 
     @property
     def layout(self) -> dict:
@@ -169,30 +189,34 @@ class Learner:
 
     # ---- the update ----------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
-        """One optimizer step on the global batch (every rank passes the same Batch), then the EMA anchor update."""
+        """One optimizer step on the global batch (every rank passes the same Batch), then the anchor update."""
         t0 = time.perf_counter()
         if batch.size != self.bond.prompts_per_step:
             raise ValueError(f"Batch has {batch.size} prompts, prompts_per_step is {self.bond.prompts_per_step}")
-        jbond = self.bond.algorithm is Algorithm.JBOND
+        self._check_shape(batch)
+        algorithm, k = self.bond.algorithm, self._plan.policy
+        sft = self._plan.target_role is not None  # a forward (SFT) half on the best of n target samples
         share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
         mb = self.config.micro_batch_prompts
         micro = [share.slice(i, i + mb) for i in range(0, self._share, mb)]
-        policy_packs = [self._pack([s.completion for s in m.policy]) for m in micro]
-        # J-BOND's SFT half: one forward holds the policy samples and the better anchor sample of each prompt.
-        grad_packs = [self._pack([s.completion for s in m.policy] + _best_anchor(m)) for m in micro] if jbond \
-            else policy_packs
-        r_policy = torch.tensor([s.reward for s in share.policy], dtype=torch.float32, device=self._device)
-        r_anchor = torch.tensor([[a.reward for a in g] for g in share.anchor], dtype=torch.float32,
-                                device=self._device)
+        policy_packs = [self._pack([s.completion for s in m.policy_samples]) for m in micro]
+        # One forward with grad holds the policy samples and (J-BOND, BOND) each prompt's best target sample.
+        grad_packs = [self._pack([s.completion for s in m.policy_samples] + _best_target(m, self.bond.n))
+                      for m in micro] if sft else policy_packs
+        r_policy = torch.tensor([[s.reward for s in g] for g in share.policy], dtype=torch.float32,
+                                device=self._device)  # [b, k]
+        r_target = torch.tensor([[a.reward for a in g] for g in share.target], dtype=torch.float32,
+                                device=self._device).view(len(share.target), -1)  # [b, N]
 
         with torch.no_grad():  # once per step each, on the policy samples only
             with self._anchor.swapped_in():
                 logp_anchor = torch.cat([self._logprobs(p) for p in policy_packs])
-                w_anchor = self._anchor_pair_weights(share) if jbond else None
+                # the target group's weight where the target moves (the anchor); a frozen reference is never stale
+                w_target = self._target_weights(share) if self._plan.target_role is Role.ANCHOR else None
             logp_ref = self._reference_logprobs(policy_packs)
-        stale_policy = torch.tensor([s.completion.weights_version != self.policy_version for s in share.policy],
-                                    device=self._device)
-        sampler_policy = torch.tensor([s.completion.sum_logprob for s in share.policy], dtype=torch.float64,
+        stale_policy = torch.tensor([s.completion.weights_version != self.policy_version for s in share.policy_samples],
+                                    device=self._device)  # [b * k], the order of logp
+        sampler_policy = torch.tensor([s.completion.sum_logprob for s in share.policy_samples], dtype=torch.float64,
                                       device=self._device)
         w_policy: list[torch.Tensor] = []  # the objective's last evaluation's weights, for the statistics
 
@@ -200,15 +224,20 @@ class Learner:
             # pi_now(y) / pi_sampler(y) for samples drawn by an older policy (pipelined mode); exactly 1 otherwise
             w_policy[:] = [importance_weights(logp, sampler_policy.to(logp.dtype), stale_policy,
                                               self.bond.max_importance_weight)]
-            if jbond:
-                return jbond_loss(logp, logp_anchor, logp_best, r_policy, r_anchor, self.bond.beta, self.bond.gamma,
-                                  all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0],
-                                  anchor_weight=w_anchor)
-            return reinforce_kl_loss(logp, logp_ref, r_policy, self.bond.beta_rl,
-                                     all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0])
+            if algorithm is Algorithm.JBOND:
+                return jbond_loss(logp, logp_anchor, logp_best, r_policy[:, 0], r_target, self.bond.beta,
+                                  self.bond.gamma, all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0],
+                                  anchor_weight=w_target)
+            if algorithm is Algorithm.BOND:  # Best-of-n of the anchor (iterated BOND) or of the frozen reference
+                logp_target = logp_anchor if self.bond.iterated else logp_ref
+                return bond_jeffreys_loss(logp, logp_target, logp_best, r_policy[:, 0], r_target, self.bond.n,
+                                          self.bond.beta, all_reduce_sum=rendezvous.all_reduce_sum,
+                                          policy_weight=w_policy[0], target_weight=w_target)
+            return rloo_kl_loss(logp.view(-1, k), logp_ref.view(-1, k), r_policy, self.bond.beta_rl,
+                                policy_weight=w_policy[0].view(-1, k))
 
-        def split(logps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return (logps[:n], logps[n:]) if jbond else (logps, None)
+        def split(logps: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return (logps[:prompts * k], logps[prompts * k:]) if sft else (logps, None)
 
         if len(micro) == 1:
             logp, logp_best = split(self._logprobs(grad_packs[0]), mb)
@@ -220,58 +249,59 @@ class Learner:
             # no-grad pre-pass scores the policy samples only, and the statistics use the grad passes' values.
             with torch.no_grad():
                 logp = torch.cat([self._logprobs(p) for p in policy_packs]).requires_grad_()
-            logp_best = torch.zeros_like(logp).requires_grad_() if jbond else None
+            logp_best = torch.zeros(len(share.policy), dtype=logp.dtype, device=logp.device).requires_grad_() \
+                if sft else None
             loss, _ = objective(logp, logp_best)
-            leaves = [logp] + ([logp_best] if jbond else [])
+            leaves = [logp] + ([logp_best] if sft else [])
             coefficients = torch.autograd.grad(loss, leaves)  # d loss / d log pi per sequence
             best_values = []
             for i, p in enumerate(grad_packs):
-                rows = slice(i * mb, (i + 1) * mb)
                 lp, lb = split(self._logprobs(p), mb)
-                surrogate = (coefficients[0][rows] * lp).sum()
-                if jbond:
-                    surrogate = surrogate + (coefficients[1][rows] * lb).sum()
+                surrogate = (coefficients[0][i * mb * k:(i + 1) * mb * k] * lp).sum()
+                if sft:
+                    surrogate = surrogate + (coefficients[1][i * mb:(i + 1) * mb] * lb).sum()
                     best_values.append(lb.detach())
                 self.engine.backward(surrogate)
             with torch.no_grad():
-                _, terms = objective(logp.detach(), torch.cat(best_values) if jbond else None)
+                _, terms = objective(logp.detach(), torch.cat(best_values) if sft else None)
 
         lr = self.bond.lr_at(self._step)
         grad_norm = self.engine.step(lr)
-        ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self.bond.eta)
+        ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self._anchor_rate(self._step))
         self._step += 1
 
         logp = logp.detach()
         local = torch.tensor([terms.loss, terms.loss_fw, terms.loss_bw, terms.loss_reg, terms.frac_penalised,
                               (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item(),
-                              w_policy[0].mean().item(), 1.0 if w_anchor is None else w_anchor.mean().item()],
+                              w_policy[0].mean().item(), 1.0 if w_target is None else w_target.mean().item()],
                              dtype=torch.float64, device=self._device)
         g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()  # equal shares: mean of rank means
-        tokens = sum(len(s.completion.token_ids) for s in batch.policy)
-        if jbond:
-            tokens += sum(len(c.token_ids) for c in _best_anchor(batch))
-        anchor_samples = [a for group in batch.anchor for a in group]
+        tokens = sum(len(s.completion.token_ids) for s in batch.policy_samples)
+        if sft:
+            tokens += sum(len(c.token_ids) for c in _best_target(batch, self.bond.n))
+        policy, target = batch.policy_samples, batch.target_samples
+        anchor_versions = [a.completion.weights_version for a in target if a.completion.role is Role.ANCHOR]
         return StepStats(
             step=self._step, loss=g[0], loss_fw=g[1], loss_bw=g[2], loss_reg=g[3], frac_penalised=g[4],
             kl_ref=g[5], kl_anchor=g[6],
-            reward_policy=sum(s.reward for s in batch.policy) / batch.size,
-            reward_anchor=sum(a.reward for a in anchor_samples) / len(anchor_samples),
+            reward_policy=sum(s.reward for s in policy) / len(policy),
+            reward_anchor=sum(a.reward for a in target) / len(target) if target else math.nan,
             grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
-            sample_policy_version=sum(s.completion.weights_version for s in batch.policy) / batch.size,
-            sample_anchor_version=sum(a.completion.weights_version for a in anchor_samples) / len(anchor_samples),
+            sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
+            sample_anchor_version=sum(anchor_versions) / len(anchor_versions) if anchor_versions else math.nan,
             tokens=tokens, seconds=time.perf_counter() - t0, importance_weight_policy=g[7],
             importance_weight_anchor=g[8])
 
-    def _anchor_pair_weights(self, share: Batch) -> torch.Tensor | None:
-        """[B] truncated importance weight of each prompt's anchor pair under the current anchor (bond.off_policy);
-        None when every anchor sample was drawn by the current anchor (sync mode: no extra forward). Called with
+    def _target_weights(self, share: Batch) -> torch.Tensor | None:
+        """[B] truncated importance weight of each prompt's target group under the current anchor (bond.off_policy);
+        None when every target sample was drawn by the current anchor (sync mode: no extra forward). Called with
         the anchor swapped in."""
-        stale = torch.tensor([[a.completion.weights_version != self.anchor_version for a in g] for g in share.anchor],
+        stale = torch.tensor([[a.completion.weights_version != self.anchor_version for a in g] for g in share.target],
                              device=self._device)
         # a global decision: under ZeRO-3 the forward below is a collective every rank must enter
         if rendezvous.all_reduce_sum(stale.sum().double().unsqueeze(0)).item() == 0:
             return None
-        flat = [a.completion for g in share.anchor for a in g]
+        flat = [a.completion for g in share.target for a in g]
         chunk = 2 * self.config.micro_batch_prompts
         logp_now = torch.cat([self._logprobs(self._pack(flat[i:i + chunk])) for i in range(0, len(flat), chunk)])
         sampler = torch.tensor([c.sum_logprob for c in flat], dtype=logp_now.dtype, device=self._device)
@@ -294,15 +324,32 @@ class Learner:
                     out = [self._logprobs(p) for p in packs]
         return torch.cat(out).float().cpu()
 
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion estimates of KL(pi || pi_ref) (bond.divergence) from both models' full logits, fp32 CPU.
+
+        The policy's logits for every chunk first, then the reference swapped in once (a swap copies the
+        whole local model). A collective under ZeRO-3, like `logprobs`.
+        """
+        chunk = 2 * self.config.micro_batch_prompts
+        packs = [self._pack(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        with torch.no_grad():
+            policy = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
+            with self._reference.swapped_in():
+                reference = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
+        parts = [kl_estimates(lp, lr, p.targets[:, p.logit_positions], p.target_mask[:, p.logit_positions])
+                 for p, lp, lr in zip(packs, policy, reference, strict=True)]
+        return KlEstimates(*(torch.cat([getattr(e, f.name) for e in parts]).float().cpu()
+                             for f in dataclasses.fields(KlEstimates)))
+
     # ---- weights out ---------------------------------------------------------------------------------------
     def weights(self, role: Role) -> Iterator[WeightUpdate]:
         """The role's weights in buckets of at most bucket_bytes, with the checkpoint's parameter names.
 
         Every rank must drain the iterator (each bucket is a collective under ZeRO-3); every rank gets the
-        full tensors, on the learner's device, in the model dtype. version = optimizer steps (0 for the
-        reference); the last bucket has last_bucket=True.
+        full tensors, on the learner's device, in the model dtype. version = the role's version (policy_version,
+        anchor_version, 0 for the reference); the last bucket has last_bucket=True.
         """
-        version = 0 if role is Role.REFERENCE else self._step
+        version = {Role.POLICY: self.policy_version, Role.ANCHOR: self.anchor_version, Role.REFERENCE: 0}[role]
         plan = self._bucket_plan(self._dtype)
         for b, indices in enumerate(plan):
             yield WeightUpdate(role=role, version=version, tensors=self._gather(role, indices, self._dtype),
@@ -498,10 +545,12 @@ def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
         layer.training = True
 
 
-def _best_anchor(batch: Batch) -> list[Completion]:
-    """y'_best per prompt: the anchor sample with the highest reward (ties to the first)."""
-    rewards = torch.tensor([[a.reward for a in g] for g in batch.anchor])
-    return [g[int(j)].completion for g, j in zip(batch.anchor, best_index(rewards), strict=True)]
+def _best_target(batch: Batch, n: int) -> list[Completion]:
+    """The Best-of-n sample per prompt: the highest-reward of the first n target samples (ties to the first).
+    J-BOND draws exactly n = 2; BOND draws k_quantile >= n, all for the quantiles, the first n for this."""
+    groups = [g[:n] for g in batch.target]
+    rewards = torch.tensor([[a.reward for a in g] for g in groups])
+    return [g[int(j)].completion for g, j in zip(groups, best_index(rewards), strict=True)]
 
 
 def _read_adapter(directory: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:

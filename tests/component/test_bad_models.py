@@ -156,8 +156,8 @@ def _batch(seed: int) -> Batch:
         return Completion(prompt_id=i, prompt="x", prompt_token_ids=(1, rng.randrange(5, 58)), token_ids=tokens,
                           text="y", logprobs=(-1.0,) * 4, role=role, weights_version=0)
 
-    return Batch(policy=tuple(ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm") for i in range(4)),
-                 anchor=tuple(tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.random(), "rm") for _ in range(2))
+    return Batch(policy=tuple((ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm"),) for i in range(4)),
+                 target=tuple(tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.random(), "rm") for _ in range(2))
                               for i in range(4)))
 
 

@@ -1,10 +1,17 @@
 """The training loop on the in-process system (HF sampler, in-process reward model, plain-torch learner):
-the same loop.train as the Ray system, so its bookkeeping is checked here without Ray."""
+the same loop.train as the Ray system, so its bookkeeping is checked here without Ray, for every algorithm's
+sampling plan (bond/sampling_plan.py)."""
 
+import math
 from pathlib import Path
 
+import pytest
+
+from actors.sampling import SamplingSettings
 from bond.records import Role
+from bond.sampling_plan import sampling_plan
 from cluster import config_loading
+from cluster.best_of_n import best_of_n_curve
 from cluster.in_process_system import InProcessSystem
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, train
@@ -13,13 +20,17 @@ from cluster.prompts import PromptCursor, load_prompts
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_steps_in_process(tiny_dir, tmp_path):
+def in_process_job(tiny_dir, *overrides: str) -> JobConfig:
     data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
     for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
               f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
-              "learner.zero_stage=0", "run.steps=2"):
+              "learner.zero_stage=0", "run.steps=2", *overrides):
         config_loading.apply_override(data, a)
-    job = config_loading.build(JobConfig, data)
+    return config_loading.build(JobConfig, data)
+
+
+def test_two_steps_in_process(tiny_dir, tmp_path):
+    job = in_process_job(tiny_dir)
     system = InProcessSystem(job)
     records = []
     prompts = load_prompts(job.prompts).prompts
@@ -41,3 +52,41 @@ def test_two_steps_in_process(tiny_dir, tmp_path):
 
     exported = HfSampler(str(tmp_path / "exported"), Role.POLICY).score_logprobs(prompt, ids)
     assert abs(system.actors[Role.POLICY][0].score_logprobs(prompt, ids)[0] - exported[0]) < 1e-4
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("overrides", [
+    ("algorithm.algorithm=reinforce", "algorithm.rloo_k=3"),
+    ("algorithm.algorithm=bond", "algorithm.n=4", "algorithm.k_quantile=6"),
+    ("algorithm.algorithm=bond", "algorithm.n=2", "algorithm.k_quantile=3", "algorithm.iterated=true",
+     "algorithm.anchor_copy_every=2", "run.steps=3"),
+], ids=["reinforce-rloo", "bond", "iterated-bond"])
+def test_each_algorithm_trains_in_process(tiny_dir, overrides):
+    """A short run of each algorithm: the plan's samples per prompt and role, the pushes (never to the frozen
+    reference; a copied anchor only when copied), the loss halves it has; for bond, the Best-of-N baseline on
+    the same reference actor."""
+    job = in_process_job(tiny_dir, *overrides)
+    plan, B = sampling_plan(job.algorithm), job.algorithm.prompts_per_step
+    system = InProcessSystem(job)
+    records = []
+    prompts = load_prompts(job.prompts).prompts
+    train(job, system, prompts, LoopState(0, PromptCursor()), records.append)
+    assert [r.stats.step for r in records] == list(range(1, job.run.steps + 1))
+    for r in records:
+        counts = {role: sum(s.completion.role is role for s in r.samples) for role in Role}
+        assert counts == {role: B * dict(plan.draws).get(role, 0) for role in Role}
+        assert Role.REFERENCE not in r.syncs and {s.completion.weights_version for s in r.samples
+                                                  if s.completion.role is Role.REFERENCE} <= {0}
+        assert all(math.isfinite(v) for v in (r.stats.loss, r.stats.loss_bw, r.stats.kl_ref, r.stats.grad_norm))
+        assert (r.stats.loss_fw != 0.0) == (plan.target_role is not None)  # the SFT half on Best-of-n samples
+        assert math.isnan(r.stats.reward_anchor) == (plan.target_role is None)
+    if job.algorithm.anchor_copy_every:  # copied after step 2 only: pushed at steps 1 (first) and 2, not 3
+        assert [Role.ANCHOR in r.syncs for r in records] == [True, True, False]
+        assert [r.stats.anchor_version for r in records] == [0, 2, 2]
+        assert {s.completion.weights_version for s in records[2].samples if s.completion.role is Role.ANCHOR} == {2}
+    if plan.target_role is Role.REFERENCE:
+        settings = SamplingSettings(max_new_tokens=job.sampling.max_new_tokens, seed=12345)
+        curve = best_of_n_curve(system, prompts[:4], [1, 2, 4], settings)
+        assert [c.n for c in curve] == [1, 2, 4] and curve[0].kl_bound == 0.0
+        assert curve[0].reward <= curve[1].reward <= curve[2].reward  # nested prefixes of one draw
+        assert curve[2].kl_bound == pytest.approx(math.log(4) - 0.75)

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bond.config import Algorithm, BondConfig, ConfigError
 from bond.records import Batch, Completion, Role, ScoredCompletion
+from bond.sampling_plan import SamplingPlan, sampling_plan
 from learner.checkpoint_dir import CheckpointError
 from learner.config import LearnerConfig
 from learner.learner import Learner
@@ -50,14 +51,19 @@ def completion(prompt_id: int, role: Role, rng: random.Random, version: int) -> 
                       logprobs=(-1.0,) * len(tokens), role=role, weights_version=version)
 
 
-def make_batch(seed: int, size: int = 8) -> Batch:
+JBOND_PLAN = SamplingPlan(policy=1, target_role=Role.ANCHOR, target=2)
+
+
+def make_batch(seed: int, size: int = 8, plan: SamplingPlan = JBOND_PLAN) -> Batch:
+    """k policy samples and N target samples per prompt, as the plan says (default: J-BOND's 1 + 2)."""
     rng = random.Random(seed)
-    policy, anchor = [], []
+    policy, target = [], []
     for i in range(size):
-        policy.append(ScoredCompletion(completion(i, Role.POLICY, rng, seed), rng.random(), "rm"))
-        anchor.append(tuple(ScoredCompletion(completion(i, Role.ANCHOR, rng, seed), rng.choice([0.2, 0.5]), "rm")
-                            for _ in range(2)))
-    return Batch(policy=tuple(policy), anchor=tuple(anchor))
+        policy.append(tuple(ScoredCompletion(completion(i, Role.POLICY, rng, seed), rng.random(), "rm")
+                            for _ in range(plan.policy)))
+        target.append(tuple(ScoredCompletion(completion(i, plan.target_role, rng, seed), rng.choice([0.2, 0.5]), "rm")
+                            for _ in range(plan.target)))
+    return Batch(policy=tuple(policy), target=tuple(target))
 
 
 def learner(tiny_dir, bond: BondConfig = BOND, rank: int = 0, world_size: int = 1, master_port: int | None = None,
@@ -83,8 +89,8 @@ def test_learner_config_names_the_bad_field(tiny_dir):
         LearnerConfig(dtype="bf16")  # a string, not the enum
     with pytest.raises(ValueError, match="micro_batch_prompts"):
         learner(tiny_dir, micro_batch_prompts=3)
-    with pytest.raises(NotImplementedError, match="bond"):
-        learner(tiny_dir, bond=BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8))
+    with pytest.raises(ValueError, match="jbond trains on 1 policy and 2 anchor samples"):
+        learner(tiny_dir).step(make_batch(0, plan=SamplingPlan(3, None, 0)))
 
 
 def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
@@ -112,16 +118,29 @@ def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
         assert_close_states(after_three, ref_three, 3)
 
 
-def test_reinforce_runs_under_zero3_like_torch(tiny_dir):
-    bond = BondConfig(algorithm=Algorithm.REINFORCE, prompts_per_step=8, lr=LR, warmup_steps=0, beta_rl=0.1)
+@pytest.mark.parametrize("bond", [
+    BondConfig(algorithm=Algorithm.REINFORCE, prompts_per_step=8, lr=LR, warmup_steps=0, beta_rl=0.1, rloo_k=3),
+    BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8, lr=LR, warmup_steps=0, n=4, k_quantile=6),
+    BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8, lr=LR, warmup_steps=0, n=2, k_quantile=3,
+               iterated=True, anchor_copy_every=2),
+], ids=["rloo", "bond", "iterated-bond"])
+def test_other_algorithms_run_under_zero3_like_torch(tiny_dir, bond):
+    """RLOO (3 policy samples a prompt) and BOND (k_quantile target samples a prompt) with micro-batches under
+    ZeRO-3 match one plain-torch batch: the per-sample coefficients land on the right rows."""
+    plan = sampling_plan(bond)
     out = []
     for kwargs in (dict(zero_stage=0, micro_batch_prompts=8), dict(zero_stage=3, micro_batch_prompts=2)):
         lrn = learner(tiny_dir, bond=bond, **kwargs)
-        out.append(([lrn.step(make_batch(s)) for s in range(2)], state(lrn)))
-    (a, pa), (b, pb) = out
-    assert [s.loss for s in a] == pytest.approx([s.loss for s in b], rel=1e-5)
-    assert a[1].kl_ref == pytest.approx(b[1].kl_ref, rel=1e-5) and a[1].kl_ref != 0.0
+        out.append(([lrn.step(make_batch(s, plan=plan)) for s in range(2)], state(lrn), state(lrn, Role.ANCHOR)))
+    (a, pa, anchor_a), (b, pb, anchor_b) = out
+    for field in ("loss", "loss_fw", "loss_bw", "kl_ref", "kl_anchor"):
+        assert [getattr(s, field) for s in a] == pytest.approx([getattr(s, field) for s in b], rel=1e-5, abs=1e-6)
+    assert a[1].kl_ref != 0.0 and (a[0].loss_fw == 0.0) == (bond.algorithm is Algorithm.REINFORCE)
     assert_close_states(pa, pb, 2)
+    if bond.anchor_copy_every:  # copied after step 2: the anchor is the policy, versioned 2 (0 after step 1)
+        assert [s.anchor_version for s in a] == [0, 2]
+        assert_close_states(anchor_a, pa, 0)
+        assert_close_states(anchor_b, pb, 0)
 
 
 def _rank_main(rank: int, tiny_dir, master_port: int, out_dir) -> None:

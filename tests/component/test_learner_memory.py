@@ -46,8 +46,8 @@ def _batch(seed: int) -> Batch:
     rng = random.Random(seed)
     policy = _completions(seed, 4)
     anchor = [dataclasses.replace(c, prompt_id=j // 2) for j, c in enumerate(_completions(seed + 100, 8, Role.ANCHOR))]
-    return Batch(policy=tuple(ScoredCompletion(c, rng.random(), "rm") for c in policy),
-                 anchor=tuple(tuple(ScoredCompletion(c, rng.choice([0.2, 0.5]), "rm") for c in anchor[2 * i:2 * i + 2])
+    return Batch(policy=tuple((ScoredCompletion(c, rng.random(), "rm"),) for c in policy),
+                 target=tuple(tuple(ScoredCompletion(c, rng.choice([0.2, 0.5]), "rm") for c in anchor[2 * i:2 * i + 2])
                               for i in range(4)))
 
 

@@ -43,10 +43,10 @@ def _batch(seed: int) -> Batch:
         return Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
                           logprobs=(-1.0,) * len(tokens), role=role, weights_version=0)
 
-    policy = tuple(ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm") for i in range(4))
+    policy = tuple((ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm"),) for i in range(4))
     anchor = tuple(tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.choice([0.2, 0.5]), "rm") for _ in range(2))
                    for i in range(4))
-    return Batch(policy=policy, anchor=anchor)
+    return Batch(policy=policy, target=anchor)
 
 
 def _learner_main(rank: int, world: int, model_dir: Path, master_port: int, address: GroupAddress,

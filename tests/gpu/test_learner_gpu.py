@@ -42,8 +42,8 @@ def _batch(seed: int) -> Batch:
                        logprobs=(-1.0,) * len(tokens), role=role, weights_version=seed)
         return ScoredCompletion(c, rng.random(), "rm")
 
-    return Batch(policy=tuple(sample(i, Role.POLICY) for i in range(PROMPTS)),
-                 anchor=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
+    return Batch(policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
+                 target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
 
 
 @pytest.fixture(scope="module")

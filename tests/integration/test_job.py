@@ -137,6 +137,25 @@ def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
     assert all(0 <= e["train_step"] - 1 - e["weights_version"] <= 1 for e in episodes)  # none older than allowed
 
 
+def test_pipelined_bond_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
+    """BOND-N on Ray, pipelined: a policy actor and a reference actor (frozen: its samples are all version 0, it is
+    never pushed to), no anchor actor; the policy samples lag the learner by at most one version."""
+    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__mode="pipelined", run__max_staleness=1,
+                    algorithm__algorithm="bond", algorithm__n=2, algorithm__k_quantile=3)
+    run(job)
+    rows = stats_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    lags = [(r["step"] - 1) - r["sample_policy_version"] for r in rows]
+    assert all(0 <= lag <= 1 for lag in lags), lags
+    assert max(lags) == 1, f"pipelined mode should sample one version behind after step 1: {lags}"
+    assert all(r["loss_fw"] != 0.0 and math.isnan(r["sample_anchor_version"]) for r in rows)  # no anchor samples
+    episodes = read_episodes(tmp_path / "episodes").to_pylist()
+    by_role = {role: [e for e in episodes if e["role"] == role] for role in ("policy", "reference", "anchor")}
+    B = job.algorithm.prompts_per_step
+    assert [len(by_role[r]) for r in ("policy", "reference", "anchor")] == [3 * B, 3 * B * 3, 0]
+    assert {e["weights_version"] for e in by_role["reference"]} == {0}
+
+
 def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_path):
     """After steps and pushes over the collective (gloo) weight groups, the policy actor's log-probs of a sequence
     equal the learner's (fp32). (test_sync_run_end_to_end runs the object-store push: auto for the tiny model.)"""

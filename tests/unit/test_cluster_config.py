@@ -26,14 +26,21 @@ def test_yaml_and_overrides(tmp_path):
     ("sampling.temperature=-1", "sampling.temperature"),
     ("prompts.format=csv", "prompts.format"),
     ("algorithm.prompts_per_step=7", "algorithm.prompts_per_step"),
-    ("algorithm.algorithm=bond", "algorithm.algorithm"),
+    ("algorithm.algorithm=ppo", "algorithm.algorithm"),
+    ("algorithm.algorithm=bond,algorithm.n=4,algorithm.k_quantile=3", "algorithm.k_quantile"),
+    ("algorithm.iterated=true", "algorithm.iterated"),
+    ("algorithm.algorithm=reinforce,algorithm.rloo_k=1", "algorithm.rloo_k"),
+    ("algorithm.anchor_copy_every=-1", "algorithm.anchor_copy_every"),
+    ("algorithm.algorithm=reinforce,algorithm.gamma=1", "algorithm.gamma"),
+    ("resources.reference_actors=0", "resources.reference_actors"),
     ("algorithm.n=3", "algorithm.n"),
     ("sampling.temperature=0.7", "sampling.temperature"),
     ("sampling.top_p=0.9", "sampling.top_p"),
 ])
 def test_bad_values_fail_naming_the_field(assignment, field):
     data = {"resources": {"learner_ranks": 2}} if "prompts_per_step=7" in assignment else {}
-    config_loading.apply_override(data, assignment)
+    for one in assignment.split(","):
+        config_loading.apply_override(data, one)
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}"):
         config_loading.build(JobConfig, data)
 
@@ -48,3 +55,15 @@ def test_missing_file_and_bad_override():
         parse_config(["--config", "/nonexistent.yaml"])
     with pytest.raises(ConfigError, match="expected section.field=value"):
         parse_config(["--set", "algorithm.beta"])
+
+
+def test_each_algorithm_starts_the_actors_it_samples():
+    from bond.records import Role
+
+    roles = {a: parse_config([f"--set=algorithm.{x}" for x in a.split(",")]).actor_roles
+             for a in ("algorithm=jbond", "algorithm=bond,n=4", "algorithm=bond,n=4,iterated=true",
+                       "algorithm=reinforce")}
+    assert roles == {"algorithm=jbond": (Role.POLICY, Role.ANCHOR),
+                     "algorithm=bond,n=4": (Role.POLICY, Role.REFERENCE),
+                     "algorithm=bond,n=4,iterated=true": (Role.POLICY, Role.ANCHOR),
+                     "algorithm=reinforce": (Role.POLICY,)}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bond.bon import bon_probs, kl_divergence
+from bond.bon import bon_probs, bond_reward, kl_divergence
 from bond.objective import (
     JBOND_PENALTY,
     best_index,
@@ -15,8 +15,8 @@ from bond.objective import (
     jbond_loss,
     jbond_reward,
     leave_one_out_baseline,
-    reinforce_kl_loss,
     rest_threshold_mask,
+    rloo_kl_loss,
     sequence_logprobs,
 )
 
@@ -136,21 +136,33 @@ def test_jbond_gradient_equals_literal(beta, gamma):
     torch.testing.assert_close(g_fast, g_slow, rtol=1e-10, atol=1e-12)
 
 
-def literal_reinforce(logp, logp_ref, r, beta_rl):
-    B = len(logp)
-    rets = [r[i].item() - beta_rl * (logp[i] - logp_ref[i]).item() for i in range(B)]
-    return sum(-(rets[i] - sum(rets[j] for j in range(B) if j != i) / (B - 1)) * logp[i] for i in range(B)) / B
+def literal_rloo(logp, logp_ref, r, beta_rl):
+    """RLOO written one sample at a time: each sample's baseline is the mean return of its prompt's others."""
+    B, k = r.shape
+    rets = [[r[i, j].item() - beta_rl * (logp[i, j] - logp_ref[i, j]).item() for j in range(k)] for i in range(B)]
+    total = 0
+    for i in range(B):
+        for j in range(k):
+            base = sum(rets[i][m] for m in range(k) if m != j) / (k - 1)
+            total = total - (rets[i][j] - base) * logp[i, j] / (B * k)
+    return total
 
 
-def test_reinforce_gradient_equals_literal():
+def test_rloo_gradient_equals_literal():
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(5, generator=g, requires_grad=True)
     ref = torch.log_softmax(torch.randn(5, generator=g), -1)
-    y = torch.randint(0, 5, (7,), generator=g)
+    y = torch.randint(0, 5, (4, 3), generator=g)
     r = torch.randn(5, generator=g)[y]
-    fast = reinforce_kl_loss(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)[0]
-    slow = literal_reinforce(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)
+    fast = rloo_kl_loss(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)[0]
+    slow = literal_rloo(torch.log_softmax(logits, -1)[y], ref[y], r, 0.1)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-10)
     torch.testing.assert_close(torch.autograd.grad(fast, logits)[0], torch.autograd.grad(slow, logits)[0])
+
+
+def test_rloo_refuses_a_single_sample_per_prompt():
+    with pytest.raises(ValueError, match="k >= 2"):
+        rloo_kl_loss(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 1), 0.1)
 
 
 def literal_bond(logp, logp_ref, logp_best, r, ref_rewards, n, beta):
@@ -223,20 +235,64 @@ def test_expected_jbond_gradient_is_the_gradient_of_its_objective(beta, gamma):
     torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
 
 
-def test_expected_reinforce_gradient_is_unbiased():
-    K, B, beta_rl = 3, 3, 0.2
+@pytest.mark.parametrize("B,k", [(1, 3), (2, 2)])
+def test_expected_rloo_gradient_is_unbiased(B, k):
+    """Over every draw of B prompts x k samples, the RLOO gradient's expectation is exactly the gradient of
+    -(E_pi[r] - beta_rl KL(pi || ref)): the prompt's other samples make an unbiased baseline."""
+    K, beta_rl = 3, 0.2
     logits = torch.tensor([0.2, -0.1, 0.4], requires_grad=True)
     ref = torch.tensor([0.2, 0.5, 0.3])
     rewards = torch.tensor([1.0, -0.5, 0.25])
     pi = torch.softmax(logits, -1).detach()
     total = torch.zeros(K)
-    for ys in itertools.product(range(K), repeat=B):
-        y = torch.tensor(ys)
-        loss, _ = reinforce_kl_loss(torch.log_softmax(logits, -1)[y], torch.log(ref)[y], rewards[y], beta_rl)
+    for ys in itertools.product(range(K), repeat=B * k):
+        y = torch.tensor(ys).view(B, k)
+        loss, _ = rloo_kl_loss(torch.log_softmax(logits, -1)[y], torch.log(ref)[y], rewards[y], beta_rl)
         total += math.prod(pi[i].item() for i in ys) * torch.autograd.grad(loss, logits)[0]
     p = torch.softmax(logits, -1)
     objective = -((p * rewards).sum() - beta_rl * kl_divergence(p, ref))
     torch.testing.assert_close(total, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.0, 1.0])
+def test_expected_bond_gradient_by_enumeration(beta):
+    """Every batch of B = 2 policy samples, each with k = 2 reference samples, enumerated with its probability.
+    The Best-of-n sample is the best of the first n = 2 reference samples, so the forward half's expectation is
+    the gradient of the cross-entropy to the exact Bo-2 distribution; the backward half's is the gradient of
+    KL(pi || ref) - (n-1) E_pi[rbar], where rbar(y) is r_BOND of the Monte-Carlo quantiles averaged over the
+    k reference draws (the estimator's own target: log p_le is not unbiased in k, so this is what it
+    distils; with exact quantiles rbar is the log density ratio of test_bon)."""
+    K, B, k, n = 3, 2, 2, 2
+    logits = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)
+    ref = torch.tensor([0.5, 0.3, 0.2])
+    rewards = torch.tensor([0.0, 1.0, 1.0])  # with a tie
+    pi = torch.softmax(logits, -1).detach()
+    draws = list(itertools.product(range(K), repeat=k))
+    expected = torch.zeros(K)
+    for ys in itertools.product(range(K), repeat=B):
+        p_ys = math.prod(pi[y].item() for y in ys)
+        for refs in itertools.product(draws, repeat=B):
+            p = p_ys * math.prod(ref[a].item() for d in refs for a in d)
+            y, yr = torch.tensor(ys), torch.tensor(refs)
+            best = yr[torch.arange(B), best_index(rewards[yr][:, :n])]
+            logp = torch.log_softmax(logits, -1)
+            loss, _ = bond_jeffreys_loss(logp[y], torch.log(ref)[y], logp[best], rewards[y], rewards[yr], n, beta)
+            expected += p * torch.autograd.grad(loss, logits)[0]
+
+    def r_bond_mc(i: int) -> float:  # E over k reference draws of r_BOND(p_le_hat, p_lt_hat), floored as the loss
+        total = 0.0
+        for d in draws:
+            r_ref = rewards[list(d)]
+            le = max((r_ref <= rewards[i]).double().mean().item(), 0.5 / k)
+            lt = (r_ref < rewards[i]).double().mean().item()
+            total += math.prod(ref[a].item() for a in d) * bond_reward(torch.tensor(le), torch.tensor(lt), n).item()
+        return total
+
+    r_bar = torch.tensor([r_bond_mc(i) for i in range(K)])
+    p = torch.softmax(logits, -1)
+    objective = (-(1 - beta) * (bon_probs(ref, rewards, n) * torch.log(p)).sum()
+                 + beta * (kl_divergence(p, ref) - (n - 1) * (p * r_bar).sum()))
+    torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
 
 
 def literal_jsd(s_logits, t_logits, mask, beta):

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bond.records import Completion, Role, ScoredCompletion
+from bond.sampling_plan import SamplingPlan
 from cluster.episodes import EpisodeWriter, read_episodes
 from cluster.loop import make_batch
 from cluster.prompts import PromptCursor, PromptFormat, PromptSource, load_prompts, take
@@ -58,9 +59,20 @@ def sample(role, prompt_id, reward, j=0):
 def test_make_batch_pairs_by_prompt():
     scored = [sample(Role.ANCHOR, 1, 0.5, 0), sample(Role.POLICY, 1, 1.0), sample(Role.POLICY, 0, 0.0),
               sample(Role.ANCHOR, 0, 0.1, 0), sample(Role.ANCHOR, 0, 0.2, 1), sample(Role.ANCHOR, 1, 0.6, 1)]
-    batch = make_batch(scored, 2)
-    assert [p.completion.prompt_id for p in batch.policy] == [0, 1]
-    assert [[a.reward for a in g] for g in batch.anchor] == [[0.1, 0.2], [0.5, 0.6]]
+    batch = make_batch(scored, SamplingPlan(policy=1, target_role=Role.ANCHOR, target=2))
+    assert [[p.completion.prompt_id for p in g] for g in batch.policy] == [[0], [1]]
+    assert [[a.reward for a in g] for g in batch.target] == [[0.1, 0.2], [0.5, 0.6]]
+    with pytest.raises(ValueError, match="expected 2 anchor samples per prompt"):  # a lost sample is an error
+        make_batch(scored[:-1], SamplingPlan(policy=1, target_role=Role.ANCHOR, target=2))
+    with pytest.raises(ValueError, match="this plan samples"):
+        make_batch(scored, SamplingPlan(policy=1, target_role=Role.REFERENCE, target=2))
+
+
+def test_make_batch_groups_rloo_policy_samples():
+    scored = [sample(Role.POLICY, i % 2, float(i), i) for i in range(6)]
+    batch = make_batch(scored, SamplingPlan(policy=3, target_role=None, target=0))
+    assert [[s.reward for s in g] for g in batch.policy] == [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]
+    assert batch.target == ((), ()) and batch.target_role is None
 
 
 def test_episodes_rlds_rows(tmp_path):

@@ -1,0 +1,182 @@
+"""The maths and the outputs of `make pareto`: mean and standard error over seeds, reward-vs-KL fronts at KL
+budgets, the J-BOND vs REINFORCE verdicts, the PNG and the markdown table.
+
+The front of one run at a KL budget b is the best held-out reward among its evaluations whose
+KL(pi || ref) (k1, the estimator every method shares) is at most b; step 0 (pi = ref) is always one of
+them. Fronts are averaged over seeds; a difference counts as holding or reversed only beyond 2 standard
+errors (the seeds' standard errors combined), and as unresolved otherwise. A budget beyond the KL either
+method reached (its reach: the seeds' mean of their largest evaluated KL) compares nothing: a curve that
+stops at KL 1 has no point at KL 4 to be better or worse than, so such cells are "beyond", not verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BUDGETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # nats of KL(pi || ref)
+Z = 2.0  # standard errors a difference must exceed to count
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+
+
+def front(rows: Sequence[dict], budget: float) -> float:
+    """Best reward among evaluation rows with kl_ref <= budget (the first row, step 0, has KL ~ 0)."""
+    inside = [r["reward"] for r in rows if r["kl_ref"] <= budget]
+    return max(inside) if inside else rows[0]["reward"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str
+    seeds: int
+    steps: list[int]
+    kl: list[tuple[float, float]]  # (mean, se) over seeds at each evaluation, k1
+    kl_tokenwise: list[tuple[float, float]]
+    reward: list[tuple[float, float]]
+    front: list[tuple[float, float]]  # at each of BUDGETS
+    reach: tuple[float, float]  # the largest evaluated KL of each seed: mean, se
+
+
+@dataclass(frozen=True)
+class Verdict:
+    jbond: str
+    reinforce: str
+    budget: float
+    diff: float  # J-BOND front - REINFORCE front, mean over seeds
+    se: float
+    outcome: str  # "holds" | "reversed" | "unresolved" | "beyond" (a method never reached this KL)
+
+
+@dataclass(frozen=True)
+class Summary:
+    curves: list[Curve]
+    bon_n: list[int]
+    bon_kl: list[float]
+    bon_reward: list[tuple[float, float]]  # (mean, se) over seeds
+    bon_front: list[float]  # BoN reward at the largest n whose KL fits each budget
+    verdicts: list[Verdict]
+
+
+def curve(name: str, runs: Sequence[Sequence[dict]]) -> Curve:
+    steps = [r["step"] for r in runs[0]]
+    for rows in runs:
+        if [r["step"] for r in rows] != steps:
+            raise ValueError(f"{name}: seeds were evaluated at different steps")
+
+    def at(key: str) -> list[tuple[float, float]]:
+        return [mean_se([rows[i][key] for rows in runs]) for i in range(len(steps))]
+
+    return Curve(name=name, seeds=len(runs), steps=steps, kl=at("kl_ref"), kl_tokenwise=at("kl_ref_tokenwise"),
+                 reward=at("reward"), front=[mean_se([front(rows, b) for rows in runs]) for b in BUDGETS],
+                 reach=mean_se([max(r["kl_ref"] for r in rows) for rows in runs]))
+
+
+def verdict(j: Curve, r: Curve, i: int) -> Verdict:
+    (mj, sj), (mr, sr) = j.front[i], r.front[i]
+    diff, se = mj - mr, math.hypot(sj, sr)
+    if BUDGETS[i] > min(j.reach[0], r.reach[0]):
+        outcome = "beyond"
+    else:
+        outcome = "holds" if diff > Z * se else "reversed" if diff < -Z * se else "unresolved"
+    return Verdict(j.name, r.name, BUDGETS[i], diff, se, outcome)
+
+
+def summarise(runs: dict[str, list[list[dict]]], bon: Sequence[Sequence[dict]]) -> Summary:
+    curves = [curve(name, seeds) for name, seeds in runs.items() if seeds]
+    jbond = [c for c in curves if c.name.startswith("J-BOND")]
+    reinforce = [c for c in curves if c.name.startswith("REINFORCE")]
+    verdicts = [verdict(j, r, i) for j in jbond for r in reinforce for i in range(len(BUDGETS))]
+    n = [p["n"] for p in bon[0]]
+    kl = [p["kl_ref"] for p in bon[0]]
+    reward = [mean_se([seed[i]["reward"] for seed in bon]) for i in range(len(n))]
+    bon_front = [max(m for (m, _), k in zip(reward, kl, strict=True) if k <= b) for b in BUDGETS]
+    return Summary(curves, n, kl, reward, bon_front, verdicts)
+
+
+def markdown(s: Summary, skipped: dict[str, str], seeds: Sequence[int], command: str, minutes: float) -> str:
+    out = [f"Produced by `{command}` ({len(seeds)} seeds: {', '.join(map(str, seeds))}; {minutes:.0f} min). "
+           "Mean ± standard error over seeds, on the held-out prompts.", "",
+           "Last evaluation of each method (KL in nats; k1 = log pi - log ref on policy samples, tokenwise = "
+           "exact per-token KL at the sampled prefixes):", "",
+           "| method | reward | KL k1 | KL tokenwise |", "|---|---|---|---|"]
+    for c in s.curves:
+        (rm, rs), (km, ks), (tm, ts) = c.reward[-1], c.kl[-1], c.kl_tokenwise[-1]
+        out.append(f"| {c.name} | {rm:+.3f} ± {rs:.3f} | {km:.3f} ± {ks:.3f} | {tm:.3f} ± {ts:.3f} |")
+    (r1, _), (r64, s64) = s.bon_reward[0], s.bon_reward[-1]
+    out.append(f"| reference (BoN n=1) | {r1:+.3f} | 0 | 0 |")
+    out.append(f"| BoN n={s.bon_n[-1]} (analytic KL) | {r64:+.3f} ± {s64:.3f} | {s.bon_kl[-1]:.3f} | "
+               f"{s.bon_kl[-1]:.3f} |")
+    out += ["", "Front: best held-out reward reached within a KL(pi || ref) budget (k1):", "",
+            "| method | reach (KL) | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
+            "|---|---|" + "---|" * len(BUDGETS)]
+    for c in s.curves:
+        out.append(f"| {c.name} | {c.reach[0]:.2f} ± {c.reach[1]:.2f} | "
+                   + " | ".join(f"{m:+.3f} ± {e:.3f}" for m, e in c.front) + " |")
+    out.append(f"| Best-of-N | {s.bon_kl[-1]:.2f} | " + " | ".join(f"{m:+.3f}" for m in s.bon_front) + " |")
+    if s.verdicts:
+        out += ["", f"The paper's claim, J-BOND's front above REINFORCE's for every beta_RL: J-BOND front minus "
+                f"REINFORCE front; ✓ holds, ✗ reversed (beyond {Z:g} standard errors), ~ unresolved, "
+                "— beyond the reach of one of the two (not compared).", ""]
+        jbonds = list(dict.fromkeys(v.jbond for v in s.verdicts))
+        reinforces = list(dict.fromkeys(v.reinforce for v in s.verdicts))
+        mark = {"holds": "✓", "reversed": "✗", "unresolved": "~", "beyond": "—"}
+        for j in jbonds:
+            out += [f"| {j} vs | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
+                    "|---|" + "---|" * len(BUDGETS)]
+            for r in reinforces:
+                cells = [v for v in s.verdicts if v.jbond == j and v.reinforce == r]
+                out.append(f"| {r} | " + " | ".join(
+                    "—" if v.outcome == "beyond" else f"{v.diff:+.3f} ± {v.se:.3f} {mark[v.outcome]}" for v in cells)
+                           + " |")
+            counts = {o: sum(v.outcome == o for v in s.verdicts if v.jbond == j) for o in mark}
+            out += ["", f"{j}: holds in {counts['holds']}, reversed in {counts['reversed']}, unresolved in "
+                    f"{counts['unresolved']} of the {sum(counts.values()) - counts['beyond']} compared "
+                    "(REINFORCE beta_RL, KL budget) cells.", ""]
+    for name, why in skipped.items():
+        out.append(f"Not run: {name} ({why}).")
+    return "\n".join(out) + "\n"
+
+
+def plot(s: Summary, families: dict[str, str], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    styles = {"J-BOND": ("-", 2.2), "REINFORCE": ("--", 1.3), "BOND": ("-.", 1.6)}
+    colours = plt.get_cmap("tab10")
+    for ax, key, label in ((axes[0], "kl", "KL(pi || ref), k1 = log pi - log ref"),
+                           (axes[1], "kl_tokenwise", "KL(pi || ref), tokenwise (lower variance)")):
+        (line,) = ax.plot(s.bon_kl, [m for m, _ in s.bon_reward], color="black", linewidth=1.5,
+                          label="Best-of-N, n = 1..64 (log n - (n-1)/n)")
+        ax.fill_between(s.bon_kl, [m - e for m, e in s.bon_reward], [m + e for m, e in s.bon_reward],
+                        color=line.get_color(), alpha=0.15)
+        for i, c in enumerate(s.curves):
+            style, width = styles.get(families.get(c.name, ""), (":", 1.2))
+            xs = [m for m, _ in getattr(c, key)]
+            ys = [m for m, _ in c.reward]
+            ax.errorbar(xs, ys, xerr=[e for _, e in getattr(c, key)], yerr=[e for _, e in c.reward],
+                        linestyle=style, linewidth=width, marker="o", markersize=3, capsize=2,
+                        color=colours(i % 10), label=c.name)
+            ax.fill_between(xs, [y - e for y, (_, e) in zip(ys, c.reward, strict=True)],
+                            [y + e for y, (_, e) in zip(ys, c.reward, strict=True)], color=colours(i % 10), alpha=0.12)
+        far = [f"{c.name} (KL {m:.1f})" for c in s.curves for m, _ in getattr(c, key)[-1:] if m > 2 * s.bon_kl[-1]]
+        ax.set_xlim(-0.1, 2 * s.bon_kl[-1])  # an unstable run's KL must not squeeze every other curve
+        if far:
+            ax.text(0.02, 0.98, "off the axis: " + ", ".join(far), transform=ax.transAxes, fontsize=7, va="top")
+        ax.set_xlabel(label + ", nats")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out reward (mean ± s.e. over seeds)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("reward vs KL to the reference: every method over seeds, and the Best-of-N curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,54 @@
+"""cluster.evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
+the KL estimators against the learner's own log-probabilities (HF sampler, plain-torch learner: no Ray, no vLLM)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bond.records import Role
+from cluster import config_loading, evaluation
+from cluster.in_process_system import InProcessSystem
+from cluster.job_config import JobConfig
+from cluster.loop import LoopState, train
+from cluster.prompts import PromptCursor, load_prompts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(300)
+def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
+    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
+              f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
+              "learner.zero_stage=0", "run.steps=2", "algorithm.lr=0.005", "algorithm.warmup_steps=0",
+              "eval.every_steps=1", "eval.holdout_fraction=0.25", "eval.samples_per_prompt=4", "eval.greedy=false"):
+        config_loading.apply_override(data, a)
+    job = config_loading.build(JobConfig, data)
+    split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
+    system = InProcessSystem(job)
+    try:
+        curve = evaluation.bon_curve(system, job, split.heldout, Role.POLICY, max_n=8, samples_per_prompt=16)
+        assert [p.n for p in curve] == list(range(1, 9))
+        assert curve[0].kl_ref == 0.0 and curve[-1].kl_ref == pytest.approx(math.log(8) - 7 / 8)
+        rewards = [p.reward for p in curve]
+        assert all(b >= a - 1e-9 for a, b in zip(rewards, rewards[1:], strict=False))  # E[max of n] grows with n
+        assert rewards[-1] > rewards[0]
+        with pytest.raises(ValueError, match="must be >= max_n"):
+            evaluation.bon_curve(system, job, split.heldout, Role.POLICY, max_n=8, samples_per_prompt=4)
+
+        (before,) = evaluation.evaluate(system, job, split.heldout, 0)
+        assert before.kl_ref == pytest.approx(0.0, abs=1e-5) and before.kl_ref_tokenwise == pytest.approx(0.0, abs=1e-5)
+        train(job, system, split.train, LoopState(0, PromptCursor()), lambda rec: None)
+        (after,) = evaluation.evaluate(system, job, split.heldout, 2)
+        assert after.kl_ref_tokenwise > 1e-3 and after.kl_ref_k3 >= 0.0
+        assert after.kl_ref_tokenwise_sem <= after.kl_ref_sem  # the Rao-Blackwellised estimator is the steadier
+        # k1 from kl_to_reference is exactly the learner's log pi - log ref on the same completions
+        completions = system.sample(Role.POLICY, [p.text for p in split.heldout], 2, job.sampling)
+        est = system.kl_to_reference(completions)
+        k1 = system.learner.logprobs(completions, Role.POLICY) - system.learner.logprobs(completions, Role.REFERENCE)
+        torch.testing.assert_close(est.sampled, k1, atol=1e-4, rtol=0)
+        assert bool((est.tokenwise >= 0).all())
+    finally:
+        system.shutdown()
