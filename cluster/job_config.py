@@ -168,6 +168,11 @@ class ResourcesConfig:
                     f"colocated actors share the learner's devices: actors and learner both on GPU or both on CPU "
                     f"(gpus_per_actor {self.gpus_per_actor}, gpus_per_learner {self.gpus_per_learner})")
 
+    def actors(self, role: Role) -> int:
+        """How many sampling workers hold `role`'s weights (when the job samples that role at all)."""
+        return {Role.POLICY: self.policy_actors, Role.ANCHOR: self.anchor_actors,
+                Role.REFERENCE: self.reference_actors}[role]
+
 
 # Ray's node-label syntax: an optional DNS-style prefix and '/', then a name of <= 63 characters that starts and
 # ends alphanumeric with '-', '_' or '.' between; values the same without the prefix (or empty).
@@ -185,11 +190,6 @@ def _check_node_labels(name: str, labels: object) -> None:
         require(isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None, name,
                 f"label {key}: {value!r} is not a Ray node-label value (a string of letters, digits, '-', '_', '.', "
                 f"<= 63; quote numbers and booleans in YAML)")
-
-    def actors(self, role: Role) -> int:
-        """How many sampling workers hold `role`'s weights (when the job samples that role at all)."""
-        return {Role.POLICY: self.policy_actors, Role.ANCHOR: self.anchor_actors,
-                Role.REFERENCE: self.reference_actors}[role]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bond.objective import jbond_loss, reinforce_kl_loss
+from bond.objective import jbond_loss, rloo_kl_loss
 from bond.off_policy import importance_weights
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")
@@ -73,14 +73,15 @@ def test_unit_weights_change_nothing_bit_for_bit():
     plain, _ = jbond_loss(*args, 0.5, 1.0)
     ones, _ = jbond_loss(*args, 0.5, 1.0, policy_weight=torch.ones(6), anchor_weight=torch.ones(6))
     assert torch.equal(plain, ones)
-    rf_plain, _ = reinforce_kl_loss(args[0], args[1], args[3], 0.1)
-    rf_ones, _ = reinforce_kl_loss(args[0], args[1], args[3], 0.1, policy_weight=torch.ones(6))
+    grouped = [a.view(3, 2) for a in (args[0], args[1], args[3])]  # RLOO: 3 prompts x 2 samples
+    rf_plain, _ = rloo_kl_loss(*grouped, 0.1)
+    rf_ones, _ = rloo_kl_loss(*grouped, 0.1, policy_weight=torch.ones(3, 2))
     assert torch.equal(rf_plain, rf_ones)
 
 
 def test_weighted_stale_gradient_equals_the_on_policy_gradient_in_expectation():
-    """Enumerable toy: a categorical pi_theta over K completions, B = 2 i.i.d. samples per step (the leave-one-out
-    baseline couples them). E over y ~ pi_old of the importance-weighted REINFORCE gradient (no truncation) equals
+    """Enumerable toy: a categorical pi_theta over K completions, k = 2 i.i.d. samples of one prompt per step (RLOO's
+    leave-one-out baseline couples them). E over y ~ pi_old of the importance-weighted REINFORCE gradient (no truncation) equals
     E over y ~ pi_theta of the on-policy gradient, exactly."""
     K, beta_rl = 4, 0.3
     theta = torch.tensor([0.3, -0.2, 0.5, 0.1], requires_grad=True)
@@ -95,7 +96,8 @@ def test_weighted_stale_gradient_equals_the_on_policy_gradient_in_expectation():
             logp = torch.log_softmax(theta, -1)[y]
             w = importance_weights(logp, sampler_logp[y], torch.ones(2, dtype=torch.bool), cap=1e9) if weighted \
                 else None
-            loss, _ = reinforce_kl_loss(logp, ref[y], reward[y], beta_rl, policy_weight=w)
+            loss, _ = rloo_kl_loss(logp.view(1, 2), ref[y].view(1, 2), reward[y].view(1, 2), beta_rl,
+                                   policy_weight=None if w is None else w.view(1, 2))
             (grad,) = torch.autograd.grad(loss, theta)
             total += sampler_logp[y].sum().exp() * grad
         return total
