@@ -77,7 +77,7 @@ def test_jbond_coefficient_of_the_best_anchor_term_does_not_depend_on_its_values
 def test_bf16_reference_logprobs_within_the_stated_bound(tiny_dir):
     fp32 = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=8)
     bf16 = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=8, reference_dtype=Dtype.BF16)
-    completions = [s.completion for seed in range(4) for s in make_batch(seed).policy]
+    completions = [s.completion for seed in range(4) for s in make_batch(seed).policy_samples]
     exact = fp32.logprobs(completions, Role.REFERENCE)
     packs = [bf16._pack(completions[i:i + 8]) for i in range(0, len(completions), 8)]
     approx = bf16._reference_logprobs(packs)
