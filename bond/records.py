@@ -148,7 +148,7 @@ class Batch:
     """What the learner consumes for one J-BOND step: B prompts, one policy sample and N anchor samples each."""
 
     policy: tuple[ScoredCompletion, ...]  # [B] y ~ pi
-    anchor: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ pi_anchor (N = 2 for J-BOND)
+    anchor: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ pi_anchor (N = 2 for J-BOND, 0 for rest)
 
     def __post_init__(self) -> None:
         if len(self.policy) != len(self.anchor):
@@ -156,8 +156,8 @@ class Batch:
         if not self.policy:
             raise ValueError("Batch: empty")
         sizes = {len(group) for group in self.anchor}
-        if len(sizes) != 1 or 0 in sizes:
-            raise ValueError(f"Batch: every prompt needs the same nonzero number of anchor samples, got {sizes}")
+        if len(sizes) != 1:  # 0 anchor samples: a rest SFT batch (policy samples alone)
+            raise ValueError(f"Batch: every prompt needs the same number of anchor samples, got {sizes}")
         for i, (y, group) in enumerate(zip(self.policy, self.anchor, strict=True)):
             if y.completion.role is not Role.POLICY:
                 raise ValueError(f"Batch: policy[{i}] has role {y.completion.role}")
@@ -187,7 +187,7 @@ class StepStats:
     loss_bw: float  # policy-gradient surrogate of the backward-KL half
     loss_reg: float  # score-function surrogate of KL(pi || pi_anchor)
     reward_policy: float  # mean r(x, y) of the policy samples
-    reward_anchor: float  # mean r(x, y') of the anchor samples
+    reward_anchor: float  # mean r(x, y') of the anchor samples (0 in a batch without any: rest)
     kl_ref: float  # mean of log pi(y) - log pi_ref(y) on policy samples
     kl_anchor: float  # mean of log pi(y) - log pi_anchor(y) on policy samples
     frac_penalised: float  # fraction of policy samples with r_J = -log 16
@@ -196,7 +196,7 @@ class StepStats:
     policy_version: int  # weights version after this step
     anchor_version: int
     sample_policy_version: float  # mean weights_version of the policy samples used
-    sample_anchor_version: float  # mean weights_version of the anchor samples used
+    sample_anchor_version: float  # mean weights_version of the anchor samples used (0 without any)
     tokens: int  # completion tokens the learner processed this step
     seconds: float  # wall-clock time of the step
 

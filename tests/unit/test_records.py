@@ -36,6 +36,7 @@ def test_batch_checks_roles_and_prompts():
         Batch(policy=(scored(role=Role.ANCHOR),), anchor=((scored(role=Role.ANCHOR),),))
     with pytest.raises(ValueError, match="prompt"):
         Batch(policy=(scored(),), anchor=((scored(role=Role.ANCHOR, prompt_id=1),),))
-    with pytest.raises(ValueError, match="same nonzero number"):
+    assert Batch(policy=(scored(),), anchor=((),)).size == 1  # rest trains on policy samples alone
+    with pytest.raises(ValueError, match="same number"):
         Batch(policy=(scored(), scored(prompt_id=1)),
               anchor=((scored(role=Role.ANCHOR),), (scored(role=Role.ANCHOR, prompt_id=1),) * 2))
