@@ -257,6 +257,8 @@ class Learner:
                 logp = sequence_logprobs(logits, targets, mask)
                 part = -logp.sum()
                 logps.append(logp.detach())
+            if not part.requires_grad:  # no completion token in this micro-batch: a zero that still back-propagates
+                part = logits.sum() * 0.0  # (every rank's backward is a collective under ZeRO)
             self.engine.backward(part * scale)
             loss += part.item() * scale
 

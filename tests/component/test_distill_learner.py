@@ -75,7 +75,7 @@ def test_rest_step_is_sft_on_the_batch(tiny_dir):
 
 
 def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
-    bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=1e-3, warmup_steps=0,
+    bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=5e-3, warmup_steps=0,
                       gkd_teacher=str(teacher_dir), gkd_beta=0.3)
     batch = make_batch(1)
     student = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
@@ -93,7 +93,8 @@ def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
         assert all(torch.equal(v, frozen[k]) for k, v in lrn._teacher.module.state_dict().items())
     (a, pa), (b, pb) = runs
     assert literal > 0.05 and a[0].loss == pytest.approx(literal, rel=1e-5)
-    assert a[-1].loss < 0.8 * a[0].loss  # the student moves toward the teacher on its samples
+    losses = [s.loss for s in a]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0]  # the student nears the teacher
     assert a[0].loss_fw == 0.0 and a[0].reward_anchor > 0.0  # the loop's anchor samples are carried, not trained on
     assert [s.loss for s in b] == pytest.approx([s.loss for s in a], rel=1e-5)  # token mean across micro-batches
     assert_close_states(pa, pb, 4)
