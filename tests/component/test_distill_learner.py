@@ -75,7 +75,7 @@ def test_rest_step_is_sft_on_the_batch(tiny_dir):
 
 
 def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
-    bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=5e-3, warmup_steps=0,
+    bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=1e-3, warmup_steps=0,
                       gkd_teacher=str(teacher_dir), gkd_beta=0.3)
     batch = make_batch(1)
     student = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
@@ -88,7 +88,7 @@ def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
     for kwargs in (dict(zero_stage=0, micro_batch_prompts=8), dict(zero_stage=3, micro_batch_prompts=4)):
         lrn = learner(tiny_dir, bond=bond, **kwargs)
         frozen = {k: v.clone() for k, v in lrn._teacher.module.state_dict().items()}
-        runs.append(([lrn.step(batch) for _ in range(4)], state(lrn)))
+        runs.append(([lrn.step(batch) for _ in range(6)], state(lrn)))
         assert not any(p.requires_grad for p in lrn._teacher.module.parameters())
         assert all(torch.equal(v, frozen[k]) for k, v in lrn._teacher.module.state_dict().items())
     (a, pa), (b, pb) = runs
@@ -97,7 +97,7 @@ def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0]  # the student nears the teacher
     assert a[0].loss_fw == 0.0 and a[0].reward_anchor > 0.0  # the loop's anchor samples are carried, not trained on
     assert [s.loss for s in b] == pytest.approx([s.loss for s in a], rel=1e-5)  # token mean across micro-batches
-    assert_close_states(pa, pb, 4)
+    assert_close_states(pa, pb, 6)
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(tiny_dir, tied_qwen2_dir, tmp_path):
