@@ -73,11 +73,13 @@ class RunLog:
         m.record_step(s, [x.reward for x in rec.samples if x.completion.role is Role.POLICY])
         for phase, seconds in rec.seconds.items():
             m.record_phase(phase, seconds)
+        for role, sync in rec.syncs.items():  # rest pushes the policy only when its actors sample next
+            m.record_sync(role.value, sync.seconds, sync.num_bytes)
+        if "sample" not in rec.seconds:  # rest's SFT steps reuse the round's Grow data (cluster/rest.py)
+            return
         for role in dict.fromkeys(x.completion.role for x in rec.samples):  # the roles this algorithm samples
             tokens = sum(len(x.completion.token_ids) for x in rec.samples if x.completion.role is role)
             m.record_tokens(role.value, tokens, rec.seconds["sample"])
-        for role, sync in rec.syncs.items():
-            m.record_sync(role.value, sync.seconds, sync.num_bytes)
         m.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
         # nan: this algorithm draws no anchor samples; a periodically copied anchor changes version only on copies
         if math.isfinite(s.sample_anchor_version) and not self.job.algorithm.anchor_copy_every:
