@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bond.config import Algorithm, BondConfig
 from bond.records import Role, ScoredCompletion
 from cluster import config_loading, report, storage
 from cluster.episodes import EpisodeWriter
@@ -23,6 +24,13 @@ from cluster.loop import StepRecord
 from cluster.tracking import Trackers
 
 _NOT_SCALARS = {"step"}  # StepStats fields that are the x axis, not a curve
+_NAMES = {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO", Algorithm.REST: "ReST",
+          Algorithm.GKD: "GKD"}
+
+
+def algorithm_name(cfg: BondConfig) -> str:
+    """How the console names the run's algorithm (the progress bar's label)."""
+    return ("iterated " if cfg.iterated else "") + _NAMES[cfg.algorithm]
 
 
 class RunLog:
@@ -39,8 +47,8 @@ class RunLog:
         if job.run.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=job.run.steps, initial=start_step, desc="J-BOND", dynamic_ncols=True,
-                             file=sys.stdout)
+            self._bar = tqdm(total=job.run.steps, initial=start_step, desc=algorithm_name(job.algorithm),
+                             dynamic_ncols=True, file=sys.stdout)
 
     def note(self, text: str) -> None:
         """A line for the console that does not break the progress bar."""

@@ -79,3 +79,14 @@ def test_gkd_and_rest_train_on_one_policy_sample_per_prompt_and_no_target():
     for algorithm, extra in ((Algorithm.GKD, {"gkd_teacher": "t"}), (Algorithm.REST, {})):
         plan = sampling_plan(BondConfig(algorithm=algorithm, **extra))
         assert plan == SamplingPlan(policy=1, target_role=None, target=0) and plan.pushed == (Role.POLICY,)
+
+
+def test_the_progress_bar_names_every_algorithm():
+    from bond.config import Algorithm, BondConfig
+    from cluster.run_log import algorithm_name
+
+    names = {a: algorithm_name(BondConfig(algorithm=a, n=4 if a is Algorithm.BOND else 2, k_quantile=4,
+                                          gkd_teacher="t")) for a in Algorithm}
+    assert names == {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO",
+                     Algorithm.REST: "ReST", Algorithm.GKD: "GKD"}
+    assert algorithm_name(BondConfig(algorithm=Algorithm.BOND, iterated=True)) == "iterated BOND"
