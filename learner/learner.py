@@ -253,9 +253,9 @@ class Learner:
     def _distill_step(self, batch: Batch) -> StepStats:
         """rest: SFT, loss = -mean over the batch of log pi(y). gkd: the mean over the policy samples' completion
         tokens of JSD(gkd_beta) between the frozen teacher and pi. Both batches are policy samples alone, one per
-        prompt (bond.sampling_plan). Both losses are sums over sequences (tokens) divided by a global count, so each
-        micro-batch back-propagates its own part of the sum and the ranks' averaged gradients are the global
-        loss's. The anchor is kept as in every step."""
+        row (bond.sampling_plan; a rest batch's rows may share a prompt). Both losses are sums over sequences
+        (tokens) divided by a global count, so each micro-batch back-propagates its own part of the sum and the
+        ranks' averaged gradients are the global loss's. The anchor is kept as in every step."""
         t0 = time.perf_counter()
         gkd = self._teacher is not None
         share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
