@@ -79,7 +79,9 @@ def test_rest_step_is_sft_on_the_batch(tiny_dir):
 def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
     bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=1e-3, warmup_steps=0,
                       gkd_teacher=str(teacher_dir), gkd_beta=0.3)
-    batch = make_batch(1, plan=sampling_plan(bond))  # one policy sample per prompt, no target samples
+    jbond_batch = make_batch(1)  # its policy samples, without the anchor samples: gkd's plan (1 policy, no target)
+    batch = Batch(policy=jbond_batch.policy, target=((),) * jbond_batch.size)
+    assert (len(batch.policy[0]), len(batch.target[0])) == (sampling_plan(bond).policy, sampling_plan(bond).target)
     student = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     with torch.no_grad():
@@ -92,7 +94,7 @@ def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
         frozen = {k: v.clone() for k, v in lrn._teacher.module.state_dict().items()}
         runs.append(([lrn.step(batch) for _ in range(6)], state(lrn)))
         with pytest.raises(ValueError, match="gkd trains on 1 policy samples and no target"):
-            lrn.step(make_batch(1))  # a J-BOND batch (2 anchor samples per prompt) is refused, not half-used
+            lrn.step(jbond_batch)  # a J-BOND batch (2 anchor samples per prompt) is refused, not half-used
         assert not any(p.requires_grad for p in lrn._teacher.module.parameters())
         assert all(torch.equal(v, frozen[k]) for k, v in lrn._teacher.module.state_dict().items())
     (a, pa), (b, pb) = runs
