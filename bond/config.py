@@ -17,6 +17,8 @@ class Algorithm(enum.StrEnum):
     JBOND = "jbond"  # J-BOND, Algorithm 2 of the BOND paper: 1 policy + 2 anchor samples per prompt
     BOND = "bond"  # BOND-N, Jeffreys divergence to Best-of-n of the reference (or of the anchor: iterated BOND)
     REINFORCE = "reinforce"  # RLOO: REINFORCE with a KL penalty to the reference, k policy samples per prompt
+    REST = "rest"  # ReST: Grow a dataset with the policy, Improve by SFT on it at rising reward thresholds
+    GKD = "gkd"  # on-policy distillation: generalised JSD to a frozen teacher on the policy's samples
 
 
 def require(ok: bool, field: str, message: str) -> None:
@@ -88,10 +90,24 @@ class BondConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip; 0 disables clipping."""
     prompts_per_step: int = 128
-    """Global batch B: prompts per optimizer step, over all learner ranks and micro-batches."""
+    """Global batch B: prompts per optimizer step, over all learner ranks and micro-batches (rest: kept samples
+    per SFT step)."""
     max_importance_weight: float = 2.0
     """Stale samples (pipelined mode) are importance-weighted by pi_now(y) / pi_sampler(y), truncated at this
     (bond/off_policy.py): lower is less variance and more bias towards the sampling weights; >= 1."""
+    rest_grow_prompts: int = 64
+    """ReST: prompts per Grow (taken from the prompt cursor); each gets rest_samples_per_prompt policy samples."""
+    rest_samples_per_prompt: int = 4
+    """ReST: completions per prompt in a Grow dataset."""
+    rest_quantiles: tuple[float, ...] = (0.0, 0.7, 0.8, 0.9)
+    """ReST: one Improve phase per entry, rising, each in [0, 1): SFT on the Grow samples whose reward reaches
+    that quantile of the round's rewards, ceil(kept / prompts_per_step) steps per phase."""
+    gkd_teacher: str = ""
+    """GKD: the teacher, a Hugging Face model directory (or hub id) with the policy's tokenizer, e.g. a J-BOND
+    final_policy/; loaded frozen (no gradient, no optimizer state) beside the policy on every learner rank."""
+    gkd_beta: float = 0.5
+    """GKD: the token-level generalised JSD(beta) between teacher and student; 0 is the forward KL(teacher ||
+    student), 1 the reverse KL(student || teacher)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -126,6 +142,24 @@ class BondConfig:
         require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
         require(self.max_importance_weight >= 1.0, "max_importance_weight",
                 f"must be >= 1 (a cap below 1 would down-weight fresh samples too), got {self.max_importance_weight}")
+        self._check_rest()
+        require(0.0 <= self.gkd_beta <= 1.0, "gkd_beta", f"must be in [0, 1], got {self.gkd_beta}")
+        require(self.algorithm is not Algorithm.GKD or bool(self.gkd_teacher.strip()), "gkd_teacher",
+                "algorithm=gkd needs a teacher: a model directory with the policy's tokenizer (e.g. a J-BOND export)")
+
+    def _check_rest(self) -> None:
+        require(self.rest_grow_prompts >= 1, "rest_grow_prompts", f"must be >= 1, got {self.rest_grow_prompts}")
+        require(self.rest_samples_per_prompt >= 1, "rest_samples_per_prompt",
+                f"must be >= 1, got {self.rest_samples_per_prompt}")
+        q = self.rest_quantiles
+        require(isinstance(q, tuple) and len(q) >= 1, "rest_quantiles", f"expected a non-empty list, got {q!r}")
+        require(all(isinstance(x, int | float) and not isinstance(x, bool) and 0.0 <= x < 1.0 for x in q),
+                "rest_quantiles", f"every quantile must be a number in [0, 1), got {list(q)}")
+        require(list(q) == sorted(q), "rest_quantiles", f"thresholds must rise (non-decreasing), got {list(q)}")
+        grown = self.rest_grow_prompts * self.rest_samples_per_prompt
+        require(self.algorithm is not Algorithm.REST or grown >= self.prompts_per_step, "rest_grow_prompts",
+                f"a Grow of {self.rest_grow_prompts} prompts x {self.rest_samples_per_prompt} samples = {grown} "
+                f"is smaller than one SFT batch (prompts_per_step={self.prompts_per_step})")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant."""

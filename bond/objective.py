@@ -1,4 +1,5 @@
-"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE (RLOO) with a KL penalty, GKD, ReST.
+"""Losses: J-BOND (Algorithm 2), BOND with the Jeffreys divergence, REINFORCE (RLOO) with a KL penalty (GKD's
+generalised JSD: bond/gkd.py; ReST's SFT needs no loss of its own here).
 
 Every loss takes per-sequence log-probabilities log pi(y) = sum over completion tokens (see
 `sequence_logprobs`), rewards, and returns (scalar surrogate loss, statistics). Terms marked [sg] carry
@@ -23,10 +24,6 @@ AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t
-
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def sequence_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor,
@@ -184,33 +181,3 @@ def rloo_kl_loss(
     terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
                       kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
     return loss, terms
-
-
-def generalized_jsd(
-    student_logits: torch.Tensor,  # [B, T, V], with grad
-    teacher_logits: torch.Tensor,  # [B, T, V] [sg]
-    mask: torch.Tensor,  # [B, T], 1 on completion tokens
-    beta: float,
-) -> torch.Tensor:
-    """GKD's token-level JSD(beta) = beta KL(T || M) + (1-beta) KL(S || M), M = beta T + (1-beta) S.
-
-    Mean over unmasked tokens. beta must lie strictly inside (0, 1) (the limits are the two KLs).
-    """
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"generalized_jsd: beta must be in (0, 1), got {beta}")
-    log_s = torch.log_softmax(_at_least_fp32(student_logits), -1)
-    log_t = torch.log_softmax(_at_least_fp32(teacher_logits).detach(), -1)
-    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1 - beta)]), dim=0)
-    kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)
-    kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)
-    per_token = beta * kl_t + (1 - beta) * kl_s
-    m = mask.to(per_token.dtype)
-    return (per_token * m).sum() / m.sum().clamp_min(1.0)
-
-
-def rest_threshold_mask(rewards: torch.Tensor, quantile: float) -> torch.Tensor:
-    """ReST Improve filter: keep samples whose reward reaches the batch's `quantile` (0 keeps all)."""
-    if not 0.0 <= quantile < 1.0:
-        raise ValueError(f"rest_threshold_mask: quantile must be in [0, 1), got {quantile}")
-    values = rewards if rewards.is_floating_point() else rewards.double()
-    return rewards >= torch.quantile(values, quantile)

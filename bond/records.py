@@ -148,11 +148,12 @@ class Batch:
     """What the learner consumes for one step: B prompts, k policy samples and N target samples each.
 
     The target is the model whose Best-of-n the loss distils: pi_anchor (J-BOND, iterated BOND) or pi_ref
-    (BOND); REINFORCE has none (N = 0). bond.sampling_plan gives k, N and the target's role per algorithm.
+    (BOND); REINFORCE, rest and gkd have none (N = 0). bond.sampling_plan gives k, N and the target's role per
+    algorithm. A rest SFT batch is B Grow samples, each its own group of k = 1 (two may share a prompt).
     """
 
     policy: tuple[tuple[ScoredCompletion, ...], ...]  # [B][k] y ~ pi (k = 1; REINFORCE: rloo_k)
-    target: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ the target (N = 2 for J-BOND, 0 for REINFORCE)
+    target: tuple[tuple[ScoredCompletion, ...], ...]  # [B][N] y' ~ the target (N = 2 for J-BOND, 0 without one)
 
     def __post_init__(self) -> None:
         if len(self.policy) != len(self.target):
@@ -206,12 +207,12 @@ class StepStats:
     """What one learner step reports (all per-sequence quantities are means over the batch, in nats)."""
 
     step: int  # optimizer steps taken so far, this one included
-    loss: float  # (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (REINFORCE: loss_bw)
-    loss_fw: float  # -log pi(y'_best), forward-KL (SFT) half (0 for REINFORCE)
+    loss: float  # (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (REINFORCE: loss_bw; gkd: the JSD)
+    loss_fw: float  # -log pi(y'_best), forward-KL (SFT) half (0 for REINFORCE and gkd; rest: its SFT loss)
     loss_bw: float  # policy-gradient surrogate of the backward-KL half
     loss_reg: float  # score-function surrogate of KL(pi || pi_anchor)
     reward_policy: float  # mean r(x, y) of the policy samples
-    reward_anchor: float  # mean r(x, y') of the target samples (anchor; reference for BOND); nan for REINFORCE
+    reward_anchor: float  # mean r(x, y') of the target samples (anchor; reference for BOND); nan without any
     kl_ref: float  # mean of log pi(y) - log pi_ref(y) on policy samples
     kl_anchor: float  # mean of log pi(y) - log pi_anchor(y) on policy samples
     frac_penalised: float  # fraction of policy samples with r_J = -log 16

@@ -5,6 +5,8 @@ prompt, from which weights. The loop, the systems and the learner all read a ste
     bond       1 policy sample + k_quantile reference samples   (BOND-N: quantiles and Best-of-n of pi_ref)
     bond, iterated: the same against the anchor instead          (Best-of-n of a moving anchor: Bo-n^M)
     reinforce  rloo_k policy samples                            (RLOO: each baselined by the prompt's others)
+    gkd        1 policy sample                                  (on-policy: the teacher scores it, no target)
+    rest       1 policy sample per batch row                    (the SFT batch; Grow draws its own: cluster/rest.py)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from bond.records import Role
 @dataclass(frozen=True)
 class SamplingPlan:
     policy: int  # samples of pi per prompt
-    target_role: Role | None  # whose samples the loss compares pi's with: ANCHOR, REFERENCE, or None (REINFORCE)
+    target_role: Role | None  # whose samples the loss compares pi's with: ANCHOR, REFERENCE, or None
     target: int  # samples of target_role per prompt (0 without one)
 
     def __post_init__(self) -> None:
@@ -52,4 +54,8 @@ def sampling_plan(cfg: BondConfig) -> SamplingPlan:
     if cfg.algorithm is Algorithm.BOND:
         return SamplingPlan(policy=1, target_role=Role.ANCHOR if cfg.iterated else Role.REFERENCE,
                             target=cfg.k_quantile)
-    return SamplingPlan(policy=cfg.rloo_k, target_role=None, target=0)
+    if cfg.algorithm is Algorithm.REINFORCE:
+        return SamplingPlan(policy=cfg.rloo_k, target_role=None, target=0)
+    if cfg.algorithm in (Algorithm.GKD, Algorithm.REST):
+        return SamplingPlan(policy=1, target_role=None, target=0)
+    raise ValueError(f"sampling_plan: no plan for algorithm {cfg.algorithm.value}")

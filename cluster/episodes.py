@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bond.records import ScoredCompletion
+from bond.records import Completion, Role, ScoredCompletion
 
 SCHEMA = pa.schema([
     ("episode_id", pa.string()),
@@ -35,6 +35,7 @@ SCHEMA = pa.schema([
     ("finish_reason", pa.string()),
     ("token_ids", pa.list_(pa.int32())),
     ("logprobs", pa.list_(pa.float32())),
+    ("prompt_token_ids", pa.list_(pa.int32())),  # what the engine read: with token_ids, the learner's input
 ])
 
 
@@ -48,6 +49,7 @@ def episode_table(train_step: int, samples: Sequence[ScoredCompletion]) -> pa.Ta
             "reward": s.reward, "discount": 1.0, "train_step": train_step, "prompt_id": c.prompt_id,
             "role": c.role.value, "weights_version": c.weights_version, "reward_model_id": s.reward_model_id,
             "finish_reason": c.finish_reason, "token_ids": list(c.token_ids), "logprobs": list(c.logprobs),
+            "prompt_token_ids": list(c.prompt_token_ids),
         }
         for name, value in values.items():
             rows[name].append(value)
@@ -69,3 +71,12 @@ class EpisodeWriter:
 
 def read_episodes(directory: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted(Path(directory).glob("step_*.parquet"))])
+
+
+def read_scored(path: Path) -> list[ScoredCompletion]:
+    """The samples of one episode file, as the learner takes them (the prompt row's extras are not stored)."""
+    return [ScoredCompletion(
+        Completion(prompt_id=r["prompt_id"], prompt=r["observation"], prompt_token_ids=tuple(r["prompt_token_ids"]),
+                   token_ids=tuple(r["token_ids"]), text=r["action"], logprobs=tuple(r["logprobs"]),
+                   role=Role(r["role"]), weights_version=r["weights_version"], finish_reason=r["finish_reason"]),
+        reward=r["reward"], reward_model_id=r["reward_model_id"]) for r in pq.read_table(path).to_pylist()]

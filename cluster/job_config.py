@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
-from bond.config import BondConfig, check_types, require
+from bond.config import Algorithm, BondConfig, check_types, require
 from bond.records import Role
 from bond.sampling_plan import sampling_plan
 from cluster.prompts import PromptSource
@@ -329,6 +329,8 @@ class JobConfig:
         require(self.sampling.top_p == 1.0, "sampling.top_p",
                 f"training samples must come from pi itself (top_p 1), got {self.sampling.top_p}; "
                 "the learner's log-probs are of the full distribution")
+        require(self.algorithm.algorithm is not Algorithm.REST or self.run.mode is Mode.SYNC, "run.mode",
+                "rest alternates whole Grow and Improve phases (cluster/rest.py), so nothing is pipelined: use sync")
         require(self.algorithm.prompts_per_step % self.resources.learner_ranks == 0, "algorithm.prompts_per_step",
                 f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
                 f"{self.resources.learner_ranks} learner ranks")

@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 
 from actors.sampling import SamplingSettings
-from bond.config import ConfigError
+from bond.config import Algorithm, ConfigError
 from bond.records import Prompt, Role
 from bond.sampling_plan import sampling_plan
-from cluster import checkpoints, config_help, config_loading, evaluation, preflight, storage
+from cluster import checkpoints, config_help, config_loading, evaluation, preflight, rest, storage
 from cluster.evaluation import PromptSplit
 from cluster.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
 from cluster.job_config import JobConfig
@@ -160,7 +160,10 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
             log.step(rec)
             after_step(job, system, log, split, run_dir, rec, stop)
 
-        train(job, system, split.train, start, on_step, metrics)
+        if job.algorithm.algorithm is Algorithm.REST:  # Grow/Improve rounds instead of the per-step loop
+            rest.train(job, system, split.train, start, on_step, run_dir, note=log.note, metrics=metrics)
+        else:
+            train(job, system, split.train, start, on_step, metrics)
         log.end_progress()
         final_dir = run_dir / "final_policy"
         if final_dir.exists():

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bond.config import ConfigError
+from bond.config import Algorithm, ConfigError
 from cluster.job_config import JobConfig
 from cluster.prompts import PromptSet, fit_to_policy
 from reward_service.spec import RewardKind, RewardSpec
@@ -33,6 +33,8 @@ def check(job: JobConfig, *, ray_running: bool = False, built_later: Callable[[s
         check_model("models.policy", job.models.policy, need_pad=False)
     if not built_later(job.reward.path_or_name):
         check_reward(job.reward)
+    if job.algorithm.algorithm is Algorithm.GKD:
+        check_teacher(job.algorithm.gkd_teacher, job.models.policy)
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)
@@ -51,6 +53,19 @@ def check_reward(spec: RewardSpec) -> None:
             raise ConfigError(f"reward.path_or_name: no module {module!r} on the Python path")
         return
     check_model("reward.path_or_name", spec.path_or_name, need_pad=True)
+
+
+def check_teacher(teacher: str, policy: str) -> None:
+    """GKD compares the teacher's and the policy's next-token distributions index by index: a local teacher must
+    be a model directory whose tokenizer has exactly the policy's vocabulary (checked when both are local)."""
+    check_model("algorithm.gkd_teacher", teacher, need_pad=False)
+    if not (Path(teacher).expanduser().is_dir() and Path(policy).expanduser().is_dir()):
+        return  # a hub id: the learner compares the vocabulary sizes when it loads the teacher
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(teacher).get_vocab() != AutoTokenizer.from_pretrained(policy).get_vocab():
+        raise ConfigError(f"algorithm.gkd_teacher: the tokenizer of {teacher!r} differs from the policy's "
+                          f"({policy!r}); GKD needs the teacher to share the policy's vocabulary")
 
 
 def _is_hub_id(name: str) -> bool:

@@ -99,7 +99,10 @@ def summary_table(rows: Sequence[dict]) -> str:
     lines = [f"{'metric':<18}{'first 10 steps':>16}{'last 10 steps':>16}"]
     lines += [f"{label:<18}{window_mean(rows, k, True):>16.4f}{window_mean(rows, k, False):>16.4f}"
               for k, label in keys]
-    phases = {p: sum(r["phase_seconds"][p] for r in rows) / len(rows) for p in rows[0]["phase_seconds"]}
+    phases: dict[str, float] = {}  # a phase that only some steps have (rest's Grow) is averaged over every step
+    for r in rows:
+        for p, seconds in r["phase_seconds"].items():
+            phases[p] = phases.get(p, 0.0) + seconds / len(rows)
     lines.append("mean seconds/step: " + ", ".join(f"{p} {s:.2f}" for p, s in phases.items()))
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bond.config import Algorithm, BondConfig
 from bond.records import Role, ScoredCompletion
 from cluster import config_loading, report, storage
 from cluster.episodes import EpisodeWriter
@@ -23,6 +24,13 @@ from cluster.loop import StepRecord
 from cluster.tracking import Trackers
 
 _NOT_SCALARS = {"step"}  # StepStats fields that are the x axis, not a curve
+_NAMES = {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO", Algorithm.REST: "ReST",
+          Algorithm.GKD: "GKD"}
+
+
+def algorithm_name(cfg: BondConfig) -> str:
+    """How the console names the run's algorithm (the progress bar's label)."""
+    return ("iterated " if cfg.iterated else "") + _NAMES[cfg.algorithm]
 
 
 class RunLog:
@@ -39,8 +47,8 @@ class RunLog:
         if job.run.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=job.run.steps, initial=start_step, desc="J-BOND", dynamic_ncols=True,
-                             file=sys.stdout)
+            self._bar = tqdm(total=job.run.steps, initial=start_step, desc=algorithm_name(job.algorithm),
+                             dynamic_ncols=True, file=sys.stdout)
 
     def note(self, text: str) -> None:
         """A line for the console that does not break the progress bar."""
@@ -75,11 +83,13 @@ class RunLog:
         m.record_step(s, [x.reward for x in rec.samples if x.completion.role is Role.POLICY])
         for phase, seconds in rec.seconds.items():
             m.record_phase(phase, seconds)
+        for role, sync in rec.syncs.items():  # rest pushes the policy only when its actors sample next
+            m.record_sync(role.value, sync.seconds, sync.num_bytes)
+        if "sample" not in rec.seconds:  # rest's SFT steps reuse the round's Grow data (cluster/rest.py)
+            return
         for role in dict.fromkeys(x.completion.role for x in rec.samples):  # the roles this algorithm samples
             tokens = sum(len(x.completion.token_ids) for x in rec.samples if x.completion.role is role)
             m.record_tokens(role.value, tokens, rec.seconds["sample"])
-        for role, sync in rec.syncs.items():
-            m.record_sync(role.value, sync.seconds, sync.num_bytes)
         m.record_staleness("policy", s.policy_version - 1 - s.sample_policy_version)
         # nan: this algorithm draws no anchor samples; a periodically copied anchor changes version only on copies
         if math.isfinite(s.sample_anchor_version) and not self.job.algorithm.anchor_copy_every:

@@ -1,4 +1,5 @@
-"""The Learner: one optimizer step per Batch (J-BOND, BOND, REINFORCE/RLOO), the anchor, weight export, checkpoints.
+"""The Learner: one optimizer step per Batch (J-BOND, BOND, REINFORCE/RLOO, ReST's SFT, GKD), the anchor, weight
+export, checkpoints.
 
 Data parallelism: rank r of W runs in its own process and takes prompts [r*B/W, (r+1)*B/W) of every
 global Batch of B prompts; it splits them into micro-batches of `micro_batch_prompts` (gradient
@@ -57,8 +58,9 @@ from transformers import AutoModelForCausalLM
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
 from bond.divergence import KlEstimates, kl_estimates
+from bond.gkd import masked_jsd_sum
 from bond.lora import merged_weight
-from bond.objective import LossTerms, best_index, bond_jeffreys_loss, jbond_loss, rloo_kl_loss
+from bond.objective import LossTerms, best_index, bond_jeffreys_loss, jbond_loss, rloo_kl_loss, sequence_logprobs
 from bond.off_policy import importance_weights
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
 from bond.sampling_plan import sampling_plan
@@ -67,6 +69,7 @@ from learner.config import Dtype, LearnerConfig
 from learner.engine import Engine
 from learner.sequences import Packed, completion_logprobs, pack
 from learner.shadow_weights import ShadowWeights
+from learner.teacher import Teacher
 from learner.torch_engine import TorchEngine
 
 # Files besides the weights that make a model directory loadable (tokenizer, generation defaults).
@@ -138,6 +141,10 @@ class Learner:
         if config.reference_dtype is Dtype.BF16 and self._dtype is not torch.bfloat16:
             self._reference_bf16 = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=torch.bfloat16) \
                 .to(self._device).eval().requires_grad_(False)
+        self._teacher = None
+        if bond.algorithm is Algorithm.GKD:
+            vocab = self.engine.full_shape(self.engine.module.get_output_embeddings().weight)[0]
+            self._teacher = Teacher(_local_model_dir(bond.gkd_teacher), self._dtype, self._device, vocab)
         self._step = 0
 
     @property
@@ -177,9 +184,11 @@ class Learner:
         plan = self._plan
         k, n = len(batch.policy[0]), len(batch.target[0])
         if (k, n, batch.target_role) != (plan.policy, plan.target, plan.target_role):
-            raise ValueError(f"Batch has {k} policy and {n} {batch.target_role} samples per prompt; "
-                             f"{self.bond.algorithm.value} trains on {plan.policy} policy and {plan.target} "
-                             f"{plan.target_role} samples")
+            def shape(k: int, n: int, role: Role | None) -> str:
+                return f"{k} policy and {n} {role} samples" if role else f"{k} policy samples and no target"
+
+            raise ValueError(f"Batch has {shape(k, n, batch.target_role)} per prompt; {self.bond.algorithm.value} "
+                             f"trains on {shape(plan.policy, plan.target, plan.target_role)}")
 
     @property
     def layout(self) -> dict:
@@ -194,6 +203,8 @@ class Learner:
         if batch.size != self.bond.prompts_per_step:
             raise ValueError(f"Batch has {batch.size} prompts, prompts_per_step is {self.bond.prompts_per_step}")
         self._check_shape(batch)
+        if self.bond.algorithm in (Algorithm.REST, Algorithm.GKD):
+            return self._distill_step(batch)
         algorithm, k = self.bond.algorithm, self._plan.policy
         sft = self._plan.target_role is not None  # a forward (SFT) half on the best of n target samples
         share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
@@ -307,6 +318,63 @@ class Learner:
         sampler = torch.tensor([c.sum_logprob for c in flat], dtype=logp_now.dtype, device=self._device)
         shape = stale.shape
         return importance_weights(logp_now.view(shape), sampler.view(shape), stale, self.bond.max_importance_weight)
+
+    def _distill_step(self, batch: Batch) -> StepStats:
+        """rest: SFT, loss = -mean over the batch of log pi(y). gkd: the mean over the policy samples' completion
+        tokens of JSD(gkd_beta) between the frozen teacher and pi. Both batches are policy samples alone, one per
+        row (bond.sampling_plan; a rest batch's rows may share a prompt). Both losses are sums over sequences
+        (tokens) divided by a global count, so each micro-batch back-propagates its own part of the sum and the
+        ranks' averaged gradients are the global loss's. The anchor is kept as in every step."""
+        t0 = time.perf_counter()
+        gkd = self._teacher is not None
+        share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
+        mb = self.config.micro_batch_prompts
+        packs = [self._pack([s.completion for s in share.slice(i, i + mb).policy_samples])
+                 for i in range(0, self._share, mb)]
+        with torch.no_grad():
+            with self._anchor.swapped_in():
+                logp_anchor = torch.cat([self._logprobs(p) for p in packs])
+            logp_ref = self._reference_logprobs(packs)
+        if gkd:  # the token mean over the global batch: every rank needs the global token count
+            tokens = torch.tensor([float(sum(p.completion_tokens for p in packs))], dtype=torch.float64,
+                                  device=self._device)
+            scale = self.world_size / max(rendezvous.all_reduce_sum(tokens).item(), 1.0)
+        else:
+            scale = 1.0 / self._share
+        loss, logps = 0.0, []
+        for p in packs:
+            keep = p.logit_positions
+            logits = self.engine.forward(p.input_ids, p.attention_mask, keep)  # [S, K, V]
+            targets, mask = p.targets[:, keep], p.target_mask[:, keep]
+            if gkd:
+                part = masked_jsd_sum(logits, self._teacher.logits(p, keep), mask, self.bond.gkd_beta)
+                logps.append(sequence_logprobs(logits.detach(), targets, mask))
+            else:
+                logp = sequence_logprobs(logits, targets, mask)
+                part = -logp.sum()
+                logps.append(logp.detach())
+            if not part.requires_grad:  # no completion token in this micro-batch: a zero that still back-propagates
+                part = logits.sum() * 0.0  # (every rank's backward is a collective under ZeRO)
+            self.engine.backward(part * scale)
+            loss += part.item() * scale
+
+        lr = self.bond.lr_at(self._step)
+        grad_norm = self.engine.step(lr)
+        ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self._anchor_rate(self._step))
+        self._step += 1
+        logp = torch.cat(logps)
+        local = torch.tensor([loss, (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item()],
+                             dtype=torch.float64, device=self._device)
+        g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()
+        policy = batch.policy_samples
+        return StepStats(
+            step=self._step, loss=g[0], loss_fw=0.0 if gkd else g[0], loss_bw=0.0, loss_reg=0.0,
+            frac_penalised=0.0, kl_ref=g[1], kl_anchor=g[2],
+            reward_policy=sum(s.reward for s in policy) / len(policy), reward_anchor=math.nan,  # no target samples
+            grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
+            sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
+            sample_anchor_version=math.nan, tokens=sum(len(s.completion.token_ids) for s in policy),
+            seconds=time.perf_counter() - t0)
 
     def logprobs(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> torch.Tensor:
         """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync).

@@ -60,12 +60,13 @@ def test_two_steps_in_process(tiny_dir, tmp_path):
     ("algorithm.algorithm=bond", "algorithm.n=4", "algorithm.k_quantile=6"),
     ("algorithm.algorithm=bond", "algorithm.n=2", "algorithm.k_quantile=3", "algorithm.iterated=true",
      "algorithm.anchor_copy_every=2", "run.steps=3"),
-], ids=["reinforce-rloo", "bond", "iterated-bond"])
+    ("algorithm.algorithm=gkd", "algorithm.gkd_teacher={policy}"),
+], ids=["reinforce-rloo", "bond", "iterated-bond", "gkd"])
 def test_each_algorithm_trains_in_process(tiny_dir, overrides):
     """A short run of each algorithm: the plan's samples per prompt and role, the pushes (never to the frozen
     reference; a copied anchor only when copied), the loss halves it has; for bond, the Best-of-N baseline on
-    the same reference actor."""
-    job = in_process_job(tiny_dir, *overrides)
+    the same reference actor. gkd's teacher is the policy itself here: only its sampling plan is under test."""
+    job = in_process_job(tiny_dir, *(o.format(policy=tiny_dir / "policy") for o in overrides))
     plan, B = sampling_plan(job.algorithm), job.algorithm.prompts_per_step
     system = InProcessSystem(job)
     records = []

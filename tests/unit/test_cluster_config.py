@@ -62,8 +62,31 @@ def test_each_algorithm_starts_the_actors_it_samples():
 
     roles = {a: parse_config([f"--set=algorithm.{x}" for x in a.split(",")]).actor_roles
              for a in ("algorithm=jbond", "algorithm=bond,n=4", "algorithm=bond,n=4,iterated=true",
-                       "algorithm=reinforce")}
+                       "algorithm=reinforce", "algorithm=rest", "algorithm=gkd,gkd_teacher=t")}
     assert roles == {"algorithm=jbond": (Role.POLICY, Role.ANCHOR),
                      "algorithm=bond,n=4": (Role.POLICY, Role.REFERENCE),
                      "algorithm=bond,n=4,iterated=true": (Role.POLICY, Role.ANCHOR),
-                     "algorithm=reinforce": (Role.POLICY,)}
+                     "algorithm=reinforce": (Role.POLICY,),
+                     "algorithm=rest": (Role.POLICY,),
+                     "algorithm=gkd,gkd_teacher=t": (Role.POLICY,)}
+
+
+def test_gkd_and_rest_train_on_one_policy_sample_per_prompt_and_no_target():
+    from bond.config import Algorithm, BondConfig
+    from bond.records import Role
+    from bond.sampling_plan import SamplingPlan, sampling_plan
+
+    for algorithm, extra in ((Algorithm.GKD, {"gkd_teacher": "t"}), (Algorithm.REST, {})):
+        plan = sampling_plan(BondConfig(algorithm=algorithm, **extra))
+        assert plan == SamplingPlan(policy=1, target_role=None, target=0) and plan.pushed == (Role.POLICY,)
+
+
+def test_the_progress_bar_names_every_algorithm():
+    from bond.config import Algorithm, BondConfig
+    from cluster.run_log import algorithm_name
+
+    names = {a: algorithm_name(BondConfig(algorithm=a, n=4 if a is Algorithm.BOND else 2, k_quantile=4,
+                                          gkd_teacher="t")) for a in Algorithm}
+    assert names == {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO",
+                     Algorithm.REST: "ReST", Algorithm.GKD: "GKD"}
+    assert algorithm_name(BondConfig(algorithm=Algorithm.BOND, iterated=True)) == "iterated BOND"

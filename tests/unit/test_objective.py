@@ -11,11 +11,9 @@ from bond.objective import (
     JBOND_PENALTY,
     best_index,
     bond_jeffreys_loss,
-    generalized_jsd,
     jbond_loss,
     jbond_reward,
     leave_one_out_baseline,
-    rest_threshold_mask,
     rloo_kl_loss,
     sequence_logprobs,
 )
@@ -294,35 +292,3 @@ def test_expected_bond_gradient_by_enumeration(beta):
                  + beta * (kl_divergence(p, ref) - (n - 1) * (p * r_bar).sum()))
     torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
 
-
-def literal_jsd(s_logits, t_logits, mask, beta):
-    total, count = 0.0, 0
-    for b in range(s_logits.shape[0]):
-        for t in range(s_logits.shape[1]):
-            if not mask[b, t]:
-                continue
-            s = torch.softmax(s_logits[b, t], -1).tolist()
-            q = torch.softmax(t_logits[b, t], -1).tolist()
-            m = [beta * qi + (1 - beta) * si for qi, si in zip(q, s, strict=True)]
-            kl_t = sum(qi * math.log(qi / mi) for qi, mi in zip(q, m, strict=True))
-            kl_s = sum(si * math.log(si / mi) for si, mi in zip(s, m, strict=True))
-            total += beta * kl_t + (1 - beta) * kl_s
-            count += 1
-    return total / count
-
-
-@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
-def test_generalized_jsd_literal(beta):
-    g = torch.Generator().manual_seed(6)
-    s, t = torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)
-    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
-    assert generalized_jsd(s, t, mask, beta).item() == pytest.approx(literal_jsd(s, t, mask, beta), rel=1e-9)
-    assert generalized_jsd(t, t, mask, beta).item() == pytest.approx(0.0, abs=1e-12)
-
-
-def test_rest_threshold_mask():
-    r = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
-    assert rest_threshold_mask(r, 0.0).all()
-    assert rest_threshold_mask(r, 0.5).tolist() == [False, True, True, True, False]
-    with pytest.raises(ValueError, match="quantile"):
-        rest_threshold_mask(r, 1.0)

@@ -80,9 +80,9 @@ def test_unit_weights_change_nothing_bit_for_bit():
 
 
 def test_weighted_stale_gradient_equals_the_on_policy_gradient_in_expectation():
-    """Enumerable toy: a categorical pi_theta over K completions, k = 2 i.i.d. samples of one prompt per step (RLOO's
-    leave-one-out baseline couples them). E over y ~ pi_old of the importance-weighted REINFORCE gradient (no truncation) equals
-    E over y ~ pi_theta of the on-policy gradient, exactly."""
+    """Enumerable toy: a categorical pi_theta over K completions, k = 2 i.i.d. samples of one prompt per step
+    (RLOO's leave-one-out baseline couples them). E over y ~ pi_old of the importance-weighted REINFORCE gradient
+    (no truncation) equals E over y ~ pi_theta of the on-policy gradient, exactly."""
     K, beta_rl = 4, 0.3
     theta = torch.tensor([0.3, -0.2, 0.5, 0.1], requires_grad=True)
     old = torch.log_softmax(torch.tensor([0.0, 0.4, -0.3, 0.2]), -1)  # the stale sampler's weights

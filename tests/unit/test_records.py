@@ -45,8 +45,9 @@ def test_batch_checks_roles_and_prompts():
               target=((scored(role=Role.ANCHOR),), (scored(role=Role.ANCHOR, prompt_id=1),) * 2))
     with pytest.raises(ValueError, match="same nonzero number of policy"):
         Batch(policy=((),), target=((),))
-
-
+    # rest's SFT batch: single policy samples, two of them may share a prompt
+    sft = Batch(policy=((scored(),), (scored(),)), target=((), ()))
+    assert sft.size == 2 and sft.target_samples == []
 
 
 def test_request_seeds_are_distinct_across_roles_actors_and_steps():

@@ -1,0 +1,33 @@
+"""GKD's teacher: a frozen Hugging Face model beside the policy on every learner rank.
+
+Frozen means no gradient (requires_grad off, forwards under no_grad), no optimizer state, no checkpoint (the
+config names it; a resumed run loads it again), no EMA. It is not partitioned under ZeRO-3: each rank holds a
+whole copy in the learner's dtype, so the teacher must fit on one device beside the rank's share of the policy.
+Its logits are asked for only at the positions that predict completion tokens, as the policy's are
+(learner/sequences.py), and must cover the policy's vocabulary index for index (the same tokenizer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from learner.sequences import Packed
+
+
+class Teacher:
+    def __init__(self, model_dir: Path, dtype: torch.dtype, device: torch.device, vocab_size: int) -> None:
+        self.module = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        self.module.eval().requires_grad_(False)
+        teacher_vocab = self.module.get_output_embeddings().weight.shape[0]
+        if teacher_vocab != vocab_size:
+            raise ValueError(f"algorithm.gkd_teacher: {model_dir} predicts {teacher_vocab} tokens, the policy "
+                             f"{vocab_size}; the teacher needs the policy's tokenizer and vocabulary")
+
+    @torch.no_grad()
+    def logits(self, packed: Packed, keep: torch.Tensor) -> torch.Tensor:
+        """[S, K, V] logits at positions `keep` of the packed sequences (no graph is built)."""
+        return self.module(input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False,
+                           logits_to_keep=keep).logits
