@@ -81,14 +81,3 @@ def kl_bound(n: int) -> float:
     """log n - (n-1)/n: KL(pi_BoN || pi_ref) for continuous rewards, an upper bound with ties (section 1)."""
     _check_n(n)
     return math.log(n) - (n - 1) / n
-
-
-def best_of_first(rewards: torch.Tensor, n: int) -> torch.Tensor:
-    """[P] the Best-of-n reward of each prompt: the max over the first n of its samples' rewards[P, M >= n].
-
-    Nested prefixes of one draw give every n <= M an exact Best-of-n sample, so a whole BoN curve costs M
-    samples per prompt."""
-    _check_n(n)
-    if rewards.dim() != 2 or rewards.shape[1] < n:
-        raise ValueError(f"best_of_first: rewards must be [P, M >= {n}], got {tuple(rewards.shape)}")
-    return rewards[:, :n].max(dim=-1).values

@@ -47,13 +47,6 @@ def kl_estimates(logits_pi: torch.Tensor, logits_ref: torch.Tensor, token_ids: t
                        tokenwise=(full * m).sum(-1))
 
 
-def bon_kl(n: int) -> float:
-    """KL(pi_BoN || pi_ref) = log n - (n - 1) / n for a continuous reward (an upper bound with ties)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return float(torch.log(torch.tensor(float(n), dtype=torch.float64))) - (n - 1) / n
-
-
 def expected_max_of_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
     """Unbiased estimate of E[max of n iid draws] from the M >= n iid draws rewards[..., M] (per row).
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bond.divergence import bon_kl, expected_max_of_n
+from bond.bon import kl_bound
+from bond.divergence import expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.job_config import EvalConfig, JobConfig
 from cluster.prompts import load_prompts
@@ -142,7 +143,8 @@ def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n:
     points = []
     for n in range(1, max_n + 1):
         per_prompt = expected_max_of_n(rewards, n).tolist()
-        points.append(BonPoint(n=n, kl_ref=bon_kl(n), reward=statistics.fmean(per_prompt), reward_sem=_sem(per_prompt)))
+        points.append(BonPoint(n=n, kl_ref=kl_bound(n), reward=statistics.fmean(per_prompt),
+                               reward_sem=_sem(per_prompt)))
     return points
 
 

@@ -229,7 +229,7 @@ class System:
 
     def __init__(self, job: JobConfig, metrics=None, roles: Sequence[Role] | None = None):
         """roles: whose sampling workers to start (default job.actor_roles, what the algorithm samples); add
-        Role.REFERENCE to evaluate Best-of-N of the reference (cluster/best_of_n.py) in a job that trains without."""
+        Role.REFERENCE to evaluate Best-of-N of the reference (evaluation.bon_curve) in a job that trains without."""
         self.job = job
         res = job.resources
         self._groups = []

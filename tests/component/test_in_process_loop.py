@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.sampling import SamplingSettings
 from bond.records import Role
 from bond.sampling_plan import sampling_plan
-from cluster import config_loading
-from cluster.best_of_n import best_of_n_curve
+from cluster import config_loading, evaluation
 from cluster.in_process_system import InProcessSystem
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, train
@@ -86,8 +84,8 @@ def test_each_algorithm_trains_in_process(tiny_dir, overrides):
         assert [r.stats.anchor_version for r in records] == [0, 2, 2]
         assert {s.completion.weights_version for s in records[2].samples if s.completion.role is Role.ANCHOR} == {2}
     if plan.target_role is Role.REFERENCE:
-        settings = SamplingSettings(max_new_tokens=job.sampling.max_new_tokens, seed=12345)
-        curve = best_of_n_curve(system, prompts[:4], [1, 2, 4], settings)
-        assert [c.n for c in curve] == [1, 2, 4] and curve[0].kl_bound == 0.0
-        assert curve[0].reward <= curve[1].reward <= curve[2].reward  # nested prefixes of one draw
-        assert curve[2].kl_bound == pytest.approx(math.log(4) - 0.75)
+        # the Best-of-N baseline from the job's own (frozen) reference actors
+        curve = evaluation.bon_curve(system, job, prompts[:4], Role.REFERENCE, max_n=4, samples_per_prompt=8)
+        assert [c.n for c in curve] == [1, 2, 3, 4] and curve[0].kl_ref == 0.0
+        assert all(a.reward <= b.reward + 1e-9 for a, b in zip(curve, curve[1:], strict=False))  # E[max of n] rises with n
+        assert curve[3].kl_ref == pytest.approx(math.log(4) - 0.75)

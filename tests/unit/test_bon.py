@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from bond.bon import (
-    best_of_first,
     bon_probs,
     bond_reward,
     kl_bound,
@@ -137,24 +136,7 @@ def test_bad_inputs_are_named():
         bon_probs(torch.ones(2) / 2, torch.zeros(3), 2)
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_best_of_first_prefixes_are_best_of_n_draws(ties):
-    """The Best-of-N baseline's estimator: over every M-tuple of reference draws (enumerated with its probability),
-    the mean of the max reward of the first n draws is E_{pi_BoN(n)}[r], for every n <= M at once."""
-    ref, rewards = toy(4, seed=7, ties=ties)
-    M = 4
-    expected = torch.zeros(M)
-    for draws in itertools.product(range(4), repeat=M):
-        prob = math.prod(ref[i].item() for i in draws)
-        r = rewards[list(draws)].unsqueeze(0)
-        expected += prob * torch.stack([best_of_first(r, n)[0] for n in range(1, M + 1)])
-    exact = torch.stack([(bon_probs(ref, rewards, n) * rewards).sum() for n in range(1, M + 1)])
-    torch.testing.assert_close(expected, exact, rtol=1e-10, atol=1e-12)
-
-
 def test_kl_bound_literal_and_equal_to_the_exact_kl():
     assert kl_bound(1) == 0.0 and kl_bound(2) == pytest.approx(math.log(2) - 0.5)
     ref, rewards = fine_continuous_toy()
     assert kl_bound(4) == pytest.approx(kl_divergence(bon_probs(ref, rewards, 4), ref).item(), abs=2e-3)
-    with pytest.raises(ValueError, match="M >= 3"):
-        best_of_first(torch.zeros(2, 2), 3)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bond.divergence import bon_kl, expected_max_of_n, kl_estimates
+from bond.divergence import expected_max_of_n, kl_estimates
 
 V, T = 3, 3
 
@@ -88,9 +88,3 @@ def test_expected_max_of_n_edges():
     assert torch.isfinite(expected_max_of_n(big, 64))  # binomials far beyond float range, taken in log space
     with pytest.raises(ValueError, match="1 <= n <= M"):
         expected_max_of_n(r, 5)
-
-
-def test_bon_kl():
-    assert bon_kl(1) == 0.0
-    assert bon_kl(2) == pytest.approx(math.log(2) - 0.5)
-    assert bon_kl(64) == pytest.approx(math.log(64) - 63 / 64)
