@@ -86,6 +86,6 @@ def test_each_algorithm_trains_in_process(tiny_dir, overrides):
     if plan.target_role is Role.REFERENCE:
         # the Best-of-N baseline from the job's own (frozen) reference actors
         curve = evaluation.bon_curve(system, job, prompts[:4], Role.REFERENCE, max_n=4, samples_per_prompt=8)
-        assert [c.n for c in curve] == [1, 2, 3, 4] and curve[0].kl_ref == 0.0
-        assert all(a.reward <= b.reward + 1e-9 for a, b in zip(curve, curve[1:], strict=False))  # E[max of n] rises with n
+        assert [c.n for c in curve] == [1, 2, 3, 4] and curve[0].kl_ref == 0.0  # E[max of n] rises with n:
+        assert all(a.reward <= b.reward + 1e-9 for a, b in zip(curve, curve[1:], strict=False))
         assert curve[3].kl_ref == pytest.approx(math.log(4) - 0.75)
