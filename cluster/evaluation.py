@@ -20,8 +20,8 @@ import dataclasses
 import random
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,7 +29,7 @@ from bond.bon import kl_bound
 from bond.divergence import expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.job_config import EvalConfig, JobConfig
-from cluster.prompts import load_prompts
+from cluster.prompts import PromptSet, load_prompts
 
 _SEED_OFFSET = 1 << 40  # training request seeds are run.seed * 1_000_003 + step: far below this
 SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
@@ -62,18 +62,22 @@ class PromptSplit:
     train: tuple[Prompt, ...]
     heldout: tuple[Prompt, ...]
     overlap: int  # held-out prompts (from a file) that also appear among the training prompts
+    skipped: dict[str, int] = field(default_factory=dict)  # held-out rows (from a file) skipped, by reason
 
 
-def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int) -> PromptSplit:
-    """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts."""
+def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int,
+                  fit: Callable[[PromptSet], PromptSet] = lambda loaded: loaded) -> PromptSplit:
+    """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts.
+    `fit` filters a held-out file as the training prompts were (preflight.fit_prompts: what the policy can take);
+    the training prompts passed in are already fitted."""
     prompts = tuple(prompts)
     if cfg.prompts is not None:
         try:
-            heldout = load_prompts(cfg.prompts).prompts
+            loaded = fit(load_prompts(cfg.prompts))
         except (ValueError, FileNotFoundError) as e:  # its messages name prompts.*: this is eval.prompts.*
             raise type(e)(f"eval.{e}") from None
         train = set(prompts)
-        return PromptSplit(prompts, heldout, sum(p in train for p in heldout))
+        return PromptSplit(prompts, loaded.prompts, sum(p in train for p in loaded.prompts), dict(loaded.skipped))
     if cfg.holdout_fraction == 0.0:
         return PromptSplit(prompts, (), 0)
     distinct = sorted(set(prompts), key=lambda p: (p.text, [(m.role, m.content) for m in p.messages]))

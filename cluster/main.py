@@ -110,7 +110,10 @@ def run(job: JobConfig) -> dict:
     prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
-    split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed)
+    split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed,
+                                     fit=lambda loaded: preflight.fit_prompts(job, loaded))
+    for reason, count in split.skipped.items():
+        print(f"eval prompts: skipped {count} rows ({reason})", flush=True)
     if split.overlap:
         print(f"warning: {split.overlap} of {len(split.heldout)} held-out prompts are also training prompts",
               flush=True)

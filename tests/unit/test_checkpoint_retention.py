@@ -108,3 +108,24 @@ def test_holdout_split_is_disjoint_seeded_and_refuses_to_hold_out_everything():
     with pytest.raises(ValueError, match="eval.holdout_fraction"):
         evaluation.split_prompts([Prompt(text="a"), Prompt(text="b")], EvalConfig(holdout_fraction=0.9), seed=0)
     assert evaluation.split_prompts(prompts, EvalConfig(), seed=0).train == tuple(prompts)
+
+
+def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir, tmp_path):
+    """eval.prompts rows the policy cannot take (longer than prompts.max_prompt_length) are skipped and counted, as
+    training rows are, instead of reaching the actors; a file with nothing usable is refused naming eval.prompts."""
+    from cluster import preflight
+    from cluster.job_config import JobConfig, ModelsConfig
+    from cluster.prompts import PromptSource
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the movie", "the plot " * 40, "the cast"]))
+    job = JobConfig(models=ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False),
+                    prompts=PromptSource(max_prompt_length=16), eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))))
+    split = evaluation.split_prompts([Prompt(text="the movie")], job.eval, seed=0,
+                                     fit=lambda loaded: preflight.fit_prompts(job, loaded))
+    assert [p.text for p in split.heldout] == ["the movie", "the cast"] and split.overlap == 1
+    assert sum(split.skipped.values()) == 1
+    heldout.write_text(json.dumps({"prompt": "the plot " * 40}))
+    with pytest.raises(ValueError, match="eval.prompts.path: no usable prompt"):
+        evaluation.split_prompts([Prompt(text="the movie")], job.eval, seed=0,
+                                 fit=lambda loaded: preflight.fit_prompts(job, loaded))
