@@ -98,9 +98,22 @@ def _partition(param: torch.nn.Parameter, full: torch.Tensor, rank: int) -> torc
     return torch.cat([piece, piece.new_zeros(size - piece.numel())]) if piece.numel() < size else piece
 
 
+def _forget_destroyed_groups() -> None:
+    """DeepSpeed caches its world/data-parallel groups at module level. If the default process group was torn
+    down since (an in-process vLLM engine's shutdown destroys it; learner.rendezvous then builds a new one), the
+    cached groups are no longer registered and ZeRO-3 fails with "Group ... is not registered": drop them, as
+    DeepSpeed itself does when it destroys the world."""
+    from deepspeed.utils import groups
+
+    cached = groups._WORLD_GROUP
+    if cached is not None and cached not in dist.distributed_c10d._world.pg_map:
+        groups._release_process_group_references(None)
+
+
 class DeepSpeedEngine:
     def __init__(self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int,
                  micro_batches: int) -> None:
+        _forget_destroyed_groups()
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         self.zero_stage, self.micro_batches, self.world_size = cfg.zero_stage, micro_batches, world_size
         self.rank = dist.get_rank()

@@ -93,6 +93,16 @@ def test_learner_config_names_the_bad_field(tiny_dir):
         learner(tiny_dir).step(make_batch(0, plan=SamplingPlan(3, None, 0)))
 
 
+def test_a_learner_after_the_process_group_was_torn_down(tiny_dir):
+    """An in-process vLLM engine's shutdown destroys the default process group (the suite's order hit this): a
+    ZeRO-3 learner built afterwards must not reuse DeepSpeed's cached, now unregistered, groups."""
+    first = learner(tiny_dir, zero_stage=3, micro_batch_prompts=4)
+    first.step(make_batch(0))
+    torch.distributed.destroy_process_group()
+    second = learner(tiny_dir, zero_stage=3, micro_batch_prompts=4)
+    assert second.step(make_batch(0)).loss == pytest.approx(learner(tiny_dir).step(make_batch(0)).loss, rel=1e-5)
+
+
 def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
     """ZeRO 1/2/3 with two micro-batches vs plain torch with one: same stats every step, same parameters."""
     batches = [make_batch(s) for s in range(3)]
