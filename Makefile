@@ -57,7 +57,7 @@ tiny: install
 run: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
 
-test: install tiny
+test: install tiny summary-world
 	@bash cluster/monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
 	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
