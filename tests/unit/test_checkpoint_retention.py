@@ -120,7 +120,8 @@ def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the movie", "the plot " * 40, "the cast"]))
     job = JobConfig(models=ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False),
-                    prompts=PromptSource(max_prompt_length=16), eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))))
+                    prompts=PromptSource(max_prompt_length=16),
+                    eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))))
     split = evaluation.split_prompts([Prompt(text="the movie")], job.eval, seed=0,
                                      fit=lambda loaded: preflight.fit_prompts(job, loaded))
     assert [p.text for p in split.heldout] == ["the movie", "the cast"] and split.overlap == 1
