@@ -10,7 +10,7 @@ import ray
 import torch
 
 from bond.records import Role
-from tests.integration.test_job import local_ray, smoke_job  # noqa: F401 (fixture)
+from tests.integration.test_job import smoke_job
 
 
 def _actor_anchor(actor) -> dict[str, torch.Tensor]:

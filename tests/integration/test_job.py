@@ -53,13 +53,6 @@ def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
     return config_loading.build(JobConfig, data)
 
 
-@pytest.fixture(scope="module")
-def local_ray(tiny_dir):
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
-
-
 def stats_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
 

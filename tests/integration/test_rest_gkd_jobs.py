@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -43,13 +42,6 @@ def job(run_dir: Path, tiny_dir: Path, *overrides: str) -> JobConfig:
 
 def stats_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tiny_dir):
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
 
 
 REST = ("algorithm.algorithm=rest", "algorithm.rest_grow_prompts=8", "algorithm.rest_samples_per_prompt=2",

@@ -6,7 +6,7 @@ One short job on a real local Ray (the fixtures of test_job.py), checked for all
 import json
 
 import pytest
-from test_job import ROOT, local_ray, smoke_job, stats_rows  # noqa: F401 - local_ray is a fixture
+from test_job import ROOT, smoke_job, stats_rows
 
 from cluster import checkpoints
 from cluster.main import run
