@@ -57,14 +57,9 @@ tiny: install
 run: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
 
-FORKING_TESTS := tests/integration tests/component/test_reward_serve.py tests/component/test_reward_models.py
 test: install tiny summary-world
 	@bash cluster/monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
-	@# Two processes: each in-process Learner leaves ~2 GB of committed address space behind (measured, cause not
-	@# yet found), and Linux refuses to fork a process committed beyond RAM; the tests that start Ray or Serve
-	@# (they fork) run in a process of their own, after the learner-heavy ones.
-	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(FORKING_TESTS:%=--ignore=%) $(PYTEST_ARGS)
-	$(CPU_VLLM_ENV) $(BIN)/python -m pytest $(FORKING_TESTS) -m "not gpu" $(PYTEST_ARGS)
+	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -40,8 +40,17 @@ def _load_weights_only(path: str, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def deepspeed_config(bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int) -> dict:
+_DEEPSPEED_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size, in elements
+
+
+def deepspeed_config(bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int,
+                     trainable_elements: int | None = None) -> dict:
+    """`trainable_elements` (the optimizer's parameter count) caps the gradient reduce bucket: DeepSpeed
+    allocates that bucket whole up front (5e8 elements by default: 1.9 GiB in fp32, per engine, whatever the
+    model's size), and a bucket that holds every gradient already reduces in one go."""
     zero: dict = {"stage": cfg.zero_stage}
+    if trainable_elements is not None:
+        zero["reduce_bucket_size"] = max(1, min(_DEEPSPEED_REDUCE_BUCKET, trainable_elements))
     if cfg.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = 0
     return {
@@ -124,7 +133,8 @@ class DeepSpeedEngine:
             [p for p in module.parameters() if p.requires_grad],
             lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
             weight_decay=bond.weight_decay)
-        config = deepspeed_config(bond, cfg, world_size, micro_batches)
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+        config = deepspeed_config(bond, cfg, world_size, micro_batches, trainable_elements=trainable)
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False)
         self.module = self.engine.module

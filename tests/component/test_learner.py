@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import random
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +102,23 @@ def test_a_learner_after_the_process_group_was_torn_down(tiny_dir):
     torch.distributed.destroy_process_group()
     second = learner(tiny_dir, zero_stage=3, micro_batch_prompts=4)
     assert second.step(make_batch(0)).loss == pytest.approx(learner(tiny_dir).step(make_batch(0)).loss, rel=1e-5)
+
+
+def test_a_zero3_learner_reserves_memory_for_its_model_not_deepspeeds_default_bucket(tiny_dir):
+    """DeepSpeed's ZeRO-3 allocates its gradient reduce bucket whole at start-up: 5e8 fp32 elements (1.9 GiB of
+    address space per engine, never released with the engine) unless the config caps it; a process that built a
+    few such learners could no longer fork. Capped at the trainable parameter count, a step still matches."""
+    def committed_mib() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmSize:")).split()[1]) // 1024
+
+    learner(tiny_dir, zero_stage=3, micro_batch_prompts=4)  # first-use costs (imports, groups) out of the way
+    before = committed_mib()
+    lrn = learner(tiny_dir, zero_stage=3, micro_batch_prompts=4)
+    assert committed_mib() - before < 512, f"a tiny ZeRO-3 learner added {committed_mib() - before} MiB"
+    bucket = lrn.engine.engine.optimizer.reduce_bucket_size
+    assert bucket == sum(p.ds_numel for p in lrn.engine.module.parameters())  # the whole model: one reduce
+    assert lrn.step(make_batch(0)).loss == pytest.approx(learner(tiny_dir).step(make_batch(0)).loss, rel=1e-5)
 
 
 def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
