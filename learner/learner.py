@@ -1,5 +1,5 @@
-"""The Learner: one optimizer step per Batch (J-BOND, BOND, REINFORCE/RLOO, ReST's SFT, GKD), the anchor, weight
-export, checkpoints.
+"""The Learner: one optimizer step per Batch (J-BOND, BOND, REINFORCE/RLOO, ReST's SFT, GKD) and the anchor; weight
+export (weight_export.py) and checkpoints (checkpoints.py) are helpers it holds.
 
 Data parallelism: rank r of W runs in its own process and takes prompts [r*B/W, (r+1)*B/W) of every
 global Batch of B prompts; it splits them into micro-batches of `micro_batch_prompts` (gradient
@@ -43,38 +43,31 @@ Checkpoints and exports assume every rank sees the same file system (rank 0 writ
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from bond.anchor import ema_update_
 from bond.config import Algorithm, BondConfig
 from bond.divergence import KlEstimates, kl_estimates
 from bond.gkd import masked_jsd_sum
-from bond.lora import merged_weight
 from bond.objective import LossTerms, best_index, bond_jeffreys_loss, jbond_loss, rloo_kl_loss, sequence_logprobs
 from bond.off_policy import importance_weights
 from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
 from bond.sampling_plan import sampling_plan
-from learner import checkpoint_dir, lora, rendezvous, safetensors_shards
+from learner import lora, rendezvous, safetensors_shards
+from learner.checkpoints import Checkpoints
 from learner.config import Dtype, LearnerConfig
 from learner.engine import Engine
 from learner.sequences import Packed, completion_logprobs, pack
 from learner.shadow_weights import ShadowWeights
 from learner.teacher import Teacher
 from learner.torch_engine import TorchEngine
-
-# Files besides the weights that make a model directory loadable (tokenizer, generation defaults).
-_SIDE_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
-               "chat_template*", "generation_config.json")
+from learner.weight_export import SIDE_FILES, WeightExport
 
 
 def _local_model_dir(model: str | Path) -> Path:
@@ -82,7 +75,7 @@ def _local_model_dir(model: str | Path) -> Path:
         return Path(model).resolve()
     from huggingface_hub import snapshot_download  # only for hub ids
 
-    return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", *_SIDE_FILES]))
+    return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", *SIDE_FILES]))
 
 
 class Learner:
@@ -133,9 +126,12 @@ class Learner:
             self._names = [n for n, _ in self.engine.module.named_parameters()]
             self._params = [p for _, p in self.engine.module.named_parameters()]
             self._check_names()
-        self._check_buckets()
         self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
+        self._export = WeightExport(self.engine, self._names, self._params,
+                                    {Role.ANCHOR: self._anchor, Role.REFERENCE: self._reference}, self._lora,
+                                    self._dtype, config.bucket_bytes, rank)
+        self._checkpoints = Checkpoints(self._export, self.engine, self._anchor, self.reference_id, rank)
         # bf16 scoring of pi_ref: its own bf16 module, since the policy's storage would widen swapped-in bf16 back
         self._reference_bf16 = None
         if config.reference_dtype is Dtype.BF16 and self._dtype is not torch.bfloat16:
@@ -155,8 +151,7 @@ class Learner:
     def model_bytes(self) -> int:
         """Bytes of one copy of the pushed weights in the export dtype (what a weight push moves): the whole
         model, or with LoRA the adapters only."""
-        size = torch.tensor([], dtype=self._dtype).element_size()
-        return sum(math.prod(self.engine.full_shape(p)) for p in self._params) * size
+        return self._export.model_bytes
 
     # ---- versions ------------------------------------------------------------------------------------------
     @property
@@ -282,26 +277,29 @@ class Learner:
         self._step += 1
 
         logp = logp.detach()
-        local = torch.tensor([terms.loss, terms.loss_fw, terms.loss_bw, terms.loss_reg, terms.frac_penalised,
-                              (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item(),
-                              w_policy[0].mean().item(), 1.0 if w_target is None else w_target.mean().item()],
-                             dtype=torch.float64, device=self._device)
-        g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()  # equal shares: mean of rank means
+        means = self._rank_means(
+            loss=terms.loss, loss_fw=terms.loss_fw, loss_bw=terms.loss_bw, loss_reg=terms.loss_reg,
+            frac_penalised=terms.frac_penalised, kl_ref=(logp - logp_ref).mean().item(),
+            kl_anchor=(logp - logp_anchor).mean().item(), importance_weight_policy=w_policy[0].mean().item(),
+            importance_weight_anchor=1.0 if w_target is None else w_target.mean().item())
         tokens = sum(len(s.completion.token_ids) for s in batch.policy_samples)
         if sft:
             tokens += sum(len(c.token_ids) for c in _best_target(batch, self.bond.n))
         policy, target = batch.policy_samples, batch.target_samples
         anchor_versions = [a.completion.weights_version for a in target if a.completion.role is Role.ANCHOR]
         return StepStats(
-            step=self._step, loss=g[0], loss_fw=g[1], loss_bw=g[2], loss_reg=g[3], frac_penalised=g[4],
-            kl_ref=g[5], kl_anchor=g[6],
+            step=self._step, **means,
             reward_policy=sum(s.reward for s in policy) / len(policy),
             reward_anchor=sum(a.reward for a in target) / len(target) if target else math.nan,
             grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
             sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
             sample_anchor_version=sum(anchor_versions) / len(anchor_versions) if anchor_versions else math.nan,
-            tokens=tokens, seconds=time.perf_counter() - t0, importance_weight_policy=g[7],
-            importance_weight_anchor=g[8])
+            tokens=tokens, seconds=time.perf_counter() - t0)
+
+    def _rank_means(self, **values: float) -> dict[str, float]:
+        """Each statistic's mean over the ranks (equal shares: the mean of the rank means is the global mean)."""
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self._device)
+        return dict(zip(values, (rendezvous.all_reduce_sum(local) / self.world_size).tolist(), strict=True))
 
     def _target_weights(self, share: Batch) -> torch.Tensor | None:
         """[B] truncated importance weight of each prompt's target group under the current anchor (bond.off_policy);
@@ -363,13 +361,12 @@ class Learner:
         ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self._anchor_rate(self._step))
         self._step += 1
         logp = torch.cat(logps)
-        local = torch.tensor([loss, (logp - logp_ref).mean().item(), (logp - logp_anchor).mean().item()],
-                             dtype=torch.float64, device=self._device)
-        g = (rendezvous.all_reduce_sum(local) / self.world_size).tolist()
+        g = self._rank_means(loss=loss, kl_ref=(logp - logp_ref).mean().item(),
+                             kl_anchor=(logp - logp_anchor).mean().item())
         policy = batch.policy_samples
         return StepStats(
-            step=self._step, loss=g[0], loss_fw=0.0 if gkd else g[0], loss_bw=0.0, loss_reg=0.0,
-            frac_penalised=0.0, kl_ref=g[1], kl_anchor=g[2],
+            step=self._step, loss=g["loss"], loss_fw=0.0 if gkd else g["loss"], loss_bw=0.0, loss_reg=0.0,
+            frac_penalised=0.0, kl_ref=g["kl_ref"], kl_anchor=g["kl_anchor"],
             reward_policy=sum(s.reward for s in policy) / len(policy), reward_anchor=math.nan,  # no target samples
             grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
             sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
@@ -418,39 +415,7 @@ class Learner:
         anchor_version, 0 for the reference); the last bucket has last_bucket=True.
         """
         version = {Role.POLICY: self.policy_version, Role.ANCHOR: self.anchor_version, Role.REFERENCE: 0}[role]
-        plan = self._bucket_plan(self._dtype)
-        for b, indices in enumerate(plan):
-            yield WeightUpdate(role=role, version=version, tensors=self._gather(role, indices, self._dtype),
-                               last_bucket=b == len(plan) - 1)
-
-    def _gather(self, role: Role, indices: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        if role is Role.POLICY:
-            params = [self._params[i] for i in indices]
-            with self.engine.gathered(params):  # one bucket at a time under ZeRO-3, never the whole model
-                return {self._names[i]: self._params[i].data.detach().to(dtype=dtype, copy=True) for i in indices}
-        shadow = self._anchor if role is Role.ANCHOR else self._reference
-        return {self._names[i]: shadow.full(i).to(dtype=dtype, copy=True) for i in indices}
-
-    def _bucket_plan(self, dtype: torch.dtype, params: list[torch.nn.Parameter] | None = None) -> list[list[int]]:
-        size = torch.tensor([], dtype=dtype).element_size()
-        plan: list[list[int]] = [[]]
-        used = 0
-        for i, p in enumerate(self._params if params is None else params):
-            nbytes = math.prod(self.engine.full_shape(p)) * size
-            if plan[-1] and used + nbytes > self.config.bucket_bytes:
-                plan.append([])
-                used = 0
-            plan[-1].append(i)
-            used += nbytes
-        return plan
-
-    def _check_buckets(self) -> None:
-        size = torch.tensor([], dtype=self._dtype).element_size()
-        largest = max(range(len(self._params)), key=lambda i: math.prod(self.engine.full_shape(self._params[i])))
-        nbytes = math.prod(self.engine.full_shape(self._params[largest])) * size
-        if nbytes > self.config.bucket_bytes:
-            raise ValueError(f"bucket_bytes={self.config.bucket_bytes} is smaller than parameter "
-                             f"{self._names[largest]} ({nbytes} bytes); raise bucket_bytes to at least {nbytes}")
+        return self._export.updates(role, version)
 
     def _check_names(self) -> None:
         """Exported names must be the checkpoint's, or a vLLM worker cannot load them."""
@@ -465,115 +430,26 @@ class Learner:
 
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict | None = None, sha256: bool = True) -> None:
-        """Checkpoint (collective): policy, anchor, optimizer, step, RNG, reference id and the caller's `extra`
-        (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py. The manifest records the
-        layout (world_size, zero_stage, dtype) that restore requires, and sha256 digests unless turned off."""
-        final = Path(directory)
-        partial = checkpoint_dir.partial_path(final)
-        extra_text = json.dumps(extra or {})  # fail before writing anything if extra is not JSON
-        if self.rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        rendezvous.barrier()
-        write = self._write_weights if self._lora is None else self._write_adapter  # LoRA: peft adapter dirs
-        write(Role.POLICY, self._dtype, partial / "policy")
-        write(Role.ANCHOR, torch.float32, partial / "anchor")  # full precision of the EMA
-        self.engine.save_state(partial / "engine")
-        (partial / "rng").mkdir(exist_ok=True)
-        torch.save(_rng_state(), partial / "rng" / f"rank{self.rank}.pt")
-        rendezvous.barrier()
-        if self.rank == 0:
-            if self._lora is None:
-                self.engine.module.config.save_pretrained(partial / "policy")  # policy/ is itself a model dir
-            (partial / "extra.json").write_text(extra_text)
-            checkpoint_dir.seal(partial, final, {
-                "step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
-                "reference_id": self.reference_id, **self.layout}, sha256=sha256)
-        rendezvous.barrier()
+        """Checkpoint (collective; learner/checkpoints.py): policy, anchor, optimizer, step, RNG, reference id and
+        the caller's `extra` (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py. The
+        manifest records the layout (world_size, zero_stage, dtype) that restore requires, and sha256 digests
+        unless turned off."""
+        meta = {"step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
+                **self.layout}
+        self._checkpoints.save(directory, meta, extra, sha256)
 
     def restore(self, directory: str | Path) -> dict:
         """Load a checkpoint written by save (collective); returns its `extra`. Refuses partial or corrupt ones."""
-        path = checkpoint_dir.resolve(Path(directory))
-        meta = checkpoint_dir.verify(path)
-        if meta["reference_id"] != self.reference_id:
-            raise checkpoint_dir.CheckpointError(f"checkpoint {path} has reference_id={meta['reference_id']!r} "
-                                                 f"but this learner has {self.reference_id!r}")
-        checkpoint_dir.check_layout(path, meta, self.layout)
-        self.engine.load_state(path / "engine")
-        anchor = safetensors_shards.read(path / "anchor", self._names) if self._lora is None \
-            else _read_adapter(path / "anchor", self._names)
-        for i, (_, full) in enumerate(anchor):
-            self._anchor.load_full(i, full)
-        rng = path / "rng" / f"rank{self.rank}.pt"
-        _set_rng_state(torch.load(rng, weights_only=True))
+        meta, extra = self._checkpoints.restore(directory, self.layout)
         self._step = meta["step"]
-        rendezvous.barrier()
-        return json.loads((path / "extra.json").read_text())
+        return extra
 
     def export_hf(self, directory: str | Path) -> None:
         """The policy as a Hugging Face model directory (safetensors, config, tokenizer); collective.
 
         With LoRA the directory holds the merged model (W0 + (alpha/r) B A: loadable without peft) and
         `adapter/`, the adapter alone in peft's save_pretrained format (PeftModel.from_pretrained, vLLM LoRA)."""
-        final = Path(directory)
-        partial = checkpoint_dir.partial_path(final)
-        if self.rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        if self._lora is None:
-            self._write_weights(Role.POLICY, self._dtype, partial)
-        else:
-            merged = self._merged_buckets(self._dtype)
-            if self.rank == 0:
-                safetensors_shards.write_shards(merged, partial)
-            else:
-                for _ in merged:  # collective gathers: take part, write nothing
-                    pass
-            self._write_adapter(Role.POLICY, self._dtype, partial / "adapter")
-        if self.rank == 0:
-            self.engine.module.config.save_pretrained(partial)
-            for pattern in _SIDE_FILES:
-                for f in self._model_dir.glob(pattern):
-                    shutil.copy2(f, partial / f.name)
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
-        rendezvous.barrier()
-
-    def _write_adapter(self, role: Role, dtype: torch.dtype, out: Path) -> None:
-        """The role's adapter as peft's save_pretrained writes it (adapter_model.safetensors + adapter_config.json).
-        One file: adapters are small (the whole adapter is gathered, bucket by bucket, on every rank)."""
-        tensors: dict[str, torch.Tensor] = {}
-        for indices in self._bucket_plan(dtype):
-            tensors.update(self._gather(role, indices, dtype))
-        if self.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, out / lora.ADAPTER_WEIGHTS,
-                      metadata={"format": "pt"})
-            lora.write_adapter_config(self.engine.module, out)
-
-    def _merged_buckets(self, dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:
-        """The base weights with the policy's adapters merged in, in base checkpoint names, bucket by bucket
-        (a collective under ZeRO-3: the adapters are gathered once, each base bucket when it is written)."""
-        assert self._lora is not None
-        adapters = self._gather(Role.POLICY, list(range(len(self._params))), torch.float32)
-        names, params = self._lora.base_names, self._lora.base_params
-        for indices in self._bucket_plan(dtype, params):
-            with self.engine.gathered([params[i] for i in indices]):
-                out = {}
-                for i in indices:
-                    weight = params[i].data.detach()
-                    if i in self._lora.pairs:
-                        a, b = (self._names[j] for j in self._lora.pairs[i])
-                        weight = merged_weight(weight, adapters[a], adapters[b], self._lora.scaling)
-                    out[names[i]] = weight.to(dtype=dtype, copy=True)
-            yield out
-
-    def _write_weights(self, role: Role, dtype: torch.dtype, out: Path) -> None:
-        buckets = (self._gather(role, indices, dtype) for indices in self._bucket_plan(dtype))
-        if self.rank == 0:
-            safetensors_shards.write_shards(buckets, out)
-        else:
-            for _ in buckets:  # the gathers are collectives: take part, write nothing
-                pass
+        self._export.export_hf(Path(directory), self._model_dir)
 
     # ---- internals -----------------------------------------------------------------------------------------
     def _pack(self, completions: Sequence[Completion]) -> Packed:
@@ -619,27 +495,3 @@ def _best_target(batch: Batch, n: int) -> list[Completion]:
     groups = [g[:n] for g in batch.target]
     rewards = torch.tensor([[a.reward for a in g] for g in groups])
     return [g[int(j)].completion for g, j in zip(groups, best_index(rewards), strict=True)]
-
-
-def _read_adapter(directory: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    with safe_open(str(directory / lora.ADAPTER_WEIGHTS), framework="pt") as f:
-        missing = sorted(set(names) - set(f.keys()))
-        if missing:
-            raise checkpoint_dir.CheckpointError(f"{directory} lacks adapter tensors {missing[:3]} (a checkpoint of "
-                                                 f"another learner.lora setting?)")
-        for name in names:
-            yield name, f.get_tensor(name)
-
-
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
