@@ -3,7 +3,8 @@
 vLLM mixes this class into its worker, so `self` is the worker and `self.model_runner` its model runner;
 `LLM.collective_rpc("load_checkpoint_weights", ...)` runs the method on every worker.
 
-Why `reload_weights(..., is_checkpoint_format=True)` and not `model.load_weights`: the CPU backend
+Engines as vLLM built them (GPU; on CPU bf16/fp16 or plain_weights=False) reload with
+`reload_weights(..., is_checkpoint_format=True)`, not `model.load_weights`: the CPU backend
 repacks linear layers after loading (their parameters are left with shape [0]), so a plain
 `load_weights` fails there. The layer-wise reload restores each layer's checkpoint-format parameters
 on the meta device, loads the Hugging Face tensors through the model's own weight loaders (which fuse
