@@ -82,6 +82,10 @@ class VllmSampler:
     touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused.
     anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its own fp32 anchor
     toward them (actors/weight_ema.py); with an fp32 engine that copy is the host copy, no extra RAM.
+    plain_weights: (CPU, fp32, full weights) serve the linear layers from plain weight parameters instead of vLLM's
+    packed oneDNN copies, so a push is one copy into the parameters instead of a re-pack of every layer
+    (actors/vllm_worker_extension.py; README "Weight sync" has the measurements). False, or bf16/fp16 (whose plain
+    GEMM rate on CPU was not measured): vLLM's packed kernels and its layerwise reload.
     """
 
     def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
@@ -89,7 +93,7 @@ class VllmSampler:
                  tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
                  keep_host_copy: bool = True, anchor_ema: float | None = None,
-                 lora: AdapterSpec | None = None) -> None:
+                 lora: AdapterSpec | None = None, plain_weights: bool = True) -> None:
         """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them).
         lora: serve base + pushed LoRA adapters of this shape (pushes then carry adapter tensors only).
         anchor_ema: an anchor actor that follows the policy pushes with its own EMA of this rate (full weights)."""
@@ -140,7 +144,12 @@ class VllmSampler:
         if lora is not None:  # adapter tensors only, never fused, so no host copy of the base is needed
             self._staging = WeightStaging(lora.param_specs(specs), role, initial_version)
         else:
-            host = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None else None
+            plain = plain_weights and on_cpu and self._dtype == torch.float32
+            loaded = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None or plain \
+                else None
+            if plain:
+                self.llm.collective_rpc("serve_plain_weights", args=(self._payload(loaded),))
+            host = loaded if keep_host_copy or anchor_ema is not None else None
             if anchor_ema is not None:
                 self._ema = AnchorEma(host, anchor_ema, initial_version)
                 self._follow = WeightStaging(specs, Role.POLICY, initial_version)  # checks the policy pushes it follows
@@ -242,10 +251,13 @@ class VllmSampler:
             self._load({n: t.to(self._dtype) for n, t in anchor.items()}, update.version)
         return self.weights_version
 
-    def _load(self, tensors: dict[str, torch.Tensor], version: int) -> None:
+    def _payload(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | bytes:
+        """Tensors as the worker takes them: the tensors themselves in process, safetensors bytes across processes."""
         payload = {k: v.contiguous() for k, v in tensors.items()}
-        if not self._worker_in_process:
-            payload = save_safetensors({k: v.cpu() for k, v in payload.items()})
+        return payload if self._worker_in_process else save_safetensors({k: v.cpu() for k, v in payload.items()})
+
+    def _load(self, tensors: dict[str, torch.Tensor], version: int) -> None:
+        payload = self._payload(tensors)
         with _quiet_partial_reload():
             self.llm.collective_rpc("load_checkpoint_weights", args=(payload,))
         # Cached prefixes hold K/V computed with the old weights; reusing them silently corrupts samples.

