@@ -26,7 +26,7 @@ def test_summary_means_standard_errors_and_verdicts():
     s = pr.summarise({"J-BOND eta=0.05": jbond, "REINFORCE beta_RL=0.1": reinforce, "REINFORCE beta_RL=1": tied}, bon)
     j = s.curves[0]
     assert j.reward[1] == pytest.approx((1.0, 0.1 / math.sqrt(3)))
-    outcomes = {(v.reinforce, v.budget): v.outcome for v in s.verdicts}
+    outcomes = {(v.other, v.budget): v.outcome for v in s.verdicts}
     assert outcomes[("REINFORCE beta_RL=0.1", 0.5)] == "holds"  # +0.8 with s.e. 0.08
     assert outcomes[("REINFORCE beta_RL=1", 0.5)] == "unresolved"  # same mean, wide seeds
     assert outcomes[("REINFORCE beta_RL=0.1", 0.25)] == "unresolved"  # both still at step 0
