@@ -150,8 +150,8 @@ def markdown(s: Summary, skipped: dict[str, str], seeds: Sequence[int], command:
                 "— beyond the reach of one of the two (not compared).", ""]
         out += _verdict_tables(s.verdicts, "(REINFORCE beta_RL, KL budget)")
     if s.family_verdicts:
-        out += ["", "J-BOND against the rest of the family by the same rule (J-BOND front minus the method's; ✓ "
-                "J-BOND above):", ""]
+        out += [""] * (out[-1] != "") + ["J-BOND against the rest of the family by the same rule (J-BOND front "
+                                         "minus the method's; ✓ J-BOND above):", ""]
         out += _verdict_tables(s.family_verdicts, "(method, KL budget)")
     for d in s.distillations:
         out.append(f"{d.student} vs its teacher {d.teacher} (last evaluation, paired by seed): reward "
