@@ -109,7 +109,7 @@ def code_version() -> str:
 
 
 def _slug(name: str) -> str:
-    return name.lower().replace(" ", "_").replace("=", "").replace("-", "")
+    return name.lower().replace(" ", "_").replace(",", "_").replace("=", "").replace("-", "")
 
 
 def weights_digest(model_dir: Path) -> str:
