@@ -9,8 +9,15 @@ held-out prompts (eval.prompts of the config) before training and every --eval-e
 cluster.evaluation: mean reward and KL(pi || ref) by the same estimators for every method. The BoN curve
 (n = 1..64) comes from 128 reference samples per held-out prompt, once per seed.
 
+ReST (algorithm=rest) trains through the same driver as a job (cluster.main.train_algorithm: Grow/Improve
+rounds, Grow datasets in the run's directory). GKD distils a teacher trained here: the J-BOND run of the same
+seed at --gkd-teacher-eta, which exports its final policy (final_policy/, the job's export code) and runs first;
+each GKD run waits for its teacher's.
+
 A finished run leaves result.json in its directory and is not rerun (delete the directory to redo it), so a
-second invocation with more methods only runs what is new. Outputs: OUT/pareto.png, OUT/pareto.md (the
+second invocation with more methods only runs what is new. A teacher's cached run counts as finished only with
+its final_policy/, and a GKD run's cache key includes its teacher's weights digest, so a retrained teacher
+retrains its students. Outputs: OUT/pareto.png, OUT/pareto.md (the
 table and the claims with their error bars), OUT/summary.json. bench/pareto_report.py does the maths.
 """
 
@@ -23,6 +30,7 @@ import hashlib
 import json
 import multiprocessing
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,15 +45,40 @@ class Variant:
     name: str  # legend and table label
     family: str  # "J-BOND" | "REINFORCE" | "BOND" ...: variants of one family share a colour
     overrides: tuple[str, ...]  # dotted config overrides on top of the base config
+    teacher: str | None = None  # GKD: the variant whose final policy (same seed) it distils
 
 
-def variants(etas, betas_rl, bond_ns) -> list[Variant]:
+# ReST: a Grow of 64 prompts x 8 samples, then SFT on the top 20 % (q = 0.8) and the top 10 % (q = 0.9): about
+# 7 + 4 steps of 16 samples per round, so 60 steps are ~5.5 rounds and ~2800 policy samples, J-BOND's budget
+# (60 steps x 16 prompts x 3 samples = 2880).
+REST = ("algorithm.algorithm=rest", "algorithm.rest_grow_prompts=64", "algorithm.rest_samples_per_prompt=8",
+        "algorithm.rest_quantiles=[0.8, 0.9]")
+
+
+def variants(etas, betas_rl, bond_ns, rest: bool = True, gkd_teacher_eta: float | None = 0.2) -> list[Variant]:
     out = [Variant(f"J-BOND eta={e:g}", "J-BOND", ("algorithm.algorithm=jbond", "algorithm.n=2",
                                                    f"algorithm.eta={e}")) for e in etas]
     out += [Variant(f"REINFORCE beta_RL={b:g}", "REINFORCE",
                     ("algorithm.algorithm=reinforce", f"algorithm.beta_rl={b}")) for b in betas_rl]
     out += [Variant(f"BOND N={n}", "BOND", ("algorithm.algorithm=bond", f"algorithm.n={n}")) for n in bond_ns]
+    if rest:
+        out.append(Variant("ReST q=0.8,0.9", "ReST", REST))
+    if gkd_teacher_eta is not None:
+        out.append(Variant(f"GKD from J-BOND eta={gkd_teacher_eta:g}", "GKD",
+                           ("algorithm.algorithm=gkd", "algorithm.gkd_beta=0.5"),
+                           teacher=f"J-BOND eta={gkd_teacher_eta:g}"))
     return out
+
+
+def teacher_override(out: Path, teacher: str, seed: int) -> str:
+    return f"algorithm.gkd_teacher={run_dir(out, teacher, seed) / FINAL_POLICY}"
+
+
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / _slug(name) / f"seed{seed}"
+
+
+FINAL_POLICY = "final_policy"
 
 
 def build_job(config: Path, overrides: list[str]):
@@ -76,27 +109,61 @@ def code_version() -> str:
 
 
 def _slug(name: str) -> str:
-    return name.lower().replace(" ", "_").replace("=", "").replace("-", "")
+    return name.lower().replace(" ", "_").replace(",", "_").replace("=", "").replace("-", "")
 
 
-def train_and_evaluate(config: Path, overrides: list[str], out: Path) -> dict:
-    """One (method, seed) run; evaluation rows for step 0, every eval.every_steps and the last step."""
+def weights_digest(model_dir: Path) -> str:
+    """sha256 of a model directory's weight files: what a student's cached run was distilled from."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights (the teacher's run did not export)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(overrides: list[str], teacher: Path | None = None) -> str:
+    """Cache key of a run: its overrides, and for a student its teacher's weights (a plain run's key is the
+    overrides' alone, as before teachers existed, so earlier results stay valid)."""
+    material = overrides if teacher is None else [overrides, weights_digest(teacher)]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
+
+
+def cached(out: Path, key: str, export: bool) -> dict | None:
+    done = out / "result.json"
+    if not done.exists():
+        return None
+    result = json.loads(done.read_text())
+    if result.get("key") != key or (export and not (out / FINAL_POLICY / "config.json").exists()):
+        return None
+    return result
+
+
+def train_and_evaluate(config: Path, overrides: list[str], out: Path, export: bool = False,
+                       teacher: Path | None = None) -> dict:
+    """One (method, seed) run; evaluation rows for step 0, every eval.every_steps and the last step.
+    export: also write the final policy to out/final_policy (a teacher's). teacher: the model directory a GKD
+    run distils (already named in its overrides), whose weights join the cache key."""
     import torch
 
     from cluster import evaluation
     from cluster.in_process_system import InProcessSystem
-    from cluster.loop import LoopState, train
+    from cluster.loop import LoopState
+    from cluster.main import train_algorithm
     from cluster.prompts import PromptCursor, load_prompts
 
     torch.set_num_threads(1)  # --jobs processes share the cores
     job = build_job(config, overrides)
-    key = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:16]
-    done = out / "result.json"
-    if done.exists() and json.loads(done.read_text()).get("key") == key:
-        return json.loads(done.read_text())
+    key = run_key(overrides, teacher)
+    if (result := cached(out, key, export)) is not None:
+        return result
     out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").unlink(missing_ok=True)  # a run cut short must leave neither result nor export behind
+    shutil.rmtree(out / FINAL_POLICY, ignore_errors=True)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
-    rows, t0 = [], time.perf_counter()
+    rows, notes, t0 = [], [], time.perf_counter()
     system = InProcessSystem(job)
     try:
         def record(step: int) -> None:
@@ -109,12 +176,14 @@ def train_and_evaluate(config: Path, overrides: list[str], out: Path) -> dict:
             if evaluation.due(rec.state.step, job.eval, job.run.steps):
                 record(rec.state.step)
 
-        train(job, system, split.train, LoopState(0, PromptCursor()), on_step)
+        train_algorithm(job, system, split.train, LoopState(0, PromptCursor()), on_step, out, note=notes.append)
+        if export:
+            system.export_hf(out / FINAL_POLICY)
     finally:
         system.shutdown()
     result = {"key": key, "overrides": overrides, "eval": rows, "seconds": time.perf_counter() - t0,
-              "code": code_version()}
-    done.write_text(json.dumps(result, indent=1))
+              "code": code_version(), **({"notes": notes} if notes else {})}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -157,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beta-rl", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0])
     parser.add_argument("--bond-n", type=int, nargs="*", default=[4, 16], help="BOND-N orders (skipped where the "
                         "checkout's config refuses algorithm=bond)")
+    parser.add_argument("--rest", action=argparse.BooleanOptionalAction, default=True,
+                        help="ReST (Grow 64 prompts x 8 samples, Improve at q = 0.8, 0.9)")
+    parser.add_argument("--gkd-teacher-eta", type=float, default=0.2, help="GKD distils the J-BOND run of this eta "
+                        "(one of --etas; same seed); a negative value leaves GKD out")
     parser.add_argument("--bon-max-n", type=int, default=64)
     parser.add_argument("--bon-samples", type=int, default=128, help="reference samples per held-out prompt")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
@@ -167,9 +240,13 @@ def main(argv: list[str] | None = None) -> None:
 
     base = _base_overrides(args)
     runnable, skipped = [], {}
-    for v in variants(args.etas, args.beta_rl, args.bond_n):
+    teacher_eta = args.gkd_teacher_eta if args.gkd_teacher_eta >= 0 else None
+    for v in variants(args.etas, args.beta_rl, args.bond_n, rest=args.rest, gkd_teacher_eta=teacher_eta):
         try:
-            build_job(args.config, base + list(v.overrides))
+            if v.teacher is not None and v.teacher not in {r.name for r in runnable}:
+                raise ValueError(f"its teacher {v.teacher} is not run (--etas)")
+            build_job(args.config, base + list(v.overrides)
+                      + ([teacher_override(args.out, v.teacher, 0)] if v.teacher else []))
         except (ConfigError, ValueError) as e:
             skipped[v.name] = str(e).splitlines()[0]
             print(f"skipped {v.name}: {skipped[v.name]}", flush=True)
@@ -181,10 +258,18 @@ def main(argv: list[str] | None = None) -> None:
         bon_futures = {seed: pool.submit(bon_for_seed, args.config, base + [f"run.seed={seed}"],
                                          args.out / "bon" / f"seed{seed}", args.bon_max_n, args.bon_samples)
                        for seed in args.seeds}
+        teachers = {v.teacher for v in runnable if v.teacher}
         futures = {(v.name, seed): pool.submit(train_and_evaluate, args.config,
                                                base + list(v.overrides) + [f"run.seed={seed}"],
-                                               args.out / _slug(v.name) / f"seed{seed}")
-                   for v in runnable for seed in args.seeds}
+                                               run_dir(args.out, v.name, seed), export=v.name in teachers)
+                   for v in runnable if v.teacher is None for seed in args.seeds}
+        for v in runnable:  # students last: each waits for its teacher's run of the same seed to export
+            for seed in args.seeds if v.teacher else ():
+                futures[(v.teacher, seed)].result()
+                futures[(v.name, seed)] = pool.submit(
+                    train_and_evaluate, args.config,
+                    base + list(v.overrides) + [teacher_override(args.out, v.teacher, seed), f"run.seed={seed}"],
+                    run_dir(args.out, v.name, seed), teacher=run_dir(args.out, v.teacher, seed) / FINAL_POLICY)
         runs: dict[str, list[list[dict]]] = {v.name: [] for v in runnable}
         codes: dict[str, set[str]] = {}
         for (name, seed), f in futures.items():
@@ -205,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         bon = [bon_futures[s].result()["points"] for s in args.seeds]
 
     families = {v.name: v.family for v in runnable}
-    summary = pareto_report.summarise(runs, bon)
+    summary = pareto_report.summarise(runs, bon, teachers={v.name: v.teacher for v in runnable if v.teacher})
     pareto_report.plot(summary, families, args.out / "pareto.png")
     markdown = pareto_report.markdown(summary, skipped, seeds=args.seeds, command=command,
                                       minutes=(time.perf_counter() - t0) / 60)

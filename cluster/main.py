@@ -13,6 +13,7 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -163,10 +164,7 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
             log.step(rec)
             after_step(job, system, log, split, run_dir, rec, stop)
 
-        if job.algorithm.algorithm is Algorithm.REST:  # Grow/Improve rounds instead of the per-step loop
-            rest.train(job, system, split.train, start, on_step, run_dir, note=log.note, metrics=metrics)
-        else:
-            train(job, system, split.train, start, on_step, metrics)
+        train_algorithm(job, system, split.train, start, on_step, run_dir, note=log.note, metrics=metrics)
         log.end_progress()
         final_dir = run_dir / "final_policy"
         if final_dir.exists():
@@ -178,6 +176,17 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
         log.close()
         raise
     return log.finish()
+
+
+def train_algorithm(job: JobConfig, system, prompts: Sequence[Prompt], start: LoopState,
+                    on_step: Callable[[StepRecord], None], run_dir: Path, note: Callable[[str], None] = print,
+                    metrics=None) -> LoopState:
+    """Train with the job's algorithm from `start` to run.steps: ReST's Grow/Improve rounds (cluster/rest.py, Grow
+    datasets under run_dir) or, for every other algorithm, the per-step loop (cluster/loop.py). A job and
+    bench.pareto's in-process runs both drive training through here."""
+    if job.algorithm.algorithm is Algorithm.REST:
+        return rest.train(job, system, prompts, start, on_step, run_dir, note=note, metrics=metrics)
+    return train(job, system, prompts, start, on_step, metrics)
 
 
 def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord,
