@@ -107,7 +107,7 @@ compare: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.compare --config configs/local.yaml
 
 # Every method over 3 seeds, reward vs KL(pi||ref) on held-out prompts, the Best-of-N curve, fronts and verdicts:
-# runs/pareto/{pareto.png,pareto.md} (in-process system, HF sampler: no vLLM engine; tens of minutes on 2 cores)
+# runs/pareto/{pareto.png,pareto.md} (in-process system, HF sampler: no vLLM engine; 3 min on an idle 2-core machine, 15-20 shared)
 PARETO_ARGS ?=
 pareto: install tiny
 	$(BIN)/python -m bench.pareto $(PARETO_ARGS)
