@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.prompt_rendering import RenderedPrompt, as_prompt, render
-from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.prompt_rendering import RenderedPrompt, render
+from actors.sampling import SamplingSettings, check_request, checked_request
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
@@ -62,13 +62,8 @@ class HfSampler:
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
                  prompt_ids: Sequence[int] | None = None) -> list[Completion]:
-        ids = check_request(prompts, n, prompt_ids)
-        if not isinstance(settings, SamplingSettings):
-            raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        records = [as_prompt(p) for p in prompts]
-        rendered = self.render(records)
+        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
         token_ids = [list(r.token_ids) for r in rendered]
-        check_prompt_lengths(token_ids, self.max_model_len)
         # One batch per token budget, so no sequence runs past the context (usually a single batch).
         budgets = [min(settings.max_new_tokens, self.max_model_len - len(t)) for t in token_ids]
         results: dict[int, list[Completion]] = {}

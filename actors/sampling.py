@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from bond.config import check_types, require
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
@@ -115,3 +116,17 @@ def check_prompt_lengths(token_ids: Sequence[Sequence[int]], max_model_len: int)
         if len(ids) >= max_model_len:
             raise ValueError(f"prompt {i} is {len(ids)} tokens long; the model's context is {max_model_len} tokens, "
                              f"which leaves no room for a completion")
+
+
+def checked_request(tokenizer, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
+                    prompt_ids: Sequence[int] | None, max_model_len: int
+                    ) -> tuple[list[int], list[Prompt], list[RenderedPrompt]]:
+    """A generate() call checked and rendered as every sampler does it: (prompt ids, Prompt records, each prompt
+    as the model reads it); raises ValueError for a request no sampler can serve."""
+    ids = check_request(prompts, n, prompt_ids)
+    if not isinstance(settings, SamplingSettings):
+        raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+    records = [as_prompt(p) for p in prompts]
+    rendered = [render(tokenizer, p) for p in records]
+    check_prompt_lengths([r.token_ids for r in rendered], max_model_len)
+    return ids, records, rendered

@@ -25,8 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
 from actors.lora_adapter import AdapterSpec, adapter_root
-from actors.prompt_rendering import RenderedPrompt, as_prompt, render
-from actors.sampling import SamplingSettings, check_prompt_lengths, check_request
+from actors.prompt_rendering import RenderedPrompt, render
+from actors.sampling import SamplingSettings, check_prompt_lengths, check_request, checked_request
 from actors.weight_broadcast import GroupAddress
 from actors.weight_ema import AnchorEma
 from actors.weight_flat import FlatUpdate, as_weight_update
@@ -172,13 +172,8 @@ class VllmSampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        ids = check_request(prompts, n, prompt_ids)
-        if not isinstance(settings, SamplingSettings):
-            raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-        records = [as_prompt(p) for p in prompts]
-        rendered = self.render(records)
+        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
         token_ids = [list(r.token_ids) for r in rendered]
-        check_prompt_lengths(token_ids, self.max_model_len)
 
         def params(prompt_len: int, n_: int, seed: int | None) -> SamplingParams:
             return SamplingParams(

@@ -15,7 +15,6 @@ Deterministic for a seed; a complete OUT (its COMPLETE file) is not rebuilt.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -26,48 +25,42 @@ from tokenizers import processors
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 from cluster import summary_world as world
-from cluster.tiny import BOS, PAD, SEP, _encode, _train_classifier, build_tokenizer, llama_config
+from cluster import tiny
 
 
 def nli_tokenizer():
     """The world's word-level tokenizer, pair template reversed: (premise, hypothesis) -> <s> hyp <sep> premise."""
-    tokenizer = build_tokenizer(world.VOCABULARY)
+    tokenizer = tiny.build_tokenizer(world.VOCABULARY)
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $B <sep> $A:1", special_tokens=[("<s>", BOS), ("<sep>", SEP)])
+        single="<s> $A", pair="<s> $B <sep> $A:1", special_tokens=[("<s>", tiny.BOS), ("<sep>", tiny.SEP)])
     return tokenizer
 
 
 def pretrain_policy(tokenizer, rng: random.Random, steps: int) -> LlamaForCausalLM:
     torch.manual_seed(rng.randrange(2**31))
-    model = LlamaForCausalLM(llama_config(len(tokenizer)))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(steps):
-        texts = [f"{p} {s}</s>" for p, s in (world.sft_example(rng) for _ in range(48))]
-        enc = _encode(tokenizer, texts)
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  summary policy step {step:4d}  nll/token {loss.item():.3f}", flush=True)
-    model.generation_config.pad_token_id = PAD
+    model = LlamaForCausalLM(tiny.llama_config(len(tokenizer)))
+
+    def texts() -> list[str]:
+        return [f"{p} {s}</s>" for p, s in (world.sft_example(rng) for _ in range(48))]
+
+    tiny.fit(model, lambda: tiny.lm_loss(model, tokenizer, texts()), steps, "summary policy", lr=3e-3,
+             metric="nll/token")
+    model.generation_config.pad_token_id = tiny.PAD
     return model
 
 
 def train_nli(tokenizer, rng: random.Random, steps: int) -> LlamaForSequenceClassification:
     torch.manual_seed(rng.randrange(2**31))
     id2label = dict(enumerate(world.LABELS))
-    model = LlamaForSequenceClassification(llama_config(
+    model = LlamaForSequenceClassification(tiny.llama_config(
         len(tokenizer), num_labels=len(world.LABELS), id2label=id2label,
         label2id={v: k for k, v in id2label.items()}))
 
     def batch():
-        triples = [world.nli_example(rng) for _ in range(32)]
-        enc = _encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
-        return enc, torch.tensor([y for _, _, y in triples])
+        return tiny.pair_batch(tokenizer, [world.nli_example(rng) for _ in range(32)])
 
-    _train_classifier(model, batch, steps, torch.nn.functional.cross_entropy, "summary nli", lr=3e-4)
+    loss = tiny.classifier_loss(model, batch, torch.nn.functional.cross_entropy)
+    tiny.fit(model, loss, steps, "summary nli", lr=3e-4)
     return model
 
 
@@ -75,10 +68,8 @@ def train_nli(tokenizer, rng: random.Random, steps: int) -> LlamaForSequenceClas
 def nli_accuracy(model, tokenizer, rng: random.Random, pairs: int = 1000) -> float:
     """Accuracy on `pairs` fresh generated (premise, hypothesis, label) triples."""
     model.eval()
-    triples = [world.nli_example(rng) for _ in range(pairs)]
-    enc = _encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
-    predicted = model(**enc).logits.argmax(-1)
-    return (predicted == torch.tensor([y for _, _, y in triples])).float().mean().item()
+    enc, labels = tiny.pair_batch(tokenizer, [world.nli_example(rng) for _ in range(pairs)])
+    return (model(**enc).logits.argmax(-1) == labels).float().mean().item()
 
 
 def write_prompts(path: Path, rng: random.Random, count: int, exclude: set[str]) -> set[str]:
@@ -98,7 +89,7 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, nli_steps: int = 15
     t0 = time.time()
     torch.set_num_threads(1)  # tiny matrices: a second thread buys little and costs a lot on a busy machine
     rng = random.Random(f"summary-{seed}")
-    tokenizer, pair_tokenizer = build_tokenizer(world.VOCABULARY), nli_tokenizer()
+    tokenizer, pair_tokenizer = tiny.build_tokenizer(world.VOCABULARY), nli_tokenizer()
     print(f"building the summary world under {out} (vocab {len(tokenizer)})", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     train = write_prompts(out / "prompts.jsonl", rng, 256, set())
@@ -109,21 +100,11 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, nli_steps: int = 15
     (out / "nli_heldout.json").write_text(json.dumps({"accuracy": accuracy, "pairs": 1000}) + "\n")
     for name, model, tok in (("policy", pretrain_policy(tokenizer, rng, policy_steps), tokenizer),
                              ("nli", nli, pair_tokenizer)):
-        model.save_pretrained(out / name, safe_serialization=True)
-        tok.save_pretrained(out / name)
+        tiny.save(out / name, model, tok)
     (out / "COMPLETE").write_text(f"seed={seed}\n")
     print(f"summary world ready in {time.time() - t0:.0f} s", flush=True)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, nargs="?", default=Path("artifacts/summary"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild even if OUT is complete")
-    args = parser.parse_args()
-    build(args.out, seed=args.seed, force=args.force)
-
-
 if __name__ == "__main__":
-    main()
+    tiny.build_main(build, __doc__, Path("artifacts/summary"))

@@ -10,6 +10,8 @@ OUT/qwen_policy  a chat model: Qwen2ForCausalLM with TIED embeddings and a token
 
 Everything is written with save_pretrained (safetensors) and read back with from_pretrained by the
 actors, the reward service and the learner, exactly as a user's own checkpoint would be.
+The training pieces here (llama_config, encode, lm_loss, fit, save, build_main) also build the other offline
+models: cluster/summary_models.py and bench/medium_model.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,22 +99,17 @@ def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForC
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CHAT_MAX_POSITIONS,
         bos_token_id=None, eos_token_id=im_end, pad_token_id=pad, tie_word_embeddings=True,
         torch_dtype="float32"))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(steps):
-        texts = []
+
+    def texts() -> list[str]:
+        out = []
         for _ in range(32):
             user, reply = chat_example(rng)
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                                    add_generation_prompt=True)
-            texts.append(f"{prompt}{reply}<|im_end|>")
-        enc = tokenizer(texts, padding=True, return_tensors="pt", padding_side="right")
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  qwen_policy step {step:4d}  nll/token {loss.item():.3f}", flush=True)
+            out.append(f"{prompt}{reply}<|im_end|>")
+        return out
+
+    fit(model, lambda: lm_loss(model, tokenizer, texts()), steps, "qwen_policy", lr=3e-3, metric="nll/token")
     model.generation_config.eos_token_id = im_end
     model.generation_config.pad_token_id = pad
     return model
@@ -125,38 +123,56 @@ def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
         torch_dtype="float32"), **overrides})
 
 
-def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], pairs: list[str] | None = None) -> dict:
+def encode(tokenizer, texts: list[str], pairs: list[str] | None = None) -> dict:
+    """A right-padded batch (the builders' training batches; the samplers pad left at inference)."""
     return tokenizer(texts, pairs, padding=True, return_tensors="pt", padding_side="right")
+
+
+def lm_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Next-token loss of a causal LM on `texts`, padding left out of the loss."""
+    enc = encode(tokenizer, texts)
+    return model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
+
+
+def fit(model, loss: Callable[[], torch.Tensor], steps: int, name: str, lr: float, metric: str = "loss",
+        log_every: int = 100) -> None:
+    """AdamW on `loss()` (each call draws a fresh batch) for `steps` steps: every offline model is trained so."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            print(f"  {name} step {step:4d}  {metric} {value.item():.3f}", flush=True)
+
+
+def pair_batch(tokenizer, triples: list[tuple[str, str, int]]) -> tuple[dict, torch.Tensor]:
+    """(premise, hypothesis, label) triples as a classifier's batch: the encoded pairs and the labels."""
+    enc = encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
+    return enc, torch.tensor([y for _, _, y in triples])
+
+
+def classifier_loss(model, batch: Callable[[], tuple[dict, torch.Tensor]], loss_fn) -> Callable[[], torch.Tensor]:
+    """`loss_fn(logits, target)` on a fresh `batch()` of (encoding, target) per call, for `fit`."""
+    def loss() -> torch.Tensor:
+        enc, target = batch()
+        return loss_fn(model(**enc).logits, target)
+    return loss
 
 
 def pretrain_policy(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int) -> LlamaForCausalLM:
     torch.manual_seed(rng.randrange(2**31))
     model = LlamaForCausalLM(llama_config(len(tokenizer)))
-    corpus = [grammar.sentence(rng) for _ in range(20_000)]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(steps):
-        texts = [t + "</s>" for t in rng.sample(corpus, 64)]  # no space: "▁" alone is <unk>
-        enc = _encode(tokenizer, texts)
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  policy step {step:4d}  nll/token {loss.item():.3f}", flush=True)
+    texts = grammar_texts(rng, 20_000, 64)
+    fit(model, lambda: lm_loss(model, tokenizer, texts()), steps, "policy", lr=3e-3, metric="nll/token")
     return model
 
 
-def _train_classifier(model, batches, steps: int, loss_fn, name: str, lr: float) -> None:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    for step in range(steps):
-        enc, target = batches()
-        loss = loss_fn(model(**enc).logits, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  {name} step {step:4d}  loss {loss.item():.3f}", flush=True)
+def grammar_texts(rng: random.Random, corpus_size: int, batch_size: int) -> Callable[[], list[str]]:
+    """Batches of EOS-terminated sentences drawn from one fixed corpus of review-grammar sentences."""
+    corpus = [grammar.sentence(rng) for _ in range(corpus_size)]
+    return lambda: [t + "</s>" for t in rng.sample(corpus, batch_size)]  # no space: "▁" alone is <unk>
 
 
 def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
@@ -169,10 +185,10 @@ def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: 
             s = grammar.sentence(rng, p_positive=rng.random())
             texts.append(grammar.corrupt(rng, s) if rng.random() < 0.3 else s)
         target = torch.tensor([grammar.review_score(t) for t in texts])
-        return _encode(tokenizer, texts), target
+        return encode(tokenizer, texts), target
 
-    _train_classifier(model, batch, steps, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y), "reward",
-                      lr=2e-3)
+    fit(model, classifier_loss(model, batch, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y)),
+        steps, "reward", lr=2e-3)
     return model
 
 
@@ -203,12 +219,10 @@ def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int
         len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()}))
 
     def batch():
-        triples = [nli_pair(rng) for _ in range(64)]
-        enc = _encode(tokenizer, [p for p, _, _ in triples], [h for _, h, _ in triples])
-        return enc, torch.tensor([y for _, _, y in triples])
+        return pair_batch(tokenizer, [nli_pair(rng) for _ in range(64)])
 
     # comparing two sentences is harder than scoring one: at 2e-3 it collapses to the label prior (loss ln 3)
-    _train_classifier(model, batch, steps, torch.nn.functional.cross_entropy, "nli", lr=3e-4)
+    fit(model, classifier_loss(model, batch, torch.nn.functional.cross_entropy), steps, "nli", lr=3e-4)
     return model
 
 
@@ -232,8 +246,7 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int =
                         ("nli", train_nli(tokenizer, rng, nli_steps))):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = PAD
-        model.save_pretrained(out / name, safe_serialization=True)
-        tokenizer.save_pretrained(out / name)
+        save(out / name, model, tokenizer)
     tokenizer.save_pretrained(out / "tokenizer")
     done.write_text(f"seed={seed}\n")
     print(f"tiny models ready in {time.time() - t0:.0f} s", flush=True)
@@ -246,20 +259,26 @@ def build_chat_policy(out: Path, rng: random.Random, steps: int) -> None:
     tokenizer = build_chat_tokenizer(rng)
     print(f"building the tiny chat model (Qwen2, tied embeddings, vocab {len(tokenizer)}) under {out}", flush=True)
     model = pretrain_chat_policy(tokenizer, rng, steps)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save(out, model, tokenizer)
     (out / "COMPLETE").write_text("ok\n")
     print(f"tiny chat model ready in {time.time() - t0:.0f} s", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, nargs="?", default=Path("artifacts/tiny"))
+def save(directory: Path, model, tokenizer) -> None:
+    """A model and its tokenizer in one from_pretrained directory (safetensors), as a user's checkpoint is."""
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def build_main(build_fn: Callable[..., Path], doc: str, default_out: Path) -> None:
+    """The command line of a model builder: `python -m MODULE [OUT] [--seed N] [--force]`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, nargs="?", default=default_out)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT is complete")
     args = parser.parse_args()
-    build(args.out, seed=args.seed, force=args.force)
+    build_fn(args.out, seed=args.seed, force=args.force)
 
 
 if __name__ == "__main__":
-    main()
+    build_main(build, __doc__, Path("artifacts/tiny"))

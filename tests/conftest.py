@@ -24,6 +24,31 @@ def tiny_dir() -> Path:
     return build(ROOT / "artifacts" / "tiny")
 
 
+@pytest.fixture(scope="session")
+def perturbed_policy(tiny_dir, tmp_path_factory):
+    """perturbed_policy(seed): the tiny policy with N(0, 0.1^2) noise (drawn from `seed`) added to every weight, a
+    different model over the same tokenizer (a gkd teacher), saved with from_pretrained's layout and the policy's
+    tokenizer files; returns its directory."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def make(seed: int) -> Path:
+        out = tmp_path_factory.mktemp(f"perturbed_policy_{seed}")
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        model.save_pretrained(out)
+        for f in (tiny_dir / "policy").glob("tokenizer*"):
+            shutil.copy2(f, out / f.name)
+        return out
+
+    return make
+
+
 def pytest_collection_modifyitems(config, items):
     """gpu tests are skipped unless CUDA is there."""
     try:

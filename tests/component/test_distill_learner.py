@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 
 import pytest
 import torch
@@ -31,18 +30,8 @@ def sft_batch(seed: int) -> Batch:
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tiny_dir, tmp_path_factory):
-    """The tiny policy with every weight perturbed: a different model over the same tokenizer."""
-    out = tmp_path_factory.mktemp("teacher")
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    model.save_pretrained(out)
-    for f in (tiny_dir / "policy").glob("tokenizer*"):
-        shutil.copy2(f, out / f.name)
-    return out
+def teacher_dir(perturbed_policy):
+    return perturbed_policy(0)  # the step assertions below were set with this teacher
 
 
 def per_token(model, batch: Batch):

@@ -189,20 +189,25 @@ def _rank_main(rank: int, tiny_dir, master_port: int, out_dir) -> None:
         state(lrn)  # take part in the gathers
 
 
-def test_two_ranks_equal_one_rank_and_resume(tiny_dir, tmp_path):
-    """2 gloo ranks with B/2 prompts each == 1 rank with B; ZeRO-3 save/restore across 2 ranks resumes exactly."""
+def run_two_ranks(rank_main, tiny_dir, out_dir) -> dict:
+    """`rank_main(rank, tiny_dir, master_port, out_dir)` in 2 spawned processes (one gloo group); returns what
+    rank 0 saved to out_dir/rank0.pt."""
     ctx = multiprocessing.get_context("spawn")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         master_port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank_main, args=(r, tiny_dir, master_port, tmp_path)) for r in range(2)]
+    procs = [ctx.Process(target=rank_main, args=(r, tiny_dir, master_port, out_dir)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=240)
     assert [p.exitcode for p in procs] == [0, 0], "a rank failed (see captured stderr)"
-    two = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    return torch.load(out_dir / "rank0.pt", weights_only=True)
 
+
+def test_two_ranks_equal_one_rank_and_resume(tiny_dir, tmp_path):
+    """2 gloo ranks with B/2 prompts each == 1 rank with B; ZeRO-3 save/restore across 2 ranks resumes exactly."""
+    two = run_two_ranks(_rank_main, tiny_dir, tmp_path)
     one = learner(tiny_dir, zero_stage=0, micro_batch_prompts=8)
     stats = [one.step(make_batch(s)) for s in range(3)]
     # Same maths, different fp32 summation order (two ranks' partial sums, gloo's all-reduce): the step-3 loss

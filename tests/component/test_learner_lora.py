@@ -20,7 +20,15 @@ from bond.lora import merged_weight
 from bond.records import Role
 from learner.checkpoint_dir import CheckpointError
 from learner.config import LoraConfig
-from tests.component.test_learner import _hf_logprobs, assert_close_states, completion, learner, make_batch, state
+from tests.component.test_learner import (
+    _hf_logprobs,
+    assert_close_states,
+    completion,
+    learner,
+    make_batch,
+    run_two_ranks,
+    state,
+)
 
 # lr large enough that one step moves B visibly from zero; eta 0.1 as in test_learner.
 BOND = BondConfig(prompts_per_step=8, lr=1e-2, warmup_steps=0, gamma=0.5, eta=0.1, max_grad_norm=1.0)
@@ -142,20 +150,7 @@ def _zero3_rank(rank: int, tiny_dir, master_port: int, out_dir) -> None:
 @pytest.mark.timeout(300)
 def test_two_zero3_ranks_train_partitioned_adapters_like_one_rank(tiny_dir, tmp_path):
     """ZeRO-3 over 2 gloo ranks partitions the adapters too, trains like one plain-torch rank, and resumes exactly."""
-    import multiprocessing
-    import socket
-
-    ctx = multiprocessing.get_context("spawn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        master_port = s.getsockname()[1]
-    procs = [ctx.Process(target=_zero3_rank, args=(r, tiny_dir, master_port, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    assert [p.exitcode for p in procs] == [0, 0], "a rank failed (see captured stderr)"
-    two = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    two = run_two_ranks(_zero3_rank, tiny_dir, tmp_path)
     assert two["partitioned"]
     one = learner(tiny_dir, bond=BOND, zero_stage=0, micro_batch_prompts=8, lora=LORA)
     stats = [one.step(make_batch(s)) for s in range(3)]

@@ -9,8 +9,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -219,14 +217,12 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
 
 def test_ray_job_submit(tiny_dir, tmp_path):
     """As README documents it: a Ray head, then `ray job submit --working-dir . -- python -m cluster.main ...`."""
-    from cluster.monitoring.local_ray_head import LocalRayHead, free_port
+    from cluster.monitoring.local_ray_head import free_port
+    from tests.integration.job_submit import submit_smoke_job, venv_head
 
     if ray.is_initialized():
         ray.shutdown()
-    bin_dir = Path(sys.executable).parent
-    head = LocalRayHead(num_cpus=4)
-    # the venv's bin first on PATH, as for a user with the environment active: the job's `python` is that one
-    head.env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', '')}"
+    head = venv_head(num_cpus=4)
     head.start()
     try:
         # A relative run_dir, as in configs/*.yaml: it resolves against the storage root the job is given
@@ -234,21 +230,8 @@ def test_ray_job_submit(tiny_dir, tmp_path):
         overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
                      "run.run_dir=runs/submitted", "run.steps=2", f"reward.http_port={free_port()}",
                      "run.progress=false", "run.show_samples=0"]
-        runtime_env = json.dumps({"env_vars": {"JBOND_STORAGE_PATH": str(tmp_path)}})
-        cmd = [bin_dir / "ray", "job", "submit", f"--address={head.dashboard_url}", "--working-dir", str(ROOT),
-               "--runtime-env-json", runtime_env,
-               "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
-        for o in overrides:
-            cmd += ["--set", o]
         t0 = time.time()
-        for _ in range(30):  # the head answers before its job agent registers: "No available agent" is retried
-            out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-            if "No available agent" not in out.stdout + out.stderr:
-                break
-            time.sleep(2)
-        log = out.stdout + out.stderr
-        assert out.returncode == 0, log[-4000:]
-        assert "succeeded" in log, log[-4000:]
+        log = submit_smoke_job(head, tmp_path, overrides, timeout_s=600)
         run_dir = tmp_path / "runs" / "submitted"
         assert f"run dir: {run_dir}\n" in log, log[-4000:]  # the job's own last lines, streamed back
         assert len(stats_rows(run_dir)) == 2 and (run_dir / "final_policy" / "config.json").exists()

@@ -84,18 +84,8 @@ def test_rest_grows_improves_pushes_and_resumes_exactly(local_ray, tiny_dir, tmp
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tiny_dir, tmp_path_factory):
-    """The tiny policy with every weight perturbed, saved with from_pretrained's layout and the policy's tokenizer."""
-    out = tmp_path_factory.mktemp("teacher")
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    model.save_pretrained(out)
-    for f in (tiny_dir / "policy").glob("tokenizer*"):
-        shutil.copy2(f, out / f.name)
-    return out
+def teacher_dir(perturbed_policy):
+    return perturbed_policy(1)  # the step assertions below were set with this teacher
 
 
 def mean_jsd(student_dir: Path, teacher_dir: Path, samples) -> float:

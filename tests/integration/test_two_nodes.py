@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 
 from cluster.episodes import read_episodes
 from cluster.monitoring.local_ray_head import RAY, LocalRayHead, free_port
+from tests.integration.job_submit import submit_smoke_job, venv_head
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,9 +72,7 @@ def wait_for_nodes(head: LocalRayHead, count: int, timeout_s: float = 90) -> lis
 
 @pytest.mark.timeout(600)
 def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
-    bin_dir = Path(sys.executable).parent
-    head = LocalRayHead(num_cpus=3, extra_args=("--labels", "pool=actors"))
-    head.env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', '')}"
+    head = venv_head(num_cpus=3, extra_args=("--labels", "pool=actors"))
     head.start()
     second = None
     try:
@@ -89,20 +87,8 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
                      f"reward.http_port={free_port()}", "run.progress=false", "run.show_samples=0",
                      "resources.learner_ranks=2", "resources.actor_node_labels={pool: actors}",
                      "resources.learner_node_labels={pool: trainers}"]
-        runtime_env = json.dumps({"env_vars": {"JBOND_STORAGE_PATH": str(tmp_path)}})
-        cmd = [str(bin_dir / "ray"), "job", "submit", f"--address={head.dashboard_url}", "--working-dir", str(ROOT),
-               "--runtime-env-json", runtime_env,
-               "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
-        for o in overrides:
-            cmd += ["--set", o]
         t0 = time.time()
-        for _ in range(30):  # the head answers before its job agent registers: "No available agent" is retried
-            out = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=480, cwd=ROOT)
-            if "No available agent" not in out.stdout + out.stderr:
-                break
-            time.sleep(2)
-        log = out.stdout + out.stderr
-        assert out.returncode == 0 and "succeeded" in log, log[-4000:]
+        log = submit_smoke_job(head, tmp_path, overrides, timeout_s=480)
         assert "no live Ray node has the labels" not in log, log[-4000:]  # the job saw both nodes' labels
         print(f"two-node job: {time.time() - t0:.0f} s")
 

@@ -13,12 +13,18 @@ from bond.objective import best_index, bond_jeffreys_loss
 N, K_QUANTILE = 4, 16
 
 
-def train(steps: int, copy_every: int = 0, k: int = 10, batch: int = 128, seed: int = 0):
-    """copy_every = 0: BOND against the frozen reference; > 0: iterated BOND with periodic anchor copies."""
+def toy(k: int, seed: int):
+    """The toy: a random reference distribution and rewards over k outcomes, policy logits starting at the
+    reference, and the generator that drew them (the training draws its samples from it too)."""
     g = torch.Generator().manual_seed(seed)
     ref = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64), -1)
     rewards = torch.randn(k, generator=g, dtype=torch.float64)
-    logits = torch.log(ref).clone().requires_grad_(True)
+    return g, ref, rewards, torch.log(ref).clone().requires_grad_(True)
+
+
+def train(steps: int, copy_every: int = 0, k: int = 10, batch: int = 128, seed: int = 0):
+    """copy_every = 0: BOND against the frozen reference; > 0: iterated BOND with periodic anchor copies."""
+    g, ref, rewards, logits = toy(k, seed)
     target = torch.log(ref).clone()
     opt = torch.optim.Adam([logits], lr=0.05)
     for step in range(1, steps + 1):

@@ -10,13 +10,11 @@ import torch
 from bond.anchor import ema_update_
 from bond.bon import bon_probs, kl_divergence
 from bond.objective import best_index, jbond_loss
+from tests.unit.test_tabular_bond import toy
 
 
 def train(steps: int = 200, k: int = 12, batch: int = 128, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ref = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64), -1)
-    rewards = torch.randn(k, generator=g, dtype=torch.float64)
-    logits = torch.log(ref).clone().requires_grad_(True)
+    g, ref, rewards, logits = toy(k, seed)
     anchor = torch.log(ref).clone()
     opt = torch.optim.Adam([logits], lr=0.03)
     history = []
