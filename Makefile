@@ -52,7 +52,7 @@ $(GPU_STAMP): pyproject.toml Makefile
 	@touch $@
 
 tiny: install
-	$(BIN)/python -m cluster.tiny $(TINY)
+	$(BIN)/python -m cluster.demo.tiny $(TINY)
 
 run: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
@@ -67,7 +67,7 @@ test-unit: install
 # The GPU tests in the CUDA environment; no visible CUDA device is a failure here, not a skipped (green) run.
 test-gpu: install-gpu
 	@$(GPU_BIN)/python -c "import sys, torch; ok = torch.cuda.is_available(); print(f'torch {torch.__version__}: {torch.cuda.device_count()} CUDA device(s) visible'); sys.exit(0 if ok else 'make test-gpu: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); the GPU tests need one')"
-	$(GPU_BIN)/python -m cluster.tiny $(TINY)
+	$(GPU_BIN)/python -m cluster.demo.tiny $(TINY)
 	$(GPU_BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
 
 bench: install tiny bench-trl
@@ -104,7 +104,7 @@ topology: install tiny
 
 # J-BOND vs REINFORCE(beta_RL) reward-vs-KL on the default task: runs/compare/reward_vs_kl.png
 compare: install tiny
-	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.compare --config configs/local.yaml
+	$(CPU_VLLM_ENV) $(BIN)/python -m bench.compare --config configs/local.yaml
 
 # Every method over 3 seeds, reward vs KL(pi||ref) on held-out prompts, the Best-of-N curve, fronts and verdicts:
 # runs/pareto/{pareto.png,pareto.md} (in-process system, HF sampler: no vLLM engine; 3 min on an idle 2-core machine, 15-20 shared)
@@ -115,7 +115,7 @@ pareto: install tiny
 # The textual-entailment task: artifacts/summary (policy, NLI classifier, prompts), then J-BOND with the NLI reward
 # over 3 seeds: faithfulness, copy rate and length before/after in runs/summary/summary.md
 summary-world: install
-	$(BIN)/python -m cluster.summary_models artifacts/summary
+	$(BIN)/python -m cluster.demo.summary_models artifacts/summary
 
 SUMMARY_ARGS ?=
 summary: install summary-world

@@ -205,8 +205,8 @@ def main() -> None:
     import ray
 
     from bench.bench_actors import _big_model
+    from cluster.demo.tiny import build
     from cluster.system import SERVE_PROXY_ENV
-    from cluster.tiny import build
 
     sizes = [s for s in os.environ.get("JBOND_BENCH_SIZES", "tiny,medium").split(",") if s]
     if set(sizes) - {"tiny", "medium"}:

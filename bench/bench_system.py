@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from cluster import config_loading
+from cluster.demo.tiny import build
 from cluster.job_config import JobConfig, Mode, SamplerBackend
 from cluster.loop import LoopState, StepRecord, train
 from cluster.prompts import PromptCursor, load_prompts
-from cluster.tiny import build
 
 ROOT = Path(__file__).resolve().parents[1]
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"

@@ -69,7 +69,7 @@ def will_build_tiny(job: JobConfig, path: str) -> bool:
 
 def ensure_tiny_models(job: JobConfig) -> None:
     if any(will_build_tiny(job, p) for p in (job.models.policy, job.reward.path_or_name)):
-        from cluster.tiny import build
+        from cluster.demo.tiny import build
 
         build(TINY_ROOT)
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    """artifacts/tiny with tokenizer/, policy/, reward/, nli/ (see cluster/tiny.py)."""
-    from cluster.tiny import build
+    """artifacts/tiny with tokenizer/, policy/, reward/, nli/ (see cluster/demo/tiny.py)."""
+    from cluster.demo.tiny import build
 
     return build(ROOT / "artifacts" / "tiny")
 
@@ -72,7 +72,7 @@ def tied_qwen2_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cluster.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
+    from cluster.demo.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bond.records import Role
-from cluster import config_loading, summary_models
-from cluster import summary_world as world
+from cluster import config_loading
+from cluster.demo import summary_models
+from cluster.demo import summary_world as world
 from cluster.in_process_system import InProcessSystem
 from cluster.job_config import JobConfig
 from cluster.loop import LoopState, train

@@ -17,11 +17,11 @@ from ray.exceptions import ActorDiedError
 from bond.config import ConfigError
 from cluster import config_loading, loop, preflight
 from cluster.checkpoints import newest_valid
+from cluster.demo.tiny import build_tokenizer
 from cluster.failures import CheckpointWriteError, ScoringFailedError
 from cluster.job_config import JobConfig
 from cluster.main import main
 from cluster.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
-from cluster.tiny import build_tokenizer
 from learner import checkpoint_dir
 from learner.checkpoint_dir import CheckpointError
 from reward_service.errors import NonFiniteRewardError, RewardTimeoutError

@@ -92,7 +92,7 @@ def test_episodes_rlds_rows(tmp_path):
 def test_grammar_accepts_what_it_generates_and_rejects_corruptions():
     import random
 
-    from cluster import review_grammar as g
+    from cluster.demo import review_grammar as g
 
     rng = random.Random(0)
     sentences = [g.sentence(rng, p_positive=0.5) for _ in range(2000)]

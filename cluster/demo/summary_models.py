@@ -1,6 +1,6 @@
-"""Build the summary world's models and prompts offline: `python -m cluster.summary_models OUT`.
+"""Build the summary world's models and prompts offline: `python -m cluster.demo.summary_models OUT`.
 
-OUT/policy       a LlamaForCausalLM pre-trained on "review : <source> summary : <SFT summary>" (cluster.summary_world)
+OUT/policy       a LlamaForCausalLM pre-trained on "review : <source> summary : <SFT summary>" (summary_world.py)
 OUT/nli          a 3-way LlamaForSequenceClassification (entailment / neutral / contradiction) trained on generated
                  (premise = source, hypothesis = summary) pairs; read by reward_service.entailment as an
                  ordinary from_pretrained checkpoint (safetensors), exactly as a user's NLI model would be.
@@ -24,8 +24,8 @@ import torch
 from tokenizers import processors
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-from cluster import summary_world as world
-from cluster import tiny
+from cluster.demo import summary_world as world
+from cluster.demo import tiny
 
 
 def nli_tokenizer():

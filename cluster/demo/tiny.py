@@ -1,4 +1,4 @@
-"""Build tiny, real Hugging Face models offline and deterministically (no hub): `python -m cluster.tiny OUT`.
+"""Build tiny, real Hugging Face models offline and deterministically (no hub): `python -m cluster.demo.tiny OUT`.
 
 OUT/tokenizer  a word-level tokenizer over the review grammar (PreTrainedTokenizerFast, tokenizer.json)
 OUT/policy     a ~0.5 M-parameter LlamaForCausalLM pre-trained for a few hundred steps on grammar sentences
@@ -11,7 +11,7 @@ OUT/qwen_policy  a chat model: Qwen2ForCausalLM with TIED embeddings and a token
 Everything is written with save_pretrained (safetensors) and read back with from_pretrained by the
 actors, the reward service and the learner, exactly as a user's own checkpoint would be.
 The training pieces here (llama_config, encode, lm_loss, fit, save, build_main) also build the other offline
-models: cluster/summary_models.py and bench/medium_model.py.
+models: cluster/demo/summary_models.py and bench/medium_model.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from cluster import review_grammar as grammar
+from cluster.demo import review_grammar as grammar
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<sep>")
 PAD, BOS, EOS, UNK, SEP = range(len(SPECIALS))

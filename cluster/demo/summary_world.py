@@ -31,7 +31,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cluster import review_grammar as grammar
+from cluster.demo import review_grammar as grammar
 
 POLARITY = {**dict.fromkeys(grammar.POSITIVE, 1), **dict.fromkeys(grammar.NEGATIVE, -1)}
 ADJECTIVES = grammar.POSITIVE + grammar.NEGATIVE

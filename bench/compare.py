@@ -1,6 +1,6 @@
 """J-BOND vs REINFORCE with a KL penalty on the same task: the paper's reward-vs-KL(pi || ref) comparison.
 
-`python -m cluster.compare --config configs/local.yaml [--beta-rl 0.01 0.1 1] [--steps 80]` runs J-BOND and
+`python -m bench.compare --config configs/local.yaml [--beta-rl 0.01 0.1 1] [--steps 80]` runs J-BOND and
 REINFORCE at each beta_RL one after the other on the in-process system (the same samplers, reward model,
 learner and loop as a Ray job, without the per-run start-up), then plots every run's smoothed reward
 against its KL to the reference in one PNG and prints the table.
