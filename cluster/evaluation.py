@@ -29,9 +29,10 @@ from bond.bon import kl_bound
 from bond.divergence import expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.job_config import EvalConfig, JobConfig
+from cluster.loop import step_seed
 from cluster.prompts import PromptSet, load_prompts
 
-_SEED_OFFSET = 1 << 40  # training request seeds are run.seed * 1_000_003 + step: far below this
+_SEED_OFFSET = 1 << 40  # training steps' seeds (loop.step_seed) stay far below this
 SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
 
 
@@ -92,7 +93,7 @@ def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int,
 def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[EvalResult]:
     """One evaluation of the policy the actors hold now (after the sync of `step`), one result per mode."""
     cfg, prompts = job.eval, list(heldout[: job.eval.num_prompts])
-    seed = _SEED_OFFSET + job.run.seed * 1_000_003 + step
+    seed = _SEED_OFFSET + step_seed(job.run.seed, step)
     modes = [m for m, on in (("greedy", cfg.greedy), ("sampled", cfg.sampled)) if on]
     results = []
     for mode in modes:
@@ -141,7 +142,7 @@ def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n:
     if samples_per_prompt < max_n:
         raise ValueError(f"bon_curve: samples_per_prompt ({samples_per_prompt}) must be >= max_n ({max_n})")
     prompts = list(heldout[: job.eval.num_prompts])
-    settings = dataclasses.replace(job.sampling, seed=_SEED_OFFSET // 2 + seed * 1_000_003)
+    settings = dataclasses.replace(job.sampling, seed=_SEED_OFFSET // 2 + step_seed(seed, 0))
     completions = system.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
     rewards = torch.tensor([s.reward for s in system.score(completions)]).view(len(prompts), samples_per_prompt)
     points = []

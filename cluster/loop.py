@@ -137,6 +137,12 @@ def score_with_retries(system: System, completions: Sequence[Completion], metric
     raise AssertionError("unreachable")
 
 
+def step_seed(run_seed: int, step: int) -> int:
+    """The sampling seed of training step `step` (the actors derive each request's seed from it, role, actor and
+    prompt): a function of (run.seed, step) alone, so a resumed run draws what the uninterrupted one drew."""
+    return run_seed * 1_000_003 + step
+
+
 def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
           on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
     B, pipelined = job.algorithm.prompts_per_step, job.run.mode is Mode.PIPELINED
@@ -146,7 +152,7 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
 
     def sample(step: int, cursor: PromptCursor):
         chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
-        settings = dataclasses.replace(job.sampling, seed=job.run.seed * 1_000_003 + step)  # resume-deterministic
+        settings = dataclasses.replace(job.sampling, seed=step_seed(job.run.seed, step))
         return system.start_sampling(list(enumerate(p for _, p in chosen)), plan, settings), after
 
     # Sampling requests in flight, oldest first: (pending, cursor after its prompts). Pipelined mode keeps steps

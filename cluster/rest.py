@@ -30,7 +30,7 @@ from bond.rest import ImprovePhase, improve_schedule
 from cluster import evaluation
 from cluster.episodes import EpisodeWriter, read_scored
 from cluster.job_config import JobConfig
-from cluster.loop import LoopState, StepRecord, System, score_with_retries
+from cluster.loop import LoopState, StepRecord, System, score_with_retries, step_seed
 from cluster.prompts import take
 from learner.checkpoint_dir import CheckpointError
 
@@ -61,7 +61,7 @@ def plan(job: JobConfig, start_step: int, dataset: Sequence[ScoredCompletion]) -
 
 
 def _round_seed(job: JobConfig, start_step: int) -> int:
-    return job.run.seed * 1_000_003 + start_step  # the loop's per-step seed: a resumed round repeats its draws
+    return step_seed(job.run.seed, start_step)  # the loop's per-step seed: a resumed round repeats its draws
 
 
 def round_in_progress(job: JobConfig, run_dir: Path, step: int) -> Round | None:
