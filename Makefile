@@ -12,12 +12,12 @@ PYTEST_ARGS ?=
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # vLLM on CPU only (a 1 GiB KV cache, engines in the calling process; ../shared/STACK.md): exported for the
-# CPU targets below, never for the GPU ones. Ray actors get them from cluster/system.py (CPU actors only).
+# CPU targets below, never for the GPU ones. Ray actors get them from cluster/runtime/ray_system.py (CPU actors only).
 CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: compare pareto summary summary-world install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
+.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
 
 install: $(STAMP)
 
@@ -52,13 +52,13 @@ $(GPU_STAMP): pyproject.toml Makefile
 	@touch $@
 
 tiny: install
-	$(BIN)/python -m cluster.demo.tiny $(TINY)
+	$(BIN)/python -m demo.tiny $(TINY)
 
 run: install tiny
 	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
 
 test: install tiny summary-world
-	@bash cluster/monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
+	@bash monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
 	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
 test-unit: install
@@ -67,7 +67,7 @@ test-unit: install
 # The GPU tests in the CUDA environment; no visible CUDA device is a failure here, not a skipped (green) run.
 test-gpu: install-gpu
 	@$(GPU_BIN)/python -c "import sys, torch; ok = torch.cuda.is_available(); print(f'torch {torch.__version__}: {torch.cuda.device_count()} CUDA device(s) visible'); sys.exit(0 if ok else 'make test-gpu: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); the GPU tests need one')"
-	$(GPU_BIN)/python -m cluster.demo.tiny $(TINY)
+	$(GPU_BIN)/python -m demo.tiny $(TINY)
 	$(GPU_BIN)/python -m pytest tests -m gpu $(PYTEST_ARGS)
 
 bench: install tiny bench-trl
@@ -115,32 +115,36 @@ pareto: install tiny
 # The textual-entailment task: artifacts/summary (policy, NLI classifier, prompts), then J-BOND with the NLI reward
 # over 3 seeds: faithfulness, copy rate and length before/after in runs/summary/summary.md
 summary-world: install
-	$(BIN)/python -m cluster.demo.summary_models artifacts/summary
+	$(BIN)/python -m demo.summary_models artifacts/summary
 
 SUMMARY_ARGS ?=
 summary: install summary-world
 	$(BIN)/python -m bench.nli_summary $(SUMMARY_ARGS)
+
+# Long functions and classes, import cycles, private Ray imports, references outside the repository (tests/shape.py)
+shape: install
+	$(BIN)/python -m tests.shape
 
 lint: install
 	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
 
 # Debian's prometheus (and promtool), for monitoring and its tests (`ray metrics launch-prometheus` would download it).
 prometheus:
-	bash cluster/monitoring/install_prometheus.sh
+	bash monitoring/install_prometheus.sh
 
-# cluster/monitoring/grafana/dashboards/jbond.json from build_dashboard.py
+# monitoring/grafana/dashboards/jbond.json from build_dashboard.py
 grafana-dashboard: install
-	$(BIN)/python -m cluster.monitoring.build_dashboard
+	$(BIN)/python -m monitoring.build_dashboard
 
 # Watch a run: a Ray head whose dashboard knows its Prometheus, Debian's Prometheus with the shipped config and
 # alert rules, and configs/local.yaml submitted as a job. MONITOR_ARGS: e.g. --grafana-url http://127.0.0.1:3000
 MONITOR_ARGS ?=
 monitor: install tiny prometheus
-	$(BIN)/python -m cluster.monitoring.monitor $(MONITOR_ARGS)
+	$(BIN)/python -m monitoring.monitor $(MONITOR_ARGS)
 
 # artifacts/ray_dashboard.png and artifacts/prometheus_jbond.png: headless Chromium during a short monitored run
 dashboard-screenshot: install tiny prometheus
-	$(BIN)/python -m cluster.monitoring.screenshot_dashboard
+	$(BIN)/python -m monitoring.screenshot_dashboard
 
 test-monitoring: install tiny prometheus
 	$(BIN)/python -m pytest tests/integration/test_monitoring.py tests/unit/test_alert_rules.py \

@@ -94,7 +94,7 @@ class VllmSampler:
                  enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
                  keep_host_copy: bool = True, anchor_ema: float | None = None,
                  lora: AdapterSpec | None = None, plain_weights: bool = True) -> None:
-        """Engine knobs are vllm.LLM's arguments of the same names (cluster.job_config.EngineConfig documents them).
+        """Engine knobs are vllm.LLM's arguments of the same names (cluster.config.job.EngineConfig documents them).
         lora: serve base + pushed LoRA adapters of this shape (pushes then carry adapter tensors only).
         anchor_ema: an anchor actor that follows the policy pushes with its own EMA of this rate (full weights)."""
         if lora is not None and anchor_ema is not None:

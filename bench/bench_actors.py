@@ -71,7 +71,7 @@ def _big_model(directory: Path) -> Path:
     """A random ~30 M-parameter Llama with the tiny vocabulary (no training: only the push cost is measured)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cluster.demo.tiny import build_tokenizer, llama_config
+    from demo.tiny import build_tokenizer, llama_config
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -90,8 +90,8 @@ def main() -> None:
     from actors.sampling import SamplingSettings
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
-    from cluster.demo.review_grammar import PROMPTS
-    from cluster.demo.tiny import build
+    from demo.review_grammar import PROMPTS
+    from demo.tiny import build
 
     tiny = build(ROOT / "artifacts" / "tiny") / "policy"
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(PROMPTS_PER_BATCH)]

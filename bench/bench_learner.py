@@ -73,7 +73,7 @@ def _measure(world_size: int, stages: tuple[int, ...], model: Path) -> tuple[dic
 
 
 def main() -> None:
-    from cluster.demo.tiny import build
+    from demo.tiny import build
 
     model = build(ROOT / "artifacts" / "tiny") / "policy"
     print(f"tiny policy, {PROMPTS} prompts/step (1 policy + 2 anchor samples each), 1 torch thread per rank")

@@ -1,7 +1,7 @@
 """Learner step time at ~27 M parameters: in-process vs a Ray actor with Ray's default threads vs resources.threads.
 
 The learner rank reserves 0.5 CPU as in configs/local.yaml, so Ray alone starts it with OMP_NUM_THREADS=1;
-with resources.threads=phase (sync mode) it gets the node's cores while it learns (cluster/threads.py).
+with resources.threads=phase (sync mode) it gets the node's cores while it learns (cluster/runtime/threads.py).
 Same model, batch and learner config in all three; medians of the timed steps.
 """
 
@@ -18,7 +18,7 @@ STEPS, WARMUP = 4, 1
 
 def _job(model: Path):
     from bond.config import BondConfig
-    from cluster.job_config import JobConfig, ModelsConfig, ResourcesConfig
+    from cluster.config.job import JobConfig, ModelsConfig, ResourcesConfig
     from learner.config import LearnerConfig
 
     return JobConfig(models=ModelsConfig(policy=str(model), build_tiny=False),
@@ -45,8 +45,8 @@ def main() -> None:
     import torch
 
     from bench.bench_actors import _big_model
-    from cluster.system import LearnerRank, _free_port
-    from cluster.threads import job_threads, thread_env
+    from cluster.runtime.ray_system import LearnerRank, _free_port
+    from cluster.runtime.threads import job_threads, thread_env
 
     with tempfile.TemporaryDirectory() as tmp:
         model = _big_model(Path(tmp))

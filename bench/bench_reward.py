@@ -20,7 +20,7 @@ REPEATS = 3
 
 
 def _pairs(n: int) -> tuple[list[str], list[str]]:
-    from cluster.demo import review_grammar as grammar
+    from demo import review_grammar as grammar
 
     rng = random.Random(0)
     prompts, completions = [], []
@@ -56,7 +56,7 @@ def main() -> None:
     import ray
     import torch
 
-    from cluster.demo.tiny import build
+    from demo.tiny import build
     from reward_service import serve_app
     from reward_service.learned import LearnedRewardModel
     from reward_service.spec import RewardSpec

@@ -75,9 +75,9 @@ def _one_model(model_dir: Path, label: str) -> None:
 
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
-    from cluster.job_config import JobConfig, ModelsConfig
-    from cluster.system import SAMPLER_ENV, LearnerRank, _free_port
-    from cluster.weight_sync import open_weight_group, push_weights, push_weights_collective
+    from cluster.config.job import JobConfig, ModelsConfig
+    from cluster.runtime.ray_system import SAMPLER_ENV, LearnerRank, _free_port
+    from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig
 
     job = JobConfig(models=ModelsConfig(policy=str(model_dir), build_tiny=False),
@@ -158,9 +158,9 @@ def _lora_model(model_dir: Path, label: str) -> None:
     from actors.sampling import SamplingSettings
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
-    from cluster.job_config import JobConfig, ModelsConfig
-    from cluster.system import SAMPLER_ENV, LearnerRank, _free_port
-    from cluster.weight_sync import open_weight_group, push_weights, push_weights_collective
+    from cluster.config.job import JobConfig, ModelsConfig
+    from cluster.runtime.ray_system import SAMPLER_ENV, LearnerRank, _free_port
+    from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig, LoraConfig
 
     adapters = LoraConfig(r=8, alpha=16.0)
@@ -205,8 +205,8 @@ def main() -> None:
     import ray
 
     from bench.bench_actors import _big_model
-    from cluster.demo.tiny import build
-    from cluster.system import SERVE_PROXY_ENV
+    from cluster.runtime.ray_system import SERVE_PROXY_ENV
+    from demo.tiny import build
 
     sizes = [s for s in os.environ.get("JBOND_BENCH_SIZES", "tiny,medium").split(",") if s]
     if set(sizes) - {"tiny", "medium"}:

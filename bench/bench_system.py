@@ -4,7 +4,7 @@ RLOOTrainer, on the same policy, reward model, prompts, samples per prompt (3) a
 other in one run; plus each phase's seconds per step. Two policies: the tiny one (0.5 M) and the medium one
 (~27 M, bench/medium_model.py); JBOND_BENCH_SIZES=tiny or =medium runs one of them.
 
-The full system and the naive loop both run `cluster.loop.train` unchanged; only the placement differs. TRL
+The full system and the naive loop both run `cluster.training.loop.train` unchanged; only the placement differs. TRL
 runs in its own venv (.venv-trl, `make bench-trl`) as a subprocess (bench/trl_rloo.py); without that venv
 its row says so. Steps after the warm-up are timed. Phases: sample (waiting for the samples), score,
 learn, sync (weight push); TRL's "learn" is the rest of its step.
@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from cluster import config_loading
-from cluster.demo.tiny import build
-from cluster.job_config import JobConfig, Mode, SamplerBackend
-from cluster.loop import LoopState, StepRecord, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.config import loading
+from cluster.config.job import JobConfig, Mode, SamplerBackend
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState, StepRecord
+from cluster.training.loop import train
+from demo.tiny import build
 
 ROOT = Path(__file__).resolve().parents[1]
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
@@ -42,14 +43,14 @@ class Row:
 
 
 def job_config(policy: Path, reward: Path, warmup: int, timed: int) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "local.yaml")
+    data = loading.load_document(ROOT / "configs" / "local.yaml")
     for assignment in (f"models.policy={policy}", f"reward.path_or_name={reward}",
                        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
                        f"algorithm.prompts_per_step={PROMPTS_PER_STEP}", f"sampling.max_new_tokens={MAX_NEW_TOKENS}",
                        f"run.steps={warmup + timed}", "run.progress=false", "reward.http_port=18931",
                        "learner.bucket_bytes=16777216"):  # the medium model's largest tensor is 3 MiB
-        config_loading.apply_override(data, assignment)
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, assignment)
+    return loading.build(JobConfig, data)
 
 
 def measure(name: str, job: JobConfig, system, warmup: int, timed: int) -> Row:
@@ -67,7 +68,7 @@ def measure(name: str, job: JobConfig, system, warmup: int, timed: int) -> Row:
 
 
 def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
-    from cluster.in_process_system import InProcessSystem
+    from cluster.runtime.in_process import InProcessSystem
 
     naive_job = dataclasses.replace(
         job, models=dataclasses.replace(job.models, sampler_backend=SamplerBackend.HF),
@@ -82,7 +83,7 @@ def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
 def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
     import ray
 
-    from cluster.system import System
+    from cluster.runtime.ray_system import System
 
     rows = []
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,

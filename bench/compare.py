@@ -14,11 +14,13 @@ import json
 from pathlib import Path
 
 from bond.config import Algorithm
-from cluster import config_loading, report
-from cluster.in_process_system import InProcessSystem
-from cluster.job_config import JobConfig
-from cluster.loop import LoopState, StepRecord, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState, StepRecord
+from cluster.outputs import report
+from cluster.runtime.in_process import InProcessSystem
+from cluster.training.loop import train
 
 
 def run_one(job: JobConfig, out: Path) -> list[dict]:
@@ -65,10 +67,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     args = parser.parse_args()
-    data = config_loading.load_document(args.config)
-    config_loading.apply_override(data, f"run.steps={args.steps}")
-    config_loading.apply_override(data, "learner.zero_stage=0")  # one process: plain torch
-    base = config_loading.build(JobConfig, data)
+    data = loading.load_document(args.config)
+    loading.apply_override(data, f"run.steps={args.steps}")
+    loading.apply_override(data, "learner.zero_stage=0")  # one process: plain torch
+    base = loading.build(JobConfig, data)
 
     variants = {"J-BOND": base.algorithm}
     for beta in args.beta_rl:

@@ -2,7 +2,7 @@
 
     python -m bench.nli_summary [--config configs/summary.yaml] [--seeds 0 1 2] [--steps 60] [--out runs/summary]
 
-Builds artifacts/summary if needed (cluster.demo.summary_models), then per seed trains J-BOND on the in-process
+Builds artifacts/summary if needed (demo.summary_models), then per seed trains J-BOND on the in-process
 system (HF sampler, in-process NLI reward, plain-torch learner) and evaluates on the held-out sources before
 training and every --eval-every steps: the NLI reward (log P(entailment)), KL(pi || ref), and, from the
 world's literal labels, the faithful / contradiction / neutral / malformed fractions, the copy rate (a
@@ -28,7 +28,7 @@ METRICS = ("reward", "kl_ref", "faithful", "contradiction", "neutral", "malforme
 
 def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dict, list[tuple[str, str]]]:
     from bond.records import Role
-    from cluster.demo.summary_world import summary_stats
+    from demo.summary_world import summary_stats
 
     settings = dataclasses.replace(job.sampling, seed=(1 << 41) + seed * 1_000_003 + step)  # apart from training's
     k = job.eval.samples_per_prompt
@@ -45,10 +45,11 @@ def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dic
 def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
     import torch
 
-    from cluster import evaluation
-    from cluster.in_process_system import InProcessSystem
-    from cluster.loop import LoopState, train
-    from cluster.prompts import PromptCursor, load_prompts
+    from cluster.config.prompts import PromptCursor, load_prompts
+    from cluster.core import LoopState
+    from cluster.runtime.in_process import InProcessSystem
+    from cluster.training import evaluation
+    from cluster.training.loop import train
 
     torch.set_num_threads(1)
     job = build_job(config, overrides + [f"run.seed={seed}"])
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/summary"))
     args = parser.parse_args(argv)
     command = "python -m bench.nli_summary " + shlex.join(sys.argv[1:] if argv is None else argv)
-    from cluster.demo import summary_models
+    from demo import summary_models
 
     job = build_job(args.config, [])
     summary_models.build(Path(job.models.policy).parent)

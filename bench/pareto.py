@@ -6,7 +6,7 @@ Each (method, seed) is one training run on the in-process system (HF sampler, in
 plain-torch learner: the same samplers, reward model, learner and loop as a Ray job without its start-up,
 and no vLLM engine, so it runs beside other work on a small machine). Every run is evaluated on the
 held-out prompts (eval.prompts of the config) before training and every --eval-every steps with
-cluster.evaluation: mean reward and KL(pi || ref) by the same estimators for every method. The BoN curve
+cluster.training.evaluation: mean reward and KL(pi || ref) by the same estimators for every method. The BoN curve
 (n = 1..64) comes from 128 reference samples per held-out prompt, once per seed.
 
 ReST (algorithm=rest) trains through the same driver as a job (cluster.main.train_algorithm: Grow/Improve
@@ -82,13 +82,13 @@ FINAL_POLICY = "final_policy"
 
 
 def build_job(config: Path, overrides: list[str]):
-    from cluster import config_loading
-    from cluster.job_config import JobConfig
+    from cluster.config import loading
+    from cluster.config.job import JobConfig
 
-    data = config_loading.load_document(config)
+    data = loading.load_document(config)
     for o in overrides:
-        config_loading.apply_override(data, o)
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, o)
+    return loading.build(JobConfig, data)
 
 
 def _base_overrides(args) -> list[str]:
@@ -148,11 +148,11 @@ def train_and_evaluate(config: Path, overrides: list[str], out: Path, export: bo
     run distils (already named in its overrides), whose weights join the cache key."""
     import torch
 
-    from cluster import evaluation
-    from cluster.in_process_system import InProcessSystem
-    from cluster.loop import LoopState
+    from cluster.config.prompts import PromptCursor, load_prompts
+    from cluster.core import LoopState
     from cluster.main import train_algorithm
-    from cluster.prompts import PromptCursor, load_prompts
+    from cluster.runtime.in_process import InProcessSystem
+    from cluster.training import evaluation
 
     torch.set_num_threads(1)  # --jobs processes share the cores
     job = build_job(config, overrides)
@@ -191,9 +191,9 @@ def bon_for_seed(config: Path, overrides: list[str], out: Path, max_n: int, samp
     import torch
 
     from bond.records import Role
-    from cluster import evaluation
-    from cluster.in_process_system import InProcessSystem
-    from cluster.prompts import load_prompts
+    from cluster.config.prompts import load_prompts
+    from cluster.runtime.in_process import InProcessSystem
+    from cluster.training import evaluation
 
     torch.set_num_threads(1)
     job = build_job(config, overrides)

@@ -122,11 +122,11 @@ def plot(rows: list[dict], path: Path, warmup_s: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     import ray
 
-    from cluster import config_loading
-    from cluster.job_config import JobConfig
+    from cluster.config import loading
+    from cluster.config.job import JobConfig
     from cluster.main import run
-    from cluster.preemption import Preempted
-    from cluster.system import init_ray
+    from cluster.runtime.ray_system import init_ray
+    from cluster.training.preemption import Preempted
 
     parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "soak")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = config_loading.load_document(ROOT / "configs" / "local.yaml")
+    data = loading.load_document(ROOT / "configs" / "local.yaml")
     for assignment in ("run.mode=pipelined", "run.steps=1000000", "run.checkpoint_every=0", "run.progress=false",
                        "run.show_samples=0", f"run.run_dir={args.out / 'run'}", f"reward.http_port={_free_port()}"):
-        config_loading.apply_override(data, assignment)
-    job = config_loading.build(JobConfig, data)
+        loading.apply_override(data, assignment)
+    job = loading.build(JobConfig, data)
     init_ray(job)
     rows: list[dict] = []
     t0 = time.monotonic()

@@ -6,7 +6,7 @@ prompt, from which weights. The loop, the systems and the learner all read a ste
     bond, iterated: the same against the anchor instead          (Best-of-n of a moving anchor: Bo-n^M)
     reinforce  rloo_k policy samples                            (RLOO: each baselined by the prompt's others)
     gkd        1 policy sample                                  (on-policy: the teacher scores it, no target)
-    rest       1 policy sample per batch row                    (the SFT batch; Grow draws its own: cluster/rest.py)
+    rest       1 policy sample per batch row                    (the SFT batch; Grow draws its own: cluster/training/rest.py)
 """
 
 from __future__ import annotations

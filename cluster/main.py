@@ -22,14 +22,16 @@ from actors.sampling import SamplingSettings
 from bond.config import Algorithm, ConfigError
 from bond.records import Prompt, Role
 from bond.sampling_plan import sampling_plan
-from cluster import checkpoints, config_help, config_loading, evaluation, preflight, rest, storage
-from cluster.evaluation import PromptSplit
-from cluster.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
-from cluster.job_config import JobConfig
-from cluster.loop import LoopState, StepRecord, train
-from cluster.preemption import Preempted, StopRequest, stop_on_sigterm
-from cluster.prompts import PromptCursor, load_prompts
-from cluster.run_log import RunLog
+from cluster.config import helptext, loading, preflight, storage
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState, StepRecord
+from cluster.outputs.run_log import RunLog
+from cluster.training import checkpoints, evaluation, rest
+from cluster.training.evaluation import PromptSplit
+from cluster.training.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
+from cluster.training.loop import train
+from cluster.training.preemption import Preempted, StopRequest, stop_on_sigterm
 from learner.checkpoint_dir import CheckpointError
 
 TINY_ROOT = Path("artifacts/tiny")
@@ -37,7 +39,7 @@ TINY_ROOT = Path("artifacts/tiny")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster.main", description=__doc__,
-                                     epilog=config_help.render(JobConfig, JobConfig()),
+                                     epilog=helptext.render(JobConfig, JobConfig()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML or JSON file with the config sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -51,12 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse.Namespace]:
     args = _parser().parse_args(argv)
-    data = config_loading.load_document(args.config) if args.config else {}
+    data = loading.load_document(args.config) if args.config else {}
     for assignment in args.set:
-        config_loading.apply_override(data, assignment)
+        loading.apply_override(data, assignment)
     if args.resume:
-        config_loading.apply_override(data, "run.resume=true")
-    return storage.with_resolved_run_dir(config_loading.build(JobConfig, data)), args
+        loading.apply_override(data, "run.resume=true")
+    return storage.with_resolved_run_dir(loading.build(JobConfig, data)), args
 
 
 def parse_config(argv: list[str] | None = None) -> JobConfig:
@@ -69,7 +71,7 @@ def will_build_tiny(job: JobConfig, path: str) -> bool:
 
 def ensure_tiny_models(job: JobConfig) -> None:
     if any(will_build_tiny(job, p) for p in (job.models.policy, job.reward.path_or_name)):
-        from cluster.demo.tiny import build
+        from demo.tiny import build
 
         build(TINY_ROOT)
 
@@ -101,8 +103,8 @@ def run(job: JobConfig) -> dict:
     """Run the job; returns a small summary (first/last reward and KL, last evaluation) for callers and tests."""
     import ray
 
-    from cluster.metrics import JobMetrics
-    from cluster.system import System, init_ray
+    from cluster.outputs.metrics import JobMetrics
+    from cluster.runtime.ray_system import System, init_ray
 
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,7 @@ def run(job: JobConfig) -> dict:
         print(f"warning: {split.overlap} of {len(split.heldout)} held-out prompts are also training prompts",
               flush=True)
     resume_from = resume_point(job, run_dir)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(loading.to_dict(job), sort_keys=False))
 
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
     ray_logs = init_ray(job) if owns_ray else None
@@ -181,8 +183,8 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
 def train_algorithm(job: JobConfig, system, prompts: Sequence[Prompt], start: LoopState,
                     on_step: Callable[[StepRecord], None], run_dir: Path, note: Callable[[str], None] = print,
                     metrics=None) -> LoopState:
-    """Train with the job's algorithm from `start` to run.steps: ReST's Grow/Improve rounds (cluster/rest.py, Grow
-    datasets under run_dir) or, for every other algorithm, the per-step loop (cluster/loop.py). A job and
+    """Train with the job's algorithm from `start` to run.steps: ReST's Grow/Improve rounds (cluster/training/rest.py, Grow
+    datasets under run_dir) or, for every other algorithm, the per-step loop (cluster/training/loop.py). A job and
     bench.pareto's in-process runs both drive training through here."""
     if job.algorithm.algorithm is Algorithm.REST:
         return rest.train(job, system, prompts, start, on_step, run_dir, note=note, metrics=metrics)
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.print_config:
-        print(yaml.safe_dump(config_loading.to_dict(job), sort_keys=False), end="")
+        print(yaml.safe_dump(loading.to_dict(job), sort_keys=False), end="")
         return
     try:
         run_with_auto_resume(job, run)

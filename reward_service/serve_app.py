@@ -186,7 +186,7 @@ class RewardDeployment:
 
 def deployment_options(spec: RewardSpec, env_vars: Mapping[str, str] | None = None) -> dict:
     """Serve deployment options from the spec: resources per replica, replica count or autoscaling bounds;
-    `env_vars` are set in every replica's process (e.g. its thread count, cluster/threads.py)."""
+    `env_vars` are set in every replica's process (e.g. its thread count, cluster/runtime/threads.py)."""
     actor_options: dict = {"num_cpus": spec.cpus_per_replica, "num_gpus": spec.gpus_per_replica}
     if env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(env_vars)}

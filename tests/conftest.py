@@ -10,7 +10,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Every Ray the tests start (ray.init, `ray start` heads) inherits Serve's proxy allowance (see cluster/system.py).
+# Every Ray the tests start (ray.init, `ray start` heads) inherits Serve's proxy allowance (see cluster/runtime/ray_system.py).
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    """artifacts/tiny with tokenizer/, policy/, reward/, nli/ (see cluster/demo/tiny.py)."""
-    from cluster.demo.tiny import build
+    """artifacts/tiny with tokenizer/, policy/, reward/, nli/ (see demo/tiny.py)."""
+    from demo.tiny import build
 
     return build(ROOT / "artifacts" / "tiny")
 
@@ -72,7 +72,7 @@ def tied_qwen2_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cluster.demo.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
+    from demo.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,

@@ -63,7 +63,7 @@ def test_actor_side_ema_equals_the_learners_anchor_bit_for_bit(tiny_dir):
 def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(tiny_dir):
     from actors.sampling import SamplingSettings
     from actors.vllm_sampler import VllmSampler
-    from cluster.demo.review_grammar import PROMPTS
+    from demo.review_grammar import PROMPTS
     from tests.component.test_vllm_sampler import LOGPROB_ATOL
 
     lr = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=4, bucket_bytes=1 << 18)

@@ -17,10 +17,10 @@ import torch
 
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
-from cluster import preflight
-from cluster.checkpoints import newest_valid
+from cluster.config import preflight
+from cluster.config.prompts import PromptSource, load_prompts
 from cluster.main import main
-from cluster.prompts import PromptSource, load_prompts
+from cluster.training.checkpoints import newest_valid
 from learner import checkpoint_dir, safetensors_shards
 from learner.config import LearnerConfig
 from learner.learner import Learner
@@ -127,7 +127,7 @@ def test_policy_tokenizer_without_pad_is_fine(tiny_dir, tmp_path):
 @pytest.mark.bad_input("prompt longer than the policy's context (real tokenizer)", "skipped, counted as "
                        "`longer than 63 tokens`")
 def test_prompts_longer_than_the_context_are_skipped(tiny_dir, tmp_path):
-    from cluster.job_config import JobConfig
+    from cluster.config.job import JobConfig
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "the movie"}) + "\n" + json.dumps({"prompt": "the movie " * 40}) + "\n")

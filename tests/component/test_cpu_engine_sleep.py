@@ -10,7 +10,7 @@ import pytest
 from actors.sampling import SamplingSettings
 from actors.vllm_sampler import VllmSampler
 from bond.records import Role
-from cluster.demo.review_grammar import PROMPTS
+from demo.review_grammar import PROMPTS
 
 
 def rss_bytes() -> int:

@@ -1,4 +1,4 @@
-"""cluster.evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
+"""cluster.training.evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
 the KL estimators against the learner's own log-probabilities (HF sampler, plain-torch learner: no Ray, no vLLM)."""
 
 import math
@@ -8,24 +8,26 @@ import pytest
 import torch
 
 from bond.records import Role
-from cluster import config_loading, evaluation
-from cluster.in_process_system import InProcessSystem
-from cluster.job_config import JobConfig
-from cluster.loop import LoopState, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState
+from cluster.runtime.in_process import InProcessSystem
+from cluster.training import evaluation
+from cluster.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(300)
 def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
               f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
               "learner.zero_stage=0", "run.steps=2", "algorithm.lr=0.005", "algorithm.warmup_steps=0",
               "eval.every_steps=1", "eval.holdout_fraction=0.25", "eval.samples_per_prompt=4", "eval.greedy=false"):
-        config_loading.apply_override(data, a)
-    job = config_loading.build(JobConfig, data)
+        loading.apply_override(data, a)
+    job = loading.build(JobConfig, data)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
     system = InProcessSystem(job)
     try:

@@ -9,7 +9,7 @@ from actors.hf_sampler import HfSampler
 from actors.sampling import Sampler, SamplingSettings
 from bond.config import ConfigError
 from bond.records import Role, WeightUpdate
-from cluster.demo.review_grammar import PROMPTS
+from demo.review_grammar import PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,24 @@ import pytest
 
 from bond.records import Role
 from bond.sampling_plan import sampling_plan
-from cluster import config_loading, evaluation
-from cluster.in_process_system import InProcessSystem
-from cluster.job_config import JobConfig
-from cluster.loop import LoopState, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState
+from cluster.runtime.in_process import InProcessSystem
+from cluster.training import evaluation
+from cluster.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_process_job(tiny_dir, *overrides: str) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
               f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
               "learner.zero_stage=0", "run.steps=2", *overrides):
-        config_loading.apply_override(data, a)
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, a)
+    return loading.build(JobConfig, data)
 
 
 def test_two_steps_in_process(tiny_dir, tmp_path):

@@ -28,7 +28,7 @@ from learner.checkpoint_dir import CheckpointError
 from learner.config import LearnerConfig
 from learner.learner import Learner
 
-VOCAB = 58  # the tiny tokenizer (cluster/demo/tiny.py); ids 0-4 are specials
+VOCAB = 58  # the tiny tokenizer (demo/tiny.py); ids 0-4 are specials
 LR = 1e-3
 BOND = BondConfig(prompts_per_step=8, lr=LR, warmup_steps=2, gamma=0.5, eta=0.1, max_grad_norm=1.0)
 PARAM_ATOL = 0.05 * LR  # per step taken; see module docstring

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from bond.records import Role
-from cluster import config_loading
-from cluster.demo import summary_models
-from cluster.demo import summary_world as world
-from cluster.in_process_system import InProcessSystem
-from cluster.job_config import JobConfig
-from cluster.loop import LoopState, train
-from cluster.prompts import PromptCursor, load_prompts
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptCursor, load_prompts
+from cluster.core import LoopState
+from cluster.runtime.in_process import InProcessSystem
+from cluster.training.loop import train
+from demo import summary_models
+from demo import summary_world as world
 from reward_service.entailment import EntailmentReward
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +49,12 @@ def test_nli_classifier_on_heldout_pairs(summary_dir):
 
 @pytest.mark.timeout(300)
 def test_jbond_with_the_entailment_reward_runs_end_to_end(summary_dir):
-    data = config_loading.load_document(ROOT / "configs" / "summary.yaml")
+    data = loading.load_document(ROOT / "configs" / "summary.yaml")
     for a in (f"models.policy={summary_dir / 'policy'}", f"reward.path_or_name={summary_dir / 'nli'}",
               f"prompts.path={summary_dir / 'prompts.jsonl'}", "models.sampler_backend=hf", "run.steps=2",
               "algorithm.prompts_per_step=8"):
-        config_loading.apply_override(data, a)
-    job = config_loading.build(JobConfig, data)
+        loading.apply_override(data, a)
+    job = loading.build(JobConfig, data)
     records = []
     system = InProcessSystem(job)
     try:

@@ -15,7 +15,7 @@ from actors.sampling import SamplingSettings
 from actors.vllm_sampler import VllmSampler
 from bond.config import ConfigError
 from bond.records import Role, WeightUpdate
-from cluster.demo.review_grammar import PROMPTS
+from demo.review_grammar import PROMPTS
 
 GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=24)
 # fp32 on both sides, but different kernels (vLLM's CPU attention and oneDNN GEMMs vs torch's matmul and

@@ -4,7 +4,7 @@
 import math
 import time
 
-from cluster.demo.review_grammar import review_score
+from demo.review_grammar import review_score
 
 
 def positive_and_well_formed(prompt: str, completion: str) -> float:

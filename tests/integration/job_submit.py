@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.monitoring.local_ray_head import LocalRayHead
+from monitoring.local_ray_head import LocalRayHead
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -24,11 +24,12 @@ def _learner_anchor(rank) -> dict[str, torch.Tensor]:
 
 @pytest.mark.timeout(300)
 def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, tiny_dir, tmp_path, capfd):  # noqa: F811
-    from cluster.job_config import WeightSyncMethod
-    from cluster.loop import LoopState, train
-    from cluster.prompts import PromptCursor, load_prompts
-    from cluster.system import System
-    from cluster.threads import job_threads
+    from cluster.config.job import WeightSyncMethod
+    from cluster.config.prompts import PromptCursor, load_prompts
+    from cluster.core import LoopState
+    from cluster.runtime.ray_system import System
+    from cluster.runtime.threads import job_threads
+    from cluster.training.loop import train
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=3)
     system = System(job)

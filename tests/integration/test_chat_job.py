@@ -9,8 +9,8 @@ import pytest
 import ray
 
 from bond.records import ChatMessage, Prompt, Role
-from cluster import config_loading
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from cluster.main import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,21 +25,21 @@ def _free_port() -> int:
 
 
 def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for assignment in (f"models.policy={tiny_dir / 'qwen_policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
                        f"prompts.path={ROOT / 'configs' / 'chat_prompts.jsonl'}", "prompts.max_prompt_length=16",
                        f"reward.http_port={_free_port()}", f"run.run_dir={tmp_path}", "run.progress=false",
                        "run.show_samples=2", "run.steps=2", "run.checkpoint_every=0"):
-        config_loading.apply_override(data, assignment)
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, assignment)
+    return loading.build(JobConfig, data)
 
 
 @pytest.mark.timeout(600)
 def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
     from actors.hf_sampler import HfSampler
     from actors.vllm_sampler import VllmSampler
-    from cluster.episodes import read_episodes
-    from cluster.system import System
+    from cluster.outputs.episodes import read_episodes
+    from cluster.runtime.ray_system import System
 
     job = chat_job(tmp_path, tiny_dir)
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
@@ -59,8 +59,9 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
         # weights after a push equal the learner's: a fresh system, 2 steps, compare served and exported log-probs
         system = System(job)
         try:
-            from cluster.loop import LoopState, train
-            from cluster.prompts import PromptCursor, load_prompts
+            from cluster.config.prompts import PromptCursor, load_prompts
+            from cluster.core import LoopState
+            from cluster.training.loop import train
 
             train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), lambda rec: None)
             system.export_hf(tmp_path / "learner_policy")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster import config_loading
-from cluster.failures import run_with_auto_resume
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.training.failures import run_with_auto_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,13 +29,13 @@ def _free_port() -> int:
 
 
 def job_config(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for key, value in {"reward.http_port": _free_port(), "models.policy": tiny_dir / "policy",
                        "reward.path_or_name": tiny_dir / "reward",
                        "prompts.path": ROOT / "configs" / "review_prompts.jsonl", "run.run_dir": tmp_path,
                        "run.progress": "false", "run.show_samples": 0, **overrides}.items():
-        config_loading.apply_override(data, f"{key}={value}")
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, f"{key}={value}")
+    return loading.build(JobConfig, data)
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -17,12 +17,12 @@ import pytest
 import ray
 
 from bond.records import Role
-from cluster import config_loading
-from cluster.checkpoints import newest_valid
-from cluster.episodes import read_episodes
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from cluster.main import run
-from cluster.preemption import Preempted
+from cluster.outputs.episodes import read_episodes
+from cluster.training.checkpoints import newest_valid
+from cluster.training.preemption import Preempted
 from reward_service.spec import build_reward_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,17 +38,17 @@ SERVE_PORT = _free_port()  # one Serve HTTP proxy per Ray session: every run of 
 
 
 def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
-    config_loading.apply_override(data, f"reward.http_port={SERVE_PORT}")
-    config_loading.apply_override(data, f"models.policy={tiny_dir / 'policy'}")
-    config_loading.apply_override(data, f"reward.path_or_name={tiny_dir / 'reward'}")
-    config_loading.apply_override(data, f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}")
-    config_loading.apply_override(data, f"run.run_dir={tmp_path}")
-    config_loading.apply_override(data, "run.progress=false")
-    config_loading.apply_override(data, "run.show_samples=2")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
+    loading.apply_override(data, f"reward.http_port={SERVE_PORT}")
+    loading.apply_override(data, f"models.policy={tiny_dir / 'policy'}")
+    loading.apply_override(data, f"reward.path_or_name={tiny_dir / 'reward'}")
+    loading.apply_override(data, f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}")
+    loading.apply_override(data, f"run.run_dir={tmp_path}")
+    loading.apply_override(data, "run.progress=false")
+    loading.apply_override(data, "run.show_samples=2")
     for key, value in overrides.items():
-        config_loading.apply_override(data, f"{key.replace('__', '.')}={value}")
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, f"{key.replace('__', '.')}={value}")
+    return loading.build(JobConfig, data)
 
 
 def stats_rows(run_dir: Path) -> list[dict]:
@@ -150,10 +150,11 @@ def test_pipelined_bond_run_respects_max_staleness(local_ray, tiny_dir, tmp_path
 def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_path):
     """After steps and pushes over the collective (gloo) weight groups, the policy actor's log-probs of a sequence
     equal the learner's (fp32). (test_sync_run_end_to_end runs the object-store push: auto for the tiny model.)"""
-    from cluster.job_config import WeightSyncMethod
-    from cluster.loop import LoopState, train
-    from cluster.prompts import PromptCursor, load_prompts
-    from cluster.system import System
+    from cluster.config.job import WeightSyncMethod
+    from cluster.config.prompts import PromptCursor, load_prompts
+    from cluster.core import LoopState
+    from cluster.runtime.ray_system import System
+    from cluster.training.loop import train
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=2, run__weight_sync="collective")
     system = System(job)
@@ -217,7 +218,7 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
 
 def test_ray_job_submit(tiny_dir, tmp_path):
     """As README documents it: a Ray head, then `ray job submit --working-dir . -- python -m cluster.main ...`."""
-    from cluster.monitoring.local_ray_head import free_port
+    from monitoring.local_ray_head import free_port
     from tests.integration.job_submit import submit_smoke_job, venv_head
 
     if ray.is_initialized():

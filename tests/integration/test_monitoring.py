@@ -31,18 +31,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
-from cluster.monitoring.local_ray_head import LocalRayHead, free_port
-from cluster.monitoring.monitored_stack import MonitoredStack
-from cluster.monitoring.smoke_job import smoke_entrypoint
-from cluster.storage import STORAGE_ENV
+from cluster.config.storage import STORAGE_ENV
+from monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
+from monitoring.local_ray_head import LocalRayHead, free_port
+from monitoring.monitored_stack import MonitoredStack
+from monitoring.smoke_job import smoke_entrypoint
 
 # One stack start and one 4-step job for the whole module (~80 s on an idle 2-core machine).
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "cluster" / "monitoring" / "grafana" / "dashboards" / "jbond.json"
-ALERT_RULES = ROOT / "cluster" / "monitoring" / "alerts.yml"
+DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "jbond.json"
+ALERT_RULES = ROOT / "monitoring" / "alerts.yml"
 STEPS = 4
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here (>= 4 scrapes of 1 s)
 
@@ -76,11 +76,11 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
 
 
 def test_dashboard_matches_code():
-    """Every metric a query reads is defined: jbond_* in cluster/metrics.py, reward_* in the reward service,
+    """Every metric a query reads is defined: jbond_* in cluster/outputs/metrics.py, reward_* in the reward service,
     serve_* in Ray Serve (exported as ray_<name>, counters as ray_<name>_total)."""
     serve_dir = Path(importlib.util.find_spec("ray").origin).parent / "serve"  # read, not imported: faster
     sources = {
-        "ray_jbond_": (ROOT / "cluster" / "metrics.py").read_text(),
+        "ray_jbond_": (ROOT / "cluster" / "outputs" / "metrics.py").read_text(),
         "ray_reward_": (ROOT / "reward_service" / "serve_app.py").read_text(),
         "ray_serve_": "\n".join(p.read_text() for p in serve_dir.rglob("*.py")),
     }

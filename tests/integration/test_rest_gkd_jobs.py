@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM
 
 from bond.gkd import token_jsd
 from bond.rest import quantile
-from cluster import config_loading
-from cluster.episodes import read_scored
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.outputs.episodes import read_scored
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -32,12 +32,12 @@ SERVE_PORT = _free_port()
 
 
 def job(run_dir: Path, tiny_dir: Path, *overrides: str) -> JobConfig:
-    data = config_loading.load_document(ROOT / "configs" / "smoke.yaml")
+    data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for o in (f"reward.http_port={SERVE_PORT}", f"models.policy={tiny_dir / 'policy'}",
               f"reward.path_or_name={tiny_dir / 'reward'}", f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
               f"run.run_dir={run_dir}", "run.progress=false", "run.show_samples=0", *overrides):
-        config_loading.apply_override(data, o)
-    return config_loading.build(JobConfig, data)
+        loading.apply_override(data, o)
+    return loading.build(JobConfig, data)
 
 
 def stats_rows(run_dir: Path) -> list[dict]:

@@ -8,8 +8,8 @@ import json
 import pytest
 from test_job import ROOT, smoke_job, stats_rows
 
-from cluster import checkpoints
 from cluster.main import run
+from cluster.training import checkpoints
 
 
 @pytest.mark.timeout(300)

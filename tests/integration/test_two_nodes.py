@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.episodes import read_episodes
-from cluster.monitoring.local_ray_head import RAY, LocalRayHead, free_port
+from cluster.outputs.episodes import read_episodes
+from monitoring.local_ray_head import RAY, LocalRayHead, free_port
 from tests.integration.job_submit import submit_smoke_job, venv_head
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
         assert "no live Ray node has the labels" not in log, log[-4000:]  # the job saw both nodes' labels
         print(f"two-node job: {time.time() - t0:.0f} s")
 
-        # Where Ray ran them (its state API), by the names cluster/system.py gives its actors.
+        # Where Ray ran them (its state API), by the names cluster/runtime/ray_system.py gives its actors.
         actors = [a for a in ray_list(head, "actors") if (a.get("name") or "").startswith("jbond-")]
         nodes_of = {kind: {a["node_id"] for a in actors if f"-{kind}-" in a["name"]}
                     for kind in ("policy", "anchor", "learner")}

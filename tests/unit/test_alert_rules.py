@@ -1,6 +1,6 @@
 """The shipped Prometheus alert rules: valid (`promtool check`), unit-tested (`promtool test rules`) with a firing
 and a quiet case for every alert, and reading only metrics the code exports. promtool is Debian's, from the
-prometheus package that `make test` installs (cluster/monitoring/install_prometheus.sh)."""
+prometheus package that `make test` installs (monitoring/install_prometheus.sh)."""
 
 import re
 import shutil
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "cluster" / "monitoring"
+MONITORING = ROOT / "monitoring"
 RULES, RULE_TESTS = MONITORING / "alerts.yml", MONITORING / "alerts_test.yml"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -53,9 +53,9 @@ def test_shipped_prometheus_config_loads_the_rules():
 
 
 def test_rules_read_only_metrics_the_code_exports():
-    """ray_<name> / ray_<name>_total / _count: <name> must be a metric name in cluster/metrics.py or the reward
+    """ray_<name> / ray_<name>_total / _count: <name> must be a metric name in cluster/outputs/metrics.py or the reward
     service (a renamed metric would otherwise leave an alert that can never fire)."""
-    sources = (ROOT / "cluster" / "metrics.py").read_text() + (ROOT / "reward_service" / "serve_app.py").read_text()
+    sources = (ROOT / "cluster" / "outputs" / "metrics.py").read_text() + (ROOT / "reward_service" / "serve_app.py").read_text()
     names = {re.sub(r"_(total|count|sum|bucket)$", "", m) for m in re.findall(r"\bray_([a-z_]+)", RULES.read_text())}
     assert names, "no metric found in the rules"
     missing = sorted(n for n in names if f'"{n}"' not in sources)

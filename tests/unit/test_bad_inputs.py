@@ -15,13 +15,14 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from bond.config import ConfigError
-from cluster import config_loading, loop, preflight
-from cluster.checkpoints import newest_valid
-from cluster.demo.tiny import build_tokenizer
-from cluster.failures import CheckpointWriteError, ScoringFailedError
-from cluster.job_config import JobConfig
+from cluster.config import loading, preflight
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
 from cluster.main import main
-from cluster.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
+from cluster.training import loop
+from cluster.training.checkpoints import newest_valid
+from cluster.training.failures import CheckpointWriteError, ScoringFailedError
+from demo.tiny import build_tokenizer
 from learner import checkpoint_dir
 from learner.checkpoint_dir import CheckpointError
 from reward_service.errors import NonFiniteRewardError, RewardTimeoutError
@@ -330,16 +331,16 @@ def test_transient_scoring_failures_are_retried_and_counted(monkeypatch):
 
 
 def test_config_loading_keeps_new_knobs():
-    job = config_loading.build(JobConfig, {"resources": {"max_actor_restarts": 0}, "run": {"auto_resume": 2}})
+    job = loading.build(JobConfig, {"resources": {"max_actor_restarts": 0}, "run": {"auto_resume": 2}})
     assert job.resources.max_actor_restarts == 0 and job.run.auto_resume == 2
     with pytest.raises(ConfigError, match="^resources.max_actor_restarts"):
-        config_loading.build(JobConfig, {"resources": {"max_actor_restarts": -1}})
+        loading.build(JobConfig, {"resources": {"max_actor_restarts": -1}})
 
 
 def test_auto_resume_is_bounded_and_needs_a_checkpoint(tmp_path):
-    from cluster.failures import LearnerDiedError, run_with_auto_resume
+    from cluster.training.failures import LearnerDiedError, run_with_auto_resume
 
-    job = config_loading.build(JobConfig, {"run": {"run_dir": str(tmp_path), "auto_resume": 2}})
+    job = loading.build(JobConfig, {"run": {"run_dir": str(tmp_path), "auto_resume": 2}})
     attempts, lines = [], []
 
     def failing(j):

@@ -9,8 +9,8 @@ import pytest
 from actors.prompt_rendering import render
 from bond.config import ConfigError
 from bond.records import ChatMessage, Prompt
-from cluster.demo.tiny import BOS, build_chat_tokenizer, build_tokenizer
-from cluster.prompts import PromptSource, fit_to_policy, load_prompts
+from cluster.config.prompts import PromptSource, fit_to_policy, load_prompts
+from demo.tiny import BOS, build_chat_tokenizer, build_tokenizer
 from reward_service.errors import BadRequestError, RewardModelError
 from reward_service.function import FunctionReward
 from reward_service.request import ScoreRequest

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from bond.records import Prompt
-from cluster import checkpoints, evaluation
-from cluster.job_config import EvalConfig
+from cluster.config.job import EvalConfig
+from cluster.training import checkpoints, evaluation
 from learner import checkpoint_dir
 from learner.checkpoint_dir import CheckpointError
 
@@ -113,9 +113,9 @@ def test_holdout_split_is_disjoint_seeded_and_refuses_to_hold_out_everything():
 def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir, tmp_path):
     """eval.prompts rows the policy cannot take (longer than prompts.max_prompt_length) are skipped and counted, as
     training rows are, instead of reaching the actors; a file with nothing usable is refused naming eval.prompts."""
-    from cluster import preflight
-    from cluster.job_config import JobConfig, ModelsConfig
-    from cluster.prompts import PromptSource
+    from cluster.config import preflight
+    from cluster.config.job import JobConfig, ModelsConfig
+    from cluster.config.prompts import PromptSource
 
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the movie", "the plot " * 40, "the cast"]))

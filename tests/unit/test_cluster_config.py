@@ -3,8 +3,8 @@
 import pytest
 
 from bond.config import ConfigError
-from cluster import config_loading
-from cluster.job_config import JobConfig, Mode
+from cluster.config import loading
+from cluster.config.job import JobConfig, Mode
 from cluster.main import parse_config
 
 
@@ -14,7 +14,7 @@ def test_yaml_and_overrides(tmp_path):
     job = parse_config(["--config", str(path), "--set", "algorithm.gamma=1", "--set", "run.max_staleness=2"])
     assert (job.algorithm.beta, job.algorithm.gamma, job.run.steps) == (0.3, 1.0, 5)
     assert job.run.mode is Mode.PIPELINED and job.run.max_staleness == 2
-    again = config_loading.build(JobConfig, config_loading.to_dict(job))
+    again = loading.build(JobConfig, loading.to_dict(job))
     assert again == job
 
 
@@ -40,9 +40,9 @@ def test_yaml_and_overrides(tmp_path):
 def test_bad_values_fail_naming_the_field(assignment, field):
     data = {"resources": {"learner_ranks": 2}} if "prompts_per_step=7" in assignment else {}
     for one in assignment.split(","):
-        config_loading.apply_override(data, one)
+        loading.apply_override(data, one)
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}"):
-        config_loading.build(JobConfig, data)
+        loading.build(JobConfig, data)
 
 
 def test_pipelined_needs_staleness():
@@ -83,7 +83,7 @@ def test_gkd_and_rest_train_on_one_policy_sample_per_prompt_and_no_target():
 
 def test_the_progress_bar_names_every_algorithm():
     from bond.config import Algorithm, BondConfig
-    from cluster.run_log import algorithm_name
+    from cluster.outputs.run_log import algorithm_name
 
     names = {a: algorithm_name(BondConfig(algorithm=a, n=4 if a is Algorithm.BOND else 2, k_quantile=4,
                                           gkd_teacher="t")) for a in Algorithm}

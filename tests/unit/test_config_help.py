@@ -6,8 +6,8 @@ import typing
 import pytest
 import yaml
 
-from cluster import config_help, config_loading
-from cluster.job_config import JobConfig
+from cluster.config import helptext, loading
+from cluster.config.job import JobConfig
 from cluster.main import main, parse_config
 
 
@@ -40,7 +40,7 @@ def test_help_names_every_field_with_type_default_and_doc(capsys):
     assert {name for name, _ in fields} <= set(entries), sorted({n for n, _ in fields} - set(entries))
     for name, kind in fields:
         head, *doc = entries[name]
-        assert " = " in head and config_help.type_name(kind) in head, head
+        assert " = " in head and helptext.type_name(kind) in head, head
         assert " ".join(doc).strip(), f"{name} has no doc: write a docstring under the field"
     assert "algorithm.beta: float = 0.5" in text
     assert "reward.path_or_name: str = artifacts/tiny/reward" in text  # JobConfig's default, not the class's
@@ -51,7 +51,7 @@ def test_help_names_every_field_with_type_default_and_doc(capsys):
 def test_field_docs_are_read_from_the_source():
     from bond.config import BondConfig
 
-    docs = config_help.field_docs(BondConfig)
+    docs = helptext.field_docs(BondConfig)
     assert docs["eta"].startswith("EMA rate of the anchor")
     assert "\n" not in docs["beta"]
 
@@ -63,7 +63,7 @@ def test_print_config_prints_the_resolved_yaml_and_exits_0(capsys, tmp_path):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["run"]["steps"] == 7 and printed["algorithm"]["beta"] == 0.25
     assert printed["eval"]["every_steps"] == 0 and printed["learner"]["zero_stage"] == 3  # defaults shown too
-    assert config_loading.build(JobConfig, printed) == parse_config(["--config", str(path),
+    assert loading.build(JobConfig, printed) == parse_config(["--config", str(path),
                                                                       "--set", "algorithm.beta=0.25"])
 
 

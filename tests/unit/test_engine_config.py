@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from bond.config import ConfigError
-from cluster import config_loading
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from cluster.main import main, parse_config
-from cluster.system import sampler_env, sampler_kwargs
+from cluster.runtime.ray_system import sampler_env, sampler_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = ["--set", "resources.gpus_per_actor=1"]
@@ -78,4 +78,4 @@ def test_shipped_gpu_configs_validate(name, gpus):
     total = ((res.policy_actors + res.anchor_actors) * job.actor_gpus + res.learner_ranks * res.gpus_per_learner
              + job.reward.replicas * job.reward.gpus_per_replica)
     assert total == pytest.approx(gpus)  # the layout fills the node exactly
-    assert config_loading.build(JobConfig, config_loading.to_dict(job)) == job
+    assert loading.build(JobConfig, loading.to_dict(job)) == job

@@ -1,7 +1,7 @@
-"""Grafana provisioning: the data-source and dashboard files of cluster/monitoring/grafana/provisioning, and the
+"""Grafana provisioning: the data-source and dashboard files of monitoring/grafana/provisioning, and the
 dashboard JSON they load, checked the way Grafana reads them (there is no Grafana package to start here).
 
-A stock Grafana started with GF_PATHS_PROVISIONING=cluster/monitoring/grafana/provisioning shows the dashboard
+A stock Grafana started with GF_PATHS_PROVISIONING=monitoring/grafana/provisioning shows the dashboard
 with data only if: the provider's path (after Grafana's $VARIABLE expansion) holds the JSON, every panel's and
 every query's data source resolves to the provisioned uid, and the JSON is a dashboard Grafana accepts (uid,
 schemaVersion, unique panel ids, a gridPos that fits the 24-column grid, a PromQL expr in every target).
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.monitoring import build_dashboard
+from monitoring import build_dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
-GRAFANA = ROOT / "cluster" / "monitoring" / "grafana"
+GRAFANA = ROOT / "monitoring" / "grafana"
 PROVISIONING = GRAFANA / "provisioning"
 # What the README tells users to set for Grafana.
 ENV = {"JBOND_GRAFANA_DIR": str(GRAFANA), "JBOND_PROMETHEUS_URL": "http://127.0.0.1:9090"}
@@ -73,13 +73,13 @@ def test_datasource_is_the_prometheus_the_dashboard_names(datasource):
                                                        build_dashboard.PROVISIONED_DATASOURCE["uid"])
     assert datasource["name"] == "Prometheus"  # Ray's default RAY_PROMETHEUS_NAME: Ray's dashboards find it too
     # Grafana's $__rate_interval is 4 x this; prometheus.yml scrapes at the same interval
-    shipped = yaml.safe_load((ROOT / "cluster" / "monitoring" / "prometheus.yml").read_text())
+    shipped = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     assert datasource["jsonData"]["timeInterval"] == shipped["global"]["scrape_interval"]
 
 
 def test_dashboard_file_is_what_build_dashboard_writes():
     assert build_dashboard.OUTPUT.read_text() == build_dashboard.render(), \
-        "grafana/dashboards/jbond.json is stale: run `python -m cluster.monitoring.build_dashboard`"
+        "grafana/dashboards/jbond.json is stale: run `python -m monitoring.build_dashboard`"
 
 
 def resolves(ref: dict | None, variables: dict[str, dict], source: dict) -> bool:

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 from actors.lora_adapter import AdapterSpec
 from actors.vllm_sampler import checkpoint_specs
 from bond.config import ConfigError
-from cluster import config_loading
-from cluster.job_config import JobConfig
+from cluster.config import loading
+from cluster.config.job import JobConfig
 from learner.config import LoraConfig
 from learner.lora import LoraLayout, wrap
 
@@ -22,13 +22,13 @@ def test_lora_fields_are_validated_by_name():
         LoraConfig(dropout=0.1)
     with pytest.raises(ConfigError, match="^target_modules: "):
         LoraConfig(target_modules=())
-    job = config_loading.build(JobConfig, {"learner": {"lora": {"r": 4, "target_modules": ["q_proj"]}}})
+    job = loading.build(JobConfig, {"learner": {"lora": {"r": 4, "target_modules": ["q_proj"]}}})
     assert job.learner.lora == LoraConfig(r=4, target_modules=("q_proj",))
-    assert config_loading.build(JobConfig, {}).learner.lora is None  # the default: full fine-tuning
+    assert loading.build(JobConfig, {}).learner.lora is None  # the default: full fine-tuning
     with pytest.raises(ConfigError, match="^learner.lora.r: "):
-        config_loading.build(JobConfig, {"learner": {"lora": {"r": 1000}}})
+        loading.build(JobConfig, {"learner": {"lora": {"r": 1000}}})
     with pytest.raises(ConfigError, match="^learner.lora: .*hf sampler backend"):
-        config_loading.build(JobConfig, {"learner": {"lora": {}}, "models": {"sampler_backend": "hf"}})
+        loading.build(JobConfig, {"learner": {"lora": {}}, "models": {"sampler_backend": "hf"}})
 
 
 def test_actor_adapter_specs_are_what_peft_trains(tiny_dir):

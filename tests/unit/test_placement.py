@@ -1,4 +1,4 @@
-"""resources: the placement plan (cluster/placement.py) and the validation of its knobs."""
+"""resources: the placement plan (cluster/runtime/placement.py) and the validation of its knobs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 from bond.config import ConfigError
 from bond.records import Role
-from cluster import placement
 from cluster.main import parse_config
+from cluster.runtime import placement
 
 
 def resources(*sets: str):

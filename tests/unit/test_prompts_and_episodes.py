@@ -6,9 +6,9 @@ import pytest
 
 from bond.records import Completion, Role, ScoredCompletion
 from bond.sampling_plan import SamplingPlan
-from cluster.episodes import EpisodeWriter, read_episodes
-from cluster.loop import make_batch
-from cluster.prompts import PromptCursor, PromptFormat, PromptSource, load_prompts, take
+from cluster.config.prompts import PromptCursor, PromptFormat, PromptSource, load_prompts, take
+from cluster.outputs.episodes import EpisodeWriter, read_episodes
+from cluster.training.loop import make_batch
 
 
 def test_jsonl_bad_rows_are_counted_not_lost(tmp_path):
@@ -92,7 +92,7 @@ def test_episodes_rlds_rows(tmp_path):
 def test_grammar_accepts_what_it_generates_and_rejects_corruptions():
     import random
 
-    from cluster.demo import review_grammar as g
+    from demo import review_grammar as g
 
     rng = random.Random(0)
     sentences = [g.sentence(rng, p_positive=0.5) for _ in range(2000)]

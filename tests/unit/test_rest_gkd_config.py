@@ -8,9 +8,10 @@ import pytest
 
 from bond.config import ConfigError
 from bond.records import Completion, Role, ScoredCompletion
-from cluster import preflight, rest
-from cluster.episodes import EpisodeWriter, read_scored
+from cluster.config import preflight
 from cluster.main import main, parse_config
+from cluster.outputs.episodes import EpisodeWriter, read_scored
+from cluster.training import rest
 from learner.checkpoint_dir import CheckpointError
 
 

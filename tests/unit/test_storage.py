@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bond.config import ConfigError
-from cluster import config_loading
-from cluster.job_config import JobConfig
-from cluster.storage import RAY_JOB_CONFIG_ENV, STORAGE_ENV, outputs_report, resolve_run_dir
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.config.storage import RAY_JOB_CONFIG_ENV, STORAGE_ENV, outputs_report, resolve_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 # What Ray puts in a submitted driver's environment (ray/dashboard/modules/job/job_supervisor.py).
@@ -20,7 +20,7 @@ RAY_COPY = Path("/tmp/ray/session_2026/runtime_resources/working_dir_files/_ray_
 
 
 def job(**run) -> JobConfig:
-    return config_loading.build(JobConfig, {"run": run})
+    return loading.build(JobConfig, {"run": run})
 
 
 def test_local_relative_run_dir_resolves_against_the_current_directory(tmp_path):

@@ -1,11 +1,11 @@
-"""The summary world's generator and literal labels (cluster/demo/summary_world.py): the NLI task's ground truth."""
+"""The summary world's generator and literal labels (demo/summary_world.py): the NLI task's ground truth."""
 
 import random
 
 import pytest
 
-from cluster.demo import summary_world as world
-from cluster.demo.review_grammar import is_well_formed
+from demo import summary_world as world
+from demo.review_grammar import is_well_formed
 
 
 def test_sources_parse_back_to_their_claims_and_are_review_sentences():

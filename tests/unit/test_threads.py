@@ -1,10 +1,10 @@
-"""resources.threads: which thread count each kind of process gets (cluster/threads.py)."""
+"""resources.threads: which thread count each kind of process gets (cluster/runtime/threads.py)."""
 
 import pytest
 
-from cluster import config_loading
-from cluster.job_config import JobConfig
-from cluster.threads import ThreadCounts, ThreadPolicy, thread_counts, thread_env
+from cluster.config import loading
+from cluster.config.job import JobConfig
+from cluster.runtime.threads import ThreadCounts, ThreadPolicy, thread_counts, thread_env
 
 LOCAL = {"learner_ranks": 1, "actors": 2, "reward_replicas": 1, "cpus_per_learner": 0.5, "cpus_per_actor": 0.5,
          "cpus_per_replica": 0.5}
@@ -32,7 +32,7 @@ def test_more_processes_than_cores_still_one_thread_each():
 def test_env_and_config_field():
     assert thread_env(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
     data = {"resources": {"threads": "reserved"}}
-    assert config_loading.build(JobConfig, data).resources.threads is ThreadPolicy.RESERVED
+    assert loading.build(JobConfig, data).resources.threads is ThreadPolicy.RESERVED
     data["resources"]["threads"] = "all"
     with pytest.raises(Exception, match="resources.threads"):
-        config_loading.build(JobConfig, data)
+        loading.build(JobConfig, data)

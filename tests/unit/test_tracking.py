@@ -1,6 +1,6 @@
 """TensorBoard tracking: scalars and tables land in event files; a resumed run replaces the steps it redoes."""
 
-from cluster.tracking import Trackers
+from cluster.outputs.tracking import Trackers
 
 
 def read_scalars(log_dir, tag):

@@ -1,10 +1,10 @@
-"""run.weight_sync: the auto rule (cluster/weight_sync.py) and the config checks."""
+"""run.weight_sync: the auto rule (cluster/runtime/weight_sync.py) and the config checks."""
 
 import pytest
 
 from bond.config import ConfigError
-from cluster.job_config import RunConfig, WeightSyncMethod
-from cluster.weight_sync import choose_method
+from cluster.config.job import RunConfig, WeightSyncMethod
+from cluster.runtime.weight_sync import choose_method
 
 
 def test_auto_rule_and_overrides():

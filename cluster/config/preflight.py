@@ -1,0 +1,173 @@
+"""Start-up checks that run before Ray starts: every path, port and address the job will need, each failing
+as `config error: <section>.<field>: ...` instead of a traceback minutes later inside an actor.
+
+A model named by a path that does not exist and is not a well-formed hub id is refused. A well-formed hub
+id can only be checked for its shape here (the machine may have no network; existence is checked when the
+model is downloaded), except under HF_HUB_OFFLINE=1, where it must already be in the local hub cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bond.config import Algorithm, ConfigError
+from cluster.config.job import JobConfig
+from cluster.config.prompts import PromptSet, fit_to_policy
+from reward_service.spec import RewardKind, RewardSpec
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check(job: JobConfig, *, ray_running: bool = False, built_later: Callable[[str], bool] = lambda path: False,
+          ) -> None:
+    """Raise ConfigError naming the first field that cannot work. ray_running: the caller already holds a Ray
+    session (its Serve proxy may own reward.http_port), so the port is not checked. built_later(path): a missing
+    model the job builds itself (the tiny demo models), not checked."""
+    if not built_later(job.models.policy):
+        check_model("models.policy", job.models.policy, need_pad=False)
+    if not built_later(job.reward.path_or_name):
+        check_reward(job.reward)
+    if job.algorithm.algorithm is Algorithm.GKD:
+        check_teacher(job.algorithm.gkd_teacher, job.models.policy)
+    address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)
+    elif not ray_running:
+        check_port_free("reward.http_port", job.reward.http_host, job.reward.http_port)
+
+
+def check_reward(spec: RewardSpec) -> None:
+    if spec.kind is RewardKind.FUNCTION:
+        module = spec.path_or_name.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError) as e:  # a parent package that is missing or broken
+            raise ConfigError(f"reward.path_or_name: cannot import {module!r}: {e}") from None
+        if not found:
+            raise ConfigError(f"reward.path_or_name: no module {module!r} on the Python path")
+        return
+    check_model("reward.path_or_name", spec.path_or_name, need_pad=True)
+
+
+def check_teacher(teacher: str, policy: str) -> None:
+    """GKD compares the teacher's and the policy's next-token distributions index by index: a local teacher must
+    be a model directory whose tokenizer has exactly the policy's vocabulary (checked when both are local)."""
+    check_model("algorithm.gkd_teacher", teacher, need_pad=False)
+    if not (Path(teacher).expanduser().is_dir() and Path(policy).expanduser().is_dir()):
+        return  # a hub id: the learner compares the vocabulary sizes when it loads the teacher
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(teacher).get_vocab() != AutoTokenizer.from_pretrained(policy).get_vocab():
+        raise ConfigError(f"algorithm.gkd_teacher: the tokenizer of {teacher!r} differs from the policy's "
+                          f"({policy!r}); GKD needs the teacher to share the policy's vocabulary")
+
+
+def _is_hub_id(name: str) -> bool:
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model(field: str, name: str, *, need_pad: bool) -> None:
+    """A local model directory must hold a readable config.json and a tokenizer that fits the model."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if not _is_hub_id(name):
+            raise ConfigError(f"{field}: {name!r} does not exist and is not a hub id ('org/name')")
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise ConfigError(f"{field}: {name!r} is not a local directory and HF_HUB_OFFLINE=1, but it is "
+                                  "not in the hub cache either")
+        return  # a hub id: its existence is checked when it is downloaded
+    if not path.is_dir():
+        raise ConfigError(f"{field}: {name!r} is a file; expected a model directory (config.json, weights, tokenizer)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{field}: {name!r} has no config.json: not a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{field}: {config_file} is not valid JSON ({e})") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ConfigError(f"{field}: {name!r} holds no weights (*.safetensors)")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a missing or broken tokenizer
+        raise ConfigError(f"{field}: cannot load the tokenizer of {name!r}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ConfigError(f"{field}: the tokenizer of {name!r} has {len(tokenizer)} tokens but the model's "
+                          f"embedding only {vocab}: token ids past {vocab - 1} would index out of range "
+                          "(a tokenizer from another model?)")
+    if need_pad and tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise ConfigError(f"{field}: the tokenizer of {name!r} has neither a pad nor an eos token, so batches of "
+                          "different lengths cannot be padded")
+
+
+def check_port_free(field: str, host: str, port: int, patience_s: float = 5.0) -> None:
+    """The port can be bound now, or within patience_s (the proxy of a Ray this process just shut down, e.g.
+    before an auto_resume, may take a moment to let go of it)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program "
+                                      "(or another job's Serve) holds it: choose a free port") from None
+        time.sleep(0.25)
+
+
+def check_ray_address(field: str, address: str) -> None:
+    """A reachable GCS (host:port, ray://host:port for Ray Client); 'auto'/'local' are Ray's own words."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{field}: expected host:port or ray://host:port, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{field}: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s "
+                          f"({e.strerror or e}); is the Ray head running?") from None
+
+
+def fit_prompts(job: JobConfig, prompt_set: PromptSet) -> PromptSet:
+    """The prompts the policy can take, rendered as the actors will (chat template, BOS once): longer than
+    prompts.max_prompt_length, or than the context minus one token (the sampler refuses a prompt that leaves no
+    room for a completion), are skipped and counted. The context comes from engine.max_model_len or a local
+    policy's config.json; a hub id without either is checked by the engine itself."""
+    limits = [job.prompts.max_prompt_length]
+    context = job.engine.max_model_len
+    path = Path(job.models.policy).expanduser()
+    if context is None and (path / "config.json").is_file():
+        context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    if isinstance(context, int):
+        limits.append(context - 1)
+    limit = min((n for n in limits if n is not None), default=None)
+    if limit is None and not any(p.is_chat for p in prompt_set.prompts):
+        return prompt_set  # nothing to check: no tokenizer load
+    from transformers import AutoTokenizer
+
+    return fit_to_policy(prompt_set, AutoTokenizer.from_pretrained(job.models.policy), limit)

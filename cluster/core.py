@@ -1,0 +1,114 @@
+"""The system's vocabulary: the records the training loop passes around and the roles it drives.
+
+A step of J-BOND (and of every algorithm here) is: the actors sample completions of the plan's roles, the
+reward service scores them, the learner steps on the batch and moves its anchor, and the weights of every role
+that changed are pushed back to its actors. `System` is the one object the loop talks to for all of that;
+cluster/runtime/ has a Ray implementation (actors, Serve, DeepSpeed ranks) and an in-process one (the same
+classes in one process, for tests, benchmarks and studies). Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan
+from cluster.config.job import WeightSyncMethod
+from cluster.config.prompts import PromptCursor
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    role: Role
+    version: int  # the version every actor confirmed
+    buckets: int
+    num_bytes: int
+    seconds: float
+    method: WeightSyncMethod = WeightSyncMethod.OBJECT_STORE
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One step's completions of every role the plan samples."""
+
+    by_role: Mapping[Role, list[Completion]]  # role -> [B * n_role], a prompt's n_role consecutive
+
+    def all(self) -> list[Completion]:
+        return [c for completions in self.by_role.values() for c in completions]
+
+
+class System(Protocol):
+    """What the loop drives: cluster.runtime.ray_system.System (Ray) and cluster.runtime.in_process.InProcessSystem.
+    Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
+
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
+                       settings: SamplingSettings) -> Any:
+        """Start drawing the plan's samples of each role per (prompt_id, prompt); returns what is pending."""
+
+    def finish_sampling(self, pending: Any) -> Samples:
+        """Wait for what start_sampling began (redrawing the share of an actor that died)."""
+
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
+        """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
+
+    def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
+
+    def learn(self, batch: Batch) -> StepStats: ...
+
+    def sync(self, role: Role) -> SyncReport:
+        """Push `role`'s weights from the learner to its actors; every actor confirms the version."""
+
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None: ...
+
+    def restore(self, directory: Path) -> dict: ...
+
+    def export_hf(self, directory: Path) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopState:
+    step: int  # learner steps done
+    cursor: PromptCursor  # first prompt not yet trained on
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    stats: StepStats
+    samples: tuple[ScoredCompletion, ...]  # policy then target (anchor or reference) samples used in this step
+    seconds: dict[str, float]  # sample / score / learn / sync wall-clock
+    syncs: dict[Role, SyncReport]  # each pushed role's weight push (version, buckets, bytes, seconds); a role
+    # whose weights did not change in this step (a periodically copied anchor between copies) is not pushed
+    state: LoopState  # after this step
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    step: int  # learner steps done when evaluated (0: before training)
+    mode: str  # "greedy" | "sampled"
+    prompts: int  # held-out prompts used
+    completions: int
+    reward: float  # mean over completions
+    reward_std: float
+    kl_ref: float | None  # nats per completion, k1 = log pi(y) - log ref(y) (sampled only)
+    kl_ref_tokenwise: float | None  # nats per completion, sum_t KL(pi || ref) at the sampled prefixes (sampled only)
+    kl_ref_k3: float | None  # nats per completion, sum_t (r_t - 1) - log r_t (sampled only)
+    kl_ref_sem: float | None  # standard error of kl_ref over completions (sampled only)
+    kl_ref_tokenwise_sem: float | None  # standard error of kl_ref_tokenwise
+    tokens: float  # mean completion length in tokens
+    seconds: float
+    samples: tuple[tuple[str, str, float], ...]  # the first SAMPLE_ROWS (prompt, completion, reward)
+
+    def row(self) -> dict:
+        """The eval.jsonl row (samples left out: they go to the trackers' tables)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}

@@ -1,0 +1,107 @@
+"""The loop's verbs with every part in this one process and no Ray: the naive baseline of bench_system,
+and a way to step through the training loop in a debugger.
+
+Same classes as the distributed system (samplers, reward model, learner), so `loop.train` runs unchanged;
+only the placement differs (RLlib's lesson: a component works in-process and remote alike).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from actors.sampling import SamplingSettings
+from bond.divergence import KlEstimates
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan
+from cluster.config.job import JobConfig
+from cluster.core import Samples, SyncReport
+from cluster.runtime.ray_system import reward_prompts, role_settings, sampler_class, sampler_kwargs
+from cluster.runtime.weight_sync import confirmed_version
+from learner.learner import Learner
+from reward_service.spec import build_reward_model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class InProcessSystem:
+    def __init__(self, job: JobConfig, roles: Sequence[Role] | None = None):
+        """roles: whose samplers to build (default job.actor_roles); one sampler per role here."""
+        if job.resources.learner_ranks != 1:
+            raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
+        sampler_cls = sampler_class(job.models.sampler_backend)
+        self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
+                       for role in dict.fromkeys(roles or job.actor_roles)}
+        self.reward = build_reward_model(job.reward)
+        # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
+        # other jobs on the machine) must not all claim the default 29500
+        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
+
+    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings):
+        """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
+        "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
+        return lambda: self._sample(prompts, plan, settings)
+
+    def _sample(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings) -> Samples:
+        ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
+        return Samples(by_role={role: self.actors[role][0].generate(texts, n, role_settings(settings, role),
+                                                                    prompt_ids=ids)
+                                for role, n in plan.draws})
+
+    @staticmethod
+    def finish_sampling(pending) -> Samples:
+        return pending()
+
+    def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
+        rewards = self.reward.score(reward_prompts(completions), [c.text for c in completions])
+        return [ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
+                for c, r in zip(completions, rewards, strict=True)]
+
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
+        return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        return self.learner.kl_to_reference(completions)
+
+    def learn(self, batch: Batch) -> StepStats:
+        return self.learner.step(batch)
+
+    def sync(self, role: Role) -> SyncReport:
+        t0, buckets, num_bytes, versions = time.perf_counter(), 0, 0, []
+        for update in self.learner.weights(role):
+            versions = [actor.load_weights(update) for actor in self.actors[role]]
+            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
+        expected = self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
+        return SyncReport(role=role, version=confirmed_version(role, versions, expected, buckets),
+                          buckets=buckets, num_bytes=num_bytes,
+                          seconds=time.perf_counter() - t0)
+
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
+        self.learner.save(directory, extra=extra, sha256=sha256)
+
+    def restore(self, directory: Path) -> dict:
+        return self.learner.restore(directory)
+
+    def export_hf(self, directory: Path) -> None:
+        self.learner.export_hf(directory)
+
+    def shutdown(self) -> None:
+        for group in self.actors.values():
+            for actor in group:
+                close = getattr(actor, "close", None)
+                if close:
+                    close()
+
+
+def _free_port() -> int:
+    """The learner's (single-rank) process group still binds a TCP store: not the default 29500, which another
+    job or test on the machine may hold."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

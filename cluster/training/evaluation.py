@@ -1,0 +1,137 @@
+"""Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref),
+and the Best-of-N curve of the reference that every trained policy is compared with.
+
+KL(pi || ref) is estimated on the sampled completions as the mean over completions of
+sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)] (`kl_ref`: k1, the estimator of every method's
+training stats), and beside it the lower-variance `kl_ref_tokenwise` (the exact per-token KL of both
+models' next-token distributions at the sampled prefixes) and `kl_ref_k3` (bond.divergence says why each
+is unbiased). All come from the learner (a collective under ZeRO-3, which the system's `kl_to_reference`
+verb runs on every rank). At sampling.temperature != 1 the samples are not exactly from pi, so the
+estimate is of the tempered sampler's divergence, as in the training stats.
+
+Evaluation never touches the training prompt cursor or the training random streams: its requests carry
+their own seeds (an offset the training seeds never reach), the learner's forward is deterministic and
+no-grad, so a run with evaluation trains exactly as one without.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from bond.bon import kl_bound
+from bond.divergence import expected_max_of_n
+from bond.records import Prompt, Role
+from cluster.config.job import EvalConfig, JobConfig
+from cluster.config.prompts import PromptSet, load_prompts
+from cluster.core import EvalResult
+from cluster.training.loop import step_seed
+
+_SEED_OFFSET = 1 << 40  # training steps' seeds (loop.step_seed) stay far below this
+SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    train: tuple[Prompt, ...]
+    heldout: tuple[Prompt, ...]
+    overlap: int  # held-out prompts (from a file) that also appear among the training prompts
+    skipped: dict[str, int] = field(default_factory=dict)  # held-out rows (from a file) skipped, by reason
+
+
+def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int,
+                  fit: Callable[[PromptSet], PromptSet] = lambda loaded: loaded) -> PromptSplit:
+    """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts.
+    `fit` filters a held-out file as the training prompts were (preflight.fit_prompts: what the policy can take);
+    the training prompts passed in are already fitted."""
+    prompts = tuple(prompts)
+    if cfg.prompts is not None:
+        try:
+            loaded = fit(load_prompts(cfg.prompts))
+        except (ValueError, FileNotFoundError) as e:  # its messages name prompts.*: this is eval.prompts.*
+            raise type(e)(f"eval.{e}") from None
+        train = set(prompts)
+        return PromptSplit(prompts, loaded.prompts, sum(p in train for p in loaded.prompts), dict(loaded.skipped))
+    if cfg.holdout_fraction == 0.0:
+        return PromptSplit(prompts, (), 0)
+    distinct = sorted(set(prompts), key=lambda p: (p.text, [(m.role, m.content) for m in p.messages]))
+    k = max(1, round(cfg.holdout_fraction * len(distinct)))
+    if k >= len(distinct):
+        raise ValueError(f"eval.holdout_fraction: holding out {k} of {len(distinct)} distinct prompts leaves none "
+                         "to train on; lower it or give eval.prompts")
+    held = set(random.Random(seed).sample(distinct, k))
+    return PromptSplit(tuple(p for p in prompts if p not in held), tuple(p for p in distinct if p in held), 0)
+
+
+def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[EvalResult]:
+    """One evaluation of the policy the actors hold now (after the sync of `step`), one result per mode."""
+    cfg, prompts = job.eval, list(heldout[: job.eval.num_prompts])
+    seed = _SEED_OFFSET + step_seed(job.run.seed, step)
+    modes = [m for m, on in (("greedy", cfg.greedy), ("sampled", cfg.sampled)) if on]
+    results = []
+    for mode in modes:
+        t0 = time.perf_counter()
+        greedy = mode == "greedy"
+        settings = dataclasses.replace(job.sampling, temperature=0.0 if greedy else job.sampling.temperature,
+                                       seed=seed)
+        completions = system.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
+        scored = system.score(completions)
+        rewards = [s.reward for s in scored]
+        kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
+        if not greedy:
+            est = system.kl_to_reference(completions)
+            kl = {"kl_ref": est.sampled.mean().item(), "kl_ref_tokenwise": est.tokenwise.mean().item(),
+                  "kl_ref_k3": est.k3.mean().item(), "kl_ref_sem": _sem(est.sampled.tolist()),
+                  "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist())}
+        results.append(EvalResult(
+            step=step, mode=mode, prompts=len(prompts), completions=len(completions),
+            reward=statistics.fmean(rewards), reward_std=statistics.pstdev(rewards), **kl,
+            tokens=statistics.fmean(len(c.token_ids) for c in completions), seconds=time.perf_counter() - t0,
+            samples=tuple((s.completion.prompt_text, s.completion.text.strip(), s.reward)
+                          for s in scored[:SAMPLE_ROWS])))
+    return results
+
+
+def _sem(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class BonPoint:
+    n: int
+    kl_ref: float  # log n - (n - 1) / n: KL(pi_BoN || ref) for a continuous reward, an upper bound with ties
+    reward: float  # E[max of n rewards], averaged over prompts (unbiased per prompt: bond.divergence)
+    reward_sem: float  # standard error over prompts
+
+
+def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n: int = 64,
+              samples_per_prompt: int = 128, seed: int = 0) -> list[BonPoint]:
+    """The Best-of-N curve on the held-out prompts: reward of BoN sampling vs its KL, for n = 1 .. max_n.
+
+    `role`'s actors must hold the reference weights (e.g. the policy actors before the first update).
+    samples_per_prompt (M >= max_n) draws per prompt; every n uses all of them through the U-statistic
+    E[max of n] estimate, far less noisy than drawing n samples once per prompt.
+    """
+    if samples_per_prompt < max_n:
+        raise ValueError(f"bon_curve: samples_per_prompt ({samples_per_prompt}) must be >= max_n ({max_n})")
+    prompts = list(heldout[: job.eval.num_prompts])
+    settings = dataclasses.replace(job.sampling, seed=_SEED_OFFSET // 2 + step_seed(seed, 0))
+    completions = system.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
+    rewards = torch.tensor([s.reward for s in system.score(completions)]).view(len(prompts), samples_per_prompt)
+    points = []
+    for n in range(1, max_n + 1):
+        per_prompt = expected_max_of_n(rewards, n).tolist()
+        points.append(BonPoint(n=n, kl_ref=kl_bound(n), reward=statistics.fmean(per_prompt),
+                               reward_sem=_sem(per_prompt)))
+    return points
+
+
+def due(step: int, cfg: EvalConfig, last_step: int) -> bool:
+    """Before the first step, every eval.every_steps, and after the last."""
+    return cfg.every_steps > 0 and (step % cfg.every_steps == 0 or step == last_step)

@@ -1,0 +1,138 @@
+"""The training loop (the paper's Algorithm 2, and the rest of the family), on whatever `System` placed the
+components. What a step samples (which roles, how many per prompt) is the algorithm's SamplingPlan
+(bond/sampling_plan.py); the learner picks the matching loss.
+
+Synchronous mode is exactly on-policy. Pipelined mode only changes *when* sampling runs: the actors
+sample steps t+1 .. t+run.pipeline_depth while the learner trains on step t, so a sample is up to
+pipeline_depth versions behind; the learner importance-weights such samples with their recorded sampler
+log-probabilities (bond/off_policy.py), and anything older than run.max_staleness is dropped (counted) and
+redrawn with the current weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
+from bond.sampling_plan import SamplingPlan, sampling_plan
+from cluster.config.job import JobConfig, Mode
+from cluster.config.prompts import PromptCursor, take
+from cluster.core import LoopState, StepRecord, System
+from cluster.training.failures import ScoringFailedError, first_line
+from reward_service.errors import RewardServiceError, RewardTimeoutError
+
+
+def make_batch(scored: Sequence[ScoredCompletion], plan: SamplingPlan) -> Batch:
+    """Group each prompt's samples by role (prompt_id = position in the step), checking the plan's counts: a
+    prompt with a missing or extra sample is an error here, never a silently smaller batch."""
+    groups: dict[Role, dict[int, list[ScoredCompletion]]] = {role: {} for role in plan.roles}
+    for s in scored:
+        if s.completion.role not in groups:
+            raise ValueError(f"make_batch: a {s.completion.role} sample, but this plan samples {plan.roles}")
+        groups[s.completion.role].setdefault(s.completion.prompt_id, []).append(s)
+    ids = sorted(groups[Role.POLICY])
+    for role, n in plan.draws:
+        counts = {i: len(groups[role].get(i, ())) for i in ids}
+        wrong = {i: c for i, c in counts.items() if c != n}
+        if wrong or set(groups[role]) - set(ids):
+            raise ValueError(f"make_batch: expected {n} {role} samples per prompt, got {wrong or counts} "
+                             f"(prompt ids without policy samples: {sorted(set(groups[role]) - set(ids))})")
+    target = groups[plan.target_role] if plan.target_role is not None else {}
+    return Batch(policy=tuple(tuple(groups[Role.POLICY][i]) for i in ids),
+                 target=tuple(tuple(target.get(i, ())) for i in ids))
+
+
+def learner_version(stats: StepStats, role: Role) -> int:
+    """The version of `role`'s weights after the step (the reference never changes: 0)."""
+    return {Role.POLICY: stats.policy_version, Role.ANCHOR: stats.anchor_version, Role.REFERENCE: 0}[role]
+
+
+SCORE_ATTEMPTS = 5  # backoff 1 + 2 + 4 + 8 s: Serve notices a dead replica within its 2 s health check
+SCORE_BACKOFF_S = 1.0  # doubled after each failure: Serve needs a few seconds to replace a dead replica
+
+
+def score_with_retries(system: System, completions: Sequence[Completion], metrics=None) -> list[ScoredCompletion]:
+    """A scoring call that fails for a transient reason (a replica that died, a timeout) is counted and retried
+    with backoff; a deterministic failure (a bad request, a NaN reward, a model that raises) is not retried.
+    Either way the job ends with one ScoringFailedError line, never a traceback."""
+    for attempt in range(1, SCORE_ATTEMPTS + 1):
+        try:
+            return system.score(completions)
+        except Exception as e:  # noqa: BLE001 - every failure is counted by type, then retried or reported
+            reason = getattr(e, "reason", None) or type(e).__name__
+            if metrics:
+                metrics.record_error("reward_service", reason)
+            transient = not isinstance(e, RewardServiceError) or isinstance(e, RewardTimeoutError)
+            if not transient or attempt == SCORE_ATTEMPTS:
+                tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                raise ScoringFailedError(f"scoring failed after {tries}: {reason}: {first_line(e)}") from None
+            time.sleep(SCORE_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """The sampling seed of training step `step` (the actors derive each request's seed from it, role, actor and
+    prompt): a function of (run.seed, step) alone, so a resumed run draws what the uninterrupted one drew."""
+    return run_seed * 1_000_003 + step
+
+
+def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
+          on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
+    B, pipelined = job.algorithm.prompts_per_step, job.run.mode is Mode.PIPELINED
+    plan = sampling_plan(job.algorithm)  # e.g. J-BOND: 1 policy + 2 anchor samples per prompt
+    state = start
+    version: dict[Role, int] = {}  # each pushed role's version after the last step (unknown before the first)
+
+    def sample(step: int, cursor: PromptCursor):
+        chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
+        settings = dataclasses.replace(job.sampling, seed=step_seed(job.run.seed, step))
+        return system.start_sampling(list(enumerate(p for _, p in chosen)), plan, settings), after
+
+    # Sampling requests in flight, oldest first: (pending, cursor after its prompts). Pipelined mode keeps steps
+    # t+1 .. t+pipeline_depth in flight while the learner trains on step t; sync mode only ever the next one.
+    in_flight: deque = deque()
+    planned = [state.step, state.cursor]  # next step to request, and where its prompts start
+
+    def request_up_to(last: int) -> None:
+        while planned[0] <= min(last, job.run.steps - 1):
+            in_flight.append(sample(*planned))
+            planned[:] = [planned[0] + 1, in_flight[-1][1]]
+
+    request_up_to(state.step)
+    while state.step < job.run.steps:
+        step, t0 = state.step, time.perf_counter()
+        pending, cursor_after = in_flight.popleft()
+        samples = system.finish_sampling(pending)  # each role's samples, version-tagged
+        if pipelined:  # the actors sample ahead while we learn on step t
+            request_up_to(step + job.run.pipeline_depth)
+        if metrics:
+            metrics.record_queue_depth(len(in_flight))
+        stale = [c for c in samples.all()
+                 if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness]
+        if stale:  # never train on samples older than max_staleness: redraw them with the current weights
+            if metrics:
+                metrics.record_skip("stale", len(stale))
+            samples = system.finish_sampling(sample(step, state.cursor)[0])
+        t_sampled = time.perf_counter()
+
+        scored = score_with_retries(system, samples.all(), metrics)
+        t_scored = time.perf_counter()
+        stats = system.learn(make_batch(scored, plan))  # the algorithm's loss, Adam, anchor update
+        t_learned = time.perf_counter()
+        syncs = {role: system.sync(role) for role in plan.pushed  # versioned, confirmed; the reference never
+                 if learner_version(stats, role) != version.get(role)}  # changes, a copied anchor only sometimes
+        version.update({role: learner_version(stats, role) for role in plan.pushed})
+        t_synced = time.perf_counter()
+
+        state = LoopState(step=step + 1, cursor=cursor_after)
+        on_step(StepRecord(
+            stats=stats, samples=tuple(scored),
+            seconds={"sample": t_sampled - t0, "score": t_scored - t_sampled, "learn": t_learned - t_scored,
+                     "sync": t_synced - t_learned},
+            syncs=syncs, state=state))
+        if not pipelined:
+            request_up_to(state.step)
+    return state
