@@ -125,8 +125,10 @@ summary: install summary-world
 shape: install
 	$(BIN)/python -m tests.shape
 
+LINTED := bond actors learner reward_service cluster demo monitoring tests bench
 lint: install
-	$(BIN)/ruff check bond actors learner reward_service cluster tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 # Debian's prometheus (and promtool), for monitoring and its tests (`ray metrics launch-prometheus` would download it).
 prometheus:

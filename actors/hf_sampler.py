@@ -23,8 +23,17 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class HfSampler:
     """Sampler role on `AutoModelForCausalLM.from_pretrained(model)`; weights are copied into the module."""
 
-    def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
-                 device: str = "cpu", max_model_len: int | None = None, initial_version: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        role: Role,
+        *,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_model_len: int | None = None,
+        initial_version: int = 0,
+    ) -> None:
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
         if dtype not in _DTYPES:
@@ -41,8 +50,9 @@ class HfSampler:
         state = self.model.state_dict()
         self._params = state
         # No fused layers and no host copy needed: HF modules take any subset of parameters as they are.
-        self._staging = WeightStaging({k: ParamSpec(tuple(v.shape), v.dtype) for k, v in state.items()},
-                                      role, initial_version)
+        self._staging = WeightStaging(
+            {k: ParamSpec(tuple(v.shape), v.dtype) for k, v in state.items()}, role, initial_version
+        )
 
     @property
     def role(self) -> Role:
@@ -60,8 +70,13 @@ class HfSampler:
         return [list(r.token_ids) for r in self.render(prompts)]
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
-                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt | str],
+        n: int,
+        settings: SamplingSettings,
+        prompt_ids: Sequence[int] | None = None,
+    ) -> list[Completion]:
         ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
         token_ids = [list(r.token_ids) for r in rendered]
         # One batch per token budget, so no sequence runs past the context (usually a single batch).
@@ -74,25 +89,35 @@ class HfSampler:
                 torch.manual_seed(settings.sample_seed(ids[0], 0) if ids else settings.seed)
             for budget in sorted(set(budgets)):
                 group = [i for i, b in enumerate(budgets) if b == budget]
-                for i, samples in zip(group, self._generate_group([token_ids[i] for i in group], n, budget, settings),
-                                      strict=True):
-                    results[i] = [self._completion(ids[i], records[i], rendered[i].text, token_ids[i], toks, lps,
-                                                   settings) for toks, lps in samples]
+                for i, samples in zip(
+                    group, self._generate_group([token_ids[i] for i in group], n, budget, settings), strict=True
+                ):
+                    results[i] = [
+                        self._completion(ids[i], records[i], rendered[i].text, token_ids[i], toks, lps, settings)
+                        for toks, lps in samples
+                    ]
         return [c for i in range(len(prompts)) for c in results[i]]
 
-    def _generate_group(self, token_ids: list[list[int]], n: int, budget: int, settings: SamplingSettings
-                        ) -> list[list[tuple[list[int], list[float]]]]:
+    def _generate_group(
+        self, token_ids: list[list[int]], n: int, budget: int, settings: SamplingSettings
+    ) -> list[list[tuple[list[int], list[float]]]]:
         width = max(len(t) for t in token_ids)
         device = self.model.device
         input_ids = torch.tensor([[self._pad] * (width - len(t)) + t for t in token_ids], device=device)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_ids], device=device)
-        sampling = {} if settings.greedy else {"temperature": settings.temperature,
-                                               "top_p": settings.top_p, "top_k": 0}
+        sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
         out = self.model.generate(
             # each prompt's row repeated n times (HF refuses num_return_sequences > 1 when greedy)
-            input_ids=input_ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-            max_new_tokens=budget, min_new_tokens=0, do_sample=not settings.greedy, pad_token_id=self._pad,
-            return_dict_in_generate=True, output_logits=True, **sampling)
+            input_ids=input_ids.repeat_interleave(n, 0),
+            attention_mask=mask.repeat_interleave(n, 0),
+            max_new_tokens=budget,
+            min_new_tokens=0,
+            do_sample=not settings.greedy,
+            pad_token_id=self._pad,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **sampling,
+        )
         new = out.sequences[:, width:]  # [len(token_ids) * n, T], prompt i's samples at rows i*n .. i*n+n-1
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [rows, T, V] raw, untempered
         chosen = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -106,8 +131,16 @@ class HfSampler:
             grouped.append(samples)
         return grouped
 
-    def _completion(self, prompt_id: int, source: Prompt, prompt: str, prompt_tokens: list[int], toks: list[int],
-                    lps: list[float], settings: SamplingSettings) -> Completion:
+    def _completion(
+        self,
+        prompt_id: int,
+        source: Prompt,
+        prompt: str,
+        prompt_tokens: list[int],
+        toks: list[int],
+        lps: list[float],
+        settings: SamplingSettings,
+    ) -> Completion:
         finish = "stop" if toks and toks[-1] in self._eos else "length"
         text = self._text(prompt_tokens, toks)
         if settings.stop:
@@ -118,14 +151,23 @@ class HfSampler:
                 if hit >= 0:
                     toks, lps, text, finish = toks[:t], lps[:t], partial[:hit], "stop"
                     break
-        return Completion(prompt_id=prompt_id, prompt=prompt, prompt_token_ids=tuple(prompt_tokens),
-                          token_ids=tuple(toks), text=text, logprobs=tuple(lps), role=self._role,
-                          weights_version=self.weights_version, finish_reason=finish, source=source)
+        return Completion(
+            prompt_id=prompt_id,
+            prompt=prompt,
+            prompt_token_ids=tuple(prompt_tokens),
+            token_ids=tuple(toks),
+            text=text,
+            logprobs=tuple(lps),
+            role=self._role,
+            weights_version=self.weights_version,
+            finish_reason=finish,
+            source=source,
+        )
 
     def _text(self, prompt_tokens: list[int], toks: list[int]) -> str:
         # Decoding prompt + completion keeps the completion's leading space, as vLLM's detokeniser does.
         whole = self.tokenizer.decode(prompt_tokens + toks, skip_special_tokens=True)
-        return whole[len(self.tokenizer.decode(prompt_tokens, skip_special_tokens=True)):]
+        return whole[len(self.tokenizer.decode(prompt_tokens, skip_special_tokens=True)) :]
 
     def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
         tensors = self._staging.stage(as_weight_update(update))
@@ -156,8 +198,9 @@ class HfSampler:
         return self.weights_version
 
     @torch.no_grad()
-    def token_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
-                       ) -> list[tuple[float, ...]]:
+    def token_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[tuple[float, ...]]:
         """log pi(y_t | x, y_<t) of given completions (one unpadded forward each: the exact reference)."""
         check_request(prompts, 1, None)
         if len(completions_token_ids) != len(prompts):
@@ -167,10 +210,11 @@ class HfSampler:
             seq = torch.tensor([p + [int(t) for t in y]], device=self.model.device)
             logprobs = self.model(input_ids=seq).logits[0, :-1].float().log_softmax(-1)
             targets = seq[0, 1:]
-            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1:]
+            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
             result.append(tuple(chosen.tolist()))
         return result
 
-    def score_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
-                       ) -> list[float]:
+    def score_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[float]:
         return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]

@@ -48,19 +48,34 @@ class AdapterSpec:
             out[f"base_model.model.{layer}.lora_A.weight"] = ParamSpec((self.r, cols), spec.dtype)
             out[f"base_model.model.{layer}.lora_B.weight"] = ParamSpec((rows, self.r), spec.dtype)
         if not out:
-            raise ValueError(f"LoRA target_modules {list(self.target_modules)} match no 2-D weight of the base "
-                             f"checkpoint (its weights look like {sorted(base)[:3]})")
+            raise ValueError(
+                f"LoRA target_modules {list(self.target_modules)} match no 2-D weight of the base "
+                f"checkpoint (its weights look like {sorted(base)[:3]})"
+            )
         return out
 
     def write(self, directory: Path, tensors: Mapping[str, torch.Tensor], base_model: str) -> None:
         """A peft adapter directory vLLM (and PeftModel.from_pretrained) can load."""
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                  directory / "adapter_model.safetensors", metadata={"format": "pt"})
-        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.r, "lora_alpha": self.alpha,
-                  "target_modules": list(self.target_modules), "lora_dropout": 0.0, "bias": "none",
-                  "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "modules_to_save": None,
-                  "base_model_name_or_path": base_model}
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            directory / "adapter_model.safetensors",
+            metadata={"format": "pt"},
+        )
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "target_modules": list(self.target_modules),
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "use_dora": False,
+            "modules_to_save": None,
+            "base_model_name_or_path": base_model,
+        }
         (directory / "adapter_config.json").write_text(json.dumps(config, indent=1))
 
 

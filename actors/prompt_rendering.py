@@ -29,9 +29,11 @@ def render(tokenizer, prompt: Prompt | str) -> RenderedPrompt:
     prompt = as_prompt(prompt)
     if prompt.is_chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"a prompt is a list of chat messages, but the policy tokenizer "
-                             f"({getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}) has no chat "
-                             "template; give plain-text prompts or a model whose tokenizer has one")
+            raise ValueError(
+                f"a prompt is a list of chat messages, but the policy tokenizer "
+                f"({getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}) has no chat "
+                "template; give plain-text prompts or a model whose tokenizer has one"
+            )
         text = tokenizer.apply_chat_template(prompt.as_dicts(), tokenize=False, add_generation_prompt=True)
         return RenderedPrompt(text, tuple(tokenizer.encode(text, add_special_tokens=False)))
     bos = getattr(tokenizer, "bos_token", None)

@@ -36,10 +36,16 @@ class SamplingSettings:
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.temperature >= 0.0, "temperature", f"must be >= 0 (0 is greedy), got {self.temperature}")
         require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        require(isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop), "stop",
-                f"expected a tuple of non-empty strings, got {self.stop!r}")
-        require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                      and self.seed >= 0), "seed", f"expected None or an int >= 0, got {self.seed!r}")
+        require(
+            isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
+            "stop",
+            f"expected a tuple of non-empty strings, got {self.stop!r}",
+        )
+        require(
+            self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0),
+            "seed",
+            f"expected None or an int >= 0, got {self.seed!r}",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -53,7 +59,7 @@ class SamplingSettings:
         if self.seed is None:
             return None
         # splitmix-style mixing: distinct, well spread seeds for nearby (seed, i, j)
-        x = (self.seed * 0x9E3779B97F4A7C15 + prompt_id * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB)
+        x = self.seed * 0x9E3779B97F4A7C15 + prompt_id * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB
         x = (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
         return x % (2**31 - 1)
 
@@ -62,8 +68,13 @@ class SamplingSettings:
 class Sampler(Protocol):
     """A sampling worker holding one role's weights. Works in-process; cluster/ wraps it as a Ray actor."""
 
-    def generate(self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
-                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt | str],
+        n: int,
+        settings: SamplingSettings,
+        prompt_ids: Sequence[int] | None = None,
+    ) -> list[Completion]:
         """n completions per prompt: for each prompt in order, its n completions consecutively.
         prompt_ids[i] (default i) is copied into each Completion of prompt i. A prompt is a Prompt record
         (text or chat messages, rendered by actors.prompt_rendering) or a plain string."""
@@ -114,13 +125,20 @@ def check_prompt_lengths(token_ids: Sequence[Sequence[int]], max_model_len: int)
     """A prompt must leave room for at least one generated token in the model's context."""
     for i, ids in enumerate(token_ids):
         if len(ids) >= max_model_len:
-            raise ValueError(f"prompt {i} is {len(ids)} tokens long; the model's context is {max_model_len} tokens, "
-                             f"which leaves no room for a completion")
+            raise ValueError(
+                f"prompt {i} is {len(ids)} tokens long; the model's context is {max_model_len} tokens, "
+                f"which leaves no room for a completion"
+            )
 
 
-def checked_request(tokenizer, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings,
-                    prompt_ids: Sequence[int] | None, max_model_len: int
-                    ) -> tuple[list[int], list[Prompt], list[RenderedPrompt]]:
+def checked_request(
+    tokenizer,
+    prompts: Sequence[Prompt | str],
+    n: int,
+    settings: SamplingSettings,
+    prompt_ids: Sequence[int] | None,
+    max_model_len: int,
+) -> tuple[list[int], list[Prompt], list[RenderedPrompt]]:
     """A generate() call checked and rendered as every sampler does it: (prompt ids, Prompt records, each prompt
     as the model reads it); raises ValueError for a request no sampler can serve."""
     ids = check_request(prompts, n, prompt_ids)

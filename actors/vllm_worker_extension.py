@@ -78,9 +78,14 @@ class WeightReceiver:
             tensors = load_safetensors(bytes(tensors))
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "cpu_linear")]
-        other = sorted({type(m.quant_method).__name__ for _, m in model.named_modules()
-                        if getattr(m, "quant_method", None) is not None
-                        and not isinstance(m.quant_method, UnquantizedLinearMethod | UnquantizedEmbeddingMethod)})
+        other = sorted(
+            {
+                type(m.quant_method).__name__
+                for _, m in model.named_modules()
+                if getattr(m, "quant_method", None) is not None
+                and not isinstance(m.quant_method, UnquantizedLinearMethod | UnquantizedEmbeddingMethod)
+            }
+        )
         if other or any(m.weight.ndim != 2 and m.weight.numel() > 0 for _, m in layers):
             raise ValueError(f"plain weights: the model has layers this cannot unpack ({other or 'non-2D weights'})")
         unpacked = []
@@ -120,8 +125,12 @@ class WeightReceiver:
         weight = getattr(head, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.is_meta or not hasattr(head, "quant_method"):
             return
-        tied = any(m is not head and isinstance(getattr(m, "weight", None), torch.Tensor)
-                   and m.weight.data_ptr() == weight.data_ptr() for m in model.modules())
+        tied = any(
+            m is not head
+            and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and m.weight.data_ptr() == weight.data_ptr()
+            for m in model.modules()
+        )
         if tied:
             head.quant_method.process_weights_after_loading(head)
 
@@ -130,8 +139,7 @@ class WeightReceiver:
         device = self.model_runner.device  # type: ignore[attr-defined]
         self._weight_group = WeightGroup(address, rank_offset + self.rank, device)  # type: ignore[attr-defined]
 
-    def receive_weight_push(self, staging: WeightStaging,
-                            adapter: tuple[AdapterSpec, str, str] | None = None) -> int:
+    def receive_weight_push(self, staging: WeightStaging, adapter: tuple[AdapterSpec, str, str] | None = None) -> int:
         """Receive one push the learner broadcasts now; validated by `staging`, loaded after its last bucket.
 
         In process, `staging` is the sampler's own (its version and host copy advance here); a worker in
@@ -150,6 +158,7 @@ class WeightReceiver:
             def apply(tensors: Mapping[str, torch.Tensor]) -> None:
                 if self.rank == 0:  # type: ignore[attr-defined]
                     spec.write(Path(directory), tensors, base_model)
+
         version, _ = group.receive_push(staging, apply)
         return version
 

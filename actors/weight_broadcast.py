@@ -55,8 +55,9 @@ class WeightGroup:
             raise ValueError(f"weight group backend must be gloo or nccl, got {address.backend!r}")
         timeout = datetime.timedelta(seconds=address.timeout_s)
         self.rank, self.world_size, self.device = rank, address.world_size, device
-        self._store = dist.TCPStore(address.host, address.port, address.world_size, is_master=rank == 0,
-                                    timeout=timeout, wait_for_workers=False)
+        self._store = dist.TCPStore(
+            address.host, address.port, address.world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+        )
         store = dist.PrefixStore("jbond-weights", self._store)
         if address.backend == "gloo":
             self._pg = dist.ProcessGroupGloo(store, rank, address.world_size, timeout)
@@ -77,13 +78,20 @@ class WeightGroup:
         names = list(update.tensors)
         tensors = [update.tensors[n].detach().contiguous() for n in names]
         offsets, end = aligned_offsets([t.numel() * t.element_size() for t in tensors])
-        header = {"role": update.role.value, "version": update.version, "last_bucket": update.last_bucket,
-                  "names": names, "dtypes": [str(t.dtype) for t in tensors],
-                  "shapes": [list(t.shape) for t in tensors], "offsets": offsets, "nbytes": end}
+        header = {
+            "role": update.role.value,
+            "version": update.version,
+            "last_bucket": update.last_bucket,
+            "names": names,
+            "dtypes": [str(t.dtype) for t in tensors],
+            "shapes": [list(t.shape) for t in tensors],
+            "offsets": offsets,
+            "nbytes": end,
+        }
         self._send_header(header)
         flat = torch.empty(end, dtype=torch.uint8, device=self.device)
         for t, off in zip(tensors, offsets, strict=True):
-            flat[off:off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
+            flat[off : off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
         self._broadcast(flat)
 
     def _send_header(self, header: dict) -> None:
@@ -104,8 +112,9 @@ class WeightGroup:
         self._broadcast(flat)
         return header, flat
 
-    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
-                     ) -> tuple[int, dict[str, torch.Tensor]]:
+    def receive_push(
+        self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
+    ) -> tuple[int, dict[str, torch.Tensor]]:
         """Receive a whole push; stage every bucket, `apply` them together after the last one.
 
         Returns (version now held, the tensors applied). A refused bucket raises ValueError, after the
@@ -117,8 +126,9 @@ class WeightGroup:
             if error is None:
                 try:
                     tensors = split(header["names"], header["dtypes"], header["shapes"], header["offsets"], flat)
-                    update = WeightUpdate(Role(header["role"]), int(header["version"]), tensors,
-                                          last_bucket=bool(header["last_bucket"]))
+                    update = WeightUpdate(
+                        Role(header["role"]), int(header["version"]), tensors, last_bucket=bool(header["last_bucket"])
+                    )
                     ready = staging.stage(update)
                 except ValueError as exc:  # keep draining: the sender broadcasts the whole push regardless
                     error = exc
@@ -131,4 +141,3 @@ class WeightGroup:
         apply(ready)
         staging.applied(ready, update.version)
         return staging.version, ready
-

@@ -36,13 +36,17 @@ class AnchorEma:
         if version == self.version:
             return None
         if version != self.version + 1:
-            raise ValueError(f"anchor EMA: the anchor follows policy version {self.version}, got policy version "
-                             f"{version}: {'a stale push' if version < self.version else 'a skipped EMA step'}; "
-                             f"the learner's anchor must be pushed instead")
+            raise ValueError(
+                f"anchor EMA: the anchor follows policy version {self.version}, got policy version "
+                f"{version}: {'a stale push' if version < self.version else 'a skipped EMA step'}; "
+                f"the learner's anchor must be pushed instead"
+            )
         if policy.keys() != self.tensors.keys():
             missing, extra = self.tensors.keys() - policy.keys(), policy.keys() - self.tensors.keys()
-            raise ValueError(f"anchor EMA needs the whole policy in one push: missing {sorted(missing)[:3]}, "
-                             f"unknown {sorted(extra)[:3]}")
+            raise ValueError(
+                f"anchor EMA needs the whole policy in one push: missing {sorted(missing)[:3]}, "
+                f"unknown {sorted(extra)[:3]}"
+            )
         names = list(self.tensors)
         ema_update_([self.tensors[n] for n in names], [policy[n] for n in names], self.eta)
         self.version = version

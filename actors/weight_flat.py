@@ -48,10 +48,17 @@ class FlatUpdate:
         buffer = np.empty(end, dtype=np.uint8)
         flat = torch.from_numpy(buffer)
         for t, off in zip(tensors, offsets, strict=True):
-            flat[off:off + t.numel() * t.element_size()].copy_(t.contiguous().reshape(-1).view(torch.uint8))
-        return FlatUpdate(role=update.role, version=update.version, last_bucket=update.last_bucket, names=names,
-                          dtypes=tuple(str(t.dtype) for t in tensors), shapes=tuple(tuple(t.shape) for t in tensors),
-                          offsets=tuple(offsets), buffer=buffer)
+            flat[off : off + t.numel() * t.element_size()].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        return FlatUpdate(
+            role=update.role,
+            version=update.version,
+            last_bucket=update.last_bucket,
+            names=names,
+            dtypes=tuple(str(t.dtype) for t in tensors),
+            shapes=tuple(tuple(t.shape) for t in tensors),
+            offsets=tuple(offsets),
+            buffer=buffer,
+        )
 
     def unpack(self) -> WeightUpdate:
         """The WeightUpdate whose tensors are views of `buffer` (no copy)."""
@@ -66,8 +73,13 @@ def as_weight_update(update: WeightUpdate | FlatUpdate) -> WeightUpdate:
     return update.unpack() if isinstance(update, FlatUpdate) else update
 
 
-def split(names: Iterable[str], dtypes: Iterable[str], shapes: Iterable[Iterable[int]], offsets: Iterable[int],
-          flat: torch.Tensor) -> dict[str, torch.Tensor]:
+def split(
+    names: Iterable[str],
+    dtypes: Iterable[str],
+    shapes: Iterable[Iterable[int]],
+    offsets: Iterable[int],
+    flat: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """The tensors of a flat uint8 buffer, as views (no copy); an unknown dtype is a ValueError naming the tensor."""
     tensors: dict[str, torch.Tensor] = {}
     for name, dt, shape, off in zip(names, dtypes, shapes, offsets, strict=True):
@@ -75,7 +87,7 @@ def split(names: Iterable[str], dtypes: Iterable[str], shapes: Iterable[Iterable
         if dtype is None:
             raise ValueError(f"weight bucket: parameter {name!r} has unsupported dtype {dt}")
         n = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
-        tensors[name] = flat[off:off + n].view(dtype).view(tuple(shape))
+        tensors[name] = flat[off : off + n].view(dtype).view(tuple(shape))
     return tensors
 
 

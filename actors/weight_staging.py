@@ -38,9 +38,14 @@ class WeightStaging:
     is the same after fusing form one group that must be loaded whole.
     """
 
-    def __init__(self, specs: Mapping[str, ParamSpec], role: Role, version: int,
-                 fused: Mapping[str, Iterable[str]] | None = None,
-                 host_weights: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ParamSpec],
+        role: Role,
+        version: int,
+        fused: Mapping[str, Iterable[str]] | None = None,
+        host_weights: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.specs = dict(specs)
         self.role = role
         self.version = version
@@ -71,20 +76,28 @@ class WeightStaging:
             spec = self.specs.get(name)
             if spec is None:
                 close = sorted(n for n in self.specs if n.rpartition(".")[2] == name.rpartition(".")[2])[:3]
-                raise ValueError(f"weight update: unknown parameter {name!r} (not in the model's checkpoint; "
-                                 f"names look like {close or sorted(self.specs)[:3]})")
+                raise ValueError(
+                    f"weight update: unknown parameter {name!r} (not in the model's checkpoint; "
+                    f"names look like {close or sorted(self.specs)[:3]})"
+                )
             if not isinstance(tensor, torch.Tensor):
                 raise ValueError(f"weight update: {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
             if tuple(tensor.shape) != spec.shape:
-                raise ValueError(f"weight update: parameter {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"the model expects {spec.shape}")
+                raise ValueError(
+                    f"weight update: parameter {name!r} has shape {tuple(tensor.shape)}, the model expects {spec.shape}"
+                )
             if tensor.dtype != spec.dtype:
-                raise ValueError(f"weight update: parameter {name!r} has dtype {tensor.dtype}, the sampler "
-                                 f"serves {spec.dtype} (convert on the sending side)")
+                raise ValueError(
+                    f"weight update: parameter {name!r} has dtype {tensor.dtype}, the sampler "
+                    f"serves {spec.dtype} (convert on the sending side)"
+                )
             # One reduction (NaN/inf propagate through a sum) instead of a bool copy of every tensor;
             # the exact elementwise check runs only to confirm a hit.
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())) \
-                    and not bool(torch.isfinite(tensor).all()):
+            if (
+                tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor.sum()))
+                and not bool(torch.isfinite(tensor).all())
+            ):
                 raise ValueError(f"weight update: parameter {name!r} has non-finite values")
 
     def stage(self, update: WeightUpdate) -> dict[str, torch.Tensor] | None:
@@ -92,10 +105,13 @@ class WeightStaging:
         self.check(update)
         if self._pending_version is not None and update.version != self._pending_version:
             if update.version < self._pending_version:
-                raise ValueError(f"weight update version {update.version} arrived while version "
-                                 f"{self._pending_version} was half received")
-            log.warning("dropping the unfinished weight update version %d for version %d",
-                        self._pending_version, update.version)
+                raise ValueError(
+                    f"weight update version {update.version} arrived while version "
+                    f"{self._pending_version} was half received"
+                )
+            log.warning(
+                "dropping the unfinished weight update version %d for version %d", self._pending_version, update.version
+            )
             self._pending.clear()
         self._pending_version = update.version
         self._pending.update(update.tensors)
@@ -120,9 +136,11 @@ class WeightStaging:
             if not missing:
                 continue
             if self.host_weights is None:
-                raise ValueError(f"weight update: {sorted(n for n in self._groups[key] if n in out)} are fused "
-                                 f"with {missing} in one layer; send them together (this sampler keeps no host "
-                                 f"copy to complete the layer)")
+                raise ValueError(
+                    f"weight update: {sorted(n for n in self._groups[key] if n in out)} are fused "
+                    f"with {missing} in one layer; send them together (this sampler keeps no host "
+                    f"copy to complete the layer)"
+                )
             out.update({n: self.host_weights[n] for n in missing})
         # Layer order, so each fused layer is processed as soon as it is whole (vLLM buffers the rest).
         order = {n: i for i, n in enumerate(self.specs)}

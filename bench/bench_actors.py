@@ -40,8 +40,10 @@ def _best_rates(runs: dict, repeats: int) -> dict[str, float]:
 
 
 def _tokens_per_s(samplers: dict, prompts, repeats: int = 3) -> dict[str, float]:
-    runs = {name: (lambda s=sampler, st=settings: sum(len(c.token_ids) for c in s.generate(prompts, N, st)))
-            for name, (sampler, settings) in samplers.items()}
+    runs = {
+        name: (lambda s=sampler, st=settings: sum(len(c.token_ids) for c in s.generate(prompts, N, st)))
+        for name, (sampler, settings) in samplers.items()
+    }
     return _best_rates(runs, repeats)
 
 
@@ -62,9 +64,11 @@ def _push_vs_memcpy(sampler, tensors: dict[str, torch.Tensor], label: str) -> No
 
     rates = _best_rates({"push": push, "memcpy": memcpy}, repeats=7)
     t_push, t_copy = nbytes / rates["push"], nbytes / rates["memcpy"]
-    print(f"  {label}: {nbytes / 1e6:.1f} MB  push {t_push * 1e3:.1f} ms ({nbytes / t_push / 1e9:.2f} GB/s)  "
-          f"memcpy {t_copy * 1e3:.2f} ms ({nbytes / t_copy / 1e9:.2f} GB/s)  push/memcpy {t_push / t_copy:.1f}x",
-          flush=True)
+    print(
+        f"  {label}: {nbytes / 1e6:.1f} MB  push {t_push * 1e3:.1f} ms ({nbytes / t_push / 1e9:.2f} GB/s)  "
+        f"memcpy {t_copy * 1e3:.2f} ms ({nbytes / t_copy / 1e9:.2f} GB/s)  push/memcpy {t_push / t_copy:.1f}x",
+        flush=True,
+    )
 
 
 def _big_model(directory: Path) -> Path:
@@ -75,8 +79,17 @@ def _big_model(directory: Path) -> Path:
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(**{**llama_config(len(tokenizer)).to_dict(), "hidden_size": 512, "intermediate_size": 1536,
-                            "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64})
+    config = LlamaConfig(
+        **{
+            **llama_config(len(tokenizer)).to_dict(),
+            "hidden_size": 512,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "head_dim": 64,
+        }
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -97,20 +110,30 @@ def main() -> None:
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(PROMPTS_PER_BATCH)]
     settings = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS)
     seeded = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS, seed=0)
-    print(f"generate: tiny policy, {PROMPTS_PER_BATCH} prompts x n={N}, <= {MAX_NEW_TOKENS} new tokens, fp32, "
-          f"temperature 1", flush=True)
+    print(
+        f"generate: tiny policy, {PROMPTS_PER_BATCH} prompts x n={N}, <= {MAX_NEW_TOKENS} new tokens, fp32, "
+        f"temperature 1",
+        flush=True,
+    )
     vllm_sampler = VllmSampler(str(tiny), Role.POLICY, max_model_len=64)
     hf_sampler = HfSampler(str(tiny), Role.POLICY)
     # A seeded call is one vLLM request per sample, each with its own generator (see VllmSampler.generate).
-    rates = _tokens_per_s({"vllm": (vllm_sampler, settings), "hf": (hf_sampler, settings),
-                           "vllm_seeded": (vllm_sampler, seeded)}, prompts)
+    rates = _tokens_per_s(
+        {"vllm": (vllm_sampler, settings), "hf": (hf_sampler, settings), "vllm_seeded": (vllm_sampler, seeded)}, prompts
+    )
     v_rate, h_rate, v_seeded = rates["vllm"], rates["hf"], rates["vllm_seeded"]
-    print(f"  vLLM {v_rate:,.0f} tok/s   HF generate {h_rate:,.0f} tok/s   vLLM/HF {v_rate / h_rate:.2f}x   "
-          f"(vLLM seeded: {v_seeded:,.0f} tok/s, {v_seeded / v_rate:.2f}x unseeded)", flush=True)
+    print(
+        f"  vLLM {v_rate:,.0f} tok/s   HF generate {h_rate:,.0f} tok/s   vLLM/HF {v_rate / h_rate:.2f}x   "
+        f"(vLLM seeded: {v_seeded:,.0f} tok/s, {v_seeded / v_rate:.2f}x unseeded)",
+        flush=True,
+    )
     del hf_sampler
 
-    print("weight push (full state dict, validated, reloaded in place, prefix cache reset) vs torch copy_ "
-          "of the same bytes:", flush=True)
+    print(
+        "weight push (full state dict, validated, reloaded in place, prefix cache reset) vs torch copy_ "
+        "of the same bytes:",
+        flush=True,
+    )
     _push_vs_memcpy(vllm_sampler, load_file(str(tiny / "model.safetensors")), "tiny policy")
     vllm_sampler.close()
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,12 +27,22 @@ def _batch(seed: int) -> Batch:
     def sample(i: int, role: Role) -> ScoredCompletion:
         prompt = (1,) + tuple(rng.randrange(5, 58) for _ in range(8))
         tokens = tuple(rng.randrange(2, 58) for _ in range(rng.randint(12, 24)))
-        c = Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
-                       logprobs=(-1.0,) * len(tokens), role=role, weights_version=0)
+        c = Completion(
+            prompt_id=i,
+            prompt="x",
+            prompt_token_ids=prompt,
+            token_ids=tokens,
+            text="y",
+            logprobs=(-1.0,) * len(tokens),
+            role=role,
+            weights_version=0,
+        )
         return ScoredCompletion(c, rng.random(), "bench")
 
-    return Batch(policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
-                 target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
+    return Batch(
+        policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
+        target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)),
+    )
 
 
 def _rank(rank: int, world_size: int, stages: tuple[int, ...], port: int, model: Path, results) -> None:
@@ -42,8 +52,17 @@ def _rank(rank: int, world_size: int, stages: tuple[int, ...], port: int, model:
     from learner.learner import Learner
 
     bond = BondConfig(prompts_per_step=PROMPTS, lr=1e-4, warmup_steps=0)
-    learners = {z: Learner(model, bond, LearnerConfig(zero_stage=z, micro_batch_prompts=PROMPTS // world_size),
-                           rank=rank, world_size=world_size, master_port=port) for z in stages}
+    learners = {
+        z: Learner(
+            model,
+            bond,
+            LearnerConfig(zero_stage=z, micro_batch_prompts=PROMPTS // world_size),
+            rank=rank,
+            world_size=world_size,
+            master_port=port,
+        )
+        for z in stages
+    }
     seconds: dict[int, list[float]] = {z: [] for z in stages}
     tokens = 0
     for s in range(WARMUP + STEPS):
@@ -62,8 +81,7 @@ def _measure(world_size: int, stages: tuple[int, ...], model: Path) -> tuple[dic
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank, args=(r, world_size, stages, port, model, results))
-             for r in range(world_size)]
+    procs = [ctx.Process(target=_rank, args=(r, world_size, stages, port, model, results)) for r in range(world_size)]
     for p in procs:
         p.start()
     out = results.get(timeout=300)
@@ -83,8 +101,11 @@ def main() -> None:
         for zero_stage, seconds in medians.items():
             times[world_size, zero_stage] = seconds
             engine = "plain torch" if zero_stage == 0 else f"DeepSpeed ZeRO-{zero_stage}"
-            print(f"  {world_size} rank{'s' if world_size > 1 else ' '} {engine:18s} {seconds * 1e3:7.1f} ms/step  "
-                  f"{tokens / seconds:8.0f} tokens/s", flush=True)
+            print(
+                f"  {world_size} rank{'s' if world_size > 1 else ' '} {engine:18s} {seconds * 1e3:7.1f} ms/step  "
+                f"{tokens / seconds:8.0f} tokens/s",
+                flush=True,
+            )
     t = times
     print(f"DeepSpeed / torch, 1 rank:   ZeRO-2 {t[1, 2] / t[1, 0]:.2f}x  ZeRO-3 {t[1, 3] / t[1, 0]:.2f}x")
     print(f"1 rank / 2 ranks (speed-up): torch {t[1, 0] / t[2, 0]:.2f}x  ZeRO-3 {t[1, 3] / t[2, 3]:.2f}x")

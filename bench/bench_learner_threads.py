@@ -21,10 +21,12 @@ def _job(model: Path):
     from cluster.config.job import JobConfig, ModelsConfig, ResourcesConfig
     from learner.config import LearnerConfig
 
-    return JobConfig(models=ModelsConfig(policy=str(model), build_tiny=False),
-                     algorithm=BondConfig(prompts_per_step=32, lr=1e-4, warmup_steps=0),
-                     learner=LearnerConfig(zero_stage=2, micro_batch_prompts=16, bucket_bytes=64 << 20),
-                     resources=ResourcesConfig(cpus_per_learner=0.5, cpus_per_actor=0.5))
+    return JobConfig(
+        models=ModelsConfig(policy=str(model), build_tiny=False),
+        algorithm=BondConfig(prompts_per_step=32, lr=1e-4, warmup_steps=0),
+        learner=LearnerConfig(zero_stage=2, micro_batch_prompts=16, bucket_bytes=64 << 20),
+        resources=ResourcesConfig(cpus_per_learner=0.5, cpus_per_actor=0.5),
+    )
 
 
 def _interleaved(steps: dict) -> dict[str, float]:
@@ -52,23 +54,32 @@ def main() -> None:
         model = _big_model(Path(tmp))
         job = _job(model)
         threads = job_threads(job)
-        print(f"learner step, random 27M Llama, 32 prompts (1 policy + 2 anchor samples), ZeRO-2, "
-              f"median of {STEPS}; torch threads in-process {torch.get_num_threads()}, "
-              f"phase policy gives the learner {threads.learner}", flush=True)
+        print(
+            f"learner step, random 27M Llama, 32 prompts (1 policy + 2 anchor samples), ZeRO-2, "
+            f"median of {STEPS}; torch threads in-process {torch.get_num_threads()}, "
+            f"phase policy gives the learner {threads.learner}",
+            flush=True,
+        )
         inproc = LearnerRank(job, str(model), 0, 1, "127.0.0.1", _free_port()[1])
         ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         try:
             steps, got = {"in-process": inproc.step}, {"in-process": torch.get_num_threads()}
             for label, n in (("Ray, Ray's default", None), ("Ray, resources.threads", threads.learner)):
                 env = {} if n is None else {"runtime_env": {"env_vars": thread_env(n)}}
-                rank = ray.remote(LearnerRank).options(num_cpus=0.5, **env).remote(
-                    job, str(model), 0, 1, "127.0.0.1", _free_port()[1], threads=n)
+                rank = (
+                    ray.remote(LearnerRank)
+                    .options(num_cpus=0.5, **env)
+                    .remote(job, str(model), 0, 1, "127.0.0.1", _free_port()[1], threads=n)
+                )
                 got[label] = ray.get(rank.threads.remote())
                 steps[label] = lambda b, r=rank: ray.get(r.step.remote(b))
             results = _interleaved(steps)
             for label, seconds in results.items():
-                print(f"  {label:24s} {seconds:6.2f} s/step  ({got[label]} torch threads)  "
-                      f"/ in-process {seconds / results['in-process']:.2f}x", flush=True)
+                print(
+                    f"  {label:24s} {seconds:6.2f} s/step  ({got[label]} torch threads)  "
+                    f"/ in-process {seconds / results['in-process']:.2f}x",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
 

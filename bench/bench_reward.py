@@ -71,21 +71,33 @@ def main() -> None:
     try:
         port = _free_port()  # one Serve HTTP proxy per cluster: every deploy must name the same port
         for replicas in (1, 2):
-            spec = RewardSpec("learned", path, replicas=replicas, cpus_per_replica=1.0, max_batch_size=32,
-                              batch_wait_timeout_s=0.005, http_port=port)
+            spec = RewardSpec(
+                "learned",
+                path,
+                replicas=replicas,
+                cpus_per_replica=1.0,
+                max_batch_size=32,
+                batch_wait_timeout_s=0.005,
+                http_port=port,
+            )
             handle = serve_app.deploy(spec, name="bench-reward")
             replies = []
             one, many = f"serve, {replicas} replica(s), 1 request", f"serve, {replicas} replica(s), many requests"
-            rates = _rates({
-                in_process: lambda: local.score(prompts, completions),
-                one: lambda h=handle: h.score.remote(prompts, completions).result(timeout_s=120),
-                many: lambda h=handle, out=replies: out.extend(_many_requests(h, prompts, completions)),
-            }, SAMPLES)
+            rates = _rates(
+                {
+                    in_process: lambda: local.score(prompts, completions),
+                    one: lambda h=handle: h.score.remote(prompts, completions).result(timeout_s=120),
+                    many: lambda h=handle, out=replies: out.extend(_many_requests(h, prompts, completions)),
+                },
+                SAMPLES,
+            )
             rows[f"{in_process} (beside {replicas} replica(s))"] = rates[in_process]
             rows[one] = rates[one]
-            rows[f"{many}: {SAMPLES // REQUEST_SIZE} concurrent x {REQUEST_SIZE} samples, mean batch "
-                 f"{statistics.mean(r.batch_requests for r in replies):.1f} requests, "
-                 f"{len({r.replica for r in replies})} replica(s) answered"] = rates[many]
+            rows[
+                f"{many}: {SAMPLES // REQUEST_SIZE} concurrent x {REQUEST_SIZE} samples, mean batch "
+                f"{statistics.mean(r.batch_requests for r in replies):.1f} requests, "
+                f"{len({r.replica for r in replies})} replica(s) answered"
+            ] = rates[many]
     finally:
         serve_app.shutdown()
         ray.shutdown()
@@ -99,11 +111,15 @@ def main() -> None:
     many = {r: rate for label, rate in rows.items() for r in (1, 2) if label.startswith(f"serve, {r} replica(s), many")}
     print(f"  2 replicas / 1 replica (many concurrent requests): {many[2] / many[1]:.2f}x")
 
+
 def _many_requests(handle, prompts: list[str], completions: list[str]) -> list:
     """All samples as concurrent small requests, as many actors calling the service at once would send them."""
-    responses = [handle.score.remote(prompts[i:i + REQUEST_SIZE], completions[i:i + REQUEST_SIZE])
-                 for i in range(0, len(prompts), REQUEST_SIZE)]
+    responses = [
+        handle.score.remote(prompts[i : i + REQUEST_SIZE], completions[i : i + REQUEST_SIZE])
+        for i in range(0, len(prompts), REQUEST_SIZE)
+    ]
     return [r.result(timeout_s=120) for r in responses]
+
 
 if __name__ == "__main__":
     main()

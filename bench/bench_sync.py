@@ -80,8 +80,10 @@ def _one_model(model_dir: Path, label: str) -> None:
     from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig
 
-    job = JobConfig(models=ModelsConfig(policy=str(model_dir), build_tiny=False),
-                    learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20))
+    job = JobConfig(
+        models=ModelsConfig(policy=str(model_dir), build_tiny=False),
+        learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20),
+    )
     addr, port = _free_port()
     learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
     sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
@@ -90,8 +92,9 @@ def _one_model(model_dir: Path, label: str) -> None:
     follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05)
     # the same roles with vLLM's packed kernels and layerwise reload: the "before" of plain weights, side by side
     packed_policy = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64, plain_weights=False)
-    packed_follower = sampler.remote(str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05,
-                                     plain_weights=False)
+    packed_follower = sampler.remote(
+        str(model_dir), Role.ANCHOR, max_model_len=64, anchor_ema=0.05, plain_weights=False
+    )
     actors = (learner, policy, anchor, follower, packed_policy, packed_follower)
     ray.get([a.__ray_ready__.remote() for a in actors])
     open_weight_group([learner], [policy], Role.POLICY, "gloo", 120.0)
@@ -107,21 +110,27 @@ def _one_model(model_dir: Path, label: str) -> None:
     def in_actor(actor, fn):
         return ray.get(actor.__ray_call__.remote(fn))
 
-    runs = {"object_store": lambda: push_weights([learner], [policy], Role.POLICY),
-            "object_store, packed": lambda: push_weights([learner], [packed_policy], Role.POLICY),
-            "collective": lambda: push_weights_collective([learner], [policy], Role.POLICY, 120.0),
-            "step sync, learner pushes both": lambda: (push_weights([learner], [policy], Role.POLICY),
-                                                       push_weights([learner], [anchor], Role.ANCHOR)),
-            "step sync, collective, both": lambda: (
-                push_weights_collective([learner], [policy], Role.POLICY, 120.0),
-                push_weights_collective([learner], [anchor], Role.ANCHOR, 120.0)),
-            "step sync, anchor follows": follow,
-            # right after `follow`, the same version (an EMA actor refuses a gap, so the packed pair sees them all)
-            "step sync, anchor follows, packed": lambda: push_weights([learner], [packed_policy, packed_follower],
-                                                                      Role.POLICY),
-            "reload only": lambda: in_actor(policy, _reload_only),
-            "reload only, packed": lambda: in_actor(packed_policy, _reload_only),
-            "memcpy": lambda: dst.copy_(src)}
+    runs = {
+        "object_store": lambda: push_weights([learner], [policy], Role.POLICY),
+        "object_store, packed": lambda: push_weights([learner], [packed_policy], Role.POLICY),
+        "collective": lambda: push_weights_collective([learner], [policy], Role.POLICY, 120.0),
+        "step sync, learner pushes both": lambda: (
+            push_weights([learner], [policy], Role.POLICY),
+            push_weights([learner], [anchor], Role.ANCHOR),
+        ),
+        "step sync, collective, both": lambda: (
+            push_weights_collective([learner], [policy], Role.POLICY, 120.0),
+            push_weights_collective([learner], [anchor], Role.ANCHOR, 120.0),
+        ),
+        "step sync, anchor follows": follow,
+        # right after `follow`, the same version (an EMA actor refuses a gap, so the packed pair sees them all)
+        "step sync, anchor follows, packed": lambda: push_weights(
+            [learner], [packed_policy, packed_follower], Role.POLICY
+        ),
+        "reload only": lambda: in_actor(policy, _reload_only),
+        "reload only, packed": lambda: in_actor(packed_policy, _reload_only),
+        "memcpy": lambda: dst.copy_(src),
+    }
     inside = {"reload only", "reload only, packed"}  # timed in the actor
     best = dict.fromkeys(runs, float("inf"))
     for fn in runs.values():
@@ -139,12 +148,17 @@ def _one_model(model_dir: Path, label: str) -> None:
     for name, seconds in best.items():
         if name != "memcpy":
             print(f"    {name:36s} {seconds * 1e3:8.1f} ms  {seconds / m:6.1f}x memcpy", flush=True)
-    print(f"    step sync: anchor follows / learner pushes both "
-          f"{best['step sync, anchor follows'] / best['step sync, learner pushes both']:.2f}; "
-          f"plain / packed {best['step sync, anchor follows'] / best['step sync, anchor follows, packed']:.2f}",
-          flush=True)
-    print("    actor breakdown (whole model, in the actor): " + ", ".join(
-        f"{name} {seconds * 1e3:.1f} ms" for name, seconds in pieces.items()), flush=True)
+    print(
+        f"    step sync: anchor follows / learner pushes both "
+        f"{best['step sync, anchor follows'] / best['step sync, learner pushes both']:.2f}; "
+        f"plain / packed {best['step sync, anchor follows'] / best['step sync, anchor follows, packed']:.2f}",
+        flush=True,
+    )
+    print(
+        "    actor breakdown (whole model, in the actor): "
+        + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in pieces.items()),
+        flush=True,
+    )
     for a in actors:
         ray.kill(a)
 
@@ -164,19 +178,27 @@ def _lora_model(model_dir: Path, label: str) -> None:
     from learner.config import LearnerConfig, LoraConfig
 
     adapters = LoraConfig(r=8, alpha=16.0)
-    job = JobConfig(models=ModelsConfig(policy=str(model_dir), build_tiny=False),
-                    learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20, lora=adapters))
+    job = JobConfig(
+        models=ModelsConfig(policy=str(model_dir), build_tiny=False),
+        learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20, lora=adapters),
+    )
     addr, port = _free_port()
     learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
     sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
-    actor = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64,
-                           lora=AdapterSpec(adapters.r, adapters.alpha, adapters.target_modules))
+    actor = sampler.remote(
+        str(model_dir),
+        Role.POLICY,
+        max_model_len=64,
+        lora=AdapterSpec(adapters.r, adapters.alpha, adapters.target_modules),
+    )
     full = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64)
     ray.get([a.__ray_ready__.remote() for a in (learner, actor, full)])
     open_weight_group([learner], [actor], Role.POLICY, "gloo", 120.0)
     nbytes = ray.get(learner.model_bytes.remote())
-    runs = {"object_store": lambda: push_weights([learner], [actor], Role.POLICY),
-            "collective": lambda: push_weights_collective([learner], [actor], Role.POLICY, 120.0)}
+    runs = {
+        "object_store": lambda: push_weights([learner], [actor], Role.POLICY),
+        "collective": lambda: push_weights_collective([learner], [actor], Role.POLICY, 120.0),
+    }
     best = dict.fromkeys(runs, float("inf"))
     for fn in runs.values():
         fn()  # warm-up
@@ -194,9 +216,12 @@ def _lora_model(model_dir: Path, label: str) -> None:
         for _ in range(3):
             tokens += sum(len(c.token_ids) for c in ray.get(a.generate.remote(prompts, 1, settings)))
         rates[name] = tokens / (time.perf_counter() - t0)
-    print(f"  {label}: adapters {nbytes / 1e6:.3f} MB  object_store {best['object_store'] * 1e3:.1f} ms  "
-          f"collective {best['collective'] * 1e3:.1f} ms   sampling LoRA {rates['LoRA']:.0f} tok/s, "
-          f"full model {rates['full']:.0f} tok/s", flush=True)
+    print(
+        f"  {label}: adapters {nbytes / 1e6:.3f} MB  object_store {best['object_store'] * 1e3:.1f} ms  "
+        f"collective {best['collective'] * 1e3:.1f} ms   sampling LoRA {rates['LoRA']:.0f} tok/s, "
+        f"full model {rates['full']:.0f} tok/s",
+        flush=True,
+    )
     for a in (actor, full, learner):
         ray.kill(a)
 
@@ -212,11 +237,15 @@ def main() -> None:
     if set(sizes) - {"tiny", "medium"}:
         sys.exit(f"JBOND_BENCH_SIZES: unknown size(s) {sorted(set(sizes) - {'tiny', 'medium'})}; tiny, medium")
     tiny = build(ROOT / "artifacts" / "tiny") / "policy"
-    ray.init(num_cpus=6, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}})
+    ray.init(
+        num_cpus=6, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}}
+    )
     try:
-        print(f"weight push learner actor -> vLLM actors (export, transport, validation, reload, confirmation), "
-              f"best of {REPEATS}, fp32:", flush=True)
+        print(
+            f"weight push learner actor -> vLLM actors (export, transport, validation, reload, confirmation), "
+            f"best of {REPEATS}, fp32:",
+            flush=True,
+        )
         if "tiny" in sizes:
             _one_model(tiny, "tiny policy")
             _lora_model(tiny, "tiny policy, LoRA r=8")

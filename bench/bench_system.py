@@ -44,11 +44,17 @@ class Row:
 
 def job_config(policy: Path, reward: Path, warmup: int, timed: int) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "local.yaml")
-    for assignment in (f"models.policy={policy}", f"reward.path_or_name={reward}",
-                       f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
-                       f"algorithm.prompts_per_step={PROMPTS_PER_STEP}", f"sampling.max_new_tokens={MAX_NEW_TOKENS}",
-                       f"run.steps={warmup + timed}", "run.progress=false", "reward.http_port=18931",
-                       "learner.bucket_bytes=16777216"):  # the medium model's largest tensor is 3 MiB
+    for assignment in (
+        f"models.policy={policy}",
+        f"reward.path_or_name={reward}",
+        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
+        f"algorithm.prompts_per_step={PROMPTS_PER_STEP}",
+        f"sampling.max_new_tokens={MAX_NEW_TOKENS}",
+        f"run.steps={warmup + timed}",
+        "run.progress=false",
+        "reward.http_port=18931",
+        "learner.bucket_bytes=16777216",
+    ):  # the medium model's largest tensor is 3 MiB
         loading.apply_override(data, assignment)
     return loading.build(JobConfig, data)
 
@@ -71,8 +77,10 @@ def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
     from cluster.runtime.in_process import InProcessSystem
 
     naive_job = dataclasses.replace(
-        job, models=dataclasses.replace(job.models, sampler_backend=SamplerBackend.HF),
-        learner=dataclasses.replace(job.learner, zero_stage=0))
+        job,
+        models=dataclasses.replace(job.models, sampler_backend=SamplerBackend.HF),
+        learner=dataclasses.replace(job.learner, zero_stage=0),
+    )
     naive = InProcessSystem(naive_job)
     try:
         return measure("naive single process (HF, torch)", naive_job, naive, warmup, timed)
@@ -86,8 +94,9 @@ def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
     from cluster.runtime.ray_system import System
 
     rows = []
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}
+    )
     try:
         for mode in (Mode.SYNC, Mode.PIPELINED):
             mode_job = dataclasses.replace(job, run=dataclasses.replace(job.run, mode=mode))
@@ -105,9 +114,26 @@ def trl_row(policy: Path, reward: Path, warmup: int, timed: int, log: Path) -> R
     name = "TRL RLOOTrainer (HF, torch)"
     if not TRL_PYTHON.exists():
         return Row(name, None, {}, "not run: no .venv-trl (`make bench-trl` builds it)")
-    cmd = [str(TRL_PYTHON), str(ROOT / "bench" / "trl_rloo.py"), "--model", str(policy), "--reward", str(reward),
-           "--prompts", str(ROOT / "configs" / "review_prompts.jsonl"), "--prompts-per-step", str(PROMPTS_PER_STEP),
-           "--samples", "3", "--max-new-tokens", str(MAX_NEW_TOKENS), "--warmup", str(warmup), "--timed", str(timed)]
+    cmd = [
+        str(TRL_PYTHON),
+        str(ROOT / "bench" / "trl_rloo.py"),
+        "--model",
+        str(policy),
+        "--reward",
+        str(reward),
+        "--prompts",
+        str(ROOT / "configs" / "review_prompts.jsonl"),
+        "--prompts-per-step",
+        str(PROMPTS_PER_STEP),
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--warmup",
+        str(warmup),
+        "--timed",
+        str(timed),
+    ]
     # nothing of this process leaks in: not its venv's PYTHONPATH, nor the torch.distributed rendezvous variables
     # the in-process learner set (accelerate would join that process group)
     leaks = {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
@@ -133,21 +159,27 @@ def run_size(size: str) -> list[Row]:
     job = job_config(policy, tiny / "reward", warmup, timed)
     log = ROOT / "runs" / "bench" / f"trl_{size}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return [naive_row(job, warmup, timed), *full_rows(job, warmup, timed),
-            trl_row(policy, tiny / "reward", warmup, timed, log)]
+    return [
+        naive_row(job, warmup, timed),
+        *full_rows(job, warmup, timed),
+        trl_row(policy, tiny / "reward", warmup, timed, log),
+    ]
 
 
 def report(size: str, rows: list[Row]) -> None:  # flushed per size: a long run shows each table as it ends
     warmup, timed = STEPS[size]
-    print(f"\n{size} policy: {PROMPTS_PER_STEP} prompts/step x 3 samples (J-BOND: 1 policy + 2 anchor; "
-          f"RLOO: 3), <= {MAX_NEW_TOKENS} tokens, {timed} timed steps after {warmup}")
+    print(
+        f"\n{size} policy: {PROMPTS_PER_STEP} prompts/step x 3 samples (J-BOND: 1 policy + 2 anchor; "
+        f"RLOO: 3), <= {MAX_NEW_TOKENS} tokens, {timed} timed steps after {warmup}"
+    )
     for row in rows:
         if row.rate is None:
             print(f"  {row.name:<36} {'-':>7}            {row.note}")
             continue
         parts = "  ".join(f"{k} {v:.2f}s" for k, v in row.split.items())
-        print(f"  {row.name:<36} {row.rate:7.2f} prompts/s   per step: {parts}"
-              + (f"   ({row.note})" if row.note else ""))
+        print(
+            f"  {row.name:<36} {row.rate:7.2f} prompts/s   per step: {parts}" + (f"   ({row.note})" if row.note else "")
+        )
     rate = {row.name: row.rate for row in rows if row.rate}
     naive, trl = rate.get("naive single process (HF, torch)"), rate.get("TRL RLOOTrainer (HF, torch)")
     for mode in ("sync", "pipelined"):

@@ -29,6 +29,7 @@ def run_one(job: JobConfig, out: Path) -> list[dict]:
     stats.unlink(missing_ok=True)
     system = InProcessSystem(job)
     try:
+
         def on_step(rec: StepRecord) -> None:
             report.append_stats(stats, rec.stats, rec.seconds)
             s = rec.stats
@@ -48,8 +49,12 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, rows in runs.items():
-        ax.plot(report.smooth([r["kl_ref"] for r in rows]), report.smooth([r["reward_policy"] for r in rows]),
-                label=name, linewidth=2 if name == "J-BOND" else 1.2)
+        ax.plot(
+            report.smooth([r["kl_ref"] for r in rows]),
+            report.smooth([r["reward_policy"] for r in rows]),
+            label=name,
+            linewidth=2 if name == "J-BOND" else 1.2,
+        )
     ax.set_xlabel("KL(pi || ref), nats (10-step mean)")
     ax.set_ylabel("policy reward (10-step mean)")
     ax.set_title("reward vs KL: J-BOND and REINFORCE with a KL penalty")
@@ -75,7 +80,8 @@ def main() -> None:
     variants = {"J-BOND": base.algorithm}
     for beta in args.beta_rl:
         variants[f"REINFORCE beta_RL={beta:g}"] = dataclasses.replace(
-            base.algorithm, algorithm=Algorithm.REINFORCE, beta_rl=beta, gamma=0.0)
+            base.algorithm, algorithm=Algorithm.REINFORCE, beta_rl=beta, gamma=0.0
+        )
     runs = {}
     for name, algorithm in variants.items():
         print(f"{name}:", flush=True)
@@ -84,11 +90,22 @@ def main() -> None:
     plot(runs, args.out / "reward_vs_kl.png")
     print(f"\n{'run':<28}{'reward (last 10)':>18}{'KL(pi||ref) (last 10)':>24}")
     for name, rows in runs.items():
-        print(f"{name:<28}{report.window_mean(rows, 'reward_policy', False):>18.3f}"
-              f"{report.window_mean(rows, 'kl_ref', False):>24.3f}")
-    (args.out / "summary.json").write_text(json.dumps(
-        {name: {"reward_last10": report.window_mean(rows, "reward_policy", False),
-                "kl_ref_last10": report.window_mean(rows, "kl_ref", False)} for name, rows in runs.items()}, indent=1))
+        print(
+            f"{name:<28}{report.window_mean(rows, 'reward_policy', False):>18.3f}"
+            f"{report.window_mean(rows, 'kl_ref', False):>24.3f}"
+        )
+    (args.out / "summary.json").write_text(
+        json.dumps(
+            {
+                name: {
+                    "reward_last10": report.window_mean(rows, "reward_policy", False),
+                    "kl_ref_last10": report.window_mean(rows, "kl_ref", False),
+                }
+                for name, rows in runs.items()
+            },
+            indent=1,
+        )
+    )
     print(f"\nplot: {args.out / 'reward_vs_kl.png'}")
 
 

@@ -94,8 +94,9 @@ def phase_seconds(model: Model, work: Workload, hw: Hardware, lay: Layout) -> di
     # Sample: prefill is compute-bound; each decode step reads the weights once per engine (shared by the
     # engine's batch) plus the batch's KV cache, or is compute-bound when the batch is large.
     seqs_per_engine = math.ceil(work.sequences / engines)
-    prefill = 2 * model.params * seqs_per_engine * work.prompt_tokens / (
-        lay.tensor_parallel * hw.peak_flops * hw.prefill_mfu)
+    prefill = (
+        2 * model.params * seqs_per_engine * work.prompt_tokens / (lay.tensor_parallel * hw.peak_flops * hw.prefill_mfu)
+    )
     kv_bytes_per_token = 2 * model.layers * model.kv_heads_dim * lay.bytes_per_param
     mean_context = work.prompt_tokens + work.completion_tokens / 2
     step_bytes = weight_bytes + seqs_per_engine * mean_context * kv_bytes_per_token
@@ -145,27 +146,43 @@ def default_layouts(gpus: int, tensor_parallel: int) -> list[Layout]:
     learner = gpus - actor - reward
     if learner < 1:
         raise ValueError(f"{gpus} GPUs leave no learner GPU beside {actor} actor GPUs")
-    return [Layout(f"colocated x{gpus}", gpus, colocated=True, tensor_parallel=tensor_parallel),
-            Layout(f"split a{actor}/r{reward or 'a'}/l{learner}", gpus, colocated=False, actor_gpus=actor,
-                   reward_gpus=reward, learner_gpus=learner, tensor_parallel=tensor_parallel)]
+    return [
+        Layout(f"colocated x{gpus}", gpus, colocated=True, tensor_parallel=tensor_parallel),
+        Layout(
+            f"split a{actor}/r{reward or 'a'}/l{learner}",
+            gpus,
+            colocated=False,
+            actor_gpus=actor,
+            reward_gpus=reward,
+            learner_gpus=learner,
+            tensor_parallel=tensor_parallel,
+        ),
+    ]
 
 
 def table(work: Workload, hw: Hardware) -> str:
-    lines = [f"J-BOND step: {work.prompts_per_step} prompts x ({work.policy_samples} policy + {work.anchor_samples} "
-             f"anchor) samples, {work.prompt_tokens} prompt + {work.completion_tokens} completion tokens",
-             f"{'model':<6} {'layout':<22} {'sample':>8} {'score':>8} {'learn':>8} {'sync':>8}   "
-             f"{'sync-mode':>10} {'pipelined':>10}   prompts/s (sync / pipelined)"]
+    lines = [
+        f"J-BOND step: {work.prompts_per_step} prompts x ({work.policy_samples} policy + {work.anchor_samples} "
+        f"anchor) samples, {work.prompt_tokens} prompt + {work.completion_tokens} completion tokens",
+        f"{'model':<6} {'layout':<22} {'sample':>8} {'score':>8} {'learn':>8} {'sync':>8}   "
+        f"{'sync-mode':>10} {'pipelined':>10}   prompts/s (sync / pipelined)",
+    ]
     for key, model, plans in (("0.5B", MODELS["0.5B"], ((2, 1), (8, 1))), ("7B", MODELS["7B"], ((8, 2), (16, 4)))):
         for gpus, tp in plans:
             for lay in default_layouts(gpus, tp):
                 ph = phase_seconds(model, work, hw, lay)
                 t_sync = step_seconds(ph, pipelined=False)
                 t_pipe = t_sync if lay.colocated else step_seconds(ph, pipelined=True)
-                lines.append(f"{key:<6} {lay.name:<22} " + " ".join(f"{ph[k]:8.2f}" for k in ph)
-                             + f"   {t_sync:10.2f} {t_pipe:10.2f}   "
-                             f"{work.prompts_per_step / t_sync:7.1f} / {work.prompts_per_step / t_pipe:7.1f}")
-    lines.append("seconds per step; split aA/rR/lL = A actor, R reward ('a': on the actor GPUs), L learner GPUs; "
-                 "colocated layouts cannot pipeline (the engines sleep while the learner steps)")
+                lines.append(
+                    f"{key:<6} {lay.name:<22} "
+                    + " ".join(f"{ph[k]:8.2f}" for k in ph)
+                    + f"   {t_sync:10.2f} {t_pipe:10.2f}   "
+                    f"{work.prompts_per_step / t_sync:7.1f} / {work.prompts_per_step / t_pipe:7.1f}"
+                )
+    lines.append(
+        "seconds per step; split aA/rR/lL = A actor, R reward ('a': on the actor GPUs), L learner GPUs; "
+        "colocated layouts cannot pipeline (the engines sleep while the learner steps)"
+    )
     return "\n".join(lines)
 
 
@@ -180,27 +197,38 @@ def _phase_means(path: Path, skip: int) -> tuple[dict[str, float], float]:
 def check(sync_stats: Path, pipelined_stats: Path | None, skip: int) -> str:
     phases, measured_sync = _phase_means(sync_stats, skip)
     predicted = step_seconds(phases, pipelined=True)
-    out = [f"sync run {sync_stats}: " + ", ".join(f"{k} {v:.3f}s" for k, v in phases.items())
-           + f"; step {measured_sync:.3f}s",
-           f"predicted pipelined step (max(sample+score, learn+sync)): {predicted:.3f}s "
-           f"({measured_sync / predicted:.2f}x the sync step's throughput)"]
+    out = [
+        f"sync run {sync_stats}: "
+        + ", ".join(f"{k} {v:.3f}s" for k, v in phases.items())
+        + f"; step {measured_sync:.3f}s",
+        f"predicted pipelined step (max(sample+score, learn+sync)): {predicted:.3f}s "
+        f"({measured_sync / predicted:.2f}x the sync step's throughput)",
+    ]
     if pipelined_stats is not None:
         _, measured = _phase_means(pipelined_stats, skip)
-        out.append(f"measured pipelined step {pipelined_stats}: {measured:.3f}s "
-                   f"(prediction / measurement = {predicted / measured:.2f})")
+        out.append(
+            f"measured pipelined step {pipelined_stats}: {measured:.3f}s "
+            f"(prediction / measurement = {predicted / measured:.2f})"
+        )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.cost_model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cost_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--completion-tokens", type=int, default=256)
     parser.add_argument("--gpu", choices=("h100", "h200"), default="h100")
     parser.add_argument("--train-mfu", type=float, default=Hardware.train_mfu)
-    parser.add_argument("--check", type=Path, nargs="+", metavar="STATS_JSONL",
-                        help="a sync run's stats.jsonl [and a pipelined run's]: check the overlap rule")
+    parser.add_argument(
+        "--check",
+        type=Path,
+        nargs="+",
+        metavar="STATS_JSONL",
+        help="a sync run's stats.jsonl [and a pipelined run's]: check the overlap rule",
+    )
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps to ignore with --check")
     args = parser.parse_args(argv)
     if args.check:

@@ -18,12 +18,19 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from demo import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPE = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8,
-         "num_key_value_heads": 8, "head_dim": 64}
+SHAPE = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+}
 
 
-def build_medium(out: Path = ROOT / "artifacts" / "medium", steps: int = 150, seed: int = 0,
-                 force: bool = False) -> Path:
+def build_medium(
+    out: Path = ROOT / "artifacts" / "medium", steps: int = 150, seed: int = 0, force: bool = False
+) -> Path:
     """Write OUT/policy (model + tokenizer) unless OUT/COMPLETE exists (or force); returns OUT."""
     out = Path(out)
     if (out / "COMPLETE").exists() and not force:
@@ -36,8 +43,15 @@ def build_medium(out: Path = ROOT / "artifacts" / "medium", steps: int = 150, se
     print(f"building the medium policy ({params / 1e6:.1f} M parameters) under {out}", flush=True)
     t0 = time.time()
     texts = tiny.grammar_texts(rng, 5_000, 32)
-    tiny.fit(model, lambda: tiny.lm_loss(model, tokenizer, texts()), steps, "medium policy", lr=5e-4,
-             metric="nll/token", log_every=50)
+    tiny.fit(
+        model,
+        lambda: tiny.lm_loss(model, tokenizer, texts()),
+        steps,
+        "medium policy",
+        lr=5e-4,
+        metric="nll/token",
+        log_every=50,
+    )
     model.generation_config.pad_token_id = tiny.PAD
     model.generation_config.eos_token_id = tiny.EOS
     tiny.save(out / "policy", model, tokenizer)

@@ -37,8 +37,13 @@ def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dic
     kl = system.kl_to_reference(completions)
     texts = [c.text.strip() for c in completions]
     stats = summary_stats([p for p in prompts for _ in range(k)], texts)
-    row = {"step": step, "reward": statistics.fmean(rewards), "kl_ref": kl.sampled.mean().item(),
-           "kl_ref_tokenwise": kl.tokenwise.mean().item(), **dataclasses.asdict(stats)}
+    row = {
+        "step": step,
+        "reward": statistics.fmean(rewards),
+        "kl_ref": kl.sampled.mean().item(),
+        "kl_ref_tokenwise": kl.tokenwise.mean().item(),
+        **dataclasses.asdict(stats),
+    }
     return row, [(prompts[i // k], texts[i]) for i in range(0, len(texts), k)][:4]
 
 
@@ -65,9 +70,12 @@ def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
             if evaluation.due(rec.state.step, job.eval, job.run.steps):
                 row, shown["after"] = evaluate(system, job, heldout, rec.state.step, seed)
                 rows.append(row)
-                print(f"  seed {seed} step {row['step']:3d}: reward {row['reward']:+.3f}  faithful "
-                      f"{row['faithful']:.2f}  copy {row['copy_rate']:.2f}  words {row['words']:.1f}  "
-                      f"KL {row['kl_ref']:.2f}", flush=True)
+                print(
+                    f"  seed {seed} step {row['step']:3d}: reward {row['reward']:+.3f}  faithful "
+                    f"{row['faithful']:.2f}  copy {row['copy_rate']:.2f}  words {row['words']:.1f}  "
+                    f"KL {row['kl_ref']:.2f}",
+                    flush=True,
+                )
 
         train(job, system, split.train, LoopState(0, PromptCursor()), on_step)
     finally:
@@ -78,11 +86,15 @@ def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
 def markdown(results: list[dict], command: str, minutes: float) -> str:
     first = [r["eval"][0] for r in results]
     last = [r["eval"][-1] for r in results]
-    out = [f"Produced by `{command}` ({len(results)} seeds, {minutes:.0f} min); held-out sources, mean ± standard "
-           "error over seeds. reward = log P(entailment) from the NLI classifier; faithful / contradiction / "
-           "neutral / malformed from the world's literal labels; copy = the summary restates every claim of "
-           "its source.", "",
-           f"| | before (step 0) | after (step {last[0]['step']}) |", "|---|---|---|"]
+    out = [
+        f"Produced by `{command}` ({len(results)} seeds, {minutes:.0f} min); held-out sources, mean ± standard "
+        "error over seeds. reward = log P(entailment) from the NLI classifier; faithful / contradiction / "
+        "neutral / malformed from the world's literal labels; copy = the summary restates every claim of "
+        "its source.",
+        "",
+        f"| | before (step 0) | after (step {last[0]['step']}) |",
+        "|---|---|---|",
+    ]
     for key in METRICS:
         (b, bs), (a, as_) = mean_se([r[key] for r in first]), mean_se([r[key] for r in last])
         out.append(f"| {key} | {b:.3f} ± {bs:.3f} | {a:.3f} ± {as_:.3f} |")
@@ -108,8 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     job = build_job(args.config, [])
     summary_models.build(Path(job.models.policy).parent)
     t0 = time.perf_counter()
-    overrides = ["models.sampler_backend=hf", "learner.zero_stage=0", f"run.steps={args.steps}",
-                 f"eval.every_steps={args.eval_every}", "run.progress=false"]
+    overrides = [
+        "models.sampler_backend=hf",
+        "learner.zero_stage=0",
+        f"run.steps={args.steps}",
+        f"eval.every_steps={args.eval_every}",
+        "run.progress=false",
+    ]
     results = [run_seed(args.config, overrides, seed) for seed in args.seeds]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -51,22 +51,35 @@ class Variant:
 # ReST: a Grow of 64 prompts x 8 samples, then SFT on the top 20 % (q = 0.8) and the top 10 % (q = 0.9): about
 # 7 + 4 steps of 16 samples per round, so 60 steps are ~5.5 rounds and ~2800 policy samples, J-BOND's budget
 # (60 steps x 16 prompts x 3 samples = 2880).
-REST = ("algorithm.algorithm=rest", "algorithm.rest_grow_prompts=64", "algorithm.rest_samples_per_prompt=8",
-        "algorithm.rest_quantiles=[0.8, 0.9]")
+REST = (
+    "algorithm.algorithm=rest",
+    "algorithm.rest_grow_prompts=64",
+    "algorithm.rest_samples_per_prompt=8",
+    "algorithm.rest_quantiles=[0.8, 0.9]",
+)
 
 
 def variants(etas, betas_rl, bond_ns, rest: bool = True, gkd_teacher_eta: float | None = 0.2) -> list[Variant]:
-    out = [Variant(f"J-BOND eta={e:g}", "J-BOND", ("algorithm.algorithm=jbond", "algorithm.n=2",
-                                                   f"algorithm.eta={e}")) for e in etas]
-    out += [Variant(f"REINFORCE beta_RL={b:g}", "REINFORCE",
-                    ("algorithm.algorithm=reinforce", f"algorithm.beta_rl={b}")) for b in betas_rl]
+    out = [
+        Variant(f"J-BOND eta={e:g}", "J-BOND", ("algorithm.algorithm=jbond", "algorithm.n=2", f"algorithm.eta={e}"))
+        for e in etas
+    ]
+    out += [
+        Variant(f"REINFORCE beta_RL={b:g}", "REINFORCE", ("algorithm.algorithm=reinforce", f"algorithm.beta_rl={b}"))
+        for b in betas_rl
+    ]
     out += [Variant(f"BOND N={n}", "BOND", ("algorithm.algorithm=bond", f"algorithm.n={n}")) for n in bond_ns]
     if rest:
         out.append(Variant("ReST q=0.8,0.9", "ReST", REST))
     if gkd_teacher_eta is not None:
-        out.append(Variant(f"GKD from J-BOND eta={gkd_teacher_eta:g}", "GKD",
-                           ("algorithm.algorithm=gkd", "algorithm.gkd_beta=0.5"),
-                           teacher=f"J-BOND eta={gkd_teacher_eta:g}"))
+        out.append(
+            Variant(
+                f"GKD from J-BOND eta={gkd_teacher_eta:g}",
+                "GKD",
+                ("algorithm.algorithm=gkd", "algorithm.gkd_beta=0.5"),
+                teacher=f"J-BOND eta={gkd_teacher_eta:g}",
+            )
+        )
     return out
 
 
@@ -92,9 +105,16 @@ def build_job(config: Path, overrides: list[str]):
 
 
 def _base_overrides(args) -> list[str]:
-    return ["models.sampler_backend=hf", "learner.zero_stage=0", f"run.steps={args.steps}",
-            f"algorithm.prompts_per_step={args.prompts_per_step}", f"eval.samples_per_prompt={args.eval_samples}",
-            f"eval.every_steps={args.eval_every}", "eval.greedy=false", "run.progress=false"]
+    return [
+        "models.sampler_backend=hf",
+        "learner.zero_stage=0",
+        f"run.steps={args.steps}",
+        f"algorithm.prompts_per_step={args.prompts_per_step}",
+        f"eval.samples_per_prompt={args.eval_samples}",
+        f"eval.every_steps={args.eval_every}",
+        "eval.greedy=false",
+        "run.progress=false",
+    ]
 
 
 def code_version() -> str:
@@ -141,8 +161,9 @@ def cached(out: Path, key: str, export: bool) -> dict | None:
     return result
 
 
-def train_and_evaluate(config: Path, overrides: list[str], out: Path, export: bool = False,
-                       teacher: Path | None = None) -> dict:
+def train_and_evaluate(
+    config: Path, overrides: list[str], out: Path, export: bool = False, teacher: Path | None = None
+) -> dict:
     """One (method, seed) run; evaluation rows for step 0, every eval.every_steps and the last step.
     export: also write the final policy to out/final_policy (a teacher's). teacher: the model directory a GKD
     run distils (already named in its overrides), whose weights join the cache key."""
@@ -166,6 +187,7 @@ def train_and_evaluate(config: Path, overrides: list[str], out: Path, export: bo
     rows, notes, t0 = [], [], time.perf_counter()
     system = InProcessSystem(job)
     try:
+
         def record(step: int) -> None:
             (r,) = evaluation.evaluate(system, job, split.heldout, step)
             rows.append(r.row())
@@ -181,8 +203,14 @@ def train_and_evaluate(config: Path, overrides: list[str], out: Path, export: bo
             system.export_hf(out / FINAL_POLICY)
     finally:
         system.shutdown()
-    result = {"key": key, "overrides": overrides, "eval": rows, "seconds": time.perf_counter() - t0,
-              "code": code_version(), **({"notes": notes} if notes else {})}
+    result = {
+        "key": key,
+        "overrides": overrides,
+        "eval": rows,
+        "seconds": time.perf_counter() - t0,
+        "code": code_version(),
+        **({"notes": notes} if notes else {}),
+    }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -205,8 +233,9 @@ def bon_for_seed(config: Path, overrides: list[str], out: Path, max_n: int, samp
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
     system = InProcessSystem(job)
     try:  # before any update the policy actors hold the reference weights
-        points = evaluation.bon_curve(system, job, split.heldout, Role.POLICY, max_n=max_n,
-                                      samples_per_prompt=samples, seed=job.run.seed)
+        points = evaluation.bon_curve(
+            system, job, split.heldout, Role.POLICY, max_n=max_n, samples_per_prompt=samples, seed=job.run.seed
+        )
     finally:
         system.shutdown()
     result = {"key": key, "points": [dataclasses.asdict(p) for p in points]}
@@ -224,12 +253,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=8, help="samples per held-out prompt at each evaluation")
     parser.add_argument("--etas", type=float, nargs="+", default=[0.05, 0.2], help="J-BOND anchor EMA rates")
     parser.add_argument("--beta-rl", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0])
-    parser.add_argument("--bond-n", type=int, nargs="*", default=[4, 16], help="BOND-N orders (skipped where the "
-                        "checkout's config refuses algorithm=bond)")
-    parser.add_argument("--rest", action=argparse.BooleanOptionalAction, default=True,
-                        help="ReST (Grow 64 prompts x 8 samples, Improve at q = 0.8, 0.9)")
-    parser.add_argument("--gkd-teacher-eta", type=float, default=0.2, help="GKD distils the J-BOND run of this eta "
-                        "(one of --etas; same seed); a negative value leaves GKD out")
+    parser.add_argument(
+        "--bond-n",
+        type=int,
+        nargs="*",
+        default=[4, 16],
+        help="BOND-N orders (skipped where the checkout's config refuses algorithm=bond)",
+    )
+    parser.add_argument(
+        "--rest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ReST (Grow 64 prompts x 8 samples, Improve at q = 0.8, 0.9)",
+    )
+    parser.add_argument(
+        "--gkd-teacher-eta",
+        type=float,
+        default=0.2,
+        help="GKD distils the J-BOND run of this eta (one of --etas; same seed); a negative value leaves GKD out",
+    )
     parser.add_argument("--bon-max-n", type=int, default=64)
     parser.add_argument("--bon-samples", type=int, default=128, help="reference samples per held-out prompt")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
@@ -245,8 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if v.teacher is not None and v.teacher not in {r.name for r in runnable}:
                 raise ValueError(f"its teacher {v.teacher} is not run (--etas)")
-            build_job(args.config, base + list(v.overrides)
-                      + ([teacher_override(args.out, v.teacher, 0)] if v.teacher else []))
+            build_job(
+                args.config,
+                base + list(v.overrides) + ([teacher_override(args.out, v.teacher, 0)] if v.teacher else []),
+            )
         except (ConfigError, ValueError) as e:
             skipped[v.name] = str(e).splitlines()[0]
             print(f"skipped {v.name}: {skipped[v.name]}", flush=True)
@@ -255,21 +299,40 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch/HF state shared across runs
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-        bon_futures = {seed: pool.submit(bon_for_seed, args.config, base + [f"run.seed={seed}"],
-                                         args.out / "bon" / f"seed{seed}", args.bon_max_n, args.bon_samples)
-                       for seed in args.seeds}
+        bon_futures = {
+            seed: pool.submit(
+                bon_for_seed,
+                args.config,
+                base + [f"run.seed={seed}"],
+                args.out / "bon" / f"seed{seed}",
+                args.bon_max_n,
+                args.bon_samples,
+            )
+            for seed in args.seeds
+        }
         teachers = {v.teacher for v in runnable if v.teacher}
-        futures = {(v.name, seed): pool.submit(train_and_evaluate, args.config,
-                                               base + list(v.overrides) + [f"run.seed={seed}"],
-                                               run_dir(args.out, v.name, seed), export=v.name in teachers)
-                   for v in runnable if v.teacher is None for seed in args.seeds}
+        futures = {
+            (v.name, seed): pool.submit(
+                train_and_evaluate,
+                args.config,
+                base + list(v.overrides) + [f"run.seed={seed}"],
+                run_dir(args.out, v.name, seed),
+                export=v.name in teachers,
+            )
+            for v in runnable
+            if v.teacher is None
+            for seed in args.seeds
+        }
         for v in runnable:  # students last: each waits for its teacher's run of the same seed to export
             for seed in args.seeds if v.teacher else ():
                 futures[(v.teacher, seed)].result()
                 futures[(v.name, seed)] = pool.submit(
-                    train_and_evaluate, args.config,
+                    train_and_evaluate,
+                    args.config,
                     base + list(v.overrides) + [teacher_override(args.out, v.teacher, seed), f"run.seed={seed}"],
-                    run_dir(args.out, v.name, seed), teacher=run_dir(args.out, v.teacher, seed) / FINAL_POLICY)
+                    run_dir(args.out, v.name, seed),
+                    teacher=run_dir(args.out, v.teacher, seed) / FINAL_POLICY,
+                )
         runs: dict[str, list[list[dict]]] = {v.name: [] for v in runnable}
         codes: dict[str, set[str]] = {}
         for (name, seed), f in futures.items():
@@ -285,17 +348,22 @@ def main(argv: list[str] | None = None) -> None:
             runs[name].append(result["eval"])
             codes.setdefault(result.get("code", "unknown"), set()).add(name)
             last = result["eval"][-1]
-            print(f"{name:<26} seed {seed}: reward {last['reward']:+.3f}  KL {last['kl_ref']:.3f} "
-                  f"({result.get('seconds', 0):.0f} s)", flush=True)
+            print(
+                f"{name:<26} seed {seed}: reward {last['reward']:+.3f}  KL {last['kl_ref']:.3f} "
+                f"({result.get('seconds', 0):.0f} s)",
+                flush=True,
+            )
         bon = [bon_futures[s].result()["points"] for s in args.seeds]
 
     families = {v.name: v.family for v in runnable}
     summary = pareto_report.summarise(runs, bon, teachers={v.name: v.teacher for v in runnable if v.teacher})
     pareto_report.plot(summary, families, args.out / "pareto.png")
-    markdown = pareto_report.markdown(summary, skipped, seeds=args.seeds, command=command,
-                                      minutes=(time.perf_counter() - t0) / 60)
-    markdown += "".join(f"\nRuns made at commit {c}: {', '.join(sorted(names))}.\n"
-                        for c, names in sorted(codes.items()))
+    markdown = pareto_report.markdown(
+        summary, skipped, seeds=args.seeds, command=command, minutes=(time.perf_counter() - t0) / 60
+    )
+    markdown += "".join(
+        f"\nRuns made at commit {c}: {', '.join(sorted(names))}.\n" for c, names in sorted(codes.items())
+    )
     (args.out / "pareto.md").write_text(markdown)
     (args.out / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=1))
     print(markdown)

@@ -86,9 +86,16 @@ def curve(name: str, runs: Sequence[Sequence[dict]]) -> Curve:
     def at(key: str) -> list[tuple[float, float]]:
         return [mean_se([rows[i][key] for rows in runs]) for i in range(len(steps))]
 
-    return Curve(name=name, seeds=len(runs), steps=steps, kl=at("kl_ref"), kl_tokenwise=at("kl_ref_tokenwise"),
-                 reward=at("reward"), front=[mean_se([front(rows, b) for rows in runs]) for b in BUDGETS],
-                 reach=mean_se([max(r["kl_ref"] for r in rows) for rows in runs]))
+    return Curve(
+        name=name,
+        seeds=len(runs),
+        steps=steps,
+        kl=at("kl_ref"),
+        kl_tokenwise=at("kl_ref_tokenwise"),
+        reward=at("reward"),
+        front=[mean_se([front(rows, b) for rows in runs]) for b in BUDGETS],
+        reach=mean_se([max(r["kl_ref"] for r in rows) for rows in runs]),
+    )
 
 
 def verdict(j: Curve, r: Curve, i: int) -> Verdict:
@@ -103,12 +110,17 @@ def verdict(j: Curve, r: Curve, i: int) -> Verdict:
 
 def distillation(student: str, teacher: str, runs: dict[str, list[list[dict]]]) -> Distillation:
     pairs = list(zip(runs[student], runs[teacher], strict=True))  # seed k's student distils seed k's teacher
-    return Distillation(student, teacher, reward=mean_se([s[-1]["reward"] - t[-1]["reward"] for s, t in pairs]),
-                        kl=mean_se([s[-1]["kl_ref"] - t[-1]["kl_ref"] for s, t in pairs]))
+    return Distillation(
+        student,
+        teacher,
+        reward=mean_se([s[-1]["reward"] - t[-1]["reward"] for s, t in pairs]),
+        kl=mean_se([s[-1]["kl_ref"] - t[-1]["kl_ref"] for s, t in pairs]),
+    )
 
 
-def summarise(runs: dict[str, list[list[dict]]], bon: Sequence[Sequence[dict]],
-              teachers: dict[str, str] | None = None) -> Summary:
+def summarise(
+    runs: dict[str, list[list[dict]]], bon: Sequence[Sequence[dict]], teachers: dict[str, str] | None = None
+) -> Summary:
     """teachers: student -> teacher names (GKD); both must have run on the same seeds, in the same order."""
     curves = [curve(name, seeds) for name, seeds in runs.items() if seeds]
     jbond = [c for c in curves if c.name.startswith("J-BOND")]
@@ -125,38 +137,59 @@ def summarise(runs: dict[str, list[list[dict]]], bon: Sequence[Sequence[dict]],
 
 
 def markdown(s: Summary, skipped: dict[str, str], seeds: Sequence[int], command: str, minutes: float) -> str:
-    out = [f"Produced by `{command}` ({len(seeds)} seeds: {', '.join(map(str, seeds))}; {minutes:.0f} min). "
-           "Mean ± standard error over seeds, on the held-out prompts.", "",
-           "Last evaluation of each method (KL in nats; k1 = log pi - log ref on policy samples, tokenwise = "
-           "exact per-token KL at the sampled prefixes):", "",
-           "| method | reward | KL k1 | KL tokenwise |", "|---|---|---|---|"]
+    out = [
+        f"Produced by `{command}` ({len(seeds)} seeds: {', '.join(map(str, seeds))}; {minutes:.0f} min). "
+        "Mean ± standard error over seeds, on the held-out prompts.",
+        "",
+        "Last evaluation of each method (KL in nats; k1 = log pi - log ref on policy samples, tokenwise = "
+        "exact per-token KL at the sampled prefixes):",
+        "",
+        "| method | reward | KL k1 | KL tokenwise |",
+        "|---|---|---|---|",
+    ]
     for c in s.curves:
         (rm, rs), (km, ks), (tm, ts) = c.reward[-1], c.kl[-1], c.kl_tokenwise[-1]
         out.append(f"| {c.name} | {rm:+.3f} ± {rs:.3f} | {km:.3f} ± {ks:.3f} | {tm:.3f} ± {ts:.3f} |")
     (r1, _), (r64, s64) = s.bon_reward[0], s.bon_reward[-1]
     out.append(f"| reference (BoN n=1) | {r1:+.3f} | 0 | 0 |")
-    out.append(f"| BoN n={s.bon_n[-1]} (analytic KL) | {r64:+.3f} ± {s64:.3f} | {s.bon_kl[-1]:.3f} | "
-               f"{s.bon_kl[-1]:.3f} |")
-    out += ["", "Front: best held-out reward reached within a KL(pi || ref) budget (k1):", "",
-            "| method | reach (KL) | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
-            "|---|---|" + "---|" * len(BUDGETS)]
+    out.append(
+        f"| BoN n={s.bon_n[-1]} (analytic KL) | {r64:+.3f} ± {s64:.3f} | {s.bon_kl[-1]:.3f} | {s.bon_kl[-1]:.3f} |"
+    )
+    out += [
+        "",
+        "Front: best held-out reward reached within a KL(pi || ref) budget (k1):",
+        "",
+        "| method | reach (KL) | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |",
+        "|---|---|" + "---|" * len(BUDGETS),
+    ]
     for c in s.curves:
-        out.append(f"| {c.name} | {c.reach[0]:.2f} ± {c.reach[1]:.2f} | "
-                   + " | ".join(f"{m:+.3f} ± {e:.3f}" for m, e in c.front) + " |")
+        out.append(
+            f"| {c.name} | {c.reach[0]:.2f} ± {c.reach[1]:.2f} | "
+            + " | ".join(f"{m:+.3f} ± {e:.3f}" for m, e in c.front)
+            + " |"
+        )
     out.append(f"| Best-of-N | {s.bon_kl[-1]:.2f} | " + " | ".join(f"{m:+.3f}" for m in s.bon_front) + " |")
     if s.verdicts:
-        out += ["", f"The paper's claim, J-BOND's front above REINFORCE's for every beta_RL: J-BOND front minus "
-                f"REINFORCE front; ✓ holds, ✗ reversed (beyond {Z:g} standard errors), ~ unresolved, "
-                "— beyond the reach of one of the two (not compared).", ""]
+        out += [
+            "",
+            f"The paper's claim, J-BOND's front above REINFORCE's for every beta_RL: J-BOND front minus "
+            f"REINFORCE front; ✓ holds, ✗ reversed (beyond {Z:g} standard errors), ~ unresolved, "
+            "— beyond the reach of one of the two (not compared).",
+            "",
+        ]
         out += _verdict_tables(s.verdicts, "(REINFORCE beta_RL, KL budget)")
     if s.family_verdicts:
-        out += [""] * (out[-1] != "") + ["J-BOND against the rest of the family by the same rule (J-BOND front "
-                                         "minus the method's; ✓ J-BOND above):", ""]
+        out += [""] * (out[-1] != "") + [
+            "J-BOND against the rest of the family by the same rule (J-BOND front minus the method's; ✓ J-BOND above):",
+            "",
+        ]
         out += _verdict_tables(s.family_verdicts, "(method, KL budget)")
     for d in s.distillations:
-        out.append(f"{d.student} vs its teacher {d.teacher} (last evaluation, paired by seed): reward "
-                   f"{d.reward[0]:+.3f} ± {d.reward[1]:.3f} ({_gap(d.reward, 'below', 'above')} the teacher), "
-                   f"KL {d.kl[0]:+.3f} ± {d.kl[1]:.3f} ({_gap(d.kl, 'below', 'above')} the teacher).")
+        out.append(
+            f"{d.student} vs its teacher {d.teacher} (last evaluation, paired by seed): reward "
+            f"{d.reward[0]:+.3f} ± {d.reward[1]:.3f} ({_gap(d.reward, 'below', 'above')} the teacher), "
+            f"KL {d.kl[0]:+.3f} ± {d.kl[1]:.3f} ({_gap(d.kl, 'below', 'above')} the teacher)."
+        )
     if s.distillations:
         out.append("")
     for name, why in skipped.items():
@@ -174,13 +207,20 @@ def _verdict_tables(verdicts: Sequence[Verdict], cells_are: str) -> list[str]:
         out += [f"| {j} vs | " + " | ".join(f"KL <= {b:g}" for b in BUDGETS) + " |", "|---|" + "---|" * len(BUDGETS)]
         for r in dict.fromkeys(v.other for v in verdicts):
             cells = [v for v in verdicts if v.jbond == j and v.other == r]
-            out.append(f"| {r} | " + " | ".join(
-                "—" if v.outcome == "beyond" else f"{v.diff:+.3f} ± {v.se:.3f} {_MARK[v.outcome]}" for v in cells)
-                       + " |")
+            out.append(
+                f"| {r} | "
+                + " | ".join(
+                    "—" if v.outcome == "beyond" else f"{v.diff:+.3f} ± {v.se:.3f} {_MARK[v.outcome]}" for v in cells
+                )
+                + " |"
+            )
         counts = {o: sum(v.outcome == o for v in verdicts if v.jbond == j) for o in _MARK}
-        out += ["", f"{j}: holds in {counts['holds']}, reversed in {counts['reversed']}, unresolved in "
-                f"{counts['unresolved']} of the {sum(counts.values()) - counts['beyond']} compared {cells_are} cells.",
-                ""]
+        out += [
+            "",
+            f"{j}: holds in {counts['holds']}, reversed in {counts['reversed']}, unresolved in "
+            f"{counts['unresolved']} of the {sum(counts.values()) - counts['beyond']} compared {cells_are} cells.",
+            "",
+        ]
     return out
 
 
@@ -196,25 +236,56 @@ def plot(s: Summary, families: dict[str, str], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    styles = {"J-BOND": ("-", 2.2), "REINFORCE": ("--", 1.3), "BOND": ("-.", 1.6), "ReST": (":", 2.0),
-              "GKD": ((0, (5, 1, 1, 1, 1, 1)), 2.0)}
+    styles = {
+        "J-BOND": ("-", 2.2),
+        "REINFORCE": ("--", 1.3),
+        "BOND": ("-.", 1.6),
+        "ReST": (":", 2.0),
+        "GKD": ((0, (5, 1, 1, 1, 1, 1)), 2.0),
+    }
     colours = plt.get_cmap("tab10" if len(s.curves) <= 10 else "tab20")  # a colour of its own for every curve
-    for ax, key, label in ((axes[0], "kl", "KL(pi || ref), k1 = log pi - log ref"),
-                           (axes[1], "kl_tokenwise", "KL(pi || ref), tokenwise (lower variance)")):
-        (line,) = ax.plot(s.bon_kl, [m for m, _ in s.bon_reward], color="black", linewidth=1.5,
-                          label="Best-of-N, n = 1..64 (log n - (n-1)/n)")
-        ax.fill_between(s.bon_kl, [m - e for m, e in s.bon_reward], [m + e for m, e in s.bon_reward],
-                        color=line.get_color(), alpha=0.15)
+    for ax, key, label in (
+        (axes[0], "kl", "KL(pi || ref), k1 = log pi - log ref"),
+        (axes[1], "kl_tokenwise", "KL(pi || ref), tokenwise (lower variance)"),
+    ):
+        (line,) = ax.plot(
+            s.bon_kl,
+            [m for m, _ in s.bon_reward],
+            color="black",
+            linewidth=1.5,
+            label="Best-of-N, n = 1..64 (log n - (n-1)/n)",
+        )
+        ax.fill_between(
+            s.bon_kl,
+            [m - e for m, e in s.bon_reward],
+            [m + e for m, e in s.bon_reward],
+            color=line.get_color(),
+            alpha=0.15,
+        )
         for i, c in enumerate(s.curves):
             style, width = styles.get(families.get(c.name, ""), (":", 1.2))
             xs = [m for m, _ in getattr(c, key)]
             ys = [m for m, _ in c.reward]
-            ax.errorbar(xs, ys, xerr=[e for _, e in getattr(c, key)], yerr=[e for _, e in c.reward],
-                        linestyle=style, linewidth=width, marker="o", markersize=3, capsize=2,
-                        color=colours(i % colours.N), label=c.name)
-            ax.fill_between(xs, [y - e for y, (_, e) in zip(ys, c.reward, strict=True)],
-                            [y + e for y, (_, e) in zip(ys, c.reward, strict=True)], color=colours(i % colours.N),
-                            alpha=0.12)
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[e for _, e in getattr(c, key)],
+                yerr=[e for _, e in c.reward],
+                linestyle=style,
+                linewidth=width,
+                marker="o",
+                markersize=3,
+                capsize=2,
+                color=colours(i % colours.N),
+                label=c.name,
+            )
+            ax.fill_between(
+                xs,
+                [y - e for y, (_, e) in zip(ys, c.reward, strict=True)],
+                [y + e for y, (_, e) in zip(ys, c.reward, strict=True)],
+                color=colours(i % colours.N),
+                alpha=0.12,
+            )
         far = [f"{c.name} (KL {m:.1f})" for c in s.curves for m, _ in getattr(c, key)[-1:] if m > 2 * s.bon_kl[-1]]
         ax.set_xlim(-0.1, 2 * s.bon_kl[-1])  # an unstable run's KL must not squeeze every other curve
         if far:

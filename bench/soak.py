@@ -74,11 +74,19 @@ class Sampler(threading.Thread):
                 except psutil.Error:  # the process ended between the listing and the read
                     continue
                 self.rows.append({"seconds": round(elapsed), "step": step, "process": name, "rss_mib": round(rss, 1)})
-            self.rows.append({"seconds": round(elapsed), "step": step, "process": "object_store",
-                              "rss_mib": round(_object_store_mib(), 1)})
-            print(f"soak {elapsed / 60:5.1f} min, step {step}: "
-                  f"{sum(r['rss_mib'] for r in self.rows if r['seconds'] == round(elapsed)):.0f} MiB in all",
-                  flush=True)
+            self.rows.append(
+                {
+                    "seconds": round(elapsed),
+                    "step": step,
+                    "process": "object_store",
+                    "rss_mib": round(_object_store_mib(), 1),
+                }
+            )
+            print(
+                f"soak {elapsed / 60:5.1f} min, step {step}: "
+                f"{sum(r['rss_mib'] for r in self.rows if r['seconds'] == round(elapsed)):.0f} MiB in all",
+                flush=True,
+            )
             if elapsed >= self.seconds:
                 os.kill(os.getpid(), signal.SIGTERM)  # stop like a preemption: checkpoint at the step boundary
                 return
@@ -128,16 +136,24 @@ def main(argv: list[str] | None = None) -> None:
     from cluster.runtime.ray_system import init_ray
     from cluster.training.preemption import Preempted
 
-    parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--interval-s", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "soak")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     data = loading.load_document(ROOT / "configs" / "local.yaml")
-    for assignment in ("run.mode=pipelined", "run.steps=1000000", "run.checkpoint_every=0", "run.progress=false",
-                       "run.show_samples=0", f"run.run_dir={args.out / 'run'}", f"reward.http_port={_free_port()}"):
+    for assignment in (
+        "run.mode=pipelined",
+        "run.steps=1000000",
+        "run.checkpoint_every=0",
+        "run.progress=false",
+        "run.show_samples=0",
+        f"run.run_dir={args.out / 'run'}",
+        f"reward.http_port={_free_port()}",
+    ):
         loading.apply_override(data, assignment)
     job = loading.build(JobConfig, data)
     init_ray(job)
@@ -158,16 +174,20 @@ def main(argv: list[str] | None = None) -> None:
     warmup_s = args.minutes * 60 / 4
     plot(rows, args.out / "soak.png", warmup_s)
     result = growth(rows, warmup_s)
-    print(f"\nsoak: {minutes:.1f} min, {max(r['step'] for r in rows)} steps, sampled every {args.interval_s:.0f} s; "
-          f"growth after warm-up ({warmup_s / 60:.1f} min):")
+    print(
+        f"\nsoak: {minutes:.1f} min, {max(r['step'] for r in rows)} steps, sampled every {args.interval_s:.0f} s; "
+        f"growth after warm-up ({warmup_s / 60:.1f} min):"
+    )
     for name, (first, last, rel) in sorted(result.items()):
         print(f"  {name[:48]:48s} {first:8.1f} -> {last:8.1f} MiB  {rel:+7.1%}")
     store = [r["rss_mib"] for r in rows if r["process"] == "object_store"]
     print(f"  object store: peak {max(store):.1f} MiB of plasma in use at a sample")
     worst = max((rel for name, (_, _, rel) in result.items() if name != "object_store"), default=float("nan"))
     verdict = "FLAT" if worst <= FLAT else "GROWING"
-    print(f"RSS {verdict}: worst process grew {worst:+.1%} after warm-up (flat: within {FLAT:.0%}); "
-          f"{args.out / 'soak.csv'}, {args.out / 'soak.png'}")
+    print(
+        f"RSS {verdict}: worst process grew {worst:+.1%} after warm-up (flat: within {FLAT:.0%}); "
+        f"{args.out / 'soak.csv'}, {args.out / 'soak.png'}"
+    )
 
 
 if __name__ == "__main__":

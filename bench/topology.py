@@ -28,8 +28,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"tiny": "artifacts/tiny/policy", "medium": "artifacts/medium/policy"}
 # Split: 1 core per actor and for the rank (3 reserved); colocated: one 2-core bundle for all three.
-MODES = {"split": ["resources.cpus_per_actor=1", "resources.cpus_per_learner=1"],
-         "colocated": ["resources.colocate=true", "resources.cpus_per_learner=2"]}
+MODES = {
+    "split": ["resources.cpus_per_actor=1", "resources.cpus_per_learner=1"],
+    "colocated": ["resources.colocate=true", "resources.cpus_per_learner=2"],
+}
 
 
 def _free_port() -> int:
@@ -87,10 +89,19 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
 
     run_dir = out / f"{model}-{mode}"
     args = ["--config", str(ROOT / "configs" / "smoke.yaml")]
-    for o in [f"models.policy={MODELS[model]}", f"run.run_dir={run_dir}", f"run.steps={steps}",
-              "run.checkpoint_every=0", "run.show_samples=0", "run.progress=false", "run.tensorboard=false",
-              "algorithm.prompts_per_step=16", "learner.bucket_bytes=67108864", f"reward.http_port={_free_port()}",
-              *MODES[mode]]:
+    for o in [
+        f"models.policy={MODELS[model]}",
+        f"run.run_dir={run_dir}",
+        f"run.steps={steps}",
+        "run.checkpoint_every=0",
+        "run.show_samples=0",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "algorithm.prompts_per_step=16",
+        "learner.bucket_bytes=67108864",
+        f"reward.http_port={_free_port()}",
+        *MODES[mode],
+    ]:
         args += ["--set", o]
     job = parse_config(args)
     if run_dir.exists():
@@ -110,17 +121,26 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
     phases = {p: statistics.median(r["phase_seconds"][p] for r in rows[1:]) for p in rows[0]["phase_seconds"]}
     res = job.resources
     reserved = res.learner_ranks * res.cpus_per_learner + (
-        0 if res.colocate else (res.policy_actors + res.anchor_actors) * res.cpus_per_actor)
-    return {"model": model, "mode": mode, "steps": len(rows), "reserved_cpus": reserved,
-            "peak_total_mib": round(watch.peak_total), "peak_steady_mib": round(watch.peak_steady),
-            "peak_mib": {k: round(v) for k, v in watch.peak_role.items()},
-            "step_s": round(statistics.median(step_s), 3), "phase_s": {k: round(v, 3) for k, v in phases.items()},
-            "wall_s": round(time.perf_counter() - t0, 1)}
+        0 if res.colocate else (res.policy_actors + res.anchor_actors) * res.cpus_per_actor
+    )
+    return {
+        "model": model,
+        "mode": mode,
+        "steps": len(rows),
+        "reserved_cpus": reserved,
+        "peak_total_mib": round(watch.peak_total),
+        "peak_steady_mib": round(watch.peak_steady),
+        "peak_mib": {k: round(v) for k, v in watch.peak_role.items()},
+        "step_s": round(statistics.median(step_s), 3),
+        "phase_s": {k: round(v, 3) for k, v in phases.items()},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench topology", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench topology", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["tiny"], choices=sorted(MODELS))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_topology")
@@ -131,12 +151,16 @@ def main(argv: list[str] | None = None) -> None:
         for mode in MODES:
             results.append(run_one(model, mode, args.steps, args.out))
             (args.out / "results.json").write_text(json.dumps(results, indent=1))  # kept if a later run fails
-    print(f"\n{'model':8} {'mode':10} {'CPUs':>5} {'peak MiB':>9} {'steady':>7} {'policy':>7} {'anchor':>7} "
-          f"{'learner':>7} {'s/step':>7}  sample / score / learn / sync s")
+    print(
+        f"\n{'model':8} {'mode':10} {'CPUs':>5} {'peak MiB':>9} {'steady':>7} {'policy':>7} {'anchor':>7} "
+        f"{'learner':>7} {'s/step':>7}  sample / score / learn / sync s"
+    )
     for r in results:
         p, ph = r["peak_mib"], r["phase_s"]
-        print(f"{r['model']:8} {r['mode']:10} {r['reserved_cpus']:5.1f} {r['peak_total_mib']:9d} "
-              f"{r['peak_steady_mib']:7d} "
-              f"{p.get('policy', 0):7d} {p.get('anchor', 0):7d} {p.get('learner', 0):7d} {r['step_s']:7.2f}  "
-              f"{ph['sample']:.2f} / {ph['score']:.2f} / {ph['learn']:.2f} / {ph['sync']:.2f}")
+        print(
+            f"{r['model']:8} {r['mode']:10} {r['reserved_cpus']:5.1f} {r['peak_total_mib']:9d} "
+            f"{r['peak_steady_mib']:7d} "
+            f"{p.get('policy', 0):7d} {p.get('anchor', 0):7d} {p.get('learner', 0):7d} {r['step_s']:7.2f}  "
+            f"{ph['sample']:.2f} / {ph['score']:.2f} / {ph['learn']:.2f} / {ph['sync']:.2f}"
+        )
     print(f"results: {args.out / 'results.json'}")

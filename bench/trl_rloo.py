@@ -55,12 +55,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         config = RLOOConfig(
-            output_dir=out, per_device_train_batch_size=args.prompts_per_step * args.samples,
-            num_generations=args.samples, max_completion_length=args.max_new_tokens, max_steps=steps,
-            learning_rate=args.lr, temperature=1.0, top_p=1.0, logging_steps=1, report_to="none",
-            save_strategy="no", use_cpu=True, seed=0, dataloader_num_workers=0, shuffle_dataset=False)
-        trainer = RLOOTrainer(model=args.model, reward_funcs=args.reward, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[Stamps()])
+            output_dir=out,
+            per_device_train_batch_size=args.prompts_per_step * args.samples,
+            num_generations=args.samples,
+            max_completion_length=args.max_new_tokens,
+            max_steps=steps,
+            learning_rate=args.lr,
+            temperature=1.0,
+            top_p=1.0,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            seed=0,
+            dataloader_num_workers=0,
+            shuffle_dataset=False,
+        )
+        trainer = RLOOTrainer(
+            model=args.model,
+            reward_funcs=args.reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Stamps()],
+        )
 
         def timed(name: str, fn):
             def wrapper(*a, **kw):
@@ -69,6 +87,7 @@ def main() -> None:
                     return fn(*a, **kw)
                 finally:
                     phases[-1][name] += time.perf_counter() - t0
+
             return wrapper
 
         trainer._generate = timed("sample", trainer._generate)
@@ -77,12 +96,21 @@ def main() -> None:
 
     begins, ends = stamps[0::2], stamps[1::2]
     seconds = ends[-1] - ends[args.warmup - 1]
-    split = {k: sum(p[k] for p in phases[args.warmup:]) / args.timed for k in ("sample", "score")}
-    step_s = [e - b for b, e in zip(begins[args.warmup:], ends[args.warmup:], strict=True)]
+    split = {k: sum(p[k] for p in phases[args.warmup :]) / args.timed for k in ("sample", "score")}
+    step_s = [e - b for b, e in zip(begins[args.warmup :], ends[args.warmup :], strict=True)]
     split["learn"] = sum(step_s) / args.timed - split["sample"] - split["score"]
-    print(json.dumps({"prompts_per_s": args.timed * args.prompts_per_step / seconds, "seconds": split,
-                      "trl": __import__("trl").__version__, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "prompts_per_s": args.timed * args.prompts_per_step / seconds,
+                "seconds": split,
+                "trl": __import__("trl").__version__,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def ema_update_state_(anchor: Mapping[str, torch.Tensor], policy: Mapping[str, t
     """ema_update_ over two state dicts with the same names."""
     if anchor.keys() != policy.keys():
         missing, extra = policy.keys() - anchor.keys(), anchor.keys() - policy.keys()
-        raise ValueError(f"ema_update_state_: names differ (missing in anchor: {sorted(missing)[:5]}, "
-                         f"extra in anchor: {sorted(extra)[:5]})")
+        raise ValueError(
+            f"ema_update_state_: names differ (missing in anchor: {sorted(missing)[:5]}, "
+            f"extra in anchor: {sorted(extra)[:5]})"
+        )
     names = list(anchor)
     ema_update_((anchor[k] for k in names), (policy[k] for k in names), eta)

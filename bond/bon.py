@@ -49,8 +49,9 @@ def mc_quantiles(reward: torch.Tensor, ref_rewards: torch.Tensor) -> tuple[torch
     p_le_hat(y) = (1/k) sum_j 1{r(y_j) <= r(y)},  p_lt_hat(y) = (1/k) sum_j 1{r(y_j) < r(y)}.
     """
     if reward.dim() != 1 or ref_rewards.dim() != 2 or ref_rewards.shape[0] != reward.shape[0]:
-        raise ValueError(f"reward must be [B] and ref_rewards [B, k]; got {tuple(reward.shape)}, "
-                         f"{tuple(ref_rewards.shape)}")
+        raise ValueError(
+            f"reward must be [B] and ref_rewards [B, k]; got {tuple(reward.shape)}, {tuple(ref_rewards.shape)}"
+        )
     r = reward.unsqueeze(-1)
     dtype = reward.dtype if reward.is_floating_point() else torch.get_default_dtype()
     return (ref_rewards <= r).to(dtype).mean(-1), (ref_rewards < r).to(dtype).mean(-1)

@@ -33,8 +33,11 @@ def check_types(obj: object, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value, kind, name = getattr(obj, f.name), hints[f.name], prefix + f.name
         if kind is float:
-            require(isinstance(value, int | float) and not isinstance(value, bool), name,
-                    f"expected a number, got {value!r}")
+            require(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                name,
+                f"expected a number, got {value!r}",
+            )
             require(math.isfinite(value), name, f"must be finite, got {value!r}")
         elif kind is int:
             require(isinstance(value, int) and not isinstance(value, bool), name, f"expected an integer, got {value!r}")
@@ -43,8 +46,7 @@ def check_types(obj: object, prefix: str = "") -> None:
         elif kind is str:
             require(isinstance(value, str), name, f"expected a string, got {value!r}")
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
-            require(isinstance(value, kind), name,
-                    f"expected one of {[m.value for m in kind]}, got {value!r}")
+            require(isinstance(value, kind), name, f"expected one of {[m.value for m in kind]}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -114,23 +116,38 @@ class BondConfig:
         require(self.n >= 2, "n", f"needs at least 2 samples per prompt, got {self.n}")
         # J-BOND's backward reward and its -log(16) penalty are derived for Best-of-2 of the anchor; with more
         # anchor samples the loss would silently distil a different, unnamed target.
-        require(self.algorithm is not Algorithm.JBOND or self.n == 2, "n",
-                f"J-BOND (Algorithm 2) draws exactly 2 anchor samples per prompt, got {self.n}; "
-                "for Best-of-n with n > 2 use algorithm=bond")
+        require(
+            self.algorithm is not Algorithm.JBOND or self.n == 2,
+            "n",
+            f"J-BOND (Algorithm 2) draws exactly 2 anchor samples per prompt, got {self.n}; "
+            "for Best-of-n with n > 2 use algorithm=bond",
+        )
         require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
         require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
-        require(self.gamma == 0.0 or self.algorithm is Algorithm.JBOND, "gamma",
-                f"the KL(pi || anchor) regulariser is J-BOND's; {self.algorithm.value} has none, got {self.gamma}")
+        require(
+            self.gamma == 0.0 or self.algorithm is Algorithm.JBOND,
+            "gamma",
+            f"the KL(pi || anchor) regulariser is J-BOND's; {self.algorithm.value} has none, got {self.gamma}",
+        )
         require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
         require(self.k_quantile >= 1, "k_quantile", f"must be >= 1, got {self.k_quantile}")
-        require(self.algorithm is not Algorithm.BOND or self.k_quantile >= self.n, "k_quantile",
-                f"BOND picks its Best-of-n sample among the k_quantile target samples: needs k_quantile >= n "
-                f"= {self.n}, got {self.k_quantile}")
-        require(not self.iterated or self.algorithm is Algorithm.BOND, "iterated",
-                f"iterated BOND is a variant of algorithm=bond, got algorithm={self.algorithm.value}")
+        require(
+            self.algorithm is not Algorithm.BOND or self.k_quantile >= self.n,
+            "k_quantile",
+            f"BOND picks its Best-of-n sample among the k_quantile target samples: needs k_quantile >= n "
+            f"= {self.n}, got {self.k_quantile}",
+        )
+        require(
+            not self.iterated or self.algorithm is Algorithm.BOND,
+            "iterated",
+            f"iterated BOND is a variant of algorithm=bond, got algorithm={self.algorithm.value}",
+        )
         require(self.anchor_copy_every >= 0, "anchor_copy_every", f"must be >= 0, got {self.anchor_copy_every}")
-        require(self.rloo_k >= 2, "rloo_k",
-                f"the leave-one-out baseline needs at least 2 samples per prompt, got {self.rloo_k}")
+        require(
+            self.rloo_k >= 2,
+            "rloo_k",
+            f"the leave-one-out baseline needs at least 2 samples per prompt, got {self.rloo_k}",
+        )
         require(self.beta_rl >= 0.0, "beta_rl", f"must be >= 0, got {self.beta_rl}")
         require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
@@ -140,26 +157,41 @@ class BondConfig:
         require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.max_grad_norm >= 0.0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
-        require(self.max_importance_weight >= 1.0, "max_importance_weight",
-                f"must be >= 1 (a cap below 1 would down-weight fresh samples too), got {self.max_importance_weight}")
+        require(
+            self.max_importance_weight >= 1.0,
+            "max_importance_weight",
+            f"must be >= 1 (a cap below 1 would down-weight fresh samples too), got {self.max_importance_weight}",
+        )
         self._check_rest()
         require(0.0 <= self.gkd_beta <= 1.0, "gkd_beta", f"must be in [0, 1], got {self.gkd_beta}")
-        require(self.algorithm is not Algorithm.GKD or bool(self.gkd_teacher.strip()), "gkd_teacher",
-                "algorithm=gkd needs a teacher: a model directory with the policy's tokenizer (e.g. a J-BOND export)")
+        require(
+            self.algorithm is not Algorithm.GKD or bool(self.gkd_teacher.strip()),
+            "gkd_teacher",
+            "algorithm=gkd needs a teacher: a model directory with the policy's tokenizer (e.g. a J-BOND export)",
+        )
 
     def _check_rest(self) -> None:
         require(self.rest_grow_prompts >= 1, "rest_grow_prompts", f"must be >= 1, got {self.rest_grow_prompts}")
-        require(self.rest_samples_per_prompt >= 1, "rest_samples_per_prompt",
-                f"must be >= 1, got {self.rest_samples_per_prompt}")
+        require(
+            self.rest_samples_per_prompt >= 1,
+            "rest_samples_per_prompt",
+            f"must be >= 1, got {self.rest_samples_per_prompt}",
+        )
         q = self.rest_quantiles
         require(isinstance(q, tuple) and len(q) >= 1, "rest_quantiles", f"expected a non-empty list, got {q!r}")
-        require(all(isinstance(x, int | float) and not isinstance(x, bool) and 0.0 <= x < 1.0 for x in q),
-                "rest_quantiles", f"every quantile must be a number in [0, 1), got {list(q)}")
+        require(
+            all(isinstance(x, int | float) and not isinstance(x, bool) and 0.0 <= x < 1.0 for x in q),
+            "rest_quantiles",
+            f"every quantile must be a number in [0, 1), got {list(q)}",
+        )
         require(list(q) == sorted(q), "rest_quantiles", f"thresholds must rise (non-decreasing), got {list(q)}")
         grown = self.rest_grow_prompts * self.rest_samples_per_prompt
-        require(self.algorithm is not Algorithm.REST or grown >= self.prompts_per_step, "rest_grow_prompts",
-                f"a Grow of {self.rest_grow_prompts} prompts x {self.rest_samples_per_prompt} samples = {grown} "
-                f"is smaller than one SFT batch (prompts_per_step={self.prompts_per_step})")
+        require(
+            self.algorithm is not Algorithm.REST or grown >= self.prompts_per_step,
+            "rest_grow_prompts",
+            f"a Grow of {self.rest_grow_prompts} prompts x {self.rest_samples_per_prompt} samples = {grown} "
+            f"is smaller than one SFT batch (prompts_per_step={self.prompts_per_step})",
+        )
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant."""

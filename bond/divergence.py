@@ -29,13 +29,16 @@ class KlEstimates:
     tokenwise: torch.Tensor  # sum_t KL(pi(. | prefix) || ref(. | prefix))
 
 
-def kl_estimates(logits_pi: torch.Tensor, logits_ref: torch.Tensor, token_ids: torch.Tensor,
-                 mask: torch.Tensor) -> KlEstimates:
+def kl_estimates(
+    logits_pi: torch.Tensor, logits_ref: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor
+) -> KlEstimates:
     """All three estimators from both models' logits[S, T, V] (aligned: position t predicts token_ids[:, t]);
     mask[S, T] is 1 on completion tokens. Computed in (at least) fp32; padding contributes nothing."""
     if logits_pi.shape != logits_ref.shape or logits_pi.shape[:2] != token_ids.shape or token_ids.shape != mask.shape:
-        raise ValueError(f"logits {tuple(logits_pi.shape)} / {tuple(logits_ref.shape)}, token_ids "
-                         f"{tuple(token_ids.shape)} and mask {tuple(mask.shape)} do not line up")
+        raise ValueError(
+            f"logits {tuple(logits_pi.shape)} / {tuple(logits_ref.shape)}, token_ids "
+            f"{tuple(token_ids.shape)} and mask {tuple(mask.shape)} do not line up"
+        )
     dtype = torch.promote_types(logits_pi.dtype, torch.float32)
     log_pi = torch.log_softmax(logits_pi.to(dtype), -1)
     log_ref = torch.log_softmax(logits_ref.to(dtype), -1)
@@ -43,8 +46,9 @@ def kl_estimates(logits_pi: torch.Tensor, logits_ref: torch.Tensor, token_ids: t
     index = token_ids.unsqueeze(-1)
     log_r = (log_ref.gather(-1, index) - log_pi.gather(-1, index)).squeeze(-1)  # log ref(y_t) - log pi(y_t)
     full = (log_pi.exp() * (log_pi - log_ref)).sum(-1)
-    return KlEstimates(sampled=(-log_r * m).sum(-1), k3=((torch.expm1(log_r) - log_r) * m).sum(-1),
-                       tokenwise=(full * m).sum(-1))
+    return KlEstimates(
+        sampled=(-log_r * m).sum(-1), k3=((torch.expm1(log_r) - log_r) * m).sum(-1), tokenwise=(full * m).sum(-1)
+    )
 
 
 def expected_max_of_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
@@ -66,6 +70,7 @@ def expected_max_of_n(rewards: torch.Tensor, n: int) -> torch.Tensor:
         return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
 
     log_w = log_choose(k, torch.tensor(float(n - 1), dtype=torch.float64)) - log_choose(
-        torch.tensor(float(m), dtype=torch.float64), torch.tensor(float(n), dtype=torch.float64))
+        torch.tensor(float(m), dtype=torch.float64), torch.tensor(float(n), dtype=torch.float64)
+    )
     weights = torch.where(ok, log_w.exp(), torch.zeros_like(log_w))
     return (values * weights).sum(-1)

@@ -24,8 +24,10 @@ def token_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"token_jsd: beta must be in [0, 1], got {beta}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"token_jsd: student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ (same tokenizer and vocabulary needed)")
+        raise ValueError(
+            f"token_jsd: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ (same tokenizer and vocabulary needed)"
+        )
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_s = torch.log_softmax(student_logits.to(dtype), -1)
     log_t = torch.log_softmax(teacher_logits.detach().to(dtype), -1)
@@ -43,18 +45,24 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
 
 
-def masked_jsd_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, beta: float,
-                   chunk_tokens: int = 1024) -> torch.Tensor:
+def masked_jsd_sum(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
     """Sum of JSD(beta) over the positions where mask[S, K] is 1; logits are [S, K, V] (teacher: no gradient)."""
     if student_logits.shape[:2] != mask.shape:
-        raise ValueError(f"masked_jsd_sum: logits {tuple(student_logits.shape)} and mask {tuple(mask.shape)} "
-                         "do not line up")
+        raise ValueError(
+            f"masked_jsd_sum: logits {tuple(student_logits.shape)} and mask {tuple(mask.shape)} do not line up"
+        )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     rows, cols = mask.nonzero(as_tuple=True)
     total = student_logits.new_zeros((), dtype=torch.promote_types(student_logits.dtype, torch.float32))
     for start in range(0, rows.numel(), chunk_tokens):
-        r, c = rows[start:start + chunk_tokens], cols[start:start + chunk_tokens]
+        r, c = rows[start : start + chunk_tokens], cols[start : start + chunk_tokens]
         weight = mask[r, c].to(total.dtype)
         total = total + (token_jsd(student_logits[r, c], teacher_logits[r, c], beta) * weight).sum()
     return total

@@ -32,8 +32,9 @@ def merged_weight(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
     if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_b.shape[1] != lora_a.shape[0]:
         raise ValueError(f"LoRA shapes do not chain: B {tuple(lora_b.shape)} @ A {tuple(lora_a.shape)}")
     if tuple(base.shape) != (lora_b.shape[0], lora_a.shape[1]):
-        raise ValueError(f"LoRA delta B @ A is {lora_b.shape[0]}x{lora_a.shape[1]}, the base weight is "
-                         f"{tuple(base.shape)}")
+        raise ValueError(
+            f"LoRA delta B @ A is {lora_b.shape[0]}x{lora_a.shape[1]}, the base weight is {tuple(base.shape)}"
+        )
     wide = torch.promote_types(base.dtype, torch.float32)  # bf16 bases are merged in fp32, fp64 stays fp64
     delta = lora_b.to(wide) @ lora_a.to(wide)
     return (base.to(wide) + scale * delta).to(base.dtype)

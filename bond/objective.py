@@ -26,8 +26,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def sequence_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor,
-                      chunk_tokens: int = 1024) -> torch.Tensor:
+def sequence_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor, chunk_tokens: int = 1024
+) -> torch.Tensor:
     """log pi(y) per sequence: logits[B, T, V] predict token_ids[B, T]; mask[B, T] is 1 on completion tokens.
 
     The caller aligns the logits (position t-1's output predicts token t). Padding and prompt tokens
@@ -36,15 +37,17 @@ def sequence_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch
     a [B, T, V] copy (for V = 150 k, 1024 tokens are 0.6 GB; all of B x T would be tens of GB).
     """
     if logits.shape[:2] != token_ids.shape or token_ids.shape != mask.shape:
-        raise ValueError(f"logits {tuple(logits.shape)}, token_ids {tuple(token_ids.shape)} and mask "
-                         f"{tuple(mask.shape)} do not line up")
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, token_ids {tuple(token_ids.shape)} and mask "
+            f"{tuple(mask.shape)} do not line up"
+        )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: each sequence's tokens in order
     out = torch.zeros(logits.shape[0], dtype=dtype, device=logits.device)
     for start in range(0, rows.numel(), chunk_tokens):
-        r, c = rows[start:start + chunk_tokens], cols[start:start + chunk_tokens]
+        r, c = rows[start : start + chunk_tokens], cols[start : start + chunk_tokens]
         chunk = logits[r, c].to(dtype)  # [n, V]
         token_logp = chunk.gather(-1, token_ids[r, c].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(chunk, dim=-1)
         out = out.index_add(0, r, token_logp * mask[r, c].to(dtype))
@@ -112,8 +115,13 @@ def jbond_loss(
     loss_reg = (w_y * (log_ratio - leave_one_out_baseline(log_ratio, all_reduce_sum)) * logp_policy).mean()
     loss = (1.0 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg
     terms = LossTerms(
-        loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=loss_reg.item(),
-        kl=log_ratio.mean().item(), frac_penalised=(r_j < 0).float().mean().item(), mean_return=ret.mean().item(),
+        loss=loss.item(),
+        loss_fw=loss_fw.item(),
+        loss_bw=loss_bw.item(),
+        loss_reg=loss_reg.item(),
+        kl=log_ratio.mean().item(),
+        frac_penalised=(r_j < 0).float().mean().item(),
+        mean_return=ret.mean().item(),
     )
     return loss, terms
 
@@ -150,8 +158,13 @@ def bond_jeffreys_loss(
     loss_bw = -(n - 1) * (w_y * w_t * (ret - leave_one_out_baseline(ret, all_reduce_sum)) * logp_policy).mean()
     loss = (1.0 - beta) * loss_fw + beta * loss_bw
     terms = LossTerms(
-        loss=loss.item(), loss_fw=loss_fw.item(), loss_bw=loss_bw.item(), loss_reg=0.0,
-        kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item(),
+        loss=loss.item(),
+        loss_fw=loss_fw.item(),
+        loss_bw=loss_bw.item(),
+        loss_reg=0.0,
+        kl=log_ratio.mean().item(),
+        frac_penalised=0.0,
+        mean_return=ret.mean().item(),
     )
     return loss, terms
 
@@ -170,14 +183,23 @@ def rloo_kl_loss(
     if logp_policy.dim() != 2 or logp_policy.shape[1] < 2:
         raise ValueError(f"rloo_kl_loss: needs [B, k >= 2] samples, got {tuple(logp_policy.shape)}")
     if logp_ref.shape != logp_policy.shape or policy_reward.shape != logp_policy.shape:
-        raise ValueError(f"rloo_kl_loss: shapes differ: {tuple(logp_policy.shape)}, {tuple(logp_ref.shape)}, "
-                         f"{tuple(policy_reward.shape)}")
+        raise ValueError(
+            f"rloo_kl_loss: shapes differ: {tuple(logp_policy.shape)}, {tuple(logp_ref.shape)}, "
+            f"{tuple(policy_reward.shape)}"
+        )
     k = logp_policy.shape[1]
     log_ratio = (logp_policy - logp_ref).detach()
     ret = policy_reward - beta_rl * log_ratio
     baseline = (ret.sum(-1, keepdim=True) - ret) / (k - 1)
     w_y = 1.0 if policy_weight is None else policy_weight.detach()
     loss = -(w_y * (ret - baseline) * logp_policy).mean()
-    terms = LossTerms(loss=loss.item(), loss_fw=0.0, loss_bw=loss.item(), loss_reg=0.0,
-                      kl=log_ratio.mean().item(), frac_penalised=0.0, mean_return=ret.mean().item())
+    terms = LossTerms(
+        loss=loss.item(),
+        loss_fw=0.0,
+        loss_bw=loss.item(),
+        loss_reg=0.0,
+        kl=log_ratio.mean().item(),
+        frac_penalised=0.0,
+        mean_return=ret.mean().item(),
+    )
     return loss, terms

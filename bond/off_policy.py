@@ -18,16 +18,19 @@ from __future__ import annotations
 import torch
 
 
-def importance_weights(logp_now: torch.Tensor, logp_sampler: torch.Tensor, stale: torch.Tensor,
-                       cap: float) -> torch.Tensor:
+def importance_weights(
+    logp_now: torch.Tensor, logp_sampler: torch.Tensor, stale: torch.Tensor, cap: float
+) -> torch.Tensor:
     """min(cap, exp(sum_j (logp_now - logp_sampler)[..., j])) where `stale`, else exactly 1; no gradient.
 
     logp_now, logp_sampler: [B] or [B, N] sequence log-probabilities (nats); stale: bool, same shape. A trailing
     N axis is a group of i.i.d. samples whose joint weight is the product (see the module docstring).
     """
     if logp_now.shape != logp_sampler.shape or logp_now.shape != stale.shape:
-        raise ValueError(f"importance_weights: shapes {tuple(logp_now.shape)}, {tuple(logp_sampler.shape)} and "
-                         f"{tuple(stale.shape)} differ")
+        raise ValueError(
+            f"importance_weights: shapes {tuple(logp_now.shape)}, {tuple(logp_sampler.shape)} and "
+            f"{tuple(stale.shape)} differ"
+        )
     if not cap >= 1.0:
         raise ValueError(f"importance_weights: cap must be >= 1 (1 keeps only down-weighting), got {cap}")
     log_w = torch.where(stale, logp_now.detach().double() - logp_sampler.double(), torch.zeros((), dtype=torch.double))

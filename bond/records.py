@@ -45,13 +45,14 @@ class Prompt:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not isinstance(self.messages, tuple):
-            raise ValueError(f"Prompt: text must be a str and messages a tuple, got {type(self.text).__name__} "
-                             f"and {type(self.messages).__name__}")
+            raise ValueError(
+                f"Prompt: text must be a str and messages a tuple, got {type(self.text).__name__} "
+                f"and {type(self.messages).__name__}"
+            )
         if bool(self.text.strip()) == bool(self.messages):
             raise ValueError("Prompt: give exactly one of a non-empty text or a non-empty message list")
         for i, m in enumerate(self.messages):
-            if not (isinstance(m, ChatMessage) and isinstance(m.role, str) and m.role
-                    and isinstance(m.content, str)):
+            if not (isinstance(m, ChatMessage) and isinstance(m.role, str) and m.role and isinstance(m.content, str)):
                 raise ValueError(f"Prompt: message {i} must be a ChatMessage with a role and a string content")
         object.__setattr__(self, "extras", dict(self.extras))  # a private copy: the record stays as built
 
@@ -69,8 +70,12 @@ class Prompt:
                 raise ValueError("empty message list")
             messages = []
             for m in value:
-                if not (isinstance(m, Mapping) and isinstance(m.get("role"), str) and m["role"]
-                        and isinstance(m.get("content"), str)):
+                if not (
+                    isinstance(m, Mapping)
+                    and isinstance(m.get("role"), str)
+                    and m["role"]
+                    and isinstance(m.get("content"), str)
+                ):
                     raise ValueError("message without a string role and content")
                 messages.append(ChatMessage(role=m["role"], content=m["content"]))
             if not any(m.content.strip() for m in messages):
@@ -163,12 +168,16 @@ class Batch:
         for name, groups in (("policy", self.policy), ("target", self.target)):
             sizes = {len(group) for group in groups}
             if len(sizes) != 1 or (name == "policy" and 0 in sizes):
-                raise ValueError(f"Batch: every prompt needs the same {'nonzero ' * (name == 'policy')}number "
-                                 f"of {name} samples, got {sorted(sizes)}")
+                raise ValueError(
+                    f"Batch: every prompt needs the same {'nonzero ' * (name == 'policy')}number "
+                    f"of {name} samples, got {sorted(sizes)}"
+                )
         target_roles = {t.completion.role for group in self.target for t in group}
         if Role.POLICY in target_roles or len(target_roles) > 1:
-            raise ValueError(f"Batch: target samples must all come from one non-policy role, got "
-                             f"{sorted(r.value for r in target_roles)}")
+            raise ValueError(
+                f"Batch: target samples must all come from one non-policy role, got "
+                f"{sorted(r.value for r in target_roles)}"
+            )
         for i, (ys, group) in enumerate(zip(self.policy, self.target, strict=True)):
             prompt_id = ys[0].completion.prompt_id
             for y in ys:
@@ -176,8 +185,9 @@ class Batch:
                     raise ValueError(f"Batch: policy[{i}] has a sample of role {y.completion.role}")
             for s in (*ys, *group):
                 if s.completion.prompt_id != prompt_id:
-                    raise ValueError(f"Batch: prompt {i} mixes samples of prompt ids {prompt_id} and "
-                                     f"{s.completion.prompt_id}")
+                    raise ValueError(
+                        f"Batch: prompt {i} mixes samples of prompt ids {prompt_id} and {s.completion.prompt_id}"
+                    )
 
     @property
     def size(self) -> int:

@@ -39,8 +39,9 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (position - low) * (ordered[high] - ordered[low])
 
 
-def improve_schedule(rewards: Sequence[float], quantiles: Sequence[float], batch_size: int,
-                     seed: int) -> tuple[ImprovePhase, ...]:
+def improve_schedule(
+    rewards: Sequence[float], quantiles: Sequence[float], batch_size: int, seed: int
+) -> tuple[ImprovePhase, ...]:
     """One ImprovePhase per quantile: its threshold, how many samples pass it, and its SFT batches."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -54,6 +55,6 @@ def improve_schedule(rewards: Sequence[float], quantiles: Sequence[float], batch
         order = [kept[k] for k in torch.randperm(len(kept), generator=generator).tolist()]
         steps = math.ceil(len(order) / batch_size)
         cycle = order * math.ceil(steps * batch_size / len(order))  # top up the last batch from the front
-        batches = tuple(tuple(cycle[s * batch_size:(s + 1) * batch_size]) for s in range(steps))
+        batches = tuple(tuple(cycle[s * batch_size : (s + 1) * batch_size]) for s in range(steps))
         phases.append(ImprovePhase(quantile=q, threshold=tau, kept=len(kept), batches=batches))
     return tuple(phases)

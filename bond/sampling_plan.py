@@ -6,7 +6,7 @@ prompt, from which weights. The loop, the systems and the learner all read a ste
     bond, iterated: the same against the anchor instead          (Best-of-n of a moving anchor: Bo-n^M)
     reinforce  rloo_k policy samples                            (RLOO: each baselined by the prompt's others)
     gkd        1 policy sample                                  (on-policy: the teacher scores it, no target)
-    rest       1 policy sample per batch row                    (the SFT batch; Grow draws its own: cluster/training/rest.py)
+    rest       1 policy sample per batch row                    (the SFT batch; Grow draws its own: training/rest.py)
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def sampling_plan(cfg: BondConfig) -> SamplingPlan:
     if cfg.algorithm is Algorithm.JBOND:
         return SamplingPlan(policy=1, target_role=Role.ANCHOR, target=cfg.n)
     if cfg.algorithm is Algorithm.BOND:
-        return SamplingPlan(policy=1, target_role=Role.ANCHOR if cfg.iterated else Role.REFERENCE,
-                            target=cfg.k_quantile)
+        return SamplingPlan(
+            policy=1, target_role=Role.ANCHOR if cfg.iterated else Role.REFERENCE, target=cfg.k_quantile
+        )
     if cfg.algorithm is Algorithm.REINFORCE:
         return SamplingPlan(policy=cfg.rloo_k, target_role=None, target=0)
     if cfg.algorithm in (Algorithm.GKD, Algorithm.REST):

@@ -47,8 +47,9 @@ class System(Protocol):
     """What the loop drives: cluster.runtime.ray_system.System (Ray) and cluster.runtime.in_process.InProcessSystem.
     Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
-                       settings: SamplingSettings) -> Any:
+    def start_sampling(
+        self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings
+    ) -> Any:
         """Start drawing the plan's samples of each role per (prompt_id, prompt); returns what is pending."""
 
     def finish_sampling(self, pending: Any) -> Samples:

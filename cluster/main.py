@@ -38,16 +38,26 @@ TINY_ROOT = Path("artifacts/tiny")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cluster.main", description=__doc__,
-                                     epilog=helptext.render(JobConfig, JobConfig()),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster.main",
+        description=__doc__,
+        epilog=helptext.render(JobConfig, JobConfig()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="YAML or JSON file with the config sections")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override one field, e.g. --set algorithm.beta=0.3 (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest valid checkpoint in run.run_dir")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (YAML: file + --set + defaults) and exit")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one field, e.g. --set algorithm.beta=0.3 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest valid checkpoint in run.run_dir"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML: file + --set + defaults) and exit"
+    )
     return parser
 
 
@@ -94,8 +104,13 @@ def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
     if path is None:
         print(f"no checkpoint in {run_dir / 'checkpoints'}: starting at step 0", flush=True)
         return None
-    checkpoints.check_layout(path, job.resources.learner_ranks, job.learner.zero_stage, job.learner.dtype.value,
-                             job.learner.lora.layout if job.learner.lora is not None else None)
+    checkpoints.check_layout(
+        path,
+        job.resources.learner_ranks,
+        job.learner.zero_stage,
+        job.learner.dtype.value,
+        job.learner.lora.layout if job.learner.lora is not None else None,
+    )
     return path
 
 
@@ -113,13 +128,15 @@ def run(job: JobConfig) -> dict:
     prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
-    split = evaluation.split_prompts(prompt_set.prompts, job.eval, job.prompts.seed,
-                                     fit=lambda loaded: preflight.fit_prompts(job, loaded))
+    split = evaluation.split_prompts(
+        prompt_set.prompts, job.eval, job.prompts.seed, fit=lambda loaded: preflight.fit_prompts(job, loaded)
+    )
     for reason, count in split.skipped.items():
         print(f"eval prompts: skipped {count} rows ({reason})", flush=True)
     if split.overlap:
-        print(f"warning: {split.overlap} of {len(split.heldout)} held-out prompts are also training prompts",
-              flush=True)
+        print(
+            f"warning: {split.overlap} of {len(split.heldout)} held-out prompts are also training prompts", flush=True
+        )
     resume_from = resume_point(job, run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(loading.to_dict(job), sort_keys=False))
 
@@ -132,8 +149,11 @@ def run(job: JobConfig) -> dict:
     try:
         system = System(job, metrics=metrics)
         actors = " + ".join(f"{job.resources.actors(role)} {role}" for role in job.actor_roles)
-        print(f"system up in {time.perf_counter() - t_start:.1f} s: {actors} actors ({job.models.sampler_backend}), "
-              f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)", flush=True)
+        print(
+            f"system up in {time.perf_counter() - t_start:.1f} s: {actors} actors ({job.models.sampler_backend}), "
+            f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)",
+            flush=True,
+        )
         with stop_on_sigterm() as stop:  # after ray.init, which installs its own SIGTERM handler
             return _train(job, system, metrics, split, run_dir, resume_from, stop)
     finally:
@@ -145,8 +165,9 @@ def run(job: JobConfig) -> dict:
             _keep_worker_logs(ray_logs, run_dir / "logs" / "ray")
 
 
-def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, resume_from: Path | None,
-           stop: StopRequest) -> dict:
+def _train(
+    job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, resume_from: Path | None, stop: StopRequest
+) -> dict:
     start = LoopState(step=0, cursor=PromptCursor())
     if resume_from is not None:
         extra = system.restore(resume_from)
@@ -180,10 +201,17 @@ def _train(job: JobConfig, system, metrics, split: PromptSplit, run_dir: Path, r
     return log.finish()
 
 
-def train_algorithm(job: JobConfig, system, prompts: Sequence[Prompt], start: LoopState,
-                    on_step: Callable[[StepRecord], None], run_dir: Path, note: Callable[[str], None] = print,
-                    metrics=None) -> LoopState:
-    """Train with the job's algorithm from `start` to run.steps: ReST's Grow/Improve rounds (cluster/training/rest.py, Grow
+def train_algorithm(
+    job: JobConfig,
+    system,
+    prompts: Sequence[Prompt],
+    start: LoopState,
+    on_step: Callable[[StepRecord], None],
+    run_dir: Path,
+    note: Callable[[str], None] = print,
+    metrics=None,
+) -> LoopState:
+    """Train with the job's algorithm from `start` to run.steps: ReST's Grow/Improve rounds (training/rest.py, Grow
     datasets under run_dir) or, for every other algorithm, the per-step loop (cluster/training/loop.py). A job and
     bench.pareto's in-process runs both drive training through here."""
     if job.algorithm.algorithm is Algorithm.REST:
@@ -191,8 +219,9 @@ def train_algorithm(job: JobConfig, system, prompts: Sequence[Prompt], start: Lo
     return train(job, system, prompts, start, on_step, metrics)
 
 
-def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord,
-               stop: StopRequest) -> None:
+def after_step(
+    job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir: Path, rec: StepRecord, stop: StopRequest
+) -> None:
     """What is due after a step: an evaluation, a checkpoint (then retention), an HF export; after a SIGTERM, a
     checkpoint and the stop (Preempted)."""
     step = rec.stats.step
@@ -200,8 +229,11 @@ def after_step(job: JobConfig, system, log: RunLog, split: PromptSplit, run_dir:
         log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
     checkpoint = checkpoints.checkpoint_path(run_dir, step)
     if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps) or stop.requested:
-        system.save(checkpoint, sha256=job.run.checkpoint_sha256,
-                    extra={"step": step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]})
+        system.save(
+            checkpoint,
+            sha256=job.run.checkpoint_sha256,
+            extra={"step": step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]},
+        )
         checkpoints.prune(run_dir, job.run.keep_checkpoints)
     if checkpoints.due(step, job.run.export_every):
         system.export_hf(checkpoints.export_path(run_dir, step))
@@ -221,8 +253,7 @@ def _keep_worker_logs(source: Path, target: Path) -> None:
         shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
     except (OSError, shutil.Error) as e:  # a log file rotated away mid-copy must not fail a finished run
         print(f"warning: could not copy all Ray logs from {source}: {e}", file=sys.stderr)
-    print(f"worker logs (Ray, Serve, vLLM, DeepSpeed): {target}  (run.verbose=true also streams them here)",
-          flush=True)
+    print(f"worker logs (Ray, Serve, vLLM, DeepSpeed): {target}  (run.verbose=true also streams them here)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

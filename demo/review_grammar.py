@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import random
 
-SUBJECTS = ("the movie", "the film", "the plot", "the acting", "the music", "the ending", "the story",
-            "the cast", "the script", "the director")
+SUBJECTS = (
+    "the movie",
+    "the film",
+    "the plot",
+    "the acting",
+    "the music",
+    "the ending",
+    "the story",
+    "the cast",
+    "the script",
+    "the director",
+)
 LINKS = ("was", "felt", "seemed")
 ADVERBS = ("very", "really", "quite", "truly")
 POSITIVE = ("great", "wonderful", "brilliant", "fun", "moving", "beautiful", "clever", "charming")
@@ -21,13 +31,29 @@ LIKE = ("loved", "liked", "enjoyed")
 DISLIKE = ("hated", "disliked", "regretted")
 END = "."
 
-PROMPTS = ("the movie", "the film", "the plot", "the acting", "the music", "the ending", "the story",
-           "the cast", "i thought the movie", "i thought the film", "honestly the script", "overall the director")
+PROMPTS = (
+    "the movie",
+    "the film",
+    "the plot",
+    "the acting",
+    "the music",
+    "the ending",
+    "the story",
+    "the cast",
+    "i thought the movie",
+    "i thought the film",
+    "honestly the script",
+    "overall the director",
+)
 _PROMPT_PREFIXES = ("i thought", "honestly", "overall")
 
-VOCABULARY = tuple(sorted({w for phrase in SUBJECTS + PROMPTS for w in phrase.split()}
-                          | set(LINKS + ADVERBS + POSITIVE + NEGATIVE + NEUTRAL + CONJUNCTIONS + LIKE + DISLIKE)
-                          | {END, "i"}))
+VOCABULARY = tuple(
+    sorted(
+        {w for phrase in SUBJECTS + PROMPTS for w in phrase.split()}
+        | set(LINKS + ADVERBS + POSITIVE + NEGATIVE + NEUTRAL + CONJUNCTIONS + LIKE + DISLIKE)
+        | {END, "i"}
+    )
+)
 
 
 def _adjective(rng: random.Random, p_positive: float) -> str:
@@ -71,7 +97,7 @@ def corrupt(rng: random.Random, text: str) -> str:
         words = words[: rng.randrange(1, max(2, len(words) - 1))]
     else:
         i = rng.randrange(len(words))
-        words = words[: i + 1] + [words[i]] * rng.randrange(2, 4) + words[i + 1:]
+        words = words[: i + 1] + [words[i]] * rng.randrange(2, 4) + words[i + 1 :]
     return " ".join(words)
 
 
@@ -93,7 +119,7 @@ def is_well_formed(text: str) -> bool:
 def _clauses(words: list[str]) -> bool:
     for i, w in enumerate(words):
         if w in CONJUNCTIONS:
-            return _clause_ok(words[:i]) and _clause_ok(words[i + 1:])
+            return _clause_ok(words[:i]) and _clause_ok(words[i + 1 :])
     return _clause_ok(words)
 
 

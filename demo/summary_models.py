@@ -32,7 +32,8 @@ def nli_tokenizer():
     """The world's word-level tokenizer, pair template reversed: (premise, hypothesis) -> <s> hyp <sep> premise."""
     tokenizer = tiny.build_tokenizer(world.VOCABULARY)
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $B <sep> $A:1", special_tokens=[("<s>", tiny.BOS), ("<sep>", tiny.SEP)])
+        single="<s> $A", pair="<s> $B <sep> $A:1", special_tokens=[("<s>", tiny.BOS), ("<sep>", tiny.SEP)]
+    )
     return tokenizer
 
 
@@ -43,8 +44,9 @@ def pretrain_policy(tokenizer, rng: random.Random, steps: int) -> LlamaForCausal
     def texts() -> list[str]:
         return [f"{p} {s}</s>" for p, s in (world.sft_example(rng) for _ in range(48))]
 
-    tiny.fit(model, lambda: tiny.lm_loss(model, tokenizer, texts()), steps, "summary policy", lr=3e-3,
-             metric="nll/token")
+    tiny.fit(
+        model, lambda: tiny.lm_loss(model, tokenizer, texts()), steps, "summary policy", lr=3e-3, metric="nll/token"
+    )
     model.generation_config.pad_token_id = tiny.PAD
     return model
 
@@ -52,9 +54,14 @@ def pretrain_policy(tokenizer, rng: random.Random, steps: int) -> LlamaForCausal
 def train_nli(tokenizer, rng: random.Random, steps: int) -> LlamaForSequenceClassification:
     torch.manual_seed(rng.randrange(2**31))
     id2label = dict(enumerate(world.LABELS))
-    model = LlamaForSequenceClassification(tiny.llama_config(
-        len(tokenizer), num_labels=len(world.LABELS), id2label=id2label,
-        label2id={v: k for k, v in id2label.items()}))
+    model = LlamaForSequenceClassification(
+        tiny.llama_config(
+            len(tokenizer),
+            num_labels=len(world.LABELS),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+        )
+    )
 
     def batch():
         return tiny.pair_batch(tokenizer, [world.nli_example(rng) for _ in range(32)])
@@ -98,8 +105,10 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, nli_steps: int = 15
     accuracy = nli_accuracy(nli, pair_tokenizer, random.Random(f"summary-heldout-{seed}"))
     print(f"  summary nli held-out accuracy {accuracy:.3f}", flush=True)
     (out / "nli_heldout.json").write_text(json.dumps({"accuracy": accuracy, "pairs": 1000}) + "\n")
-    for name, model, tok in (("policy", pretrain_policy(tokenizer, rng, policy_steps), tokenizer),
-                             ("nli", nli, pair_tokenizer)):
+    for name, model, tok in (
+        ("policy", pretrain_policy(tokenizer, rng, policy_steps), tokenizer),
+        ("nli", nli, pair_tokenizer),
+    ):
         tiny.save(out / name, model, tok)
     (out / "COMPLETE").write_text(f"seed={seed}\n")
     print(f"summary world ready in {time.time() - t0:.0f} s", flush=True)

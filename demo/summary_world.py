@@ -85,8 +85,9 @@ def summary(rng: random.Random, src: str, claims: Sequence[Claim], kind: str) ->
     if kind == "contradiction":
         words[-2] = _opposite(rng, first.adjective)
     elif kind == "swap":  # another adjective of the same polarity: not said, not contradicted (neutral)
-        words[-2] = rng.choice([a for a in ADJECTIVES if POLARITY[a] == POLARITY[first.adjective]
-                                and a != first.adjective])
+        words[-2] = rng.choice(
+            [a for a in ADJECTIVES if POLARITY[a] == POLARITY[first.adjective] and a != first.adjective]
+        )
     elif kind == "hallucination":
         absent = [s for s in grammar.SUBJECTS if s not in {c.subject for c in claims}]
         words[:2] = rng.choice(absent).split()
@@ -159,7 +160,7 @@ def source_of(prompt_text: str) -> str:
     """The source inside a prompt of this world."""
     if not (prompt_text.startswith(PREFIX) and prompt_text.endswith(MARKER)):
         raise ValueError(f"not a prompt of the summary world: {prompt_text!r}")
-    return prompt_text[len(PREFIX):-len(MARKER)].strip()
+    return prompt_text[len(PREFIX) : -len(MARKER)].strip()
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,11 @@ def summary_stats(prompts: Sequence[str], summaries: Sequence[str]) -> SummarySt
         claims = parse(s)
         copies += claims is not None and set(claims) >= set(src_claims)
     n = len(prompts)
-    return SummaryStats(faithful=labels.count("entailment") / n, contradiction=labels.count("contradiction") / n,
-                        neutral=labels.count("neutral") / n, malformed=labels.count("malformed") / n,
-                        copy_rate=copies / n, words=sum(len(s.split()) for s in summaries) / n)
+    return SummaryStats(
+        faithful=labels.count("entailment") / n,
+        contradiction=labels.count("contradiction") / n,
+        neutral=labels.count("neutral") / n,
+        malformed=labels.count("malformed") / n,
+        copy_rate=copies / n,
+        words=sum(len(s.split()) for s in summaries) / n,
+    )

@@ -48,10 +48,18 @@ def build_tokenizer(vocabulary: tuple[str, ...] = grammar.VOCABULARY) -> PreTrai
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <sep> $B:1", special_tokens=[("<s>", BOS), ("<sep>", SEP)])
+        single="<s> $A", pair="<s> $A <sep> $B:1", special_tokens=[("<s>", BOS), ("<sep>", SEP)]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        sep_token="<sep>", model_max_length=MAX_POSITIONS, padding_side="left")
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        sep_token="<sep>",
+        model_max_length=MAX_POSITIONS,
+        padding_side="left",
+    )
 
 
 # The chat model's tokenizer has the shape of Qwen2.5's: byte-level BPE (AutoTokenizer always builds a
@@ -59,7 +67,8 @@ def build_tokenizer(vocabulary: tuple[str, ...] = grammar.VOCABULARY) -> PreTrai
 CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 CHAT_MAX_POSITIONS = 128
 
 
@@ -71,17 +80,26 @@ def build_chat_tokenizer(rng: random.Random):
     shell = Qwen2Tokenizer()  # Qwen2's pre-tokenizer and decoder, so the learned merges fit it exactly
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = shell.backend_tokenizer.pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=list(CHAT_SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=list(CHAT_SPECIALS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     pairs = [chat_example(rng) for _ in range(2000)]
     turns = [f"{role}\n{text}" for pair in pairs for role, text in zip(("user", "assistant"), pair, strict=True)]
     bpe.train_from_iterator(turns + [" ".join(grammar.VOCABULARY), "system\n"], trainer)
     state = json.loads(bpe.to_str())["model"]
-    return Qwen2Tokenizer(vocab=state["vocab"], merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" "))
-                                                       for m in state["merges"]],
-                          eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-                          additional_special_tokens=["<|im_start|>"], model_max_length=CHAT_MAX_POSITIONS,
-                          chat_template=CHAT_TEMPLATE)
+    return Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=CHAT_MAX_POSITIONS,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def chat_example(rng: random.Random) -> tuple[str, str]:
@@ -94,18 +112,30 @@ def chat_example(rng: random.Random) -> tuple[str, str]:
 def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForCausalLM:
     torch.manual_seed(rng.randrange(2**31))
     im_end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CHAT_MAX_POSITIONS,
-        bos_token_id=None, eos_token_id=im_end, pad_token_id=pad, tie_word_embeddings=True,
-        torch_dtype="float32"))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=CHAT_MAX_POSITIONS,
+            bos_token_id=None,
+            eos_token_id=im_end,
+            pad_token_id=pad,
+            tie_word_embeddings=True,
+            torch_dtype="float32",
+        )
+    )
 
     def texts() -> list[str]:
         out = []
         for _ in range(32):
             user, reply = chat_example(rng)
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                   add_generation_prompt=True)
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            )
             out.append(f"{prompt}{reply}<|im_end|>")
         return out
 
@@ -116,11 +146,25 @@ def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForC
 
 
 def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
-    return LlamaConfig(**{**dict(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
-        torch_dtype="float32"), **overrides})
+    return LlamaConfig(
+        **{
+            **dict(
+                vocab_size=vocab_size,
+                hidden_size=128,
+                intermediate_size=384,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=MAX_POSITIONS,
+                bos_token_id=BOS,
+                eos_token_id=EOS,
+                pad_token_id=PAD,
+                tie_word_embeddings=False,
+                torch_dtype="float32",
+            ),
+            **overrides,
+        }
+    )
 
 
 def encode(tokenizer, texts: list[str], pairs: list[str] | None = None) -> dict:
@@ -134,8 +178,15 @@ def lm_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
 
 
-def fit(model, loss: Callable[[], torch.Tensor], steps: int, name: str, lr: float, metric: str = "loss",
-        log_every: int = 100) -> None:
+def fit(
+    model,
+    loss: Callable[[], torch.Tensor],
+    steps: int,
+    name: str,
+    lr: float,
+    metric: str = "loss",
+    log_every: int = 100,
+) -> None:
     """AdamW on `loss()` (each call draws a fresh batch) for `steps` steps: every offline model is trained so."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     for step in range(steps):
@@ -155,9 +206,11 @@ def pair_batch(tokenizer, triples: list[tuple[str, str, int]]) -> tuple[dict, to
 
 def classifier_loss(model, batch: Callable[[], tuple[dict, torch.Tensor]], loss_fn) -> Callable[[], torch.Tensor]:
     """`loss_fn(logits, target)` on a fresh `batch()` of (encoding, target) per call, for `fit`."""
+
     def loss() -> torch.Tensor:
         enc, target = batch()
         return loss_fn(model(**enc).logits, target)
+
     return loss
 
 
@@ -187,8 +240,13 @@ def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: 
         target = torch.tensor([grammar.review_score(t) for t in texts])
         return encode(tokenizer, texts), target
 
-    fit(model, classifier_loss(model, batch, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y)),
-        steps, "reward", lr=2e-3)
+    fit(
+        model,
+        classifier_loss(model, batch, lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y)),
+        steps,
+        "reward",
+        lr=2e-3,
+    )
     return model
 
 
@@ -215,8 +273,9 @@ def nli_pair(rng: random.Random) -> tuple[str, str, int]:
 
 def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
     torch.manual_seed(rng.randrange(2**31))
-    model = LlamaForSequenceClassification(llama_config(
-        len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()}))
+    model = LlamaForSequenceClassification(
+        llama_config(len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()})
+    )
 
     def batch():
         return pair_batch(tokenizer, [nli_pair(rng) for _ in range(64)])
@@ -226,8 +285,15 @@ def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int
     return model
 
 
-def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int = 300, nli_steps: int = 500,
-          chat_steps: int = 200, force: bool = False) -> Path:
+def build(
+    out: Path,
+    seed: int = 0,
+    policy_steps: int = 400,
+    reward_steps: int = 300,
+    nli_steps: int = 500,
+    chat_steps: int = 200,
+    force: bool = False,
+) -> Path:
     """Write tokenizer, policy, reward, nli and qwen_policy under `out` (skipped where already complete)."""
     out = Path(out)
     done = out / "COMPLETE"
@@ -241,9 +307,11 @@ def build(out: Path, seed: int = 0, policy_steps: int = 400, reward_steps: int =
     rng = random.Random(seed)
     tokenizer = build_tokenizer()
     print(f"building tiny models under {out} (vocab {len(tokenizer)})", flush=True)
-    for name, model in (("policy", pretrain_policy(tokenizer, rng, policy_steps)),
-                        ("reward", train_reward(tokenizer, rng, reward_steps)),
-                        ("nli", train_nli(tokenizer, rng, nli_steps))):
+    for name, model in (
+        ("policy", pretrain_policy(tokenizer, rng, policy_steps)),
+        ("reward", train_reward(tokenizer, rng, reward_steps)),
+        ("nli", train_nli(tokenizer, rng, nli_steps)),
+    ):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = PAD
         save(out / name, model, tokenizer)

@@ -58,8 +58,9 @@ def seal(partial: Path, final: Path, meta: dict, sha256: bool = True) -> None:
         digests[rel] = _sha256(p) if sha256 else None
         sizes[rel] = p.stat().st_size
     manifest = partial / MANIFEST
-    manifest.write_text(json.dumps({"format": FORMAT, **meta, "files": digests, "sizes": sizes}, indent=1,
-                                   sort_keys=True))
+    manifest.write_text(
+        json.dumps({"format": FORMAT, **meta, "files": digests, "sizes": sizes}, indent=1, sort_keys=True)
+    )
     _fsync(manifest)
     for d in sorted({p.parent for p in files} | {partial}, key=lambda d: -len(d.parts)):
         _fsync(d)
@@ -90,8 +91,9 @@ def verify(path: Path, hashes: bool = True) -> dict:
     """
     manifest = path / MANIFEST
     if not manifest.is_file():
-        raise CheckpointError(f"{path} has no {MANIFEST}: the checkpoint is partial (a save did not finish); "
-                              "restore an earlier one")
+        raise CheckpointError(
+            f"{path} has no {MANIFEST}: the checkpoint is partial (a save did not finish); restore an earlier one"
+        )
     try:
         meta = json.loads(manifest.read_text())
     except json.JSONDecodeError as e:
@@ -104,8 +106,10 @@ def verify(path: Path, hashes: bool = True) -> dict:
         if not p.is_file():
             raise CheckpointError(f"checkpoint {path} is missing {rel} (listed in its manifest)")
         if rel in sizes and p.stat().st_size != sizes[rel]:
-            raise CheckpointError(f"checkpoint {path}: {rel} has {p.stat().st_size} bytes, its manifest says "
-                                  f"{sizes[rel]} (corrupt or truncated)")
+            raise CheckpointError(
+                f"checkpoint {path}: {rel} has {p.stat().st_size} bytes, its manifest says "
+                f"{sizes[rel]} (corrupt or truncated)"
+            )
         if hashes and digest is not None and _sha256(p) != digest:
             raise CheckpointError(f"checkpoint {path}: {rel} does not match its sha256 in the manifest (corrupt)")
     return meta
@@ -123,6 +127,7 @@ def check_layout(path: Path, meta: dict, requested: dict) -> None:
     saved = {k: meta.get(k) for k in LAYOUT_KEYS}
     wanted = {k: requested.get(k) for k in LAYOUT_KEYS}
     if saved != wanted:
+
         def show(layout: dict) -> str:
             return ", ".join(f"{k}={layout[k]}" for k in LAYOUT_KEYS)
 
@@ -131,4 +136,5 @@ def check_layout(path: Path, meta: dict, requested: dict) -> None:
             "different layout is not supported (each rank's optimizer state is partitioned for the saved one): "
             "resume with resources.learner_ranks / learner.zero_stage / learner.dtype / learner.lora as saved, or "
             f"start a new run from its policy weights (an HF directory: models.policy={path / 'policy'} if its "
-            "tokenizer is beside it, or an export under run_dir/exports/)")
+            "tokenizer is beside it, or an export under run_dir/exports/)"
+        )

@@ -22,8 +22,9 @@ from learner.weight_export import WeightExport
 
 
 class Checkpoints:
-    def __init__(self, export: WeightExport, engine: Engine, anchor: ShadowWeights, reference_id: str,
-                 rank: int) -> None:
+    def __init__(
+        self, export: WeightExport, engine: Engine, anchor: ShadowWeights, reference_id: str, rank: int
+    ) -> None:
         self.export, self.engine, self.anchor, self.reference_id, self.rank = export, engine, anchor, reference_id, rank
 
     def save(self, directory: str | Path, meta: dict, extra: dict | None = None, sha256: bool = True) -> None:
@@ -54,8 +55,10 @@ class Checkpoints:
         path = checkpoint_dir.resolve(Path(directory))
         meta = checkpoint_dir.verify(path)
         if meta["reference_id"] != self.reference_id:
-            raise checkpoint_dir.CheckpointError(f"checkpoint {path} has reference_id={meta['reference_id']!r} "
-                                                 f"but this learner has {self.reference_id!r}")
+            raise checkpoint_dir.CheckpointError(
+                f"checkpoint {path} has reference_id={meta['reference_id']!r} "
+                f"but this learner has {self.reference_id!r}"
+            )
         checkpoint_dir.check_layout(path, meta, layout)
         self.engine.load_state(path / "engine")
         for i, (_, full) in enumerate(self.export.read(path / "anchor")):

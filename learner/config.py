@@ -38,12 +38,19 @@ class LoraConfig:
         check_types(self)
         require(1 <= self.r <= 512, "r", f"must be in [1, 512], got {self.r}")
         require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        require(isinstance(self.target_modules, tuple) and len(self.target_modules) > 0
-                and all(isinstance(m, str) and m for m in self.target_modules), "target_modules",
-                f"expected a non-empty list of module names, got {self.target_modules!r}")
-        require(self.dropout == 0.0, "dropout",
-                f"must be 0 (log pi must be deterministic in the weights; the learner never trains with dropout), "
-                f"got {self.dropout}")
+        require(
+            isinstance(self.target_modules, tuple)
+            and len(self.target_modules) > 0
+            and all(isinstance(m, str) and m for m in self.target_modules),
+            "target_modules",
+            f"expected a non-empty list of module names, got {self.target_modules!r}",
+        )
+        require(
+            self.dropout == 0.0,
+            "dropout",
+            f"must be 0 (log pi must be deterministic in the weights; the learner never trains with dropout), "
+            f"got {self.dropout}",
+        )
 
     @property
     def scaling(self) -> float:
@@ -96,7 +103,13 @@ class LearnerConfig:
         require(self.micro_batch_prompts >= 1, "micro_batch_prompts", f"must be >= 1, got {self.micro_batch_prompts}")
         require(self.bucket_bytes >= 1, "bucket_bytes", f"must be >= 1, got {self.bucket_bytes}")
         require(self.timeout_s >= 1, "timeout_s", f"must be >= 1, got {self.timeout_s}")
-        require(self.reference_dtype is Dtype.FP32 or self.zero_stage != 3, "reference_dtype",
-                "bf16 needs zero_stage 0, 1 or 2 (under ZeRO-3 no rank holds the reference whole)")
-        require(not (self.dtype is Dtype.BF16 and self.device is Device.CPU), "dtype",
-                "bf16 is for device cuda; use fp32 on cpu (DeepSpeed's CPU bf16 path is untested here)")
+        require(
+            self.reference_dtype is Dtype.FP32 or self.zero_stage != 3,
+            "reference_dtype",
+            "bf16 needs zero_stage 0, 1 or 2 (under ZeRO-3 no rank holds the reference whole)",
+        )
+        require(
+            not (self.dtype is Dtype.BF16 and self.device is Device.CPU),
+            "dtype",
+            "bf16 is for device cuda; use fp32 on cpu (DeepSpeed's CPU bf16 path is untested here)",
+        )

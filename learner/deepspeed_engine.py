@@ -43,8 +43,9 @@ def _load_weights_only(path: str, map_location=None):
 _DEEPSPEED_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size, in elements
 
 
-def deepspeed_config(bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int,
-                     trainable_elements: int | None = None) -> dict:
+def deepspeed_config(
+    bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int, trainable_elements: int | None = None
+) -> dict:
     """`trainable_elements` (the optimizer's parameter count) caps the gradient reduce bucket: DeepSpeed
     allocates that bucket whole up front (5e8 elements by default: 1.9 GiB in fp32, per engine, whatever the
     model's size), and a bucket that holds every gradient already reduces in one go."""
@@ -94,8 +95,9 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
         for name, full in safetensors_shards.read(model_dir, params):
             p = params[name]
             if tuple(full.shape) != tuple(p.ds_shape):
-                raise ValueError(f"{model_dir}: {name} has shape {tuple(full.shape)}, the model's config says "
-                                 f"{tuple(p.ds_shape)}")
+                raise ValueError(
+                    f"{model_dir}: {name} has shape {tuple(full.shape)}, the model's config says {tuple(p.ds_shape)}"
+                )
             p.ds_tensor.data.copy_(_partition(p, full.to(dtype), rank))
     return module
 
@@ -103,7 +105,7 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
 def _partition(param: torch.nn.Parameter, full: torch.Tensor, rank: int) -> torch.Tensor:
     """This rank's flat ZeRO-3 piece of `full`: ceil(numel / world) elements, the last rank's zero-padded."""
     size = param.ds_tensor.ds_numel
-    piece = full.reshape(-1)[rank * size: (rank + 1) * size]
+    piece = full.reshape(-1)[rank * size : (rank + 1) * size]
     return torch.cat([piece, piece.new_zeros(size - piece.numel())]) if piece.numel() < size else piece
 
 
@@ -120,8 +122,9 @@ def _forget_destroyed_groups() -> None:
 
 
 class DeepSpeedEngine:
-    def __init__(self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int,
-                 micro_batches: int) -> None:
+    def __init__(
+        self, module: torch.nn.Module, bond: BondConfig, cfg: LearnerConfig, world_size: int, micro_batches: int
+    ) -> None:
         _forget_destroyed_groups()
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         self.zero_stage, self.micro_batches, self.world_size = cfg.zero_stage, micro_batches, world_size
@@ -131,19 +134,24 @@ class DeepSpeedEngine:
         self._frozen = any(not p.requires_grad for p in module.parameters())
         self.torch_optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad],
-            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
-            weight_decay=bond.weight_decay)
+            lr=bond.lr,
+            betas=(bond.adam_beta1, bond.adam_beta2),
+            eps=bond.adam_eps,
+            weight_decay=bond.weight_decay,
+        )
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
         config = deepspeed_config(bond, cfg, world_size, micro_batches, trainable_elements=trainable)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False)
+            model=module, optimizer=self.torch_optimizer, config=config, dist_init_required=False
+        )
         self.module = self.engine.module
         self.engine.checkpoint_engine.load = _load_weights_only
         self._pending = 0  # backward calls since the last optimizer step
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                           logits_to_keep=keep).logits
+        return self.engine(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+        ).logits
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._pending == self.micro_batches:
@@ -196,7 +204,11 @@ class DeepSpeedEngine:
 
     def load_state(self, path: Path) -> None:
         load_path, _ = self.engine.load_checkpoint(
-            str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False,
-            load_module_strict=not self._frozen)  # without the frozen base, the saved module state is partial
+            str(path),
+            tag=_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+            load_module_strict=not self._frozen,
+        )  # without the frozen base, the saved module state is partial
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/{_TAG}")

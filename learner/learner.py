@@ -79,21 +79,32 @@ def _local_model_dir(model: str | Path) -> Path:
 
 
 class Learner:
-    def __init__(self, model: str | Path, bond: BondConfig, config: LearnerConfig | None = None, rank: int = 0,
-                 world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        bond: BondConfig,
+        config: LearnerConfig | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str = "127.0.0.1",
+        master_port: int = 29500,
+    ) -> None:
         config = config or LearnerConfig()
         self._plan = sampling_plan(bond)  # the shape every Batch must have
         if bond.prompts_per_step % world_size:
             raise ValueError(f"prompts_per_step={bond.prompts_per_step} must be divisible by world_size={world_size}")
         self._share = bond.prompts_per_step // world_size
         if self._share % config.micro_batch_prompts:
-            raise ValueError(f"micro_batch_prompts={config.micro_batch_prompts} must divide each rank's share of "
-                             f"{self._share} prompts (prompts_per_step / world_size)")
+            raise ValueError(
+                f"micro_batch_prompts={config.micro_batch_prompts} must divide each rank's share of "
+                f"{self._share} prompts (prompts_per_step / world_size)"
+            )
         self.bond, self.config, self.rank, self.world_size = bond, config, rank, world_size
         rendezvous.join(rank, world_size, master_addr, master_port, config.device.value, config.timeout_s)
         torch.manual_seed(config.seed)
-        self._device = torch.device("cuda", torch.cuda.current_device()) if config.device.value == "cuda" \
-            else torch.device("cpu")
+        self._device = (
+            torch.device("cuda", torch.cuda.current_device()) if config.device.value == "cuda" else torch.device("cpu")
+        )
         self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
         self._model_dir = _local_model_dir(model)
         self.reference_id = str(model)
@@ -101,8 +112,9 @@ class Learner:
         if config.zero_stage == 3:  # built partitioned: no rank ever holds the whole model (deepspeed_engine.py)
             from learner.deepspeed_engine import build_partitioned, deepspeed_config
 
-            module = build_partitioned(self._model_dir, self._dtype,
-                                       deepspeed_config(bond, config, world_size, micro_batches))
+            module = build_partitioned(
+                self._model_dir, self._dtype, deepspeed_config(bond, config, world_size, micro_batches)
+            )
         else:
             module = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype).to(self._device)
         module.eval()  # no dropout: see module docstring
@@ -128,15 +140,26 @@ class Learner:
             self._check_names()
         self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
-        self._export = WeightExport(self.engine, self._names, self._params,
-                                    {Role.ANCHOR: self._anchor, Role.REFERENCE: self._reference}, self._lora,
-                                    self._dtype, config.bucket_bytes, rank)
+        self._export = WeightExport(
+            self.engine,
+            self._names,
+            self._params,
+            {Role.ANCHOR: self._anchor, Role.REFERENCE: self._reference},
+            self._lora,
+            self._dtype,
+            config.bucket_bytes,
+            rank,
+        )
         self._checkpoints = Checkpoints(self._export, self.engine, self._anchor, self.reference_id, rank)
         # bf16 scoring of pi_ref: its own bf16 module, since the policy's storage would widen swapped-in bf16 back
         self._reference_bf16 = None
         if config.reference_dtype is Dtype.BF16 and self._dtype is not torch.bfloat16:
-            self._reference_bf16 = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=torch.bfloat16) \
-                .to(self._device).eval().requires_grad_(False)
+            self._reference_bf16 = (
+                AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=torch.bfloat16)
+                .to(self._device)
+                .eval()
+                .requires_grad_(False)
+            )
         self._teacher = None
         if bond.algorithm is Algorithm.GKD:
             vocab = self.engine.full_shape(self.engine.module.get_output_embeddings().weight)[0]
@@ -179,17 +202,24 @@ class Learner:
         plan = self._plan
         k, n = len(batch.policy[0]), len(batch.target[0])
         if (k, n, batch.target_role) != (plan.policy, plan.target, plan.target_role):
+
             def shape(k: int, n: int, role: Role | None) -> str:
                 return f"{k} policy and {n} {role} samples" if role else f"{k} policy samples and no target"
 
-            raise ValueError(f"Batch has {shape(k, n, batch.target_role)} per prompt; {self.bond.algorithm.value} "
-                             f"trains on {shape(plan.policy, plan.target, plan.target_role)}")
+            raise ValueError(
+                f"Batch has {shape(k, n, batch.target_role)} per prompt; {self.bond.algorithm.value} "
+                f"trains on {shape(plan.policy, plan.target, plan.target_role)}"
+            )
 
     @property
     def layout(self) -> dict:
         """What a checkpoint's optimizer state is tied to (see checkpoint_dir.check_layout)."""
-        return {"world_size": self.world_size, "zero_stage": self.config.zero_stage, "dtype": self.config.dtype.value,
-                "lora": self.config.lora.layout if self.config.lora is not None else None}
+        return {
+            "world_size": self.world_size,
+            "zero_stage": self.config.zero_stage,
+            "dtype": self.config.dtype.value,
+            "lora": self.config.lora.layout if self.config.lora is not None else None,
+        }
 
     # ---- the update ----------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
@@ -207,12 +237,17 @@ class Learner:
         micro = [share.slice(i, i + mb) for i in range(0, self._share, mb)]
         policy_packs = [self._pack([s.completion for s in m.policy_samples]) for m in micro]
         # One forward with grad holds the policy samples and (J-BOND, BOND) each prompt's best target sample.
-        grad_packs = [self._pack([s.completion for s in m.policy_samples] + _best_target(m, self.bond.n))
-                      for m in micro] if sft else policy_packs
-        r_policy = torch.tensor([[s.reward for s in g] for g in share.policy], dtype=torch.float32,
-                                device=self._device)  # [b, k]
-        r_target = torch.tensor([[a.reward for a in g] for g in share.target], dtype=torch.float32,
-                                device=self._device).view(len(share.target), -1)  # [b, N]
+        grad_packs = (
+            [self._pack([s.completion for s in m.policy_samples] + _best_target(m, self.bond.n)) for m in micro]
+            if sft
+            else policy_packs
+        )
+        r_policy = torch.tensor(
+            [[s.reward for s in g] for g in share.policy], dtype=torch.float32, device=self._device
+        )  # [b, k]
+        r_target = torch.tensor(
+            [[a.reward for a in g] for g in share.target], dtype=torch.float32, device=self._device
+        ).view(len(share.target), -1)  # [b, N]
 
         with torch.no_grad():  # once per step each, on the policy samples only
             with self._anchor.swapped_in():
@@ -220,30 +255,56 @@ class Learner:
                 # the target group's weight where the target moves (the anchor); a frozen reference is never stale
                 w_target = self._target_weights(share) if self._plan.target_role is Role.ANCHOR else None
             logp_ref = self._reference_logprobs(policy_packs)
-        stale_policy = torch.tensor([s.completion.weights_version != self.policy_version for s in share.policy_samples],
-                                    device=self._device)  # [b * k], the order of logp
-        sampler_policy = torch.tensor([s.completion.sum_logprob for s in share.policy_samples], dtype=torch.float64,
-                                      device=self._device)
+        stale_policy = torch.tensor(
+            [s.completion.weights_version != self.policy_version for s in share.policy_samples], device=self._device
+        )  # [b * k], the order of logp
+        sampler_policy = torch.tensor(
+            [s.completion.sum_logprob for s in share.policy_samples], dtype=torch.float64, device=self._device
+        )
         w_policy: list[torch.Tensor] = []  # the objective's last evaluation's weights, for the statistics
 
         def objective(logp: torch.Tensor, logp_best: torch.Tensor | None) -> tuple[torch.Tensor, LossTerms]:
             # pi_now(y) / pi_sampler(y) for samples drawn by an older policy (pipelined mode); exactly 1 otherwise
-            w_policy[:] = [importance_weights(logp, sampler_policy.to(logp.dtype), stale_policy,
-                                              self.bond.max_importance_weight)]
+            w_policy[:] = [
+                importance_weights(logp, sampler_policy.to(logp.dtype), stale_policy, self.bond.max_importance_weight)
+            ]
             if algorithm is Algorithm.JBOND:
-                return jbond_loss(logp, logp_anchor, logp_best, r_policy[:, 0], r_target, self.bond.beta,
-                                  self.bond.gamma, all_reduce_sum=rendezvous.all_reduce_sum, policy_weight=w_policy[0],
-                                  anchor_weight=w_target)
+                return jbond_loss(
+                    logp,
+                    logp_anchor,
+                    logp_best,
+                    r_policy[:, 0],
+                    r_target,
+                    self.bond.beta,
+                    self.bond.gamma,
+                    all_reduce_sum=rendezvous.all_reduce_sum,
+                    policy_weight=w_policy[0],
+                    anchor_weight=w_target,
+                )
             if algorithm is Algorithm.BOND:  # Best-of-n of the anchor (iterated BOND) or of the frozen reference
                 logp_target = logp_anchor if self.bond.iterated else logp_ref
-                return bond_jeffreys_loss(logp, logp_target, logp_best, r_policy[:, 0], r_target, self.bond.n,
-                                          self.bond.beta, all_reduce_sum=rendezvous.all_reduce_sum,
-                                          policy_weight=w_policy[0], target_weight=w_target)
-            return rloo_kl_loss(logp.view(-1, k), logp_ref.view(-1, k), r_policy, self.bond.beta_rl,
-                                policy_weight=w_policy[0].view(-1, k))
+                return bond_jeffreys_loss(
+                    logp,
+                    logp_target,
+                    logp_best,
+                    r_policy[:, 0],
+                    r_target,
+                    self.bond.n,
+                    self.bond.beta,
+                    all_reduce_sum=rendezvous.all_reduce_sum,
+                    policy_weight=w_policy[0],
+                    target_weight=w_target,
+                )
+            return rloo_kl_loss(
+                logp.view(-1, k),
+                logp_ref.view(-1, k),
+                r_policy,
+                self.bond.beta_rl,
+                policy_weight=w_policy[0].view(-1, k),
+            )
 
         def split(logps: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return (logps[:prompts * k], logps[prompts * k:]) if sft else (logps, None)
+            return (logps[: prompts * k], logps[prompts * k :]) if sft else (logps, None)
 
         if len(micro) == 1:
             logp, logp_best = split(self._logprobs(grad_packs[0]), mb)
@@ -255,17 +316,18 @@ class Learner:
             # no-grad pre-pass scores the policy samples only, and the statistics use the grad passes' values.
             with torch.no_grad():
                 logp = torch.cat([self._logprobs(p) for p in policy_packs]).requires_grad_()
-            logp_best = torch.zeros(len(share.policy), dtype=logp.dtype, device=logp.device).requires_grad_() \
-                if sft else None
+            logp_best = (
+                torch.zeros(len(share.policy), dtype=logp.dtype, device=logp.device).requires_grad_() if sft else None
+            )
             loss, _ = objective(logp, logp_best)
             leaves = [logp] + ([logp_best] if sft else [])
             coefficients = torch.autograd.grad(loss, leaves)  # d loss / d log pi per sequence
             best_values = []
             for i, p in enumerate(grad_packs):
                 lp, lb = split(self._logprobs(p), mb)
-                surrogate = (coefficients[0][i * mb * k:(i + 1) * mb * k] * lp).sum()
+                surrogate = (coefficients[0][i * mb * k : (i + 1) * mb * k] * lp).sum()
                 if sft:
-                    surrogate = surrogate + (coefficients[1][i * mb:(i + 1) * mb] * lb).sum()
+                    surrogate = surrogate + (coefficients[1][i * mb : (i + 1) * mb] * lb).sum()
                     best_values.append(lb.detach())
                 self.engine.backward(surrogate)
             with torch.no_grad():
@@ -278,23 +340,35 @@ class Learner:
 
         logp = logp.detach()
         means = self._rank_means(
-            loss=terms.loss, loss_fw=terms.loss_fw, loss_bw=terms.loss_bw, loss_reg=terms.loss_reg,
-            frac_penalised=terms.frac_penalised, kl_ref=(logp - logp_ref).mean().item(),
-            kl_anchor=(logp - logp_anchor).mean().item(), importance_weight_policy=w_policy[0].mean().item(),
-            importance_weight_anchor=1.0 if w_target is None else w_target.mean().item())
+            loss=terms.loss,
+            loss_fw=terms.loss_fw,
+            loss_bw=terms.loss_bw,
+            loss_reg=terms.loss_reg,
+            frac_penalised=terms.frac_penalised,
+            kl_ref=(logp - logp_ref).mean().item(),
+            kl_anchor=(logp - logp_anchor).mean().item(),
+            importance_weight_policy=w_policy[0].mean().item(),
+            importance_weight_anchor=1.0 if w_target is None else w_target.mean().item(),
+        )
         tokens = sum(len(s.completion.token_ids) for s in batch.policy_samples)
         if sft:
             tokens += sum(len(c.token_ids) for c in _best_target(batch, self.bond.n))
         policy, target = batch.policy_samples, batch.target_samples
         anchor_versions = [a.completion.weights_version for a in target if a.completion.role is Role.ANCHOR]
         return StepStats(
-            step=self._step, **means,
+            step=self._step,
+            **means,
             reward_policy=sum(s.reward for s in policy) / len(policy),
             reward_anchor=sum(a.reward for a in target) / len(target) if target else math.nan,
-            grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
+            grad_norm=grad_norm,
+            lr=lr,
+            policy_version=self.policy_version,
+            anchor_version=self.anchor_version,
             sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
             sample_anchor_version=sum(anchor_versions) / len(anchor_versions) if anchor_versions else math.nan,
-            tokens=tokens, seconds=time.perf_counter() - t0)
+            tokens=tokens,
+            seconds=time.perf_counter() - t0,
+        )
 
     def _rank_means(self, **values: float) -> dict[str, float]:
         """Each statistic's mean over the ranks (equal shares: the mean of the rank means is the global mean)."""
@@ -305,14 +379,16 @@ class Learner:
         """[B] truncated importance weight of each prompt's target group under the current anchor (bond.off_policy);
         None when every target sample was drawn by the current anchor (sync mode: no extra forward). Called with
         the anchor swapped in."""
-        stale = torch.tensor([[a.completion.weights_version != self.anchor_version for a in g] for g in share.target],
-                             device=self._device)
+        stale = torch.tensor(
+            [[a.completion.weights_version != self.anchor_version for a in g] for g in share.target],
+            device=self._device,
+        )
         # a global decision: under ZeRO-3 the forward below is a collective every rank must enter
         if rendezvous.all_reduce_sum(stale.sum().double().unsqueeze(0)).item() == 0:
             return None
         flat = [a.completion for g in share.target for a in g]
         chunk = 2 * self.config.micro_batch_prompts
-        logp_now = torch.cat([self._logprobs(self._pack(flat[i:i + chunk])) for i in range(0, len(flat), chunk)])
+        logp_now = torch.cat([self._logprobs(self._pack(flat[i : i + chunk])) for i in range(0, len(flat), chunk)])
         sampler = torch.tensor([c.sum_logprob for c in flat], dtype=logp_now.dtype, device=self._device)
         shape = stale.shape
         return importance_weights(logp_now.view(shape), sampler.view(shape), stale, self.bond.max_importance_weight)
@@ -327,15 +403,17 @@ class Learner:
         gkd = self._teacher is not None
         share = batch.slice(self.rank * self._share, (self.rank + 1) * self._share)
         mb = self.config.micro_batch_prompts
-        packs = [self._pack([s.completion for s in share.slice(i, i + mb).policy_samples])
-                 for i in range(0, self._share, mb)]
+        packs = [
+            self._pack([s.completion for s in share.slice(i, i + mb).policy_samples]) for i in range(0, self._share, mb)
+        ]
         with torch.no_grad():
             with self._anchor.swapped_in():
                 logp_anchor = torch.cat([self._logprobs(p) for p in packs])
             logp_ref = self._reference_logprobs(packs)
         if gkd:  # the token mean over the global batch: every rank needs the global token count
-            tokens = torch.tensor([float(sum(p.completion_tokens for p in packs))], dtype=torch.float64,
-                                  device=self._device)
+            tokens = torch.tensor(
+                [float(sum(p.completion_tokens for p in packs))], dtype=torch.float64, device=self._device
+            )
             scale = self.world_size / max(rendezvous.all_reduce_sum(tokens).item(), 1.0)
         else:
             scale = 1.0 / self._share
@@ -361,17 +439,30 @@ class Learner:
         ema_update_(self._anchor.tensors, [self.engine.local(p) for p in self._params], self._anchor_rate(self._step))
         self._step += 1
         logp = torch.cat(logps)
-        g = self._rank_means(loss=loss, kl_ref=(logp - logp_ref).mean().item(),
-                             kl_anchor=(logp - logp_anchor).mean().item())
+        g = self._rank_means(
+            loss=loss, kl_ref=(logp - logp_ref).mean().item(), kl_anchor=(logp - logp_anchor).mean().item()
+        )
         policy = batch.policy_samples
         return StepStats(
-            step=self._step, loss=g["loss"], loss_fw=0.0 if gkd else g["loss"], loss_bw=0.0, loss_reg=0.0,
-            frac_penalised=0.0, kl_ref=g["kl_ref"], kl_anchor=g["kl_anchor"],
-            reward_policy=sum(s.reward for s in policy) / len(policy), reward_anchor=math.nan,  # no target samples
-            grad_norm=grad_norm, lr=lr, policy_version=self.policy_version, anchor_version=self.anchor_version,
+            step=self._step,
+            loss=g["loss"],
+            loss_fw=0.0 if gkd else g["loss"],
+            loss_bw=0.0,
+            loss_reg=0.0,
+            frac_penalised=0.0,
+            kl_ref=g["kl_ref"],
+            kl_anchor=g["kl_anchor"],
+            reward_policy=sum(s.reward for s in policy) / len(policy),
+            reward_anchor=math.nan,  # no target samples
+            grad_norm=grad_norm,
+            lr=lr,
+            policy_version=self.policy_version,
+            anchor_version=self.anchor_version,
             sample_policy_version=sum(s.completion.weights_version for s in policy) / len(policy),
-            sample_anchor_version=math.nan, tokens=sum(len(s.completion.token_ids) for s in policy),
-            seconds=time.perf_counter() - t0)
+            sample_anchor_version=math.nan,
+            tokens=sum(len(s.completion.token_ids) for s in policy),
+            seconds=time.perf_counter() - t0,
+        )
 
     def logprobs(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> torch.Tensor:
         """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync).
@@ -379,7 +470,7 @@ class Learner:
         A collective under ZeRO-3: every rank calls it with the same number of completions.
         """
         chunk = 2 * self.config.micro_batch_prompts
-        packs = [self._pack(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        packs = [self._pack(completions[i : i + chunk]) for i in range(0, len(completions), chunk)]
         swap = {Role.POLICY: None, Role.ANCHOR: self._anchor, Role.REFERENCE: self._reference}[role]
         with torch.no_grad():
             if swap is None:
@@ -396,15 +487,18 @@ class Learner:
         whole local model). A collective under ZeRO-3, like `logprobs`.
         """
         chunk = 2 * self.config.micro_batch_prompts
-        packs = [self._pack(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        packs = [self._pack(completions[i : i + chunk]) for i in range(0, len(completions), chunk)]
         with torch.no_grad():
             policy = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
             with self._reference.swapped_in():
                 reference = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
-        parts = [kl_estimates(lp, lr, p.targets[:, p.logit_positions], p.target_mask[:, p.logit_positions])
-                 for p, lp, lr in zip(packs, policy, reference, strict=True)]
-        return KlEstimates(*(torch.cat([getattr(e, f.name) for e in parts]).float().cpu()
-                             for f in dataclasses.fields(KlEstimates)))
+        parts = [
+            kl_estimates(lp, lr, p.targets[:, p.logit_positions], p.target_mask[:, p.logit_positions])
+            for p, lp, lr in zip(packs, policy, reference, strict=True)
+        ]
+        return KlEstimates(
+            *(torch.cat([getattr(e, f.name) for e in parts]).float().cpu() for f in dataclasses.fields(KlEstimates))
+        )
 
     # ---- weights out ---------------------------------------------------------------------------------------
     def weights(self, role: Role) -> Iterator[WeightUpdate]:
@@ -425,8 +519,10 @@ class Learner:
             return  # not a safetensors checkpoint (e.g. .bin): nothing to compare against
         ours = set(self._names)
         if not ours <= on_disk:
-            raise ValueError(f"parameter names differ from the checkpoint in {self._model_dir}: "
-                             f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}")
+            raise ValueError(
+                f"parameter names differ from the checkpoint in {self._model_dir}: "
+                f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}"
+            )
 
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict | None = None, sha256: bool = True) -> None:
@@ -434,8 +530,12 @@ class Learner:
         the caller's `extra` (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py. The
         manifest records the layout (world_size, zero_stage, dtype) that restore requires, and sha256 digests
         unless turned off."""
-        meta = {"step": self._step, "policy_version": self.policy_version, "anchor_version": self.anchor_version,
-                **self.layout}
+        meta = {
+            "step": self._step,
+            "policy_version": self.policy_version,
+            "anchor_version": self.anchor_version,
+            **self.layout,
+        }
         self._checkpoints.save(directory, meta, extra, sha256)
 
     def restore(self, directory: str | Path) -> dict:
@@ -466,8 +566,9 @@ class Learner:
         model = self._reference_bf16
 
         def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                         logits_to_keep=keep).logits
+            return model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+            ).logits
 
         with torch.no_grad():
             return torch.cat([completion_logprobs(forward, p) for p in packs]).float()

@@ -31,11 +31,19 @@ def wrap(module: torch.nn.Module, cfg: LoraConfig, base_model: str) -> torch.nn.
     found = {name.rpartition(".")[2] for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = sorted(set(cfg.target_modules) - found)
     if missing:
-        raise ValueError(f"learner.lora.target_modules: {missing} are not linear layers of "
-                         f"{type(module).__name__} (its linear layers: {sorted(found)})")
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
-                              lora_dropout=cfg.dropout, bias="none", task_type="CAUSAL_LM",
-                              base_model_name_or_path=base_model)
+        raise ValueError(
+            f"learner.lora.target_modules: {missing} are not linear layers of "
+            f"{type(module).__name__} (its linear layers: {sorted(found)})"
+        )
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        target_modules=list(cfg.target_modules),
+        lora_dropout=cfg.dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+    )
     wrapped = get_peft_model(module, peft_cfg, adapter_name=ADAPTER)
     wrapped.eval()  # get_peft_model leaves the mode alone today; the learner relies on eval (no dropout)
     return wrapped
@@ -83,8 +91,10 @@ class LoraLayout:
             if a in index and b in index:
                 pairs[i] = (index[a], index[b])
         if len(pairs) * 2 != len(adapter_params):
-            raise ValueError(f"learner.lora: {len(adapter_params)} adapter tensors but {len(pairs)} adapted base "
-                             f"weights were found; unexpected peft layout")
+            raise ValueError(
+                f"learner.lora: {len(adapter_params)} adapter tensors but {len(pairs)} adapted base "
+                f"weights were found; unexpected peft layout"
+            )
         return cls(adapter_names, adapter_params, base_names, base_params, pairs, cfg.scaling)
 
 

@@ -19,18 +19,29 @@ def join(rank: int, world_size: int, master_addr: str, master_port: int, device:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     # DeepSpeed reads these even when handed an initialised group.
     local_rank = rank % max(1, torch.cuda.device_count()) if device == "cuda" else 0
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
-                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     if dist.is_initialized():
         if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-            raise RuntimeError(f"this process already belongs to a process group as rank {dist.get_rank()} of "
-                               f"{dist.get_world_size()}; cannot become rank {rank} of {world_size}")
+            raise RuntimeError(
+                f"this process already belongs to a process group as rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}; cannot become rank {rank} of {world_size}"
+            )
         return
     dist.init_process_group(
-        backend="nccl" if device == "cuda" else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
-        rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+        backend="nccl" if device == "cuda" else "gloo",
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,7 @@ def write_shards(buckets: Iterable[Mapping[str, torch.Tensor]], out: Path) -> No
     tmp_names, weight_map, total = [], {}, 0
     for i, bucket in enumerate(buckets):
         name = f"shard-{i:05d}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in bucket.items()}, out / name,
-                  metadata={"format": "pt"})
+        save_file({k: v.detach().contiguous().cpu() for k, v in bucket.items()}, out / name, metadata={"format": "pt"})
         tmp_names.append((name, list(bucket)))
         total += sum(v.numel() * v.element_size() for v in bucket.values())
     if len(tmp_names) == 1:

@@ -50,8 +50,10 @@ def pack(completions: Sequence[Completion], pad_id: int, device: torch.device) -
         raise ValueError("pack: no completions")
     for c in completions:
         if not c.prompt_token_ids:
-            raise ValueError(f"pack: completion for prompt {c.prompt_id} has no prompt tokens; "
-                             "log pi(y_1 | x) needs at least one (e.g. BOS)")
+            raise ValueError(
+                f"pack: completion for prompt {c.prompt_id} has no prompt tokens; "
+                "log pi(y_1 | x) needs at least one (e.g. BOS)"
+            )
     length = max(len(c.prompt_token_ids) + len(c.token_ids) for c in completions)
     ids = torch.full((len(completions), length), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)

@@ -23,11 +23,14 @@ class Teacher:
         self.module.eval().requires_grad_(False)
         teacher_vocab = self.module.get_output_embeddings().weight.shape[0]
         if teacher_vocab != vocab_size:
-            raise ValueError(f"algorithm.gkd_teacher: {model_dir} predicts {teacher_vocab} tokens, the policy "
-                             f"{vocab_size}; the teacher needs the policy's tokenizer and vocabulary")
+            raise ValueError(
+                f"algorithm.gkd_teacher: {model_dir} predicts {teacher_vocab} tokens, the policy "
+                f"{vocab_size}; the teacher needs the policy's tokenizer and vocabulary"
+            )
 
     @torch.no_grad()
     def logits(self, packed: Packed, keep: torch.Tensor) -> torch.Tensor:
         """[S, K, V] logits at positions `keep` of the packed sequences (no graph is built)."""
-        return self.module(input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False,
-                           logits_to_keep=keep).logits
+        return self.module(
+            input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False, logits_to_keep=keep
+        ).logits

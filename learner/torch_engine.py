@@ -24,15 +24,19 @@ class TorchEngine:
         self.max_grad_norm = bond.max_grad_norm
         self.optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad],
-            lr=bond.lr, betas=(bond.adam_beta1, bond.adam_beta2), eps=bond.adam_eps,
-            weight_decay=bond.weight_decay)
+            lr=bond.lr,
+            betas=(bond.adam_beta1, bond.adam_beta2),
+            eps=bond.adam_eps,
+            weight_decay=bond.weight_decay,
+        )
         if world_size > 1:  # start identical on every rank, whatever each rank loaded
             for p in module.parameters():
                 dist.broadcast(p.data, src=0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                           logits_to_keep=keep).logits
+        return self.module(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+        ).logits
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -81,13 +85,16 @@ class TorchEngine:
         else:
             saved = load_file(path / "model.safetensors", device=str(_device(self.module)))
             if saved.keys() != self._trained.keys():
-                raise ValueError(f"{path}: trained parameters differ from this model's (a checkpoint of another "
-                                 f"learner.lora setting?)")
+                raise ValueError(
+                    f"{path}: trained parameters differ from this model's (a checkpoint of another "
+                    f"learner.lora setting?)"
+                )
             with torch.no_grad():
                 for name, p in self._trained.items():
                     p.copy_(saved[name])
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                  map_location=_device(self.module)))
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", weights_only=True, map_location=_device(self.module))
+        )
 
 
 def _device(module: torch.nn.Module) -> torch.device:

@@ -23,8 +23,16 @@ from learner.engine import Engine
 from learner.shadow_weights import ShadowWeights
 
 # Files besides the weights that make a model directory loadable (tokenizer, generation defaults).
-SIDE_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model",
-              "chat_template*", "generation_config.json")
+SIDE_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+    "generation_config.json",
+)
 
 
 class WeightExport:
@@ -33,17 +41,27 @@ class WeightExport:
     `names`/`params` are the pushed parameters in checkpoint names; `shadows` holds the anchor and the reference
     (laid out like `params`); `bucket_bytes` bounds one bucket in the export dtype."""
 
-    def __init__(self, engine: Engine, names: Sequence[str], params: Sequence[torch.nn.Parameter],
-                 shadows: Mapping[Role, ShadowWeights], layout: lora.LoraLayout | None, dtype: torch.dtype,
-                 bucket_bytes: int, rank: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        names: Sequence[str],
+        params: Sequence[torch.nn.Parameter],
+        shadows: Mapping[Role, ShadowWeights],
+        layout: lora.LoraLayout | None,
+        dtype: torch.dtype,
+        bucket_bytes: int,
+        rank: int,
+    ) -> None:
         self.engine, self.names, self.params, self.shadows = engine, list(names), list(params), dict(shadows)
         self.lora, self.dtype, self.bucket_bytes, self.rank = layout, dtype, bucket_bytes, rank
         size = _element_size(dtype)
         largest = max(range(len(self.params)), key=lambda i: self._numel(self.params[i]))
         nbytes = self._numel(self.params[largest]) * size
         if nbytes > bucket_bytes:
-            raise ValueError(f"bucket_bytes={bucket_bytes} is smaller than parameter {self.names[largest]} "
-                             f"({nbytes} bytes); raise bucket_bytes to at least {nbytes}")
+            raise ValueError(
+                f"bucket_bytes={bucket_bytes} is smaller than parameter {self.names[largest]} "
+                f"({nbytes} bytes); raise bucket_bytes to at least {nbytes}"
+            )
 
     @property
     def model_bytes(self) -> int:
@@ -55,8 +73,12 @@ class WeightExport:
         marked last_bucket=True."""
         plan = self.bucket_plan(self.dtype)
         for b, indices in enumerate(plan):
-            yield WeightUpdate(role=role, version=version, tensors=self.gather(role, indices, self.dtype),
-                               last_bucket=b == len(plan) - 1)
+            yield WeightUpdate(
+                role=role,
+                version=version,
+                tensors=self.gather(role, indices, self.dtype),
+                last_bucket=b == len(plan) - 1,
+            )
 
     def gather(self, role: Role, indices: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         if role is Role.POLICY:
@@ -102,8 +124,9 @@ class WeightExport:
         with safe_open(str(directory / lora.ADAPTER_WEIGHTS), framework="pt") as f:
             missing = sorted(set(self.names) - set(f.keys()))
             if missing:
-                raise checkpoint_dir.CheckpointError(f"{directory} lacks adapter tensors {missing[:3]} (a checkpoint "
-                                                     f"of another learner.lora setting?)")
+                raise checkpoint_dir.CheckpointError(
+                    f"{directory} lacks adapter tensors {missing[:3]} (a checkpoint of another learner.lora setting?)"
+                )
             for name in self.names:
                 yield name, f.get_tensor(name)
 
@@ -139,8 +162,11 @@ class WeightExport:
             tensors.update(self.gather(role, indices, dtype))
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, out / lora.ADAPTER_WEIGHTS,
-                      metadata={"format": "pt"})
+            save_file(
+                {k: v.contiguous().cpu() for k, v in tensors.items()},
+                out / lora.ADAPTER_WEIGHTS,
+                metadata={"format": "pt"},
+            )
             lora.write_adapter_config(self.engine.module, out)
 
     def _merged_buckets(self, dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:

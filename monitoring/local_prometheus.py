@@ -58,10 +58,15 @@ class LocalPrometheus:
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30) -> LocalPrometheus:
-        cmd = [find_or_install_prometheus(), f"--config.file={self.config_file}",
-               f"--storage.tsdb.path={self.directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-               # Debian's build defaults its console templates to /etc/prometheus; none are needed here.
-               f"--web.console.templates={self.directory}", f"--web.console.libraries={self.directory}"]
+        cmd = [
+            find_or_install_prometheus(),
+            f"--config.file={self.config_file}",
+            f"--storage.tsdb.path={self.directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            # Debian's build defaults its console templates to /etc/prometheus; none are needed here.
+            f"--web.console.templates={self.directory}",
+            f"--web.console.libraries={self.directory}",
+        ]
         with open(self.log, "w") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s

@@ -33,8 +33,13 @@ def free_port() -> int:
 class LocalRayHead:
     """`ray start --head --block` on free ports; `env` is what a client (driver, `ray job submit`) needs."""
 
-    def __init__(self, num_cpus: int = 2, metrics_report_interval_ms: int = 1000, dashboard_port: int = 0,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        metrics_report_interval_ms: int = 1000,
+        dashboard_port: int = 0,
+        extra_args: tuple[str, ...] = (),
+    ):
         # A short path under /tmp: Ray's unix sockets live under the temp dir and are limited to ~107 chars.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="jmon-", dir="/tmp"))
         self.port, self.metrics_port = free_port(), free_port()
@@ -46,15 +51,20 @@ class LocalRayHead:
         token_path = self.temp_dir / "auth_token"
         token_path.write_text(self.token)
         token_path.chmod(0o600)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-                    "RAY_ADDRESS": f"127.0.0.1:{self.port}",
-                    # The autoscaler's and the dashboard's own metrics endpoints default to fixed ports
-                    # (44217, 44227): two heads on one machine would fight over them.
-                    "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port()),
-                    # Every Ray process pushes its metrics to the node's endpoint this often (default 10 s).
-                    # A short run finishes its steps within one default interval, so each counter would
-                    # appear once, at its final value, and rate() would see no increase at all.
-                    "RAY_metrics_report_interval_ms": str(metrics_report_interval_ms)}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_ADDRESS": f"127.0.0.1:{self.port}",
+            # The autoscaler's and the dashboard's own metrics endpoints default to fixed ports
+            # (44217, 44227): two heads on one machine would fight over them.
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
+            "DASHBOARD_METRIC_PORT": str(free_port()),
+            # Every Ray process pushes its metrics to the node's endpoint this often (default 10 s).
+            # A short run finishes its steps within one default interval, so each counter would
+            # appear once, at its final value, and rate() would see no increase at all.
+            "RAY_metrics_report_interval_ms": str(metrics_report_interval_ms),
+        }
         self.log = self.temp_dir / "ray_start.log"
         self._proc: subprocess.Popen | None = None
 
@@ -68,18 +78,43 @@ class LocalRayHead:
         return self.temp_dir / "ray" / "prom_metrics_service_discovery.json"
 
     def start(self, timeout_s: float = 90) -> LocalRayHead:
-        cmd = [str(RAY), "start", "--head", "--block", "--port", str(self.port),
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-               "--metrics-export-port", str(self.metrics_port), "--temp-dir", str(self.temp_dir / "ray"),
-               "--num-cpus", str(self.num_cpus), "--include-dashboard", "true", "--disable-usage-stats",
-               # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
-               # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
-               *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                        "runtime-env-agent-port", "ray-client-server-port")),
-               *self.extra_args]
+        cmd = [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(self.port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--metrics-export-port",
+            str(self.metrics_port),
+            "--temp-dir",
+            str(self.temp_dir / "ray"),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--include-dashboard",
+            "true",
+            "--disable-usage-stats",
+            # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
+            # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
+            *(
+                f"--{flag}={free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "ray-client-server-port",
+                )
+            ),
+            *self.extra_args,
+        ]
         with open(self.log, "w") as log:
-            self._proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -93,7 +128,7 @@ class LocalRayHead:
 
     def _lists_metrics_port(self) -> bool:
         try:
-            return f":{self.metrics_port}\"" in self.service_discovery_file.read_text()
+            return f':{self.metrics_port}"' in self.service_discovery_file.read_text()
         except OSError:
             return False
 
@@ -114,8 +149,20 @@ class LocalRayHead:
 
     def submit(self, entrypoint: str, submission_id: str, timeout_s: float = 120) -> None:
         """`ray job submit --no-wait` through the CLI, as a user would (RAY_AUTH_MODE=token + our token)."""
-        cmd = [str(RAY), "job", "submit", "--address", self.dashboard_url, "--no-wait",
-               "--submission-id", submission_id, "--", "bash", "-c", entrypoint]
+        cmd = [
+            str(RAY),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard_url,
+            "--no-wait",
+            "--submission-id",
+            submission_id,
+            "--",
+            "bash",
+            "-c",
+            entrypoint,
+        ]
         deadline = time.monotonic() + timeout_s
         while True:
             out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)

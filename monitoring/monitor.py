@@ -27,8 +27,10 @@ from monitoring.monitored_stack import MonitoredStack
 from monitoring.smoke_job import ROOT, job_entrypoint
 
 # What a reader wants to see first in Prometheus's own graph page: the objective of the run.
-GRAPH_QUERIES = ("avg by (run) (last_over_time(ray_jbond_reward_policy[5m]))",
-                 "avg by (run) (last_over_time(ray_jbond_kl_ref[5m]))")
+GRAPH_QUERIES = (
+    "avg by (run) (last_over_time(ray_jbond_reward_policy[5m]))",
+    "avg by (run) (last_over_time(ray_jbond_kl_ref[5m]))",
+)
 
 
 def prometheus_graph_url(base: str, queries=GRAPH_QUERIES, range_input: str = "15m") -> str:
@@ -45,11 +47,17 @@ def _interrupt(signum, frame) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.monitor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m monitoring.monitor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/local.yaml", help="job config (relative to the checkout)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a job config field (repeatable), as for cluster.main")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a job config field (repeatable), as for cluster.main",
+    )
     parser.add_argument("--no-job", action="store_true", help="only the head and Prometheus: submit jobs yourself")
     parser.add_argument("--grafana-url", default="", help="a Grafana the Ray dashboard should embed (RAY_GRAFANA_HOST)")
     parser.add_argument("--dashboard-port", type=int, default=8265)
@@ -68,27 +76,39 @@ def main(argv: list[str] | None = None) -> int:
     find_or_install_prometheus()  # before the cluster: a failed install should cost nothing
     runs = ROOT / "runs"
     # Submitted jobs refuse a relative run.run_dir without a storage root: the checkout's runs/, as for `make run`.
-    stack = MonitoredStack(runs / "monitor" / "prometheus", num_cpus=args.num_cpus, grafana_url=args.grafana_url,
-                           prometheus_port=args.prometheus_port, dashboard_port=args.dashboard_port,
-                           scrape_interval="5s", env={STORAGE_ENV: str(ROOT)})
+    stack = MonitoredStack(
+        runs / "monitor" / "prometheus",
+        num_cpus=args.num_cpus,
+        grafana_url=args.grafana_url,
+        prometheus_port=args.prometheus_port,
+        dashboard_port=args.dashboard_port,
+        scrape_interval="5s",
+        env={STORAGE_ENV: str(ROOT)},
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     submission_id, status = None, None
     with stack:
         head, prometheus = stack.head, stack.prometheus
         token_file = head.env["RAY_AUTH_TOKEN_PATH"]
-        print(f"Ray dashboard  {head.dashboard_url}   (token: {head.token}; also in {token_file})\n"
-              f"Prometheus     {prometheus.url}   alerts: {prometheus.url}/alerts\n"
-              f"J-BOND graphs  {prometheus_graph_url(prometheus.url)}\n"
-              f"Grafana        {args.grafana_url or 'none (--grafana-url URL to embed it in the Ray dashboard)'}\n"
-              f"submit jobs:   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} "
-              f"ray job submit --address {head.dashboard_url} -- python -m cluster.main ...", flush=True)
+        print(
+            f"Ray dashboard  {head.dashboard_url}   (token: {head.token}; also in {token_file})\n"
+            f"Prometheus     {prometheus.url}   alerts: {prometheus.url}/alerts\n"
+            f"J-BOND graphs  {prometheus_graph_url(prometheus.url)}\n"
+            f"Grafana        {args.grafana_url or 'none (--grafana-url URL to embed it in the Ray dashboard)'}\n"
+            f"submit jobs:   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} "
+            f"ray job submit --address {head.dashboard_url} -- python -m cluster.main ...",
+            flush=True,
+        )
         try:
             if not args.no_job:
                 submission_id = f"jbond-monitor-{secrets.token_hex(3)}"
                 overrides = dict(a.split("=", 1) for a in args.set)
                 head.submit(job_entrypoint(args.config, overrides), submission_id)
-                print(f"job {submission_id} submitted ({args.config}); its log: "
-                      f"{head.dashboard_url}/#/jobs/{submission_id}", flush=True)
+                print(
+                    f"job {submission_id} submitted ({args.config}); its log: "
+                    f"{head.dashboard_url}/#/jobs/{submission_id}",
+                    flush=True,
+                )
             while True:
                 if submission_id and status is None:
                     record = head.get_json(f"/api/jobs/{submission_id}")

@@ -14,11 +14,20 @@ from monitoring.local_ray_head import LocalRayHead
 
 
 class MonitoredStack:
-    def __init__(self, directory: Path, num_cpus: int = 4, grafana_url: str = "", prometheus_port: int = 0,
-                 dashboard_port: int = 0, scrape_interval: str = "1s", env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        num_cpus: int = 4,
+        grafana_url: str = "",
+        prometheus_port: int = 0,
+        dashboard_port: int = 0,
+        scrape_interval: str = "1s",
+        env: dict[str, str] | None = None,
+    ):
         self.head = LocalRayHead(num_cpus=num_cpus, dashboard_port=dashboard_port)
-        self.prometheus = LocalPrometheus(Path(directory), render_config(self.head.service_discovery_file,
-                                                                          scrape_interval), port=prometheus_port)
+        self.prometheus = LocalPrometheus(
+            Path(directory), render_config(self.head.service_discovery_file, scrape_interval), port=prometheus_port
+        )
         # The dashboard's own time-series panels are Grafana panels fed by this Prometheus: without a Grafana
         # the dashboard still checks Prometheus (/api/prometheus_health) but hides the charts.
         self.head.env["RAY_PROMETHEUS_HOST"] = self.prometheus.url

@@ -37,9 +37,18 @@ from monitoring.smoke_job import ROOT, smoke_entrypoint
 
 COOKIE = "ray-authentication-token"  # ray/_private/authentication/authentication_constants.py
 # No network chatter, no first-run UI, no GPU (none here), no sandbox (root in a container).
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
 
 
 def find_or_install_chromium() -> str:
@@ -60,10 +69,20 @@ async def capture(url: str, token: str | None, out: Path, width: int, height: in
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:  # a fresh, empty profile each time
-        proc = subprocess.Popen([find_or_install_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                 f"--window-size={width},{height}", "--remote-debugging-address=127.0.0.1",
-                                 f"--remote-debugging-port={port}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                find_or_install_chromium(),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "--remote-debugging-address=127.0.0.1",
+                f"--remote-debugging-port={port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             ws_url = await _page_websocket(port)
             async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -82,8 +101,9 @@ async def capture(url: str, token: str | None, out: Path, width: int, height: in
                 await call("Network.enable")
                 if token:
                     await call("Network.setCookie", name=COOKIE, value=token, url=url.split("#")[0])
-                await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                           mobile=False)
+                await call(
+                    "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+                )
                 await call("Page.enable")
                 await call("Page.navigate", url=url)
                 await asyncio.sleep(settle_s)  # the web app fetches and renders for a few seconds
@@ -113,8 +133,9 @@ async def _page_websocket(port: int, timeout_s: float = 30) -> str:
     raise TimeoutError(f"chromium's DevTools endpoint did not come up on port {port}")
 
 
-def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submission_id: str, run: str, steps: int,
-                      timeout_s: float) -> float:
+def wait_for_training(
+    head: LocalRayHead, prometheus: LocalPrometheus, submission_id: str, run: str, steps: int, timeout_s: float
+) -> float:
     """Until Prometheus holds `steps` learner steps of the run and the reward service is listed: the pictures
     then show a line with a shape and every actor and the Serve app busy, not a half-started cluster.
     Returns the time the first step was seen (the start of the graph's window)."""
@@ -122,8 +143,9 @@ def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submissio
     while time.monotonic() < deadline:
         status = head.get_json(f"/api/jobs/{submission_id}")["status"]
         if status in ("FAILED", "STOPPED", "SUCCEEDED"):
-            raise RuntimeError(f"job {status} before {steps} steps were scraped:\n"
-                               f"{head.job_logs(submission_id)[-4000:]}")
+            raise RuntimeError(
+                f"job {status} before {steps} steps were scraped:\n{head.job_logs(submission_id)[-4000:]}"
+            )
         serve_apps = head.get_json("/api/serve/applications/").get("applications") or {}
         seen = prometheus.api("query", query=f'max(max_over_time(ray_jbond_step{{run="{run}"}}[10m]))')["result"]
         if seen and first_step is None:
@@ -131,8 +153,9 @@ def wait_for_training(head: LocalRayHead, prometheus: LocalPrometheus, submissio
         if serve_apps and seen and float(seen[0]["value"][1]) >= steps:
             return first_step
         time.sleep(1)
-    raise TimeoutError(f"Prometheus saw fewer than {steps} steps after {timeout_s} s:\n"
-                       f"{head.job_logs(submission_id)[-4000:]}")
+    raise TimeoutError(
+        f"Prometheus saw fewer than {steps} steps after {timeout_s} s:\n{head.job_logs(submission_id)[-4000:]}"
+    )
 
 
 def main() -> None:
@@ -141,31 +164,54 @@ def main() -> None:
     parser.add_argument("--prometheus-out", type=Path, default=ROOT / "artifacts" / "prometheus_jbond.png")
     parser.add_argument("--page", default="#/overview", help="dashboard route, e.g. #/jobs or #/actors")
     parser.add_argument("--grafana-url", default="", help="a Grafana for the dashboard's charts (RAY_GRAFANA_HOST)")
-    parser.add_argument("--capture-after-steps", type=int, default=12,
-                        help="learner steps Prometheus must hold before the capture")
-    parser.add_argument("--steps", type=int, default=200,
-                        help="learner steps of the run: enough to outlive the capture (it is stopped after)")
+    parser.add_argument(
+        "--capture-after-steps", type=int, default=12, help="learner steps Prometheus must hold before the capture"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="learner steps of the run: enough to outlive the capture (it is stopped after)",
+    )
     args = parser.parse_args()
     find_or_install_chromium()  # before the cluster: a failed install should cost nothing
     find_or_install_prometheus()
     # The run's directory outlives the stack (entered first, left last); the job is stopped before either goes.
-    with tempfile.TemporaryDirectory(prefix="jbond-shot-") as tmp, \
-            MonitoredStack(Path(tmp) / "prometheus", num_cpus=4, grafana_url=args.grafana_url) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="jbond-shot-") as tmp,
+        MonitoredStack(Path(tmp) / "prometheus", num_cpus=4, grafana_url=args.grafana_url) as stack,
+    ):
         head, prometheus = stack.head, stack.prometheus
         run_dir = Path(tmp) / "dashboard-screenshot"
         submission_id = f"jbond-screenshot-{int(time.time())}"
-        head.submit(smoke_entrypoint(run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0,
-                                                           "reward.http_port": free_port()}), submission_id)
+        head.submit(
+            smoke_entrypoint(
+                run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0, "reward.http_port": free_port()}
+            ),
+            submission_id,
+        )
         try:
-            print(f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
-                  f"{args.capture_after_steps} learner steps in Prometheus", flush=True)
-            first_step = wait_for_training(head, prometheus, submission_id, run_dir.name, args.capture_after_steps,
-                                           timeout_s=400)
+            print(
+                f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
+                f"{args.capture_after_steps} learner steps in Prometheus",
+                flush=True,
+            )
+            first_step = wait_for_training(
+                head, prometheus, submission_id, run_dir.name, args.capture_after_steps, timeout_s=400
+            )
             asyncio.run(capture(f"{head.dashboard_url}/{args.page}", head.token, args.out, 1400, 1000, settle_s=15))
             print(f"saved {args.out}", flush=True)
             window_s = int(time.time() - first_step) + 10  # the run's steps across the whole graph
-            asyncio.run(capture(prometheus_graph_url(prometheus.url, range_input=f"{window_s}s"), None,
-                                args.prometheus_out, 1400, 1350, settle_s=5))
+            asyncio.run(
+                capture(
+                    prometheus_graph_url(prometheus.url, range_input=f"{window_s}s"),
+                    None,
+                    args.prometheus_out,
+                    1400,
+                    1350,
+                    settle_s=5,
+                )
+            )
             print(f"saved {args.prometheus_out}", flush=True)
         finally:
             status = head.stop_job(submission_id)["status"]

@@ -21,5 +21,6 @@ def job_entrypoint(config: str | Path, overrides: dict[str, object] | None = Non
 
 def smoke_entrypoint(run_dir: Path | str, steps: int, overrides: dict[str, object] | None = None) -> str:
     """configs/smoke.yaml for `steps` steps into run_dir, without a progress bar."""
-    return job_entrypoint("configs/smoke.yaml", {"run.steps": steps, "run.run_dir": run_dir,
-                                                 "run.progress": "false", **(overrides or {})})
+    return job_entrypoint(
+        "configs/smoke.yaml", {"run.steps": steps, "run.run_dir": run_dir, "run.progress": "false", **(overrides or {})}
+    )

@@ -25,8 +25,10 @@ def entailment_index(id2label: Mapping[int, str], wanted: str = "entailment") ->
     prefix = [i for i, name in labels.items() if name.lower().startswith(wanted.lower()[:6])]
     found = exact or prefix
     if len(found) != 1:
-        raise ValueError(f"cannot find a unique {wanted!r} label among the classifier's labels "
-                         f"{sorted(labels.items())}; pass entailment_label= with the right name")
+        raise ValueError(
+            f"cannot find a unique {wanted!r} label among the classifier's labels "
+            f"{sorted(labels.items())}; pass entailment_label= with the right name"
+        )
     return found[0]
 
 
@@ -45,8 +47,9 @@ class PremiseExtractor:
             return prompt
         match = self.pattern.search(prompt)
         if match is None:
-            raise BadRequestError(f"prompt {index} does not match the premise pattern {self.pattern.pattern!r}",
-                                  "bad_prompt")
+            raise BadRequestError(
+                f"prompt {index} does not match the premise pattern {self.pattern.pattern!r}", "bad_prompt"
+            )
         if "premise" in self.pattern.groupindex:
             return match.group("premise")
         return match.group(1) if self.pattern.groups else match.group(0)
@@ -55,8 +58,15 @@ class PremiseExtractor:
 class EntailmentReward:
     """An NLI sequence classifier as a RewardModel; rewards are log-probabilities, so always <= 0."""
 
-    def __init__(self, path: str, device: str = "cpu", max_length: int | None = None, batch_size: int = 64,
-                 premise_pattern: str | None = None, entailment_label: str = "entailment") -> None:
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        max_length: int | None = None,
+        batch_size: int = 64,
+        premise_pattern: str | None = None,
+        entailment_label: str = "entailment",
+    ) -> None:
         self._classifier = SequenceClassifier(path, device=device, max_length=max_length, batch_size=batch_size)
         try:
             self.label_index = entailment_index(self._classifier.config.id2label, entailment_label)

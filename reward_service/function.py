@@ -57,16 +57,19 @@ class ColumnArguments:
         except (TypeError, ValueError):  # a builtin without a signature takes no columns
             params = []
         self.takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                  inspect.Parameter.KEYWORD_ONLY)]
+        named = [
+            p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
         self.names = {p.name for p in named}
         self.required = {p.name for p in named if p.default is inspect.Parameter.empty}
 
     def __call__(self, columns: dict[str, object], index: int, model_id: str) -> dict[str, object]:
         missing = sorted(self.required - columns.keys())
         if missing:
-            raise RewardModelError(f"reward model {model_id!r} needs column(s) {missing} for sample {index}; the "
-                                   f"prompt row has {sorted(columns) or 'no other columns'}")
+            raise RewardModelError(
+                f"reward model {model_id!r} needs column(s) {missing} for sample {index}; the "
+                f"prompt row has {sorted(columns) or 'no other columns'}"
+            )
         return dict(columns) if self.takes_all else {k: v for k, v in columns.items() if k in self.names}
 
 
@@ -86,8 +89,9 @@ class FunctionReward:
             try:
                 values.append(self.fn(plain_text(prompt), completion, **kwargs))
             except Exception as exc:
-                raise RewardModelError(f"reward model {self.model_id!r} raised on sample {i}: "
-                                       f"{type(exc).__name__}: {exc}") from exc
+                raise RewardModelError(
+                    f"reward model {self.model_id!r} raised on sample {i}: {type(exc).__name__}: {exc}"
+                ) from exc
         return checked_rewards(values, len(values), self.model_id)
 
     def __repr__(self) -> str:

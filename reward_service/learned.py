@@ -33,15 +33,19 @@ def join_text(prompt: str, completion: str) -> str:
 class LearnedRewardModel:
     """Any Hugging Face AutoModelForSequenceClassification with one output logit, as a RewardModel."""
 
-    def __init__(self, path_or_hub_id: str, device: str = "cpu", max_length: int | None = None,
-                 batch_size: int = 64) -> None:
-        self._classifier = SequenceClassifier(path_or_hub_id, device=device, max_length=max_length,
-                                              batch_size=batch_size, truncation_side="left")
+    def __init__(
+        self, path_or_hub_id: str, device: str = "cpu", max_length: int | None = None, batch_size: int = 64
+    ) -> None:
+        self._classifier = SequenceClassifier(
+            path_or_hub_id, device=device, max_length=max_length, batch_size=batch_size, truncation_side="left"
+        )
         if self._classifier.num_labels != 1:
             labels = self._classifier.config.id2label
-            raise ValueError(f"LearnedRewardModel({path_or_hub_id!r}): a reward model has 1 output logit, this "
-                             f"classifier has {self._classifier.num_labels} (labels {labels}); "
-                             "for an NLI classifier use the entailment reward")
+            raise ValueError(
+                f"LearnedRewardModel({path_or_hub_id!r}): a reward model has 1 output logit, this "
+                f"classifier has {self._classifier.num_labels} (labels {labels}); "
+                "for an NLI classifier use the entailment reward"
+            )
         self.model_id = f"learned:{path_or_hub_id}@{self._classifier.fingerprint}"
 
     @property
@@ -51,8 +55,10 @@ class LearnedRewardModel:
     def inputs(self, prompts: Sequence[PromptLike], completions: Sequence[str]) -> list[str]:
         """The texts the classifier reads (see the module docstring)."""
         if self.templated:
-            return [self._classifier.tokenizer.apply_chat_template(chat(p, c), tokenize=False)
-                    for p, c in zip(prompts, completions, strict=True)]
+            return [
+                self._classifier.tokenizer.apply_chat_template(chat(p, c), tokenize=False)
+                for p, c in zip(prompts, completions, strict=True)
+            ]
         return [join_text(plain_text(p), c) for p, c in zip(prompts, completions, strict=True)]
 
     def score(self, prompts: Sequence[PromptLike], completions: Sequence[str]) -> list[float]:

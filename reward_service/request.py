@@ -43,16 +43,20 @@ class ScoreRequest:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequestError(f"the body is not valid JSON: {exc}", "bad_json") from None
         if not isinstance(data, dict):
-            raise BadRequestError(f"expected a JSON object with prompts and completions, got {type(data).__name__}",
-                                  "wrong_type")
+            raise BadRequestError(
+                f"expected a JSON object with prompts and completions, got {type(data).__name__}", "wrong_type"
+            )
         missing = [k for k in ("prompts", "completions") if k not in data]
         if missing:
-            raise BadRequestError(f"missing field(s) {missing}; expected "
-                                  '{"prompts": [str, ...], "completions": [str, ...]}', "missing_field")
+            raise BadRequestError(
+                f'missing field(s) {missing}; expected {{"prompts": [str, ...], "completions": [str, ...]}}',
+                "missing_field",
+            )
         for name in ("prompts", "completions"):
             if not isinstance(data[name], list):
-                raise BadRequestError(f"{name} must be a JSON list of strings, got {type(data[name]).__name__}",
-                                      "wrong_type")
+                raise BadRequestError(
+                    f"{name} must be a JSON list of strings, got {type(data[name]).__name__}", "wrong_type"
+                )
         return cls(tuple(_json_prompt(p, i) for i, p in enumerate(data["prompts"])), tuple(data["completions"]))
 
 
@@ -63,9 +67,11 @@ def _json_prompt(value: object, index: int) -> object:
     unknown = sorted(set(value) - {"messages", "text", "extras"})
     extras = value.get("extras", {})
     if unknown or not isinstance(extras, dict) or ("messages" in value) == ("text" in value):
-        raise BadRequestError(f"prompts[{index}]: expected a string or an object with exactly one of "
-                              f'"messages"/"text" and optional "extras" (an object), got keys {sorted(value)}',
-                              "wrong_type")
+        raise BadRequestError(
+            f"prompts[{index}]: expected a string or an object with exactly one of "
+            f'"messages"/"text" and optional "extras" (an object), got keys {sorted(value)}',
+            "wrong_type",
+        )
     try:
         return Prompt.parse(value.get("messages", value.get("text")), extras)
     except ValueError as e:

@@ -42,8 +42,9 @@ def check_pairs(prompts: Sequence[PromptLike], completions: Sequence[str]) -> No
         raise BadRequestError(f"{len(prompts)} prompts but {len(completions)} completions", "length_mismatch")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, PromptLike):
-            raise BadRequestError(f"prompts[{i}] must be a string or a Prompt, got {type(prompt).__name__}",
-                                  "wrong_type")
+            raise BadRequestError(
+                f"prompts[{i}] must be a string or a Prompt, got {type(prompt).__name__}", "wrong_type"
+            )
         _check_unicode("prompts", i, plain_text(prompt))
     for i, text in enumerate(completions):
         if not isinstance(text, str):
@@ -87,10 +88,12 @@ def checked_rewards(values: Sequence[object], expected: int, model_id: str) -> l
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars included
             raise RewardModelError(
-                f"reward model {model_id!r} returned {type(value).__name__} {value!r} for sample {i}, not a number")
+                f"reward model {model_id!r} returned {type(value).__name__} {value!r} for sample {i}, not a number"
+            )
         value = float(value)
         if not math.isfinite(value):
-            raise NonFiniteRewardError(f"reward model {model_id!r} returned a non-finite reward {value!r} "
-                                       f"for sample {i}")
+            raise NonFiniteRewardError(
+                f"reward model {model_id!r} returned a non-finite reward {value!r} for sample {i}"
+            )
         rewards.append(value)
     return rewards

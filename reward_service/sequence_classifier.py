@@ -19,16 +19,27 @@ _NO_LIMIT = 1_000_000
 class SequenceClassifier:
     """logits(texts[, pairs]) in chunks of `batch_size`, right-padded, truncated to `max_length` tokens."""
 
-    def __init__(self, path_or_hub_id: str, device: str = "cpu", max_length: int | None = None,
-                 batch_size: int = 64, truncation_side: str = "right") -> None:
+    def __init__(
+        self,
+        path_or_hub_id: str,
+        device: str = "cpu",
+        max_length: int | None = None,
+        batch_size: int = 64,
+        truncation_side: str = "right",
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.path = str(path_or_hub_id)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype="auto", use_safetensors=True, trust_remote_code=False).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                self.path, dtype="auto", use_safetensors=True, trust_remote_code=False
+            )
+            .to(self.device)
+            .eval()
+        )
         self.config = self.model.config
         # Right padding: Llama-style models number positions 0.. regardless of padding, so a left-padded
         # sample would be scored at shifted positions and its reward would depend on its batch-mates.
@@ -42,8 +53,11 @@ class SequenceClassifier:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.config.pad_token_id is None:
             self.config.pad_token_id = self.tokenizer.pad_token_id
-        limits = [n for n in (self.tokenizer.model_max_length, getattr(self.config, "max_position_embeddings", None))
-                  if n is not None and n < _NO_LIMIT]
+        limits = [
+            n
+            for n in (self.tokenizer.model_max_length, getattr(self.config, "max_position_embeddings", None))
+            if n is not None and n < _NO_LIMIT
+        ]
         self.max_length = max_length or (min(limits) if limits else 512)
         self.fingerprint = weights_fingerprint(self.model)
 
@@ -52,17 +66,28 @@ class SequenceClassifier:
         return int(self.config.num_labels)
 
     @torch.inference_mode()
-    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
-               truncation: str | bool = True, add_special_tokens: bool = True) -> torch.Tensor:
+    def logits(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        truncation: str | bool = True,
+        add_special_tokens: bool = True,
+    ) -> torch.Tensor:
         """[N, num_labels] float32 logits; `pairs` makes each input a (text, pair) tokenizer pair.
         add_special_tokens=False for texts a chat template rendered (it wrote BOS etc. itself)."""
         out = []
         for start in range(0, len(texts), self.batch_size):
-            chunk = list(texts[start:start + self.batch_size])
-            chunk_pairs = None if pairs is None else list(pairs[start:start + self.batch_size])
-            enc = self.tokenizer(chunk, chunk_pairs, padding=True, truncation=truncation,
-                                 max_length=self.max_length, return_tensors="pt",
-                                 add_special_tokens=add_special_tokens).to(self.device)
+            chunk = list(texts[start : start + self.batch_size])
+            chunk_pairs = None if pairs is None else list(pairs[start : start + self.batch_size])
+            enc = self.tokenizer(
+                chunk,
+                chunk_pairs,
+                padding=True,
+                truncation=truncation,
+                max_length=self.max_length,
+                return_tensors="pt",
+                add_special_tokens=add_special_tokens,
+            ).to(self.device)
             out.append(self.model(**enc).logits.float().cpu())
         if not out:
             return torch.empty(0, self.num_labels)

@@ -68,14 +68,27 @@ class RewardDeployment:
         context = serve.get_replica_context()
         self._replica = context.replica_id.unique_id
         tags = {"app": context.app_name, "reward_model": self._model.model_id}
-        self._errors = metrics.Counter("reward_errors", "Scoring requests that failed, by reason.",
-                                       tag_keys=("app", "reward_model", "reason"))
-        self._latency = metrics.Histogram("reward_request_latency_s", "Seconds from request to reply.",
-                                          boundaries=_LATENCY_BOUNDARIES_S, tag_keys=("app", "reward_model"))
-        self._batch_samples = metrics.Histogram("reward_batch_samples", "Samples scored per model call.",
-                                                boundaries=_BATCH_BOUNDARIES, tag_keys=("app", "reward_model"))
-        self._batch_requests = metrics.Histogram("reward_batch_requests", "Requests merged per model call.",
-                                                 boundaries=_BATCH_BOUNDARIES, tag_keys=("app", "reward_model"))
+        self._errors = metrics.Counter(
+            "reward_errors", "Scoring requests that failed, by reason.", tag_keys=("app", "reward_model", "reason")
+        )
+        self._latency = metrics.Histogram(
+            "reward_request_latency_s",
+            "Seconds from request to reply.",
+            boundaries=_LATENCY_BOUNDARIES_S,
+            tag_keys=("app", "reward_model"),
+        )
+        self._batch_samples = metrics.Histogram(
+            "reward_batch_samples",
+            "Samples scored per model call.",
+            boundaries=_BATCH_BOUNDARIES,
+            tag_keys=("app", "reward_model"),
+        )
+        self._batch_requests = metrics.Histogram(
+            "reward_batch_requests",
+            "Requests merged per model call.",
+            boundaries=_BATCH_BOUNDARIES,
+            tag_keys=("app", "reward_model"),
+        )
         for metric in (self._errors, self._latency, self._batch_samples, self._batch_requests):
             metric.set_default_tags(tags)
         self._score_batch.set_max_batch_size(spec.max_batch_size)
@@ -91,8 +104,10 @@ class RewardDeployment:
     async def __call__(self, http_request: Request) -> JSONResponse:
         """The HTTP JSON API (POST to the route prefix)."""
         if http_request.method != "POST":
-            return JSONResponse({"error": "method_not_allowed", "message": "POST a JSON body "
-                                 '{"prompts": [...], "completions": [...]}'}, status_code=405)
+            return JSONResponse(
+                {"error": "method_not_allowed", "message": 'POST a JSON body {"prompts": [...], "completions": [...]}'},
+                status_code=405,
+            )
         try:
             self._check_token(http_request.headers.get("authorization", ""))
             body = await self._read_body(http_request)
@@ -101,8 +116,9 @@ class RewardDeployment:
             if isinstance(error, UnauthorizedError | PayloadTooLargeError):
                 self._errors.inc(1, tags={"reason": error.reason})  # refused before _serve counts anything
             headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, UnauthorizedError) else None
-            return JSONResponse({"error": error.reason, "message": error.message}, status_code=http_status(error),
-                                headers=headers)
+            return JSONResponse(
+                {"error": error.reason, "message": error.message}, status_code=http_status(error), headers=headers
+            )
         return JSONResponse(reply.to_json())
 
     def _check_token(self, authorization: str) -> None:
@@ -138,8 +154,10 @@ class RewardDeployment:
                 raise outcome
             return outcome
         except TimeoutError:
-            error = RewardTimeoutError(f"reward model {self._model.model_id!r} did not answer within "
-                                       f"request_timeout_s={self._spec.request_timeout_s}")
+            error = RewardTimeoutError(
+                f"reward model {self._model.model_id!r} did not answer within "
+                f"request_timeout_s={self._spec.request_timeout_s}"
+            )
         except RewardServiceError as exc:
             error = exc
         except Exception as exc:  # a model bug must not take the replica down: report it as a model error
@@ -165,8 +183,15 @@ class RewardDeployment:
             return [await self._score_alone(r) for r in requests]
         replies, offset = [], 0
         for r in requests:
-            replies.append(RewardReply(tuple(rewards[offset:offset + r.size]), self._model.model_id,
-                                       self._replica, len(requests), len(prompts)))
+            replies.append(
+                RewardReply(
+                    tuple(rewards[offset : offset + r.size]),
+                    self._model.model_id,
+                    self._replica,
+                    len(requests),
+                    len(prompts),
+                )
+            )
             offset += r.size
         return replies
 
@@ -199,16 +224,18 @@ def deployment_options(spec: RewardSpec, env_vars: Mapping[str, str] | None = No
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
     }
     if spec.autoscaling:
-        options["autoscaling_config"] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
-                                         "initial_replicas": spec.replicas,
-                                         "target_ongoing_requests": spec.target_ongoing_requests}
+        options["autoscaling_config"] = {
+            "min_replicas": spec.min_replicas,
+            "max_replicas": spec.max_replicas,
+            "initial_replicas": spec.replicas,
+            "target_ongoing_requests": spec.target_ongoing_requests,
+        }
     else:
         options["num_replicas"] = spec.replicas
     return options
 
 
-def deploy(spec: RewardSpec, *, name: str = "reward", env_vars: Mapping[str, str] | None = None
-           ) -> DeploymentHandle:
+def deploy(spec: RewardSpec, *, name: str = "reward", env_vars: Mapping[str, str] | None = None) -> DeploymentHandle:
     """Start (or update) the Serve application `name` for `spec`; returns its handle once replicas are up.
 
     Ray must already be initialised (cluster/ owns ray.init). The first deploy starts Serve's HTTP proxy
@@ -218,8 +245,9 @@ def deploy(spec: RewardSpec, *, name: str = "reward", env_vars: Mapping[str, str
     return deploy_many({name: spec}, env_vars=env_vars)[name]
 
 
-def deploy_many(specs: Mapping[str, RewardSpec], env_vars: Mapping[str, str] | None = None
-                ) -> dict[str, DeploymentHandle]:
+def deploy_many(
+    specs: Mapping[str, RewardSpec], env_vars: Mapping[str, str] | None = None
+) -> dict[str, DeploymentHandle]:
     """deploy() for several applications (name -> spec) at once: their replicas start side by side."""
     if not ray.is_initialized():
         raise RuntimeError("reward_service.deploy: Ray is not initialised; call ray.init() (cluster/ does) first")
@@ -230,9 +258,16 @@ def deploy_many(specs: Mapping[str, RewardSpec], env_vars: Mapping[str, str] | N
         serve.start(http_options={"host": spec.http_host, "port": spec.http_port})
         _check_http_proxy(spec)
     # The token is resolved here, in the driver (it may come from its environment), and handed to the replicas.
-    targets = [serve.RunTarget(RewardDeployment.options(name="RewardDeployment", **deployment_options(spec, env_vars))
-                               .bind(spec, spec.resolved_http_token), name=name, route_prefix=spec.route_prefix)
-               for name, spec in specs.items()]
+    targets = [
+        serve.RunTarget(
+            RewardDeployment.options(name="RewardDeployment", **deployment_options(spec, env_vars)).bind(
+                spec, spec.resolved_http_token
+            ),
+            name=name,
+            route_prefix=spec.route_prefix,
+        )
+        for name, spec in specs.items()
+    ]
     return dict(zip(specs, serve.run_many(targets), strict=True))
 
 
@@ -241,9 +276,11 @@ def _check_http_proxy(spec: RewardSpec) -> None:
 
     running = _get_global_client().http_config
     if (running.host, running.port) != (spec.http_host, spec.http_port):
-        raise RuntimeError(f"Serve's HTTP proxy already listens on {running.host}:{running.port}, but the reward "
-                           f"spec asks for {spec.http_host}:{spec.http_port}; use the same http_host/http_port "
-                           "for every application in this Ray cluster")
+        raise RuntimeError(
+            f"Serve's HTTP proxy already listens on {running.host}:{running.port}, but the reward "
+            f"spec asks for {spec.http_host}:{spec.http_port}; use the same http_host/http_port "
+            "for every application in this Ray cluster"
+        )
 
 
 def shutdown(name: str | None = None) -> None:

@@ -67,50 +67,76 @@ class RewardSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, str) and not isinstance(self.kind, RewardKind):
-            require(self.kind in {k.value for k in RewardKind}, "kind",
-                    f"expected one of {[k.value for k in RewardKind]}, got {self.kind!r}")
+            require(
+                self.kind in {k.value for k in RewardKind},
+                "kind",
+                f"expected one of {[k.value for k in RewardKind]}, got {self.kind!r}",
+            )
             object.__setattr__(self, "kind", RewardKind(self.kind))
         check_types(self)
         require(bool(self.path_or_name), "path_or_name", "must not be empty")
         if self.kind is RewardKind.FUNCTION:
             module, sep, attr = self.path_or_name.partition(":")
-            require(bool(sep and module and attr), "path_or_name",
-                    f"a function reward is named 'package.module:function', got {self.path_or_name!r}")
+            require(
+                bool(sep and module and attr),
+                "path_or_name",
+                f"a function reward is named 'package.module:function', got {self.path_or_name!r}",
+            )
         require(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
-        require((self.min_replicas is None) == (self.max_replicas is None), "min_replicas",
-                "set both min_replicas and max_replicas to autoscale, or neither")
+        require(
+            (self.min_replicas is None) == (self.max_replicas is None),
+            "min_replicas",
+            "set both min_replicas and max_replicas to autoscale, or neither",
+        )
         if self.min_replicas is not None:
             for name in ("min_replicas", "max_replicas"):
                 value = getattr(self, name)
-                require(isinstance(value, int) and not isinstance(value, bool), name,
-                        f"expected an integer, got {value!r}")
+                require(
+                    isinstance(value, int) and not isinstance(value, bool), name, f"expected an integer, got {value!r}"
+                )
             require(self.min_replicas >= 0, "min_replicas", f"must be >= 0, got {self.min_replicas}")
             require(self.max_replicas >= 1, "max_replicas", f"must be >= 1, got {self.max_replicas}")
-            require(self.min_replicas <= self.replicas <= self.max_replicas, "replicas",
-                    f"the initial {self.replicas} replicas must lie within [min_replicas, max_replicas] = "
-                    f"[{self.min_replicas}, {self.max_replicas}]")
-        require(self.target_ongoing_requests > 0, "target_ongoing_requests",
-                f"must be > 0, got {self.target_ongoing_requests}")
+            require(
+                self.min_replicas <= self.replicas <= self.max_replicas,
+                "replicas",
+                f"the initial {self.replicas} replicas must lie within [min_replicas, max_replicas] = "
+                f"[{self.min_replicas}, {self.max_replicas}]",
+            )
+        require(
+            self.target_ongoing_requests > 0,
+            "target_ongoing_requests",
+            f"must be > 0, got {self.target_ongoing_requests}",
+        )
         require(self.cpus_per_replica >= 0, "cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
         require(self.gpus_per_replica >= 0, "gpus_per_replica", f"must be >= 0, got {self.gpus_per_replica}")
         require(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
-        require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s",
-                f"must be >= 0, got {self.batch_wait_timeout_s}")
+        require(
+            self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", f"must be >= 0, got {self.batch_wait_timeout_s}"
+        )
         require(self.forward_batch_size >= 1, "forward_batch_size", f"must be >= 1, got {self.forward_batch_size}")
         if self.max_length_tokens is not None:
-            require(isinstance(self.max_length_tokens, int) and self.max_length_tokens >= 1, "max_length_tokens",
-                    f"must be a positive integer, got {self.max_length_tokens!r}")
+            require(
+                isinstance(self.max_length_tokens, int) and self.max_length_tokens >= 1,
+                "max_length_tokens",
+                f"must be a positive integer, got {self.max_length_tokens!r}",
+            )
         if self.premise_pattern is not None:
             require(self.kind is RewardKind.ENTAILMENT, "premise_pattern", "only applies to the entailment kind")
-            require(isinstance(self.premise_pattern, str), "premise_pattern",
-                    f"expected a string, got {self.premise_pattern!r}")
+            require(
+                isinstance(self.premise_pattern, str),
+                "premise_pattern",
+                f"expected a string, got {self.premise_pattern!r}",
+            )
         require(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
         require(bool(self.http_host), "http_host", "must not be empty")
         require(1 <= self.http_port <= 65535, "http_port", f"must be a TCP port in 1..65535, got {self.http_port}")
         require(self.route_prefix.startswith("/"), "route_prefix", f"must start with '/', got {self.route_prefix!r}")
-        require(is_loopback(self.http_host) or bool(self.resolved_http_token), "http_token",
-                f"http_host {self.http_host!r} is reachable from other machines: set a bearer token "
-                f"(${TOKEN_ENV}, or reward.http_token) or bind 127.0.0.1")
+        require(
+            is_loopback(self.http_host) or bool(self.resolved_http_token),
+            "http_token",
+            f"http_host {self.http_host!r} is reachable from other machines: set a bearer token "
+            f"(${TOKEN_ENV}, or reward.http_token) or bind 127.0.0.1",
+        )
         require(self.max_request_bytes >= 1024, "max_request_bytes", f"must be >= 1024, got {self.max_request_bytes}")
 
     @property
@@ -141,13 +167,19 @@ def build_reward_model(spec: RewardSpec) -> RewardModel:
     if spec.kind is RewardKind.LEARNED:
         from reward_service.learned import LearnedRewardModel
 
-        return LearnedRewardModel(spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens,
-                                  batch_size=spec.forward_batch_size)
+        return LearnedRewardModel(
+            spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens, batch_size=spec.forward_batch_size
+        )
     if spec.kind is RewardKind.ENTAILMENT:
         from reward_service.entailment import EntailmentReward
 
-        return EntailmentReward(spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens,
-                                batch_size=spec.forward_batch_size, premise_pattern=spec.premise_pattern)
+        return EntailmentReward(
+            spec.path_or_name,
+            device=spec.device,
+            max_length=spec.max_length_tokens,
+            batch_size=spec.forward_batch_size,
+            premise_pattern=spec.premise_pattern,
+        )
     from reward_service.function import FunctionReward
 
     return FunctionReward(spec.path_or_name)

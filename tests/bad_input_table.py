@@ -32,11 +32,15 @@ class _Collector:
 
 
 def rows() -> list[tuple[str, str, str]]:
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
-                   if "pytest.mark.bad_input" in p.read_text())
+    files = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").rglob("test_*.py")
+        if "pytest.mark.bad_input" in p.read_text()
+    )
     collector = _Collector()
-    code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *files],
-                       plugins=[collector])
+    code = pytest.main(
+        ["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *files], plugins=[collector]
+    )
     if code not in (0, 5):
         raise SystemExit(f"collecting {files} failed (pytest exit {code})")
     return collector.rows
@@ -61,9 +65,10 @@ def main(argv: list[str]) -> int:
         print(table(rows()))
         return 0
     # collect in a child process: pytest's output and imports stay out of this one
-    out = subprocess.run([sys.executable, "-m", "tests.bad_input_table", "--rows"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    block = out[out.index("| # |"):].strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bad_input_table", "--rows"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    block = out[out.index("| # |") :].strip()
     current = README.read_text()
     wanted = rewritten(current, block)
     if "--check" in argv:

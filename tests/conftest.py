@@ -10,7 +10,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Every Ray the tests start (ray.init, `ray start` heads) inherits Serve's proxy allowance (see cluster/runtime/ray_system.py).
+# Every Ray the tests start (ray.init, `ray start` heads) inherits Serve's proxy allowance (runtime/ray_system.py).
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,20 @@ def tied_qwen2_dir(tmp_path_factory) -> Path:
     from demo.tiny import BOS, EOS, MAX_POSITIONS, PAD, build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=MAX_POSITIONS,
-                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True,
-                         torch_dtype="float32")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():  # larger than the 0.02 init, so logprobs differ clearly between weights

@@ -36,8 +36,11 @@ def oversized(paths: list[Path]) -> list[Oversized]:
     found = []
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
-            limit = {ast.FunctionDef: MAX_FUNCTION_LINES, ast.AsyncFunctionDef: MAX_FUNCTION_LINES,
-                     ast.ClassDef: MAX_CLASS_LINES}.get(type(node))
+            limit = {
+                ast.FunctionDef: MAX_FUNCTION_LINES,
+                ast.AsyncFunctionDef: MAX_FUNCTION_LINES,
+                ast.ClassDef: MAX_CLASS_LINES,
+            }.get(type(node))
             if limit is None:
                 continue
             lines = node.end_lineno - min([node.lineno] + [d.lineno for d in node.decorator_list]) + 1
@@ -61,7 +64,9 @@ def imports(path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue

@@ -42,8 +42,13 @@ def field_docs(cls: type) -> dict[str, str]:
     (node,) = ast.parse(source).body
     docs, body = {}, node.body
     for stmt, after in zip(body, body[1:] + [None], strict=True):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
     return docs
 

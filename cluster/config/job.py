@@ -89,24 +89,43 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
-                f"must be float32, bfloat16 or float16, got {self.dtype!r}")
-        require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
-                f"must be in (0, 1], got {self.gpu_memory_utilization}")
-        require(self.tensor_parallel_size >= 1, "tensor_parallel_size",
-                f"must be >= 1, got {self.tensor_parallel_size}")
-        require(self.max_model_len is None or (isinstance(self.max_model_len, int)
-                                               and not isinstance(self.max_model_len, bool)
-                                               and self.max_model_len >= 2), "max_model_len",
-                f"must be unset or an integer >= 2, got {self.max_model_len!r}")
+        require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            "dtype",
+            f"must be float32, bfloat16 or float16, got {self.dtype!r}",
+        )
+        require(
+            0.0 < self.gpu_memory_utilization <= 1.0,
+            "gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        require(
+            self.tensor_parallel_size >= 1, "tensor_parallel_size", f"must be >= 1, got {self.tensor_parallel_size}"
+        )
+        require(
+            self.max_model_len is None
+            or (
+                isinstance(self.max_model_len, int)
+                and not isinstance(self.max_model_len, bool)
+                and self.max_model_len >= 2
+            ),
+            "max_model_len",
+            f"must be unset or an integer >= 2, got {self.max_model_len!r}",
+        )
         require(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
 
     def vllm_kwargs(self) -> dict:
         """Keyword arguments of actors.vllm_sampler.VllmSampler (and vllm.LLM)."""
-        return {"dtype": self.dtype, "gpu_memory_utilization": self.gpu_memory_utilization,
-                "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len,
-                "max_num_seqs": self.max_num_seqs, "enforce_eager": self.enforce_eager,
-                "enable_prefix_caching": self.enable_prefix_caching, "enable_sleep_mode": self.enable_sleep_mode}
+        return {
+            "dtype": self.dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enable_sleep_mode": self.enable_sleep_mode,
+        }
 
     def hf_kwargs(self) -> dict:
         """Keyword arguments of actors.hf_sampler.HfSampler: the knobs transformers.generate has."""
@@ -166,16 +185,25 @@ class ResourcesConfig:
         for name in ("actor_node_labels", "learner_node_labels"):
             _check_node_labels(name, getattr(self, name))
         if self.colocate:
-            require(not self.actor_node_labels, "actor_node_labels",
-                    "colocated actors run in the learner ranks' bundles: place them with learner_node_labels")
-            require((self.gpus_per_actor > 0) == (self.gpus_per_learner > 0), "gpus_per_actor",
-                    f"colocated actors share the learner's devices: actors and learner both on GPU or both on CPU "
-                    f"(gpus_per_actor {self.gpus_per_actor}, gpus_per_learner {self.gpus_per_learner})")
+            require(
+                not self.actor_node_labels,
+                "actor_node_labels",
+                "colocated actors run in the learner ranks' bundles: place them with learner_node_labels",
+            )
+            require(
+                (self.gpus_per_actor > 0) == (self.gpus_per_learner > 0),
+                "gpus_per_actor",
+                f"colocated actors share the learner's devices: actors and learner both on GPU or both on CPU "
+                f"(gpus_per_actor {self.gpus_per_actor}, gpus_per_learner {self.gpus_per_learner})",
+            )
 
     def actors(self, role: Role) -> int:
         """How many sampling workers hold `role`'s weights (when the job samples that role at all)."""
-        return {Role.POLICY: self.policy_actors, Role.ANCHOR: self.anchor_actors,
-                Role.REFERENCE: self.reference_actors}[role]
+        return {
+            Role.POLICY: self.policy_actors,
+            Role.ANCHOR: self.anchor_actors,
+            Role.REFERENCE: self.reference_actors,
+        }[role]
 
 
 # Ray's node-label syntax: an optional DNS-style prefix and '/', then a name of <= 63 characters that starts and
@@ -186,14 +214,21 @@ _LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 
 
 def _check_node_labels(name: str, labels: object) -> None:
-    require(isinstance(labels, dict), name, f"expected a mapping of Ray node labels (e.g. {{pool: actors}}), "
-            f"got {labels!r}")
+    require(
+        isinstance(labels, dict), name, f"expected a mapping of Ray node labels (e.g. {{pool: actors}}), got {labels!r}"
+    )
     for key, value in labels.items():
-        require(isinstance(key, str) and _LABEL_KEY.fullmatch(key) is not None, name,
-                f"{key!r} is not a Ray node-label key ([prefix/]name: letters, digits, '-', '_', '.', <= 63)")
-        require(isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None, name,
-                f"label {key}: {value!r} is not a Ray node-label value (a string of letters, digits, '-', '_', '.', "
-                f"<= 63; quote numbers and booleans in YAML)")
+        require(
+            isinstance(key, str) and _LABEL_KEY.fullmatch(key) is not None,
+            name,
+            f"{key!r} is not a Ray node-label key ([prefix/]name: letters, digits, '-', '_', '.', <= 63)",
+        )
+        require(
+            isinstance(value, str) and _LABEL_VALUE.fullmatch(value) is not None,
+            name,
+            f"label {key}: {value!r} is not a Ray node-label value (a string of letters, digits, '-', '_', '.', "
+            f"<= 63; quote numbers and booleans in YAML)",
+        )
 
 
 @dataclass(frozen=True)
@@ -203,7 +238,7 @@ class RunConfig:
     run_dir: Path = Path("runs/local")
     """Checkpoints, episodes (Parquet), TensorBoard events, logs, plots, the config and the summary go here.
     A relative path resolves against storage_path (or $JBOND_STORAGE_PATH) if set, else against the current
-    directory; a relative run_dir in a `ray job submit` job with no storage root is refused (cluster/config/storage.py)."""
+    directory; a relative run_dir in a `ray job submit` job with no storage root is refused (config/storage.py)."""
     storage_path: str = ""
     """Absolute directory that relative run_dirs resolve against, like Ray Train's storage_path: on a cluster,
     one every node can write (NFS, a mounted bucket). '' : $JBOND_STORAGE_PATH, else the current directory."""
@@ -262,17 +297,27 @@ class RunConfig:
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         for name in ("checkpoint_every", "keep_checkpoints", "export_every", "max_staleness", "show_samples"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        require(self.mode is Mode.SYNC or self.max_staleness >= 1, "max_staleness",
-                "pipelined mode samples at least one version behind the learner: needs max_staleness >= 1")
+        require(
+            self.mode is Mode.SYNC or self.max_staleness >= 1,
+            "max_staleness",
+            "pipelined mode samples at least one version behind the learner: needs max_staleness >= 1",
+        )
         require(self.pipeline_depth >= 1, "pipeline_depth", f"must be >= 1, got {self.pipeline_depth}")
-        require(not self.storage_path or Path(self.storage_path).expanduser().is_absolute(), "storage_path",
-                f"must be an absolute path (a directory every node can write), got {self.storage_path!r}")
-        require(not self.wandb_project or importlib.util.find_spec("wandb") is not None, "wandb_project",
-                f"is {self.wandb_project!r} but the wandb package is not installed: `pip install wandb`, "
-                "or leave run.wandb_project empty (TensorBoard needs no account)")
+        require(
+            not self.storage_path or Path(self.storage_path).expanduser().is_absolute(),
+            "storage_path",
+            f"must be an absolute path (a directory every node can write), got {self.storage_path!r}",
+        )
+        require(
+            not self.wandb_project or importlib.util.find_spec("wandb") is not None,
+            "wandb_project",
+            f"is {self.wandb_project!r} but the wandb package is not installed: `pip install wandb`, "
+            "or leave run.wandb_project empty (TensorBoard needs no account)",
+        )
         require(self.auto_resume >= 0, "auto_resume", f"must be >= 0, got {self.auto_resume}")
-        require(self.weight_sync_timeout_s > 0, "weight_sync_timeout_s",
-                f"must be > 0, got {self.weight_sync_timeout_s}")
+        require(
+            self.weight_sync_timeout_s > 0, "weight_sync_timeout_s", f"must be > 0, got {self.weight_sync_timeout_s}"
+        )
 
 
 @dataclass(frozen=True)
@@ -300,15 +345,22 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_types(self)
         require(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
-        require(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction",
-                f"must be in [0, 1), got {self.holdout_fraction}")
+        require(
+            0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", f"must be in [0, 1), got {self.holdout_fraction}"
+        )
         require(self.num_prompts >= 1, "num_prompts", f"must be >= 1, got {self.num_prompts}")
         require(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
         require(self.greedy or self.sampled, "greedy", "greedy and sampled are both off: nothing to evaluate")
-        require(self.prompts is None or self.holdout_fraction == 0.0, "holdout_fraction",
-                "set either eval.prompts (a held-out file) or eval.holdout_fraction, not both")
-        require(self.every_steps == 0 or self.prompts is not None or self.holdout_fraction > 0.0, "every_steps",
-                "evaluation needs held-out prompts: set eval.prompts.path or eval.holdout_fraction > 0")
+        require(
+            self.prompts is None or self.holdout_fraction == 0.0,
+            "holdout_fraction",
+            "set either eval.prompts (a held-out file) or eval.holdout_fraction, not both",
+        )
+        require(
+            self.every_steps == 0 or self.prompts is not None or self.holdout_fraction > 0.0,
+            "every_steps",
+            "evaluation needs held-out prompts: set eval.prompts.path or eval.holdout_fraction > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -327,61 +379,105 @@ class JobConfig:
     def __post_init__(self) -> None:
         # The learner's log pi(y) is the untempered, unnucleated model; samples drawn at another temperature
         # or top_p come from a different distribution, and every objective here would silently be biased.
-        require(self.sampling.temperature == 1.0, "sampling.temperature",
-                f"training samples must come from pi itself (temperature 1), got {self.sampling.temperature}; "
-                "the learner's log-probs are untempered")
-        require(self.sampling.top_p == 1.0, "sampling.top_p",
-                f"training samples must come from pi itself (top_p 1), got {self.sampling.top_p}; "
-                "the learner's log-probs are of the full distribution")
-        require(self.algorithm.algorithm is not Algorithm.REST or self.run.mode is Mode.SYNC, "run.mode",
-                "rest alternates whole Grow and Improve phases (cluster/training/rest.py), so nothing is pipelined: use sync")
-        require(self.algorithm.prompts_per_step % self.resources.learner_ranks == 0, "algorithm.prompts_per_step",
-                f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
-                f"{self.resources.learner_ranks} learner ranks")
+        require(
+            self.sampling.temperature == 1.0,
+            "sampling.temperature",
+            f"training samples must come from pi itself (temperature 1), got {self.sampling.temperature}; "
+            "the learner's log-probs are untempered",
+        )
+        require(
+            self.sampling.top_p == 1.0,
+            "sampling.top_p",
+            f"training samples must come from pi itself (top_p 1), got {self.sampling.top_p}; "
+            "the learner's log-probs are of the full distribution",
+        )
+        require(
+            self.algorithm.algorithm is not Algorithm.REST or self.run.mode is Mode.SYNC,
+            "run.mode",
+            "rest alternates whole Grow and Improve phases, so nothing is pipelined: use sync",
+        )
+        require(
+            self.algorithm.prompts_per_step % self.resources.learner_ranks == 0,
+            "algorithm.prompts_per_step",
+            f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
+            f"{self.resources.learner_ranks} learner ranks",
+        )
         self._check_engine()
 
     def _check_engine(self) -> None:
         engine, res = self.engine, self.resources
         pushed = _LEARNER_TO_ENGINE_DTYPE[self.learner.dtype]
-        require(engine.dtype == pushed, "engine.dtype",
-                f"the actors would serve {engine.dtype} but the learner trains and pushes {pushed} weights "
-                f"(learner.dtype: {self.learner.dtype.value}); set engine.dtype: {pushed}, or change learner.dtype "
-                f"({', '.join(f'{k.value} -> {v}' for k, v in _LEARNER_TO_ENGINE_DTYPE.items())})")
+        require(
+            engine.dtype == pushed,
+            "engine.dtype",
+            f"the actors would serve {engine.dtype} but the learner trains and pushes {pushed} weights "
+            f"(learner.dtype: {self.learner.dtype.value}); set engine.dtype: {pushed}, or change learner.dtype "
+            f"({', '.join(f'{k.value} -> {v}' for k, v in _LEARNER_TO_ENGINE_DTYPE.items())})",
+        )
         on_gpu = res.gpus_per_actor > 0
         if engine.tensor_parallel_size > 1:
-            require(on_gpu, "engine.tensor_parallel_size",
-                    f"{engine.tensor_parallel_size} needs GPUs, but resources.gpus_per_actor is 0: a CPU engine "
-                    "runs in one process; use tensor_parallel_size: 1 on CPU")
-            require(res.gpus_per_actor == 1, "resources.gpus_per_actor",
-                    f"with engine.tensor_parallel_size {engine.tensor_parallel_size} each actor reserves "
-                    f"{engine.tensor_parallel_size} whole GPUs, one per shard: set gpus_per_actor: 1 "
-                    f"(got {res.gpus_per_actor})")
-            require(self.models.sampler_backend is SamplerBackend.VLLM, "engine.tensor_parallel_size",
-                    "tensor parallelism needs the vllm sampler backend")
+            require(
+                on_gpu,
+                "engine.tensor_parallel_size",
+                f"{engine.tensor_parallel_size} needs GPUs, but resources.gpus_per_actor is 0: a CPU engine "
+                "runs in one process; use tensor_parallel_size: 1 on CPU",
+            )
+            require(
+                res.gpus_per_actor == 1,
+                "resources.gpus_per_actor",
+                f"with engine.tensor_parallel_size {engine.tensor_parallel_size} each actor reserves "
+                f"{engine.tensor_parallel_size} whole GPUs, one per shard: set gpus_per_actor: 1 "
+                f"(got {res.gpus_per_actor})",
+            )
+            require(
+                self.models.sampler_backend is SamplerBackend.VLLM,
+                "engine.tensor_parallel_size",
+                "tensor parallelism needs the vllm sampler backend",
+            )
         if res.colocate:
-            require(self.run.mode is Mode.SYNC, "resources.colocate",
-                    "colocated actors and learner take turns on the same resources; pipelined mode samples while "
-                    "the learner trains: use run.mode: sync")
-            require(engine.tensor_parallel_size == 1, "resources.colocate",
-                    "a tensor-parallel engine needs whole GPUs of its own; colocated actors take a share of the "
-                    "learner's devices: use engine.tensor_parallel_size: 1")
-            require(not on_gpu or engine.enable_sleep_mode or self.models.sampler_backend is not SamplerBackend.VLLM,
-                    "engine.enable_sleep_mode",
-                    "colocated vLLM engines on GPU must free the devices while the learner steps: set "
-                    "engine.enable_sleep_mode: true")
+            require(
+                self.run.mode is Mode.SYNC,
+                "resources.colocate",
+                "colocated actors and learner take turns on the same resources; pipelined mode samples while "
+                "the learner trains: use run.mode: sync",
+            )
+            require(
+                engine.tensor_parallel_size == 1,
+                "resources.colocate",
+                "a tensor-parallel engine needs whole GPUs of its own; colocated actors take a share of the "
+                "learner's devices: use engine.tensor_parallel_size: 1",
+            )
+            require(
+                not on_gpu or engine.enable_sleep_mode or self.models.sampler_backend is not SamplerBackend.VLLM,
+                "engine.enable_sleep_mode",
+                "colocated vLLM engines on GPU must free the devices while the learner steps: set "
+                "engine.enable_sleep_mode: true",
+            )
         if engine.enable_sleep_mode:
-            require(on_gpu and self.models.sampler_backend is SamplerBackend.VLLM, "engine.enable_sleep_mode",
-                    "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend")
-            require(self.run.mode is Mode.SYNC, "engine.enable_sleep_mode",
-                    "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync")
+            require(
+                on_gpu and self.models.sampler_backend is SamplerBackend.VLLM,
+                "engine.enable_sleep_mode",
+                "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend",
+            )
+            require(
+                self.run.mode is Mode.SYNC,
+                "engine.enable_sleep_mode",
+                "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync",
+            )
         if self.learner.lora is not None:
-            require(self.models.sampler_backend is SamplerBackend.VLLM, "learner.lora",
-                    "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
-                    "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)")
+            require(
+                self.models.sampler_backend is SamplerBackend.VLLM,
+                "learner.lora",
+                "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
+                "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)",
+            )
         if engine.max_model_len is not None and self.prompts.max_prompt_length is not None:
-            require(self.prompts.max_prompt_length < engine.max_model_len, "prompts.max_prompt_length",
-                    f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "
-                    f"{engine.max_model_len}")
+            require(
+                self.prompts.max_prompt_length < engine.max_model_len,
+                "prompts.max_prompt_length",
+                f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "
+                f"{engine.max_model_len}",
+            )
 
     @property
     def actor_roles(self) -> tuple[Role, ...]:

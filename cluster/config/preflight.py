@@ -24,8 +24,12 @@ from reward_service.spec import RewardKind, RewardSpec
 CONNECT_TIMEOUT_S = 5.0
 
 
-def check(job: JobConfig, *, ray_running: bool = False, built_later: Callable[[str], bool] = lambda path: False,
-          ) -> None:
+def check(
+    job: JobConfig,
+    *,
+    ray_running: bool = False,
+    built_later: Callable[[str], bool] = lambda path: False,
+) -> None:
     """Raise ConfigError naming the first field that cannot work. ray_running: the caller already holds a Ray
     session (its Serve proxy may own reward.http_port), so the port is not checked. built_later(path): a missing
     model the job builds itself (the tiny demo models), not checked."""
@@ -64,8 +68,10 @@ def check_teacher(teacher: str, policy: str) -> None:
     from transformers import AutoTokenizer
 
     if AutoTokenizer.from_pretrained(teacher).get_vocab() != AutoTokenizer.from_pretrained(policy).get_vocab():
-        raise ConfigError(f"algorithm.gkd_teacher: the tokenizer of {teacher!r} differs from the policy's "
-                          f"({policy!r}); GKD needs the teacher to share the policy's vocabulary")
+        raise ConfigError(
+            f"algorithm.gkd_teacher: the tokenizer of {teacher!r} differs from the policy's "
+            f"({policy!r}); GKD needs the teacher to share the policy's vocabulary"
+        )
 
 
 def _is_hub_id(name: str) -> bool:
@@ -90,8 +96,10 @@ def check_model(field: str, name: str, *, need_pad: bool) -> None:
             from huggingface_hub import try_to_load_from_cache
 
             if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                raise ConfigError(f"{field}: {name!r} is not a local directory and HF_HUB_OFFLINE=1, but it is "
-                                  "not in the hub cache either")
+                raise ConfigError(
+                    f"{field}: {name!r} is not a local directory and HF_HUB_OFFLINE=1, but it is "
+                    "not in the hub cache either"
+                )
         return  # a hub id: its existence is checked when it is downloaded
     if not path.is_dir():
         raise ConfigError(f"{field}: {name!r} is a file; expected a model directory (config.json, weights, tokenizer)")
@@ -109,16 +117,22 @@ def check_model(field: str, name: str, *, need_pad: bool) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a missing or broken tokenizer
-        raise ConfigError(f"{field}: cannot load the tokenizer of {name!r}: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        raise ConfigError(
+            f"{field}: cannot load the tokenizer of {name!r}: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from None
     vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
     if isinstance(vocab, int) and len(tokenizer) > vocab:
-        raise ConfigError(f"{field}: the tokenizer of {name!r} has {len(tokenizer)} tokens but the model's "
-                          f"embedding only {vocab}: token ids past {vocab - 1} would index out of range "
-                          "(a tokenizer from another model?)")
+        raise ConfigError(
+            f"{field}: the tokenizer of {name!r} has {len(tokenizer)} tokens but the model's "
+            f"embedding only {vocab}: token ids past {vocab - 1} would index out of range "
+            "(a tokenizer from another model?)"
+        )
     if need_pad and tokenizer.pad_token is None and tokenizer.eos_token is None:
-        raise ConfigError(f"{field}: the tokenizer of {name!r} has neither a pad nor an eos token, so batches of "
-                          "different lengths cannot be padded")
+        raise ConfigError(
+            f"{field}: the tokenizer of {name!r} has neither a pad nor an eos token, so batches of "
+            "different lengths cannot be padded"
+        )
 
 
 def check_port_free(field: str, host: str, port: int, patience_s: float = 5.0) -> None:
@@ -132,8 +146,10 @@ def check_port_free(field: str, host: str, port: int, patience_s: float = 5.0) -
                 return
             except OSError as e:
                 if time.monotonic() > deadline:
-                    raise ConfigError(f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program "
-                                      "(or another job's Serve) holds it: choose a free port") from None
+                    raise ConfigError(
+                        f"{field}: cannot listen on {host}:{port} ({e.strerror}); another program "
+                        "(or another job's Serve) holds it: choose a free port"
+                    ) from None
         time.sleep(0.25)
 
 
@@ -149,8 +165,10 @@ def check_ray_address(field: str, address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as e:
-        raise ConfigError(f"{field}: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s "
-                          f"({e.strerror or e}); is the Ray head running?") from None
+        raise ConfigError(
+            f"{field}: nothing answers at {host}:{port} within {CONNECT_TIMEOUT_S:.0f} s "
+            f"({e.strerror or e}); is the Ray head running?"
+        ) from None
 
 
 def fit_prompts(job: JobConfig, prompt_set: PromptSet) -> PromptSet:

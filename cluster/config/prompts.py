@@ -66,13 +66,25 @@ class PromptSource:
         check_types(self)
         require(bool(self.path), "path", "is empty")
         require(bool(self.field), "field", "is empty")
-        require(self.max_prompt_length is None or (isinstance(self.max_prompt_length, int)
-                                                   and not isinstance(self.max_prompt_length, bool)
-                                                   and self.max_prompt_length >= 1), "max_prompt_length",
-                f"must be unset or an integer >= 1, got {self.max_prompt_length!r}")
-        require(self.extra_columns is None or (isinstance(self.extra_columns, tuple) and all(
-            isinstance(c, str) and c and c != self.field for c in self.extra_columns)), "extra_columns",
-                f"must be unset or a list of column names other than field {self.field!r}, got {self.extra_columns!r}")
+        require(
+            self.max_prompt_length is None
+            or (
+                isinstance(self.max_prompt_length, int)
+                and not isinstance(self.max_prompt_length, bool)
+                and self.max_prompt_length >= 1
+            ),
+            "max_prompt_length",
+            f"must be unset or an integer >= 1, got {self.max_prompt_length!r}",
+        )
+        require(
+            self.extra_columns is None
+            or (
+                isinstance(self.extra_columns, tuple)
+                and all(isinstance(c, str) and c and c != self.field for c in self.extra_columns)
+            ),
+            "extra_columns",
+            f"must be unset or a list of column names other than field {self.field!r}, got {self.extra_columns!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -107,8 +119,9 @@ def _rows(source: PromptSource) -> list[object]:
         except (OSError, pa.ArrowException) as e:
             raise ConfigError(f"prompts.path: cannot read {source.path} as Parquet ({e})") from None
         if source.field not in table.column_names:
-            raise ConfigError(f"prompts.field: {source.path} has no column {source.field!r} "
-                              f"(columns: {table.column_names})")
+            raise ConfigError(
+                f"prompts.field: {source.path} has no column {source.field!r} (columns: {table.column_names})"
+            )
         return table.to_pylist()
     try:
         import datasets
@@ -122,11 +135,13 @@ def _rows(source: PromptSource) -> list[object]:
         else:
             data = datasets.load_dataset(source.path, split=source.split)
     except (OSError, ValueError, KeyError) as e:  # missing dataset, unknown split, no network
-        raise ConfigError(f"prompts.path: cannot load dataset {source.path!r} split {source.split!r}: "
-                          f"{type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"prompts.path: cannot load dataset {source.path!r} split {source.split!r}: {type(e).__name__}: {e}"
+        ) from None
     if source.field not in data.column_names:
-        raise ConfigError(f"prompts.field: dataset {source.path} has no column {source.field!r} "
-                          f"(columns: {data.column_names})")
+        raise ConfigError(
+            f"prompts.field: dataset {source.path} has no column {source.field!r} (columns: {data.column_names})"
+        )
     return list(data)
 
 
@@ -197,8 +212,13 @@ class PromptCursor:
     index: int = 0
 
 
-def take(prompts: tuple[Prompt, ...], cursor: PromptCursor, count: int, seed: int, shuffle: bool,
-         ) -> tuple[list[tuple[int, Prompt]], PromptCursor]:
+def take(
+    prompts: tuple[Prompt, ...],
+    cursor: PromptCursor,
+    count: int,
+    seed: int,
+    shuffle: bool,
+) -> tuple[list[tuple[int, Prompt]], PromptCursor]:
     """The next `count` (dataset index, prompt) pairs and the advanced cursor. Epochs wrap around."""
     out, epoch, index = [], cursor.epoch, cursor.index
     while len(out) < count:

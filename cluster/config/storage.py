@@ -52,8 +52,9 @@ def storage_root(job: JobConfig, environ: Mapping[str, str]) -> Path | None:
         return None
     root = Path(value).expanduser()
     if not root.is_absolute():
-        raise ConfigError(f"{name}: must be an absolute path (a directory every node of the cluster can write), "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{name}: must be an absolute path (a directory every node of the cluster can write), got {value!r}"
+        )
     return root
 
 
@@ -73,12 +74,14 @@ def resolve_run_dir(job: JobConfig, environ: Mapping[str, str] | None = None, cw
         raise ConfigError(
             f"run.run_dir: {str(run_dir)!r} is relative and {where}: its outputs would land in {cwd / run_dir}, "
             f"which Ray deletes with the session. Set a storage root once (--set run.storage_path=/shared/jbond, "
-            f"or {STORAGE_ENV}=/shared/jbond in the job's runtime_env env_vars), or give an absolute run.run_dir")
+            f"or {STORAGE_ENV}=/shared/jbond in the job's runtime_env env_vars), or give an absolute run.run_dir"
+        )
     return cwd / run_dir
 
 
-def with_resolved_run_dir(job: JobConfig, environ: Mapping[str, str] | None = None,
-                          cwd: Path | None = None) -> JobConfig:
+def with_resolved_run_dir(
+    job: JobConfig, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> JobConfig:
     """The same job with run.run_dir absolute (so every later message and config.yaml name the real place)."""
     return dataclasses.replace(job, run=dataclasses.replace(job.run, run_dir=resolve_run_dir(job, environ, cwd)))
 
@@ -87,11 +90,18 @@ def outputs_report(run_dir: Path) -> str:
     """The final lines of a run: the absolute path of each output that exists."""
     run_dir = run_dir.resolve()
     lines = [f"run dir: {run_dir}"]
-    for name, what in (("config.yaml", "the config as run"), ("stats.jsonl", "one StepStats per step"),
-                       ("eval.jsonl", "held-out evaluations"), ("episodes", "RLDS Parquet rows per step"),
-                       ("checkpoints", "resume with --resume"), ("exports", "periodic HF exports"),
-                       ("final_policy", "HF safetensors policy"), ("tensorboard", "tensorboard --logdir"),
-                       ("plots", "reward / KL plots"), ("summary.txt", "samples and the summary table")):
+    for name, what in (
+        ("config.yaml", "the config as run"),
+        ("stats.jsonl", "one StepStats per step"),
+        ("eval.jsonl", "held-out evaluations"),
+        ("episodes", "RLDS Parquet rows per step"),
+        ("checkpoints", "resume with --resume"),
+        ("exports", "periodic HF exports"),
+        ("final_policy", "HF safetensors policy"),
+        ("tensorboard", "tensorboard --logdir"),
+        ("plots", "reward / KL plots"),
+        ("summary.txt", "samples and the summary table"),
+    ):
         path = run_dir / name
         if path.exists():
             lines.append(f"  {str(path) + ('/' if path.is_dir() else ''):<{len(str(run_dir)) + 16}} {what}")

@@ -17,26 +17,28 @@ import pyarrow.parquet as pq
 
 from bond.records import Completion, Role, ScoredCompletion
 
-SCHEMA = pa.schema([
-    ("episode_id", pa.string()),
-    ("step", pa.int32()),  # RLDS step index within the episode (0: single-turn)
-    ("is_first", pa.bool_()),
-    ("is_last", pa.bool_()),
-    ("is_terminal", pa.bool_()),
-    ("observation", pa.string()),  # the prompt
-    ("action", pa.string()),  # the completion text
-    ("reward", pa.float64()),
-    ("discount", pa.float32()),
-    ("train_step", pa.int64()),  # learner step this sample was used in
-    ("prompt_id", pa.int64()),
-    ("role", pa.string()),  # policy | anchor | reference
-    ("weights_version", pa.int64()),
-    ("reward_model_id", pa.string()),
-    ("finish_reason", pa.string()),
-    ("token_ids", pa.list_(pa.int32())),
-    ("logprobs", pa.list_(pa.float32())),
-    ("prompt_token_ids", pa.list_(pa.int32())),  # what the engine read: with token_ids, the learner's input
-])
+SCHEMA = pa.schema(
+    [
+        ("episode_id", pa.string()),
+        ("step", pa.int32()),  # RLDS step index within the episode (0: single-turn)
+        ("is_first", pa.bool_()),
+        ("is_last", pa.bool_()),
+        ("is_terminal", pa.bool_()),
+        ("observation", pa.string()),  # the prompt
+        ("action", pa.string()),  # the completion text
+        ("reward", pa.float64()),
+        ("discount", pa.float32()),
+        ("train_step", pa.int64()),  # learner step this sample was used in
+        ("prompt_id", pa.int64()),
+        ("role", pa.string()),  # policy | anchor | reference
+        ("weights_version", pa.int64()),
+        ("reward_model_id", pa.string()),
+        ("finish_reason", pa.string()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("logprobs", pa.list_(pa.float32())),
+        ("prompt_token_ids", pa.list_(pa.int32())),  # what the engine read: with token_ids, the learner's input
+    ]
+)
 
 
 def episode_table(train_step: int, samples: Sequence[ScoredCompletion]) -> pa.Table:
@@ -44,11 +46,23 @@ def episode_table(train_step: int, samples: Sequence[ScoredCompletion]) -> pa.Ta
     for j, s in enumerate(samples):
         c = s.completion
         values = {
-            "episode_id": f"{train_step}-{c.role.value}-{c.prompt_id}-{j}", "step": 0, "is_first": True,
-            "is_last": True, "is_terminal": c.finish_reason == "stop", "observation": c.prompt, "action": c.text,
-            "reward": s.reward, "discount": 1.0, "train_step": train_step, "prompt_id": c.prompt_id,
-            "role": c.role.value, "weights_version": c.weights_version, "reward_model_id": s.reward_model_id,
-            "finish_reason": c.finish_reason, "token_ids": list(c.token_ids), "logprobs": list(c.logprobs),
+            "episode_id": f"{train_step}-{c.role.value}-{c.prompt_id}-{j}",
+            "step": 0,
+            "is_first": True,
+            "is_last": True,
+            "is_terminal": c.finish_reason == "stop",
+            "observation": c.prompt,
+            "action": c.text,
+            "reward": s.reward,
+            "discount": 1.0,
+            "train_step": train_step,
+            "prompt_id": c.prompt_id,
+            "role": c.role.value,
+            "weights_version": c.weights_version,
+            "reward_model_id": s.reward_model_id,
+            "finish_reason": c.finish_reason,
+            "token_ids": list(c.token_ids),
+            "logprobs": list(c.logprobs),
             "prompt_token_ids": list(c.prompt_token_ids),
         }
         for name, value in values.items():
@@ -75,8 +89,21 @@ def read_episodes(directory: Path) -> pa.Table:
 
 def read_scored(path: Path) -> list[ScoredCompletion]:
     """The samples of one episode file, as the learner takes them (the prompt row's extras are not stored)."""
-    return [ScoredCompletion(
-        Completion(prompt_id=r["prompt_id"], prompt=r["observation"], prompt_token_ids=tuple(r["prompt_token_ids"]),
-                   token_ids=tuple(r["token_ids"]), text=r["action"], logprobs=tuple(r["logprobs"]),
-                   role=Role(r["role"]), weights_version=r["weights_version"], finish_reason=r["finish_reason"]),
-        reward=r["reward"], reward_model_id=r["reward_model_id"]) for r in pq.read_table(path).to_pylist()]
+    return [
+        ScoredCompletion(
+            Completion(
+                prompt_id=r["prompt_id"],
+                prompt=r["observation"],
+                prompt_token_ids=tuple(r["prompt_token_ids"]),
+                token_ids=tuple(r["token_ids"]),
+                text=r["action"],
+                logprobs=tuple(r["logprobs"]),
+                role=Role(r["role"]),
+                weights_version=r["weights_version"],
+                finish_reason=r["finish_reason"],
+            ),
+            reward=r["reward"],
+            reward_model_id=r["reward_model_id"],
+        )
+        for r in pq.read_table(path).to_pylist()
+    ]

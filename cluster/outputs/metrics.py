@@ -46,29 +46,42 @@ class JobMetrics:
             field: Gauge(name, description=f"StepStats.{field} of the latest learner step", tag_keys=tags)
             for field, name in _STEP_GAUGES.items()
         }
-        self.reward_quantile = Gauge("jbond_reward_policy_quantile", "Quantiles of policy-sample rewards",
-                                     tag_keys=("run", "quantile"))
-        self.phase_seconds = Histogram("jbond_phase_seconds", "Seconds per loop phase (sample/score/learn/sync)",
-                                       boundaries=STEP_SECONDS_BOUNDARIES, tag_keys=("run", "phase"))
-        self.tokens_per_second = Gauge("jbond_actor_tokens_per_second", "Completion tokens/s of each actor group",
-                                       tag_keys=("run", "role"))
-        self.sync_seconds = Gauge("jbond_weight_sync_seconds", "Seconds of the latest weight push",
-                                  tag_keys=("run", "role"))
-        self.sync_bytes = Counter("jbond_weight_sync_bytes", "Bytes of weights pushed to actors",
-                                  tag_keys=("run", "role"))
-        self.staleness = Gauge("jbond_sample_staleness", "Learner version minus the version that sampled",
-                               tag_keys=("run", "role"))
+        self.reward_quantile = Gauge(
+            "jbond_reward_policy_quantile", "Quantiles of policy-sample rewards", tag_keys=("run", "quantile")
+        )
+        self.phase_seconds = Histogram(
+            "jbond_phase_seconds",
+            "Seconds per loop phase (sample/score/learn/sync)",
+            boundaries=STEP_SECONDS_BOUNDARIES,
+            tag_keys=("run", "phase"),
+        )
+        self.tokens_per_second = Gauge(
+            "jbond_actor_tokens_per_second", "Completion tokens/s of each actor group", tag_keys=("run", "role")
+        )
+        self.sync_seconds = Gauge(
+            "jbond_weight_sync_seconds", "Seconds of the latest weight push", tag_keys=("run", "role")
+        )
+        self.sync_bytes = Counter(
+            "jbond_weight_sync_bytes", "Bytes of weights pushed to actors", tag_keys=("run", "role")
+        )
+        self.staleness = Gauge(
+            "jbond_sample_staleness", "Learner version minus the version that sampled", tag_keys=("run", "role")
+        )
         # The bound beside the value, so an alert rule can compare them per run (monitoring/alerts.yml).
-        self.max_staleness = Gauge("jbond_max_staleness", "run.max_staleness: the most versions a sample may lag",
-                                   tag_keys=tags)
+        self.max_staleness = Gauge(
+            "jbond_max_staleness", "run.max_staleness: the most versions a sample may lag", tag_keys=tags
+        )
         self.skipped = Counter("jbond_skipped_samples", "Samples dropped, by reason", tag_keys=("run", "reason"))
-        self.errors = Counter("jbond_errors", "Errors, by component and reason", tag_keys=("run", "component",
-                                                                                           "reason"))
-        self.queue_depth = Gauge("jbond_queue_depth", "Sampling batches in flight ahead of the learner",
-                                 tag_keys=("run",))
+        self.errors = Counter(
+            "jbond_errors", "Errors, by component and reason", tag_keys=("run", "component", "reason")
+        )
+        self.queue_depth = Gauge(
+            "jbond_queue_depth", "Sampling batches in flight ahead of the learner", tag_keys=("run",)
+        )
         # ray_jbond_actor_restarts_total on the Prometheus side (an alert rule watches it)
-        self.actor_restarts = Counter("jbond_actor_restarts", "Sampler actors that died and were restarted",
-                                      tag_keys=("run", "role"))
+        self.actor_restarts = Counter(
+            "jbond_actor_restarts", "Sampler actors that died and were restarted", tag_keys=("run", "role")
+        )
 
     def record_step(self, stats: StepStats, policy_rewards: list[float]) -> None:
         for field, gauge in self.step_gauges.items():

@@ -10,8 +10,9 @@ from pathlib import Path
 from bond.records import StepStats
 
 
-def append_stats(path: Path, stats: StepStats, seconds: dict[str, float],
-                 sync_bytes: dict[str, int] | None = None) -> None:
+def append_stats(
+    path: Path, stats: StepStats, seconds: dict[str, float], sync_bytes: dict[str, int] | None = None
+) -> None:
     """One stats.jsonl row: the StepStats, the phase seconds and the bytes each role's weight push moved."""
     row = {**dataclasses.asdict(stats), "phase_seconds": seconds}
     if sync_bytes is not None:
@@ -82,7 +83,7 @@ def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
 
 def smooth(values: Sequence[float], width: int = 10) -> list[float]:
     """Trailing mean over up to `width` points (per-step values are noisy at small batch sizes)."""
-    return [sum(values[max(0, i - width + 1): i + 1]) / (i + 1 - max(0, i - width + 1)) for i in range(len(values))]
+    return [sum(values[max(0, i - width + 1) : i + 1]) / (i + 1 - max(0, i - width + 1)) for i in range(len(values))]
 
 
 def window_mean(rows: Sequence[dict], key: str, first: bool, width: int = 10) -> float:
@@ -93,12 +94,20 @@ def window_mean(rows: Sequence[dict], key: str, first: bool, width: int = 10) ->
 def summary_table(rows: Sequence[dict]) -> str:
     if not rows:
         return "no steps"
-    keys = [("reward_policy", "policy reward"), ("reward_anchor", "anchor reward"), ("kl_ref", "KL(pi||ref)"),
-            ("kl_anchor", "KL(pi||anchor)"), ("frac_penalised", "frac r_J=-log16"), ("loss_fw", "loss_fw"),
-            ("loss_bw", "loss_bw"), ("seconds", "learner s/step")]
+    keys = [
+        ("reward_policy", "policy reward"),
+        ("reward_anchor", "anchor reward"),
+        ("kl_ref", "KL(pi||ref)"),
+        ("kl_anchor", "KL(pi||anchor)"),
+        ("frac_penalised", "frac r_J=-log16"),
+        ("loss_fw", "loss_fw"),
+        ("loss_bw", "loss_bw"),
+        ("seconds", "learner s/step"),
+    ]
     lines = [f"{'metric':<18}{'first 10 steps':>16}{'last 10 steps':>16}"]
-    lines += [f"{label:<18}{window_mean(rows, k, True):>16.4f}{window_mean(rows, k, False):>16.4f}"
-              for k, label in keys]
+    lines += [
+        f"{label:<18}{window_mean(rows, k, True):>16.4f}{window_mean(rows, k, False):>16.4f}" for k, label in keys
+    ]
     phases: dict[str, float] = {}  # a phase that only some steps have (rest's Grow) is averaged over every step
     for r in rows:
         for p, seconds in r["phase_seconds"].items():

@@ -24,8 +24,13 @@ from cluster.outputs.episodes import EpisodeWriter
 from cluster.outputs.tracking import Trackers
 
 _NOT_SCALARS = {"step"}  # StepStats fields that are the x axis, not a curve
-_NAMES = {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO", Algorithm.REST: "ReST",
-          Algorithm.GKD: "GKD"}
+_NAMES = {
+    Algorithm.JBOND: "J-BOND",
+    Algorithm.BOND: "BOND",
+    Algorithm.REINFORCE: "RLOO",
+    Algorithm.REST: "ReST",
+    Algorithm.GKD: "GKD",
+}
 
 
 def algorithm_name(cfg: BondConfig) -> str:
@@ -40,15 +45,21 @@ class RunLog:
         for path in (self.stats_path, self.eval_path):
             _truncate(path, start_step)
         self.episodes = EpisodeWriter(self.run_dir / "episodes")
-        self.trackers = Trackers.open(self.run_dir, job.run.tensorboard, job.run.wandb_project,
-                                      loading.to_dict(job), first_step=start_step)
+        self.trackers = Trackers.open(
+            self.run_dir, job.run.tensorboard, job.run.wandb_project, loading.to_dict(job), first_step=start_step
+        )
         self._shown: list[str] = []  # sample tables printed before/after training, kept for summary.txt
         self._bar = None
         if job.run.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=job.run.steps, initial=start_step, desc=algorithm_name(job.algorithm),
-                             dynamic_ncols=True, file=sys.stdout)
+            self._bar = tqdm(
+                total=job.run.steps,
+                initial=start_step,
+                desc=algorithm_name(job.algorithm),
+                dynamic_ncols=True,
+                file=sys.stdout,
+            )
 
     def note(self, text: str) -> None:
         """A line for the console that does not break the progress bar."""
@@ -58,8 +69,12 @@ class RunLog:
             print(text, flush=True)
 
     def samples(self, title: str, scored: Sequence[ScoredCompletion]) -> None:
-        table = report.samples_table(title, [s.completion.prompt_text for s in scored],
-                                     [s.completion.text for s in scored], [s.reward for s in scored])
+        table = report.samples_table(
+            title,
+            [s.completion.prompt_text for s in scored],
+            [s.completion.text for s in scored],
+            [s.reward for s in scored],
+        )
         self.note(("\n" if self._shown else "") + table)
         self._shown.append(table)
 
@@ -75,8 +90,9 @@ class RunLog:
         self.trackers.scalars(s.step, scalars)
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(reward=f"{s.reward_policy:+.2f}", kl_ref=f"{s.kl_ref:.2f}",
-                                  kl_anc=f"{s.kl_anchor:.2f}")
+            self._bar.set_postfix(
+                reward=f"{s.reward_policy:+.2f}", kl_ref=f"{s.kl_ref:.2f}", kl_anc=f"{s.kl_anchor:.2f}"
+            )
 
     def _prometheus(self, rec: StepRecord) -> None:
         s, m = rec.stats, self.metrics
@@ -106,8 +122,11 @@ class RunLog:
             for r in results:
                 f.write(json.dumps(r.row()) + "\n")
         for r in results:
-            values = {f"eval/{r.mode}/reward": r.reward, f"eval/{r.mode}/reward_std": r.reward_std,
-                      f"eval/{r.mode}/tokens": r.tokens}
+            values = {
+                f"eval/{r.mode}/reward": r.reward,
+                f"eval/{r.mode}/reward_std": r.reward_std,
+                f"eval/{r.mode}/tokens": r.tokens,
+            }
             if r.kl_ref is not None:
                 values[f"eval/{r.mode}/kl_ref"] = r.kl_ref
                 values[f"eval/{r.mode}/kl_ref_tokenwise"] = r.kl_ref_tokenwise
@@ -126,10 +145,12 @@ class RunLog:
         (self.run_dir / "summary.txt").write_text("\n\n".join(self._shown + tables) + "\n")
         print("\n" + "\n\n".join(tables), flush=True)
         print("\n" + storage.outputs_report(self.run_dir), flush=True)
-        summary = {"steps": rows[-1]["step"] if rows else 0,
-                   "reward_first": report.window_mean(rows, "reward_policy", True),
-                   "reward_last": report.window_mean(rows, "reward_policy", False),
-                   "kl_ref_last": report.window_mean(rows, "kl_ref", False)}
+        summary = {
+            "steps": rows[-1]["step"] if rows else 0,
+            "reward_first": report.window_mean(rows, "reward_policy", True),
+            "reward_last": report.window_mean(rows, "reward_policy", False),
+            "kl_ref_last": report.window_mean(rows, "kl_ref", False),
+        }
         if evals:
             summary["eval_last"] = {r["mode"]: r for r in evals if r["step"] == evals[-1]["step"]}
         return summary
@@ -159,10 +180,12 @@ def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:
         by_step.setdefault(r["step"], {})[r["mode"]] = r
     steps = sorted(by_step)
     if len(steps) > max_rows:
-        steps = steps[:1] + steps[-(max_rows - 1):]
+        steps = steps[:1] + steps[-(max_rows - 1) :]
     prompts = max(r["prompts"] for r in evals)
-    lines = [f"held-out evaluation ({prompts} prompts)",
-             f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}"]
+    lines = [
+        f"held-out evaluation ({prompts} prompts)",
+        f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}",
+    ]
     for step in steps:
         g, s = by_step[step].get("greedy"), by_step[step].get("sampled")
         lines.append(f"{step:>6}{_fmt(g, 'reward'):>16}{_fmt(s, 'reward'):>17}{_fmt(s, 'kl_ref'):>14}")

@@ -36,8 +36,14 @@ class WandbTracker:
         import wandb
 
         self._wandb = wandb
-        self._run = wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config,
-                               id=_wandb_id(run_dir), resume="allow" if resume else None)
+        self._run = wandb.init(
+            project=project,
+            name=run_dir.name,
+            dir=str(run_dir),
+            config=config,
+            id=_wandb_id(run_dir),
+            resume="allow" if resume else None,
+        )
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         self._run.log(dict(values), step=step)

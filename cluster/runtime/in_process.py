@@ -36,8 +36,10 @@ class InProcessSystem:
         if job.resources.learner_ranks != 1:
             raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
         sampler_cls = sampler_class(job.models.sampler_backend)
-        self.actors = {role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
-                       for role in dict.fromkeys(roles or job.actor_roles)}
+        self.actors = {
+            role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
+            for role in dict.fromkeys(roles or job.actor_roles)
+        }
         self.reward = build_reward_model(job.reward)
         # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
         # other jobs on the machine) must not all claim the default 29500
@@ -50,9 +52,12 @@ class InProcessSystem:
 
     def _sample(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings) -> Samples:
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
-        return Samples(by_role={role: self.actors[role][0].generate(texts, n, role_settings(settings, role),
-                                                                    prompt_ids=ids)
-                                for role, n in plan.draws})
+        return Samples(
+            by_role={
+                role: self.actors[role][0].generate(texts, n, role_settings(settings, role), prompt_ids=ids)
+                for role, n in plan.draws
+            }
+        )
 
     @staticmethod
     def finish_sampling(pending) -> Samples:
@@ -60,8 +65,10 @@ class InProcessSystem:
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
         rewards = self.reward.score(reward_prompts(completions), [c.text for c in completions])
-        return [ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
-                for c, r in zip(completions, rewards, strict=True)]
+        return [
+            ScoredCompletion(c, reward=r, reward_model_id=self.reward.model_id)
+            for c, r in zip(completions, rewards, strict=True)
+        ]
 
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
@@ -78,9 +85,13 @@ class InProcessSystem:
             versions = [actor.load_weights(update) for actor in self.actors[role]]
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
         expected = self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
-        return SyncReport(role=role, version=confirmed_version(role, versions, expected, buckets),
-                          buckets=buckets, num_bytes=num_bytes,
-                          seconds=time.perf_counter() - t0)
+        return SyncReport(
+            role=role,
+            version=confirmed_version(role, versions, expected, buckets),
+            buckets=buckets,
+            num_bytes=num_bytes,
+            seconds=time.perf_counter() - t0,
+        )
 
     def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
         self.learner.save(directory, extra=extra, sha256=sha256)

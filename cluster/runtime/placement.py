@@ -55,15 +55,21 @@ def plan(res: ResourcesConfig, actor_gpus: float, roles: Sequence[Role] = (Role.
     roles: whose sampling actors to place (JobConfig.actor_roles: what the algorithm samples)."""
     counts = {role: res.actors(role) for role in roles}
     if not res.colocate:
-        groups = {role.value: Group(({"CPU": res.cpus_per_actor, "GPU": actor_gpus},) * count, res.actor_node_labels)
-                  for role, count in counts.items()}
-        groups[LEARNER] = Group(({"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},) * res.learner_ranks,
-                                res.learner_node_labels)
-        return Plan(groups,
-                    {role: tuple(Slot(role.value, i, res.cpus_per_actor, actor_gpus, None) for i in range(count))
-                     for role, count in counts.items()},
-                    tuple(Slot(LEARNER, r, res.cpus_per_learner, res.gpus_per_learner, None)
-                          for r in range(res.learner_ranks)))
+        groups = {
+            role.value: Group(({"CPU": res.cpus_per_actor, "GPU": actor_gpus},) * count, res.actor_node_labels)
+            for role, count in counts.items()
+        }
+        groups[LEARNER] = Group(
+            ({"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},) * res.learner_ranks, res.learner_node_labels
+        )
+        return Plan(
+            groups,
+            {
+                role: tuple(Slot(role.value, i, res.cpus_per_actor, actor_gpus, None) for i in range(count))
+                for role, count in counts.items()
+            },
+            tuple(Slot(LEARNER, r, res.cpus_per_learner, res.gpus_per_learner, None) for r in range(res.learner_ranks)),
+        )
     ranks = res.learner_ranks
     actors = [(role, i) for role, count in counts.items() for i in range(count)]
     bundle_of = {actor: k % ranks for k, actor in enumerate(actors)}  # round-robin over the ranks' bundles
@@ -73,12 +79,20 @@ def plan(res: ResourcesConfig, actor_gpus: float, roles: Sequence[Role] = (Role.
 
     def slot(bundle: int, threads: int) -> Slot:
         members = in_bundle[bundle] + 1  # its actors and the rank
-        return Slot(SHARED, bundle, _share(res.cpus_per_learner, members), _share(res.gpus_per_learner, members),
-                    threads if on_cpu else None)
+        return Slot(
+            SHARED,
+            bundle,
+            _share(res.cpus_per_learner, members),
+            _share(res.gpus_per_learner, members),
+            threads if on_cpu else None,
+        )
 
     # Threads: the rank trains alone on the bundle's cores; its actors sample at the same time, so they split them.
-    return Plan({SHARED: Group(({"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},) * ranks,
-                               res.learner_node_labels)},
-                {role: tuple(slot(bundle_of[role, i], max(1, cores // in_bundle[bundle_of[role, i]]))
-                             for i in range(count)) for role, count in counts.items()},
-                tuple(slot(r, cores) for r in range(ranks)))
+    return Plan(
+        {SHARED: Group(({"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},) * ranks, res.learner_node_labels)},
+        {
+            role: tuple(slot(bundle_of[role, i], max(1, cores // in_bundle[bundle_of[role, i]])) for i in range(count))
+            for role, count in counts.items()
+        },
+        tuple(slot(r, cores) for r in range(ranks)),
+    )

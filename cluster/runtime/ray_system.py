@@ -56,12 +56,16 @@ QUIET_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
 SAMPLER_ENV = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
 # vLLM on CPU only: engine in the actor's process, 1 GiB KV cache, no core binding (../shared/STACK.md).
 # A GPU actor must not get these (in-process engine and CPU KV sizing are CPU-backend settings).
-CPU_SAMPLER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                   "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+CPU_SAMPLER_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
 
 
 def sampler_env(gpus_per_actor: float) -> dict[str, str]:
     return SAMPLER_ENV if gpus_per_actor > 0 else {**SAMPLER_ENV, **CPU_SAMPLER_ENV}
+
 
 # A restarted sampler re-imports vLLM and starts its engine: seconds on a GPU node, up to a minute on a busy CPU.
 ACTOR_RESTART_TIMEOUT_S = 180.0
@@ -72,8 +76,16 @@ REPLICA_START_ALLOWANCE_S = 120.0
 class LearnerRank:
     """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
 
-    def __init__(self, job: JobConfig, reference: str, rank: int, world_size: int, master_addr: str,
-                 master_port: int, threads: int | None = None):
+    def __init__(
+        self,
+        job: JobConfig,
+        reference: str,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        threads: int | None = None,
+    ):
         import torch
 
         from learner.learner import Learner
@@ -81,8 +93,15 @@ class LearnerRank:
         if threads is not None:  # Ray's default for a fractional num_cpus is one thread (cluster/runtime/threads.py)
             torch.set_num_threads(threads)
         self.rank = rank
-        self.learner = Learner(reference, job.algorithm, job.learner, rank=rank, world_size=world_size,
-                               master_addr=master_addr, master_port=master_port)
+        self.learner = Learner(
+            reference,
+            job.algorithm,
+            job.learner,
+            rank=rank,
+            world_size=world_size,
+            master_addr=master_addr,
+            master_port=master_port,
+        )
         self._export_bytes = 0
         self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
 
@@ -177,8 +196,9 @@ class EarlyScoring:
 
     def __init__(self, shares: tuple[Share, ...], submit):
         self.results: dict[int, tuple[list[Completion], list]] = {}  # share index -> (samples, scoring requests)
-        self._thread = threading.Thread(target=self._run, args=(shares, submit), daemon=True,
-                                        name="jbond-early-scoring")
+        self._thread = threading.Thread(
+            target=self._run, args=(shares, submit), daemon=True, name="jbond-early-scoring"
+        )
         self._thread.start()
 
     def _run(self, shares: tuple[Share, ...], submit) -> None:
@@ -241,9 +261,14 @@ class System:
         # Not with LoRA: there the anchor push is adapter-sized already (the EMA of the adapters).
         # Only for an anchor that moves by the EMA every step (not iterated BOND's periodic copy).
         actor_roles = tuple(dict.fromkeys(roles or job.actor_roles))
-        self._anchor_follows = (job.run.anchor_ema_on_actors and self.weight_sync is WeightSyncMethod.OBJECT_STORE
-                                and job.models.sampler_backend is SamplerBackend.VLLM and job.learner.lora is None
-                                and Role.ANCHOR in actor_roles and not job.algorithm.anchor_copy_every)
+        self._anchor_follows = (
+            job.run.anchor_ema_on_actors
+            and self.weight_sync is WeightSyncMethod.OBJECT_STORE
+            and job.models.sampler_backend is SamplerBackend.VLLM
+            and job.learner.lora is None
+            and Role.ANCHOR in actor_roles
+            and not job.algorithm.anchor_copy_every
+        )
         role_kwargs = {Role.ANCHOR: {"anchor_ema": job.algorithm.eta}} if self._anchor_follows else {}
         threads = job_threads(job)
         # actor_gpus: a tensor-parallel engine's shards, one GPU each
@@ -253,42 +278,66 @@ class System:
         def where(slot: placement.Slot, env: dict[str, str]) -> dict:
             # a colocated CPU slot's share of the bundle's cores overrides resources.threads' count
             env = {**env, **(thread_env(slot.omp_threads) if slot.omp_threads else {})}
-            return dict(num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
-                        **({"runtime_env": {"env_vars": env}} if env else {}),
-                        scheduling_strategy=PlacementGroupSchedulingStrategy(
-                            groups[slot.group], placement_group_bundle_index=slot.bundle))
+            return dict(
+                num_cpus=slot.num_cpus,
+                num_gpus=slot.num_gpus,
+                **({"runtime_env": {"env_vars": env}} if env else {}),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    groups[slot.group], placement_group_bundle_index=slot.bundle
+                ),
+            )
 
         tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
         self.actors: dict[Role, list] = {}
         for role, slots in layout.actors.items():
             self.actors[role] = [
-                ray.remote(sampler_cls).options(
+                ray.remote(sampler_cls)
+                .options(
                     **where(slot, {**sampler_env(job.actor_gpus), **thread_env(threads.actor)}),
                     # Ray restarts a dead actor (same bundle, same constructor: base weights, version 0); the
                     # driver re-syncs it and redraws its share (_collect). Its in-flight tasks fail, not retry.
-                    max_restarts=res.max_actor_restarts, max_task_retries=0, name=f"jbond-{tag}-{role}-{i}",
-                ).remote(job.models.policy, role, seed=job.run.seed + 1000 * i + 250 * ROLE_STREAM[role],
-                         **engine_kwargs, **role_kwargs.get(role, {}))
+                    max_restarts=res.max_actor_restarts,
+                    max_task_retries=0,
+                    name=f"jbond-{tag}-{role}-{i}",
+                )
+                .remote(
+                    job.models.policy,
+                    role,
+                    seed=job.run.seed + 1000 * i + 250 * ROLE_STREAM[role],
+                    **engine_kwargs,
+                    **role_kwargs.get(role, {}),
+                )
                 for i, slot in enumerate(slots)
             ]
         first = layout.learner[0]
-        addr, port = ray.get(ray.remote(_free_port).options(
-            num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                groups[first.group], placement_group_bundle_index=first.bundle)).remote())
+        addr, port = ray.get(
+            ray.remote(_free_port)
+            .options(
+                num_cpus=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    groups[first.group], placement_group_bundle_index=first.bundle
+                ),
+            )
+            .remote()
+        )
         self.learner = [
-            ray.remote(LearnerRank).options(**where(slot, thread_env(threads.learner)),
-                                            name=f"jbond-{tag}-learner-{r}").remote(
-                job, job.models.policy, r, res.learner_ranks, addr, port,
-                threads=slot.omp_threads or threads.learner)
+            ray.remote(LearnerRank)
+            .options(**where(slot, thread_env(threads.learner)), name=f"jbond-{tag}-learner-{r}")
+            .remote(
+                job, job.models.policy, r, res.learner_ranks, addr, port, threads=slot.omp_threads or threads.learner
+            )
             for r, slot in enumerate(layout.learner)
         ]
         # Colocated: the engines give their memory back while the learner steps (learn()).
         self._sleeps = job.engine.enable_sleep_mode or (
-            res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
+            res.colocate and job.models.sampler_backend is SamplerBackend.VLLM
+        )
         self._sleep_reported = False
         self.reward = serve_app.deploy(job.reward, env_vars=thread_env(threads.reward))
-        ray.get([a.__ray_ready__.remote() for group in self.actors.values() for a in group]
-                + [r.__ray_ready__.remote() for r in self.learner])
+        ray.get(
+            [a.__ray_ready__.remote() for group in self.actors.values() for a in group]
+            + [r.__ray_ready__.remote() for r in self.learner]
+        )
         if res.colocate and self._sleeps and res.gpus_per_actor == 0:
             # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
             # it back at once and from then on hold only what a sampling round touches.
@@ -310,8 +359,11 @@ class System:
         selector = {"bundle_label_selector": [group.labels] * len(bundles)} if group.labels else {}
         if group.labels and not any(_has_labels(node, group.labels) for node in ray.nodes() if node["Alive"]):
             field = "learner_node_labels" if name in (placement.LEARNER, placement.SHARED) else "actor_node_labels"
-            print(f"warning: no live Ray node has the labels {group.labels} (resources.{field}); the {name} "
-                  "processes wait until one joins (`ray start --labels ...`)", flush=True)
+            print(
+                f"warning: no live Ray node has the labels {group.labels} (resources.{field}); the {name} "
+                "processes wait until one joins (`ray start --labels ...`)",
+                flush=True,
+            )
         pg = placement_group(bundles, strategy="PACK", **selector)
         ray.get(pg.ready())
         self._groups.append(pg)
@@ -319,25 +371,29 @@ class System:
 
     # --- the verbs the loop uses -------------------------------------------------------------------------
 
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan,
-                       settings: SamplingSettings) -> PendingSamples:
+    def start_sampling(
+        self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings
+    ) -> PendingSamples:
         """Ask each sampled role's actors for the plan's samples per prompt (in flight); each actor's samples are
         sent on to the reward service as soon as they arrive (EarlyScoring)."""
         shares = tuple(share for role, n in plan.draws for share in self._fan_out(role, prompts, n, settings))
         return PendingSamples(shares, EarlyScoring(shares, self._request_scores))
 
-    def _fan_out(self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int,
-                 settings: SamplingSettings) -> tuple[Share, ...]:
+    def _fan_out(
+        self, role: Role, prompts: Sequence[tuple[int, Prompt]], n: int, settings: SamplingSettings
+    ) -> tuple[Share, ...]:
         if role not in self.actors:
             raise ValueError(f"no {role} actors in this system (started: {sorted(r.value for r in self.actors)})")
         count, settings = len(self.actors[role]), role_settings(settings, role)
         shares = [tuple(prompts[i::count]) for i in range(count)]
         return tuple(self._send(role, i, share, n, settings) for i, share in enumerate(shares) if share)
 
-    def _send(self, role: Role, i: int, prompts: tuple[tuple[int, Prompt], ...], n: int,
-              settings: SamplingSettings) -> Share:
-        ref = self.actors[role][i].generate.remote([p for _, p in prompts], n, settings,
-                                                   prompt_ids=[pid for pid, _ in prompts])
+    def _send(
+        self, role: Role, i: int, prompts: tuple[tuple[int, Prompt], ...], n: int, settings: SamplingSettings
+    ) -> Share:
+        ref = self.actors[role][i].generate.remote(
+            [p for _, p in prompts], n, settings, prompt_ids=[pid for pid, _ in prompts]
+        )
         return Share(role, i, prompts, n, settings, self._held[role][i], self._restarts[role][i], ref)
 
     def finish_sampling(self, pending: PendingSamples) -> Samples:
@@ -378,8 +434,9 @@ class System:
         self._restarts[role][i] += 1
         count = self._restarts[role][i]
         if count > limit:
-            raise ActorLostError(f"{role} actor {i} died again after {limit} restarts "
-                                 f"(resources.max_actor_restarts={limit}): {cause}")
+            raise ActorLostError(
+                f"{role} actor {i} died again after {limit} restarts (resources.max_actor_restarts={limit}): {cause}"
+            )
         _wait_until_alive(self.actors[role][i], f"{role} actor {i}", cause)
         self._held[role][i] = 0  # Ray restarts it with the base weights: an anchor actor must not follow a push now
         if self._metrics:
@@ -387,13 +444,16 @@ class System:
         push = push and role is not Role.REFERENCE  # a restarted reference actor holds pi_ref already
         version = self._sync_actors(role, [i]).version if push else None
         synced = f"synced to weights version {version}, " if push else ""
-        print(f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
-              f"{redrawn} prompts redrawn; {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"{role} actor {i} restarted ({count}/{limit}) after: {cause}; {synced}"
+            f"{redrawn} prompts redrawn; {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
     def _request_scores(self, completions: Sequence[Completion], chunk: int = 16) -> list[tuple[list, object]]:
         """Send scoring requests in concurrent chunks (so Serve's batcher and replicas share the load); returns
         (chunk, pending reply) pairs."""
-        chunks = [list(completions[i:i + chunk]) for i in range(0, len(completions), chunk)]
+        chunks = [list(completions[i : i + chunk]) for i in range(0, len(completions), chunk)]
         return [(part, self.reward.score.remote(reward_prompts(part), [c.text for c in part])) for part in chunks]
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
@@ -409,8 +469,10 @@ class System:
         for part, reply in requests:
             # bounded: a request waiting for Serve to replace a dead replica must not wait forever
             result = reply.result(timeout_s=self.job.reward.request_timeout_s + REPLICA_START_ALLOWANCE_S)
-            scored.update((id(c), ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id))
-                          for c, r in zip(part, result.rewards, strict=True))
+            scored.update(
+                (id(c), ScoredCompletion(c, reward=r, reward_model_id=result.reward_model_id))
+                for c, r in zip(part, result.rewards, strict=True)
+            )
         return [scored[id(c)] for c in completions]
 
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
@@ -432,8 +494,11 @@ class System:
             released = sum(ray.get([a.sleep.remote() for a in actors]))
             if not self._sleep_reported:
                 self._sleep_reported = True
-                print(f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB freed "
-                      "at the first sleep", flush=True)
+                print(
+                    f"{len(actors)} engines sleep while the learner steps: {released / 2**20:.0f} MiB freed "
+                    "at the first sleep",
+                    flush=True,
+                )
         try:
             return self._on_learner([rank.step.remote(ref) for rank in self.learner])[0]
         finally:
@@ -475,8 +540,9 @@ class System:
         return [j for j, held in enumerate(self._held[Role.ANCHOR]) if held in (version - 1, version)]
 
     def _open_group(self, role: Role) -> None:
-        open_weight_group(self.learner, self.actors[role], role, self._group_backend,
-                          self.job.run.weight_sync_timeout_s)
+        open_weight_group(
+            self.learner, self.actors[role], role, self._group_backend, self.job.run.weight_sync_timeout_s
+        )
 
     def _sync_actors(self, role: Role, indices) -> SyncReport:
         """Push to actors `indices` of `role`. Collective transport: a restarted actor lost its group membership
@@ -487,12 +553,16 @@ class System:
                 if len(indices) < len(self.actors[role]):
                     self._open_group(role)
                     indices = list(range(len(self.actors[role])))
-                report = push_weights_collective(self.learner, self.actors[role], role,
-                                                 self.job.run.weight_sync_timeout_s)
+                report = push_weights_collective(
+                    self.learner, self.actors[role], role, self.job.run.weight_sync_timeout_s
+                )
             else:
                 followers = self._followers(role, indices)
-                report = push_weights(self.learner, [self.actors[role][i] for i in indices]
-                                      + [self.actors[Role.ANCHOR][j] for j in followers], role)
+                report = push_weights(
+                    self.learner,
+                    [self.actors[role][i] for i in indices] + [self.actors[Role.ANCHOR][j] for j in followers],
+                    role,
+                )
                 for j in followers:
                     self._held[Role.ANCHOR][j] = report.version
         except RayActorError as e:
@@ -516,8 +586,13 @@ class System:
 
     def _raise_if_learner(self, error: RayActorError) -> None:
         ids = [r._actor_id.hex() for r in self.learner]
-        dead = [ids.index(error.actor_id)] if error.actor_id in ids else [] if error.actor_id else \
-            [r for r, actor_id in enumerate(ids) if ray._private.state.actors(actor_id).get("State") != "ALIVE"]
+        dead = (
+            [ids.index(error.actor_id)]
+            if error.actor_id in ids
+            else []
+            if error.actor_id
+            else [r for r, actor_id in enumerate(ids) if ray._private.state.actors(actor_id).get("State") != "ALIVE"]
+        )
         if dead:
             raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
 
@@ -537,8 +612,10 @@ class System:
         try:
             self._on_learner([rank.save.remote(str(directory), extra, sha256) for rank in self.learner])
         except OSError as e:  # a full disk, a lost mount: the previous checkpoint is still the newest complete one
-            raise CheckpointWriteError(f"checkpoint {directory} not written ({first_line(getattr(e, 'cause', e))}); "
-                                       f"newest complete checkpoint: {self._last_checkpoint or 'none'}") from None
+            raise CheckpointWriteError(
+                f"checkpoint {directory} not written ({first_line(getattr(e, 'cause', e))}); "
+                f"newest complete checkpoint: {self._last_checkpoint or 'none'}"
+            ) from None
         self._last_checkpoint = Path(directory)
 
     def restore(self, directory: Path) -> dict:
@@ -571,8 +648,10 @@ def _wait_until_alive(actor, name: str, cause: str) -> None:
         except (RayActorError, GetTimeoutError) as e:
             state = ray._private.state.actors(actor._actor_id.hex()).get("State")  # GCS view: RESTARTING / DEAD
             if state == "DEAD" or time.monotonic() > deadline:
-                raise ActorLostError(f"{name} died ({cause}) and did not come back within "
-                                     f"{ACTOR_RESTART_TIMEOUT_S:.0f} s: {first_line(e)}") from None
+                raise ActorLostError(
+                    f"{name} died ({cause}) and did not come back within "
+                    f"{ACTOR_RESTART_TIMEOUT_S:.0f} s: {first_line(e)}"
+                ) from None
             time.sleep(0.5)
 
 
@@ -623,11 +702,16 @@ def init_ray(job: JobConfig) -> Path | None:
         os.environ.setdefault(key, value)
     res = job.resources
     actor_cpus = 0 if res.colocate else sum(map(res.actors, job.actor_roles)) * res.cpus_per_actor
-    needed = (actor_cpus + res.learner_ranks * res.cpus_per_learner + job.reward.replicas * job.reward.cpus_per_replica
-              + 1)
+    needed = (
+        actor_cpus + res.learner_ranks * res.cpus_per_learner + job.reward.replicas * job.reward.cpus_per_replica + 1
+    )
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
     # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
-    context = ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
-                       runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
-                       **quiet, **kwargs)
+    context = ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
+        **quiet,
+        **kwargs,
+    )
     return Path(context.address_info["session_dir"]) / "logs"

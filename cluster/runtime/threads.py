@@ -36,15 +36,28 @@ def node_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def thread_counts(policy: ThreadPolicy, sync: bool, cores: int, *, learner_ranks: int, actors: int,
-                  reward_replicas: int, cpus_per_learner: float, cpus_per_actor: float,
-                  cpus_per_replica: float) -> ThreadCounts:
+def thread_counts(
+    policy: ThreadPolicy,
+    sync: bool,
+    cores: int,
+    *,
+    learner_ranks: int,
+    actors: int,
+    reward_replicas: int,
+    cpus_per_learner: float,
+    cpus_per_actor: float,
+    cpus_per_replica: float,
+) -> ThreadCounts:
     """The thread count of each kind of process (see the module docstring)."""
     if policy is ThreadPolicy.PHASE and sync:
-        return ThreadCounts(learner=max(1, cores // learner_ranks), actor=max(1, cores // actors),
-                            reward=max(1, cores // reward_replicas))
-    return ThreadCounts(learner=_reserved(cpus_per_learner), actor=_reserved(cpus_per_actor),
-                        reward=_reserved(cpus_per_replica))
+        return ThreadCounts(
+            learner=max(1, cores // learner_ranks),
+            actor=max(1, cores // actors),
+            reward=max(1, cores // reward_replicas),
+        )
+    return ThreadCounts(
+        learner=_reserved(cpus_per_learner), actor=_reserved(cpus_per_actor), reward=_reserved(cpus_per_replica)
+    )
 
 
 def _reserved(cpus: float) -> int:
@@ -59,7 +72,14 @@ def thread_env(threads: int) -> dict[str, str]:
 def job_threads(job) -> ThreadCounts:
     """thread_counts for a cluster.config.job.JobConfig on this node's cores."""
     res = job.resources
-    return thread_counts(res.threads, job.run.mode is Mode.SYNC, node_cores(), learner_ranks=res.learner_ranks,
-                         actors=sum(map(res.actors, job.actor_roles)), reward_replicas=job.reward.replicas,
-                         cpus_per_learner=res.cpus_per_learner, cpus_per_actor=res.cpus_per_actor,
-                         cpus_per_replica=job.reward.cpus_per_replica)
+    return thread_counts(
+        res.threads,
+        job.run.mode is Mode.SYNC,
+        node_cores(),
+        learner_ranks=res.learner_ranks,
+        actors=sum(map(res.actors, job.actor_roles)),
+        reward_replicas=job.reward.replicas,
+        cpus_per_learner=res.cpus_per_learner,
+        cpus_per_actor=res.cpus_per_actor,
+        cpus_per_replica=job.reward.cpus_per_replica,
+    )

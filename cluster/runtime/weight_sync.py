@@ -70,21 +70,30 @@ def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncR
             ray.get(ref)  # surface errors of the other ranks
     num_bytes = ray.get(learner_ranks[0].last_export_bytes.remote())
     version = confirmed_version(role, confirmed, ray.get(learner_ranks[0].version.remote(role)), buckets)
-    return SyncReport(role=role, version=version, buckets=buckets, num_bytes=num_bytes,
-                      seconds=time.perf_counter() - t0)
+    return SyncReport(
+        role=role, version=version, buckets=buckets, num_bytes=num_bytes, seconds=time.perf_counter() - t0
+    )
 
 
 def open_weight_group(learner_ranks: Sequence, actors: Sequence, role: Role, backend: str, timeout_s: float) -> None:
     """Form `role`'s weight group: learner rank 0 is rank 0, then each actor's engine workers in turn."""
-    workers = _wait([a.engine_workers.remote() for a in actors], [f"{role} actor {i}" for i in range(len(actors))],
-                    timeout_s, f"asking the {role} actors for their engine workers")
+    workers = _wait(
+        [a.engine_workers.remote() for a in actors],
+        [f"{role} actor {i}" for i in range(len(actors))],
+        timeout_s,
+        f"asking the {role} actors for their engine workers",
+    )
     host, port = ray.get(learner_ranks[0].weight_group_port.remote())
     address = GroupAddress(host=host, port=port, world_size=1 + sum(workers), backend=backend, timeout_s=timeout_s)
     offsets = [1 + sum(workers[:i]) for i in range(len(actors))]
     refs = [learner_ranks[0].join_weight_group.remote(role, address)]
     refs += [a.join_weight_group.remote(address, off) for a, off in zip(actors, offsets, strict=True)]
-    _wait(refs, ["learner rank 0"] + [f"{role} actor {i}" for i in range(len(actors))], timeout_s,
-          f"forming the {role} weight group ({backend}, {address.world_size} members)")
+    _wait(
+        refs,
+        ["learner rank 0"] + [f"{role} actor {i}" for i in range(len(actors))],
+        timeout_s,
+        f"forming the {role} weight group ({backend}, {address.world_size} members)",
+    )
 
 
 def push_weights_collective(learner_ranks: Sequence, actors: Sequence, role: Role, timeout_s: float) -> SyncReport:
@@ -95,9 +104,15 @@ def push_weights_collective(learner_ranks: Sequence, actors: Sequence, role: Rol
     names = [f"learner rank {r}" for r in range(len(sends))] + [f"{role} actor {i}" for i in range(len(receives))]
     results = _wait(sends + receives, names, timeout_s, f"the collective {role} weight push")
     buckets, num_bytes = results[0]
-    version = confirmed_version(role, results[len(sends):], ray.get(learner_ranks[0].version.remote(role)), buckets)
-    return SyncReport(role=role, version=version, buckets=buckets, num_bytes=num_bytes,
-                      seconds=time.perf_counter() - t0, method=WeightSyncMethod.COLLECTIVE)
+    version = confirmed_version(role, results[len(sends) :], ray.get(learner_ranks[0].version.remote(role)), buckets)
+    return SyncReport(
+        role=role,
+        version=version,
+        buckets=buckets,
+        num_bytes=num_bytes,
+        seconds=time.perf_counter() - t0,
+        method=WeightSyncMethod.COLLECTIVE,
+    )
 
 
 def _wait(refs: list, names: list[str], timeout_s: float, what: str) -> list:
@@ -109,9 +124,11 @@ def _wait(refs: list, names: list[str], timeout_s: float, what: str) -> list:
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
-            raise WeightSyncError(f"{what}: no answer from {[names[index[r]] for r in pending]} within "
-                                  f"{timeout_s:g} s (run.weight_sync_timeout_s); a peer is gone or stuck, and the "
-                                  f"weight group cannot be used again")
+            raise WeightSyncError(
+                f"{what}: no answer from {[names[index[r]] for r in pending]} within "
+                f"{timeout_s:g} s (run.weight_sync_timeout_s); a peer is gone or stuck, and the "
+                f"weight group cannot be used again"
+            )
         i = index[ready[0]]
         try:
             results[i] = ray.get(ready[0])

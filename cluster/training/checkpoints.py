@@ -83,5 +83,6 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
 def check_layout(path: Path, learner_ranks: int, zero_stage: int, dtype: str, lora: str | None = None) -> None:
     """Refuse (before any process starts) to resume into a layout the checkpoint's optimizer state cannot load."""
     meta = checkpoint_dir.verify(path, hashes=False)
-    checkpoint_dir.check_layout(path, meta, {"world_size": learner_ranks, "zero_stage": zero_stage, "dtype": dtype,
-                                             "lora": lora})
+    checkpoint_dir.check_layout(
+        path, meta, {"world_size": learner_ranks, "zero_stage": zero_stage, "dtype": dtype, "lora": lora}
+    )

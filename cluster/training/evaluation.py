@@ -45,8 +45,9 @@ class PromptSplit:
     skipped: dict[str, int] = field(default_factory=dict)  # held-out rows (from a file) skipped, by reason
 
 
-def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int,
-                  fit: Callable[[PromptSet], PromptSet] = lambda loaded: loaded) -> PromptSplit:
+def split_prompts(
+    prompts: Sequence[Prompt], cfg: EvalConfig, seed: int, fit: Callable[[PromptSet], PromptSet] = lambda loaded: loaded
+) -> PromptSplit:
     """Training prompts and the held-out set: a file (cfg.prompts), or a seeded fraction of the distinct prompts.
     `fit` filters a held-out file as the training prompts were (preflight.fit_prompts: what the policy can take);
     the training prompts passed in are already fitted."""
@@ -63,8 +64,10 @@ def split_prompts(prompts: Sequence[Prompt], cfg: EvalConfig, seed: int,
     distinct = sorted(set(prompts), key=lambda p: (p.text, [(m.role, m.content) for m in p.messages]))
     k = max(1, round(cfg.holdout_fraction * len(distinct)))
     if k >= len(distinct):
-        raise ValueError(f"eval.holdout_fraction: holding out {k} of {len(distinct)} distinct prompts leaves none "
-                         "to train on; lower it or give eval.prompts")
+        raise ValueError(
+            f"eval.holdout_fraction: holding out {k} of {len(distinct)} distinct prompts leaves none "
+            "to train on; lower it or give eval.prompts"
+        )
     held = set(random.Random(seed).sample(distinct, k))
     return PromptSplit(tuple(p for p in prompts if p not in held), tuple(p for p in distinct if p in held), 0)
 
@@ -78,23 +81,36 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
     for mode in modes:
         t0 = time.perf_counter()
         greedy = mode == "greedy"
-        settings = dataclasses.replace(job.sampling, temperature=0.0 if greedy else job.sampling.temperature,
-                                       seed=seed)
+        settings = dataclasses.replace(job.sampling, temperature=0.0 if greedy else job.sampling.temperature, seed=seed)
         completions = system.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
         scored = system.score(completions)
         rewards = [s.reward for s in scored]
         kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
         if not greedy:
             est = system.kl_to_reference(completions)
-            kl = {"kl_ref": est.sampled.mean().item(), "kl_ref_tokenwise": est.tokenwise.mean().item(),
-                  "kl_ref_k3": est.k3.mean().item(), "kl_ref_sem": _sem(est.sampled.tolist()),
-                  "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist())}
-        results.append(EvalResult(
-            step=step, mode=mode, prompts=len(prompts), completions=len(completions),
-            reward=statistics.fmean(rewards), reward_std=statistics.pstdev(rewards), **kl,
-            tokens=statistics.fmean(len(c.token_ids) for c in completions), seconds=time.perf_counter() - t0,
-            samples=tuple((s.completion.prompt_text, s.completion.text.strip(), s.reward)
-                          for s in scored[:SAMPLE_ROWS])))
+            kl = {
+                "kl_ref": est.sampled.mean().item(),
+                "kl_ref_tokenwise": est.tokenwise.mean().item(),
+                "kl_ref_k3": est.k3.mean().item(),
+                "kl_ref_sem": _sem(est.sampled.tolist()),
+                "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist()),
+            }
+        results.append(
+            EvalResult(
+                step=step,
+                mode=mode,
+                prompts=len(prompts),
+                completions=len(completions),
+                reward=statistics.fmean(rewards),
+                reward_std=statistics.pstdev(rewards),
+                **kl,
+                tokens=statistics.fmean(len(c.token_ids) for c in completions),
+                seconds=time.perf_counter() - t0,
+                samples=tuple(
+                    (s.completion.prompt_text, s.completion.text.strip(), s.reward) for s in scored[:SAMPLE_ROWS]
+                ),
+            )
+        )
     return results
 
 
@@ -110,8 +126,15 @@ class BonPoint:
     reward_sem: float  # standard error over prompts
 
 
-def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n: int = 64,
-              samples_per_prompt: int = 128, seed: int = 0) -> list[BonPoint]:
+def bon_curve(
+    system,
+    job: JobConfig,
+    heldout: Sequence[str],
+    role: Role,
+    max_n: int = 64,
+    samples_per_prompt: int = 128,
+    seed: int = 0,
+) -> list[BonPoint]:
     """The Best-of-N curve on the held-out prompts: reward of BoN sampling vs its KL, for n = 1 .. max_n.
 
     `role`'s actors must hold the reference weights (e.g. the policy actors before the first update).
@@ -127,8 +150,9 @@ def bon_curve(system, job: JobConfig, heldout: Sequence[str], role: Role, max_n:
     points = []
     for n in range(1, max_n + 1):
         per_prompt = expected_max_of_n(rewards, n).tolist()
-        points.append(BonPoint(n=n, kl_ref=kl_bound(n), reward=statistics.fmean(per_prompt),
-                               reward_sem=_sem(per_prompt)))
+        points.append(
+            BonPoint(n=n, kl_ref=kl_bound(n), reward=statistics.fmean(per_prompt), reward_sem=_sem(per_prompt))
+        )
     return points
 
 

@@ -24,8 +24,11 @@ class JobFailure(RuntimeError):
 
 class LearnerDiedError(JobFailure):
     def __init__(self, rank: int, cause: str, last_checkpoint: Path | None):
-        where = f"last checkpoint {last_checkpoint}, continue with --resume" if last_checkpoint else \
-            "no checkpoint written yet"
+        where = (
+            f"last checkpoint {last_checkpoint}, continue with --resume"
+            if last_checkpoint
+            else "no checkpoint written yet"
+        )
         super().__init__(f"learner rank {rank} died ({cause}); {where}")
         self.rank, self.last_checkpoint = rank, last_checkpoint
 

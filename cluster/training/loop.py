@@ -38,11 +38,14 @@ def make_batch(scored: Sequence[ScoredCompletion], plan: SamplingPlan) -> Batch:
         counts = {i: len(groups[role].get(i, ())) for i in ids}
         wrong = {i: c for i, c in counts.items() if c != n}
         if wrong or set(groups[role]) - set(ids):
-            raise ValueError(f"make_batch: expected {n} {role} samples per prompt, got {wrong or counts} "
-                             f"(prompt ids without policy samples: {sorted(set(groups[role]) - set(ids))})")
+            raise ValueError(
+                f"make_batch: expected {n} {role} samples per prompt, got {wrong or counts} "
+                f"(prompt ids without policy samples: {sorted(set(groups[role]) - set(ids))})"
+            )
     target = groups[plan.target_role] if plan.target_role is not None else {}
-    return Batch(policy=tuple(tuple(groups[Role.POLICY][i]) for i in ids),
-                 target=tuple(tuple(target.get(i, ())) for i in ids))
+    return Batch(
+        policy=tuple(tuple(groups[Role.POLICY][i]) for i in ids), target=tuple(tuple(target.get(i, ())) for i in ids)
+    )
 
 
 def learner_version(stats: StepStats, role: Role) -> int:
@@ -79,8 +82,14 @@ def step_seed(run_seed: int, step: int) -> int:
     return run_seed * 1_000_003 + step
 
 
-def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
-          on_step: Callable[[StepRecord], None], metrics=None) -> LoopState:
+def train(
+    job: JobConfig,
+    system: System,
+    prompts: Sequence[Prompt],
+    start: LoopState,
+    on_step: Callable[[StepRecord], None],
+    metrics=None,
+) -> LoopState:
     B, pipelined = job.algorithm.prompts_per_step, job.run.mode is Mode.PIPELINED
     plan = sampling_plan(job.algorithm)  # e.g. J-BOND: 1 policy + 2 anchor samples per prompt
     state = start
@@ -110,8 +119,11 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
             request_up_to(step + job.run.pipeline_depth)
         if metrics:
             metrics.record_queue_depth(len(in_flight))
-        stale = [c for c in samples.all()
-                 if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness]
+        stale = [
+            c
+            for c in samples.all()
+            if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness
+        ]
         if stale:  # never train on samples older than max_staleness: redraw them with the current weights
             if metrics:
                 metrics.record_skip("stale", len(stale))
@@ -122,17 +134,29 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
         t_scored = time.perf_counter()
         stats = system.learn(make_batch(scored, plan))  # the algorithm's loss, Adam, anchor update
         t_learned = time.perf_counter()
-        syncs = {role: system.sync(role) for role in plan.pushed  # versioned, confirmed; the reference never
-                 if learner_version(stats, role) != version.get(role)}  # changes, a copied anchor only sometimes
+        syncs = {
+            role: system.sync(role)
+            for role in plan.pushed  # versioned, confirmed; the reference never
+            if learner_version(stats, role) != version.get(role)
+        }  # changes, a copied anchor only sometimes
         version.update({role: learner_version(stats, role) for role in plan.pushed})
         t_synced = time.perf_counter()
 
         state = LoopState(step=step + 1, cursor=cursor_after)
-        on_step(StepRecord(
-            stats=stats, samples=tuple(scored),
-            seconds={"sample": t_sampled - t0, "score": t_scored - t_sampled, "learn": t_learned - t_scored,
-                     "sync": t_synced - t_learned},
-            syncs=syncs, state=state))
+        on_step(
+            StepRecord(
+                stats=stats,
+                samples=tuple(scored),
+                seconds={
+                    "sample": t_sampled - t0,
+                    "score": t_scored - t_sampled,
+                    "learn": t_learned - t_scored,
+                    "sync": t_synced - t_learned,
+                },
+                syncs=syncs,
+                state=state,
+            )
+        )
         if not pipelined:
             request_up_to(state.step)
     return state

@@ -56,8 +56,12 @@ class Round:
 
 
 def plan(job: JobConfig, start_step: int, dataset: Sequence[ScoredCompletion]) -> Round:
-    phases = improve_schedule([s.reward for s in dataset], job.algorithm.rest_quantiles,
-                              job.algorithm.prompts_per_step, seed=_round_seed(job, start_step))
+    phases = improve_schedule(
+        [s.reward for s in dataset],
+        job.algorithm.rest_quantiles,
+        job.algorithm.prompts_per_step,
+        seed=_round_seed(job, start_step),
+    )
     return Round(start_step, tuple(dataset), phases)
 
 
@@ -69,8 +73,9 @@ def round_in_progress(job: JobConfig, run_dir: Path, step: int) -> Round | None:
     """The round a run resumed at `step` is inside, rebuilt from its Grow file (None: step starts a new round).
     Grow files of rounds starting at or after `step` belong to the abandoned future of an earlier attempt and
     are removed; rounds are contiguous, so a missing file of the round in progress is detected, not skipped."""
-    found = sorted((int(m.group(1)), p) for p in (run_dir / GROW_DIR).glob("step_*.parquet")
-                   if (m := _GROW_FILE.fullmatch(p.name)))
+    found = sorted(
+        (int(m.group(1)), p) for p in (run_dir / GROW_DIR).glob("step_*.parquet") if (m := _GROW_FILE.fullmatch(p.name))
+    )
     for start, path in found:
         if start >= step:
             path.unlink()
@@ -81,19 +86,21 @@ def round_in_progress(job: JobConfig, run_dir: Path, step: int) -> Round | None:
         return None
     current = plan(job, earlier[-1][0], read_scored(earlier[-1][1]))
     if current.end_step < step:
-        raise CheckpointError(f"resuming rest at step {step}: the newest Grow dataset before it "
-                              f"({earlier[-1][1].name}) ends at step {current.end_step}; the round in progress is "
-                              "missing")
+        raise CheckpointError(
+            f"resuming rest at step {step}: the newest Grow dataset before it "
+            f"({earlier[-1][1].name}) ends at step {current.end_step}; the round in progress is "
+            "missing"
+        )
     return current if current.end_step > step else None
 
 
-def grow(job: JobConfig, system: System, prompts: Sequence[Prompt], state: LoopState, writer: EpisodeWriter,
-         metrics=None) -> tuple[Round, LoopState, dict[str, float]]:
+def grow(
+    job: JobConfig, system: System, prompts: Sequence[Prompt], state: LoopState, writer: EpisodeWriter, metrics=None
+) -> tuple[Round, LoopState, dict[str, float]]:
     """Sample and score one Grow dataset from the policy; the cursor moves past its prompts."""
     t0 = time.perf_counter()
     algo = job.algorithm
-    chosen, cursor = take(tuple(prompts), state.cursor, algo.rest_grow_prompts, job.prompts.seed,
-                          job.prompts.shuffle)
+    chosen, cursor = take(tuple(prompts), state.cursor, algo.rest_grow_prompts, job.prompts.seed, job.prompts.shuffle)
     settings = dataclasses.replace(job.sampling, seed=_round_seed(job, state.step))
     completions = system.sample(Role.POLICY, [p for _, p in chosen], algo.rest_samples_per_prompt, settings)
     t_sampled = time.perf_counter()
@@ -107,15 +114,25 @@ def grow(job: JobConfig, system: System, prompts: Sequence[Prompt], state: LoopS
 
 def describe(rnd: Round) -> str:
     rewards = [s.reward for s in rnd.dataset]
-    phases = ", ".join(f"q{p.quantile:g}: r >= {p.threshold:+.3f} keeps {p.kept} ({len(p.batches)} steps)"
-                       for p in rnd.phases)
-    return (f"rest round at step {rnd.start_step}: grew {len(rewards)} samples, mean reward "
-            f"{sum(rewards) / len(rewards):+.3f}; improve {phases}")
+    phases = ", ".join(
+        f"q{p.quantile:g}: r >= {p.threshold:+.3f} keeps {p.kept} ({len(p.batches)} steps)" for p in rnd.phases
+    )
+    return (
+        f"rest round at step {rnd.start_step}: grew {len(rewards)} samples, mean reward "
+        f"{sum(rewards) / len(rewards):+.3f}; improve {phases}"
+    )
 
 
-def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: LoopState,
-          on_step: Callable[[StepRecord], None], run_dir: Path, note: Callable[[str], None] = print,
-          metrics=None) -> LoopState:
+def train(
+    job: JobConfig,
+    system: System,
+    prompts: Sequence[Prompt],
+    start: LoopState,
+    on_step: Callable[[StepRecord], None],
+    run_dir: Path,
+    note: Callable[[str], None] = print,
+    metrics=None,
+) -> LoopState:
     B, state = job.algorithm.prompts_per_step, start
     writer = EpisodeWriter(Path(run_dir) / GROW_DIR)
     current = round_in_progress(job, Path(run_dir), state.step)
@@ -133,6 +150,13 @@ def train(job: JobConfig, system: System, prompts: Sequence[Prompt], start: Loop
         if state.step in (current.end_step, job.run.steps) or evaluation.due(state.step, job.eval, job.run.steps):
             syncs[Role.POLICY] = system.sync(Role.POLICY)  # what samples next (Grow, evaluation) sees these weights
         seconds.update(learn=t_learned - t0, **({"sync": time.perf_counter() - t_learned} if syncs else {}))
-        on_step(StepRecord(stats=stats, samples=tuple(current.dataset[i] for i in chosen), seconds=seconds,
-                           syncs=syncs, state=state))
+        on_step(
+            StepRecord(
+                stats=stats,
+                samples=tuple(current.dataset[i] for i in chosen),
+                seconds=seconds,
+                syncs=syncs,
+                state=state,
+            )
+        )
     return state

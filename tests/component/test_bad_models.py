@@ -42,8 +42,16 @@ def no_ray(monkeypatch):
 def start_fails(capsys, tiny_dir: Path, tmp_path: Path, *sets: str) -> str:
     import ray
 
-    argv = ["--config", str(ROOT / "configs" / "smoke.yaml"), "--set", f"run.run_dir={tmp_path / 'run'}",
-            "--set", f"models.policy={tiny_dir / 'policy'}", "--set", f"reward.path_or_name={tiny_dir / 'reward'}"]
+    argv = [
+        "--config",
+        str(ROOT / "configs" / "smoke.yaml"),
+        "--set",
+        f"run.run_dir={tmp_path / 'run'}",
+        "--set",
+        f"models.policy={tiny_dir / 'policy'}",
+        "--set",
+        f"reward.path_or_name={tiny_dir / 'reward'}",
+    ]
     argv += [a for s in sets for a in ("--set", s)]
     t0 = time.monotonic()
     with pytest.raises(SystemExit) as info:
@@ -89,8 +97,10 @@ def test_policy_tokenizer_unloadable(capsys, tiny_dir, tmp_path):
     assert err.startswith("models.policy: cannot load the tokenizer of"), err
 
 
-@pytest.mark.bad_input("tokenizer that does not belong to the model (more tokens than embeddings)",
-                       "config error: models.policy / reward.path_or_name")
+@pytest.mark.bad_input(
+    "tokenizer that does not belong to the model (more tokens than embeddings)",
+    "config error: models.policy / reward.path_or_name",
+)
 def test_tokenizer_model_mismatch(capsys, tiny_dir, tmp_path):
     for which, field in (("policy", "models.policy"), ("reward", "reward.path_or_name")):
         model = broken_copy(tiny_dir, tmp_path, which)
@@ -124,8 +134,9 @@ def test_policy_tokenizer_without_pad_is_fine(tiny_dir, tmp_path):
     preflight.check_model("models.policy", str(model), need_pad=False)
 
 
-@pytest.mark.bad_input("prompt longer than the policy's context (real tokenizer)", "skipped, counted as "
-                       "`longer than 63 tokens`")
+@pytest.mark.bad_input(
+    "prompt longer than the policy's context (real tokenizer)", "skipped, counted as `longer than 63 tokens`"
+)
 def test_prompts_longer_than_the_context_are_skipped(tiny_dir, tmp_path):
     from cluster.config.job import JobConfig
 
@@ -153,19 +164,36 @@ def _batch(seed: int) -> Batch:
 
     def completion(i: int, role: Role) -> Completion:
         tokens = tuple(rng.randrange(5, 58) for _ in range(4))
-        return Completion(prompt_id=i, prompt="x", prompt_token_ids=(1, rng.randrange(5, 58)), token_ids=tokens,
-                          text="y", logprobs=(-1.0,) * 4, role=role, weights_version=0)
+        return Completion(
+            prompt_id=i,
+            prompt="x",
+            prompt_token_ids=(1, rng.randrange(5, 58)),
+            token_ids=tokens,
+            text="y",
+            logprobs=(-1.0,) * 4,
+            role=role,
+            weights_version=0,
+        )
 
-    return Batch(policy=tuple((ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm"),) for i in range(4)),
-                 target=tuple(tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.random(), "rm") for _ in range(2))
-                              for i in range(4)))
+    return Batch(
+        policy=tuple((ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm"),) for i in range(4)),
+        target=tuple(
+            tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.random(), "rm") for _ in range(2)) for i in range(4)
+        ),
+    )
 
 
-@pytest.mark.bad_input("disk full in the middle of a learner checkpoint", "OSError(ENOSPC); the previous checkpoint "
-                       "stays valid and is what --resume takes")
+@pytest.mark.bad_input(
+    "disk full in the middle of a learner checkpoint",
+    "OSError(ENOSPC); the previous checkpoint stays valid and is what --resume takes",
+)
 def test_full_disk_mid_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path, monkeypatch):
-    learner = Learner(tiny_dir / "policy", BondConfig(prompts_per_step=4),
-                      LearnerConfig(zero_stage=0, micro_batch_prompts=4), master_port=_port())
+    learner = Learner(
+        tiny_dir / "policy",
+        BondConfig(prompts_per_step=4),
+        LearnerConfig(zero_stage=0, micro_batch_prompts=4),
+        master_port=_port(),
+    )
     learner.step(_batch(0))
     first = tmp_path / "checkpoints" / "step_0000001"
     learner.save(first, extra={"step": 1})
@@ -198,11 +226,17 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.bad_input("checkpoint file carrying a pickled code payload (--resume)", "refused with "
-                       "`UnpicklingError`, nothing executed (weights-only loading, DeepSpeed's files too)")
+@pytest.mark.bad_input(
+    "checkpoint file carrying a pickled code payload (--resume)",
+    "refused with `UnpicklingError`, nothing executed (weights-only loading, DeepSpeed's files too)",
+)
 def test_checkpoint_with_a_pickle_payload_is_refused(tiny_dir, tmp_path):
-    learner = Learner(tiny_dir / "policy", BondConfig(prompts_per_step=4),
-                      LearnerConfig(zero_stage=2, micro_batch_prompts=4), master_port=_port())
+    learner = Learner(
+        tiny_dir / "policy",
+        BondConfig(prompts_per_step=4),
+        LearnerConfig(zero_stage=2, micro_batch_prompts=4),
+        master_port=_port(),
+    )
     learner.step(_batch(0))
     ckpt = tmp_path / "step_0000001"
     learner.save(ckpt, extra={"step": 1})

@@ -35,11 +35,14 @@ def test_sleep_releases_the_kv_cache_and_wake_serves_the_same_samples(tiny_dir):
         sampler.wake_up()
         after = sampler.generate(prompts, 2, settings)
         assert [c.token_ids for c in after] == [c.token_ids for c in before]
-        assert [lp for c in after for lp in c.logprobs] == pytest.approx([lp for c in before for lp in c.logprobs],
-                                                                          abs=1e-5)
+        assert [lp for c in after for lp in c.logprobs] == pytest.approx(
+            [lp for c in before for lp in c.logprobs], abs=1e-5
+        )
         # sampling touched only the blocks it used: far less than the cache comes back
         assert rss_bytes() - rss_asleep < 0.1 * kv_bytes
-        print(f"RSS awake {rss_awake / 2**20:.0f} MiB, asleep {rss_asleep / 2**20:.0f} MiB, "
-              f"after the next round {rss_bytes() / 2**20:.0f} MiB")
+        print(
+            f"RSS awake {rss_awake / 2**20:.0f} MiB, asleep {rss_asleep / 2**20:.0f} MiB, "
+            f"after the next round {rss_bytes() / 2**20:.0f} MiB"
+        )
     finally:
         sampler.close()

@@ -19,14 +19,22 @@ from tests.component.test_learner import assert_close_states, completion, learne
 
 pytestmark = pytest.mark.timeout(300)
 
-REST = BondConfig(algorithm=Algorithm.REST, prompts_per_step=8, lr=1e-3, warmup_steps=0, rest_grow_prompts=8,
-                  rest_samples_per_prompt=1)
+REST = BondConfig(
+    algorithm=Algorithm.REST,
+    prompts_per_step=8,
+    lr=1e-3,
+    warmup_steps=0,
+    rest_grow_prompts=8,
+    rest_samples_per_prompt=1,
+)
 
 
 def sft_batch(seed: int) -> Batch:
     rng = random.Random(seed)
-    return Batch(policy=tuple((ScoredCompletion(completion(i, Role.POLICY, rng, 0), rng.random(), "rm"),)
-                              for i in range(8)), target=((),) * 8)
+    return Batch(
+        policy=tuple((ScoredCompletion(completion(i, Role.POLICY, rng, 0), rng.random(), "rm"),) for i in range(8)),
+        target=((),) * 8,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,7 @@ def per_token(model, batch: Batch):
         ids = torch.tensor([list(c.prompt_token_ids) + list(c.token_ids)])
         logits = model(input_ids=ids).logits[0].double()
         p = len(c.prompt_token_ids)
-        out.append((logits[p - 1:p - 1 + len(c.token_ids)], torch.tensor(c.token_ids, dtype=torch.long)))
+        out.append((logits[p - 1 : p - 1 + len(c.token_ids)], torch.tensor(c.token_ids, dtype=torch.long)))
     return out
 
 
@@ -66,8 +74,9 @@ def test_rest_step_is_sft_on_the_batch(tiny_dir):
 
 
 def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
-    bond = BondConfig(algorithm=Algorithm.GKD, prompts_per_step=8, lr=1e-3, warmup_steps=0,
-                      gkd_teacher=str(teacher_dir), gkd_beta=0.3)
+    bond = BondConfig(
+        algorithm=Algorithm.GKD, prompts_per_step=8, lr=1e-3, warmup_steps=0, gkd_teacher=str(teacher_dir), gkd_beta=0.3
+    )
     jbond_batch = make_batch(1)  # its policy samples, without the anchor samples: gkd's plan (1 policy, no target)
     batch = Batch(policy=jbond_batch.policy, target=((),) * jbond_batch.size)
     assert (len(batch.policy[0]), len(batch.target[0])) == (sampling_plan(bond).policy, sampling_plan(bond).target)

@@ -1,4 +1,4 @@
-"""cluster.training.evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
+"""training/evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
 the KL estimators against the learner's own log-probabilities (HF sampler, plain-torch learner: no Ray, no vLLM)."""
 
 import math
@@ -22,10 +22,20 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(300)
 def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
-    for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-              f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
-              "learner.zero_stage=0", "run.steps=2", "algorithm.lr=0.005", "algorithm.warmup_steps=0",
-              "eval.every_steps=1", "eval.holdout_fraction=0.25", "eval.samples_per_prompt=4", "eval.greedy=false"):
+    for a in (
+        f"models.policy={tiny_dir / 'policy'}",
+        f"reward.path_or_name={tiny_dir / 'reward'}",
+        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
+        "models.sampler_backend=hf",
+        "learner.zero_stage=0",
+        "run.steps=2",
+        "algorithm.lr=0.005",
+        "algorithm.warmup_steps=0",
+        "eval.every_steps=1",
+        "eval.holdout_fraction=0.25",
+        "eval.samples_per_prompt=4",
+        "eval.greedy=false",
+    ):
         loading.apply_override(data, a)
     job = loading.build(JobConfig, data)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)

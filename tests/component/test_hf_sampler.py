@@ -17,11 +17,18 @@ def sampler(tiny_dir):
     return HfSampler(str(tiny_dir / "policy"), Role.ANCHOR, initial_version=3)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": -1.0}, "temperature"),
-    ({"top_p": 1.5}, "top_p"), ({"stop": ["."]}, "stop"), ({"seed": -2}, "seed"),
-    ({"temperature": "hot"}, "temperature"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"stop": ["."]}, "stop"),
+        ({"seed": -2}, "seed"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+    ],
+)
 def test_settings_name_the_bad_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         SamplingSettings(**kwargs)

@@ -22,9 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def in_process_job(tiny_dir, *overrides: str) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
-    for a in (f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-              f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}", "models.sampler_backend=hf",
-              "learner.zero_stage=0", "run.steps=2", *overrides):
+    for a in (
+        f"models.policy={tiny_dir / 'policy'}",
+        f"reward.path_or_name={tiny_dir / 'reward'}",
+        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
+        "models.sampler_backend=hf",
+        "learner.zero_stage=0",
+        "run.steps=2",
+        *overrides,
+    ):
         loading.apply_override(data, a)
     return loading.build(JobConfig, data)
 
@@ -55,13 +61,23 @@ def test_two_steps_in_process(tiny_dir, tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("overrides", [
-    ("algorithm.algorithm=reinforce", "algorithm.rloo_k=3"),
-    ("algorithm.algorithm=bond", "algorithm.n=4", "algorithm.k_quantile=6"),
-    ("algorithm.algorithm=bond", "algorithm.n=2", "algorithm.k_quantile=3", "algorithm.iterated=true",
-     "algorithm.anchor_copy_every=2", "run.steps=3"),
-    ("algorithm.algorithm=gkd", "algorithm.gkd_teacher={policy}"),
-], ids=["reinforce-rloo", "bond", "iterated-bond", "gkd"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("algorithm.algorithm=reinforce", "algorithm.rloo_k=3"),
+        ("algorithm.algorithm=bond", "algorithm.n=4", "algorithm.k_quantile=6"),
+        (
+            "algorithm.algorithm=bond",
+            "algorithm.n=2",
+            "algorithm.k_quantile=3",
+            "algorithm.iterated=true",
+            "algorithm.anchor_copy_every=2",
+            "run.steps=3",
+        ),
+        ("algorithm.algorithm=gkd", "algorithm.gkd_teacher={policy}"),
+    ],
+    ids=["reinforce-rloo", "bond", "iterated-bond", "gkd"],
+)
 def test_each_algorithm_trains_in_process(tiny_dir, overrides):
     """A short run of each algorithm: the plan's samples per prompt and role, the pushes (never to the frozen
     reference; a copied anchor only when copied), the loss halves it has; for bond, the Best-of-N baseline on
@@ -76,8 +92,9 @@ def test_each_algorithm_trains_in_process(tiny_dir, overrides):
     for r in records:
         counts = {role: sum(s.completion.role is role for s in r.samples) for role in Role}
         assert counts == {role: B * dict(plan.draws).get(role, 0) for role in Role}
-        assert Role.REFERENCE not in r.syncs and {s.completion.weights_version for s in r.samples
-                                                  if s.completion.role is Role.REFERENCE} <= {0}
+        assert Role.REFERENCE not in r.syncs and {
+            s.completion.weights_version for s in r.samples if s.completion.role is Role.REFERENCE
+        } <= {0}
         assert all(math.isfinite(v) for v in (r.stats.loss, r.stats.loss_bw, r.stats.kl_ref, r.stats.grad_norm))
         assert (r.stats.loss_fw != 0.0) == (plan.target_role is not None)  # the SFT half on Best-of-n samples
         assert math.isnan(r.stats.reward_anchor) == (plan.target_role is None)

@@ -48,8 +48,16 @@ def port() -> int:
 def completion(prompt_id: int, role: Role, rng: random.Random, version: int) -> Completion:
     prompt = tuple([1] + [rng.randrange(5, VOCAB) for _ in range(rng.randint(0, 4))])  # BOS + words
     tokens = tuple(rng.randrange(2, VOCAB) for _ in range(rng.randint(0, 7)))
-    return Completion(prompt_id=prompt_id, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
-                      logprobs=(-1.0,) * len(tokens), role=role, weights_version=version)
+    return Completion(
+        prompt_id=prompt_id,
+        prompt="x",
+        prompt_token_ids=prompt,
+        token_ids=tokens,
+        text="y",
+        logprobs=(-1.0,) * len(tokens),
+        role=role,
+        weights_version=version,
+    )
 
 
 JBOND_PLAN = SamplingPlan(policy=1, target_role=Role.ANCHOR, target=2)
@@ -60,17 +68,31 @@ def make_batch(seed: int, size: int = 8, plan: SamplingPlan = JBOND_PLAN) -> Bat
     rng = random.Random(seed)
     policy, target = [], []
     for i in range(size):
-        policy.append(tuple(ScoredCompletion(completion(i, Role.POLICY, rng, seed), rng.random(), "rm")
-                            for _ in range(plan.policy)))
-        target.append(tuple(ScoredCompletion(completion(i, plan.target_role, rng, seed), rng.choice([0.2, 0.5]), "rm")
-                            for _ in range(plan.target)))
+        policy.append(
+            tuple(
+                ScoredCompletion(completion(i, Role.POLICY, rng, seed), rng.random(), "rm") for _ in range(plan.policy)
+            )
+        )
+        target.append(
+            tuple(
+                ScoredCompletion(completion(i, plan.target_role, rng, seed), rng.choice([0.2, 0.5]), "rm")
+                for _ in range(plan.target)
+            )
+        )
     return Batch(policy=tuple(policy), target=tuple(target))
 
 
-def learner(tiny_dir, bond: BondConfig = BOND, rank: int = 0, world_size: int = 1, master_port: int | None = None,
-            **config) -> Learner:
-    return Learner(tiny_dir / "policy", bond, LearnerConfig(**config), rank=rank, world_size=world_size,
-                   master_port=master_port or port())
+def learner(
+    tiny_dir, bond: BondConfig = BOND, rank: int = 0, world_size: int = 1, master_port: int | None = None, **config
+) -> Learner:
+    return Learner(
+        tiny_dir / "policy",
+        bond,
+        LearnerConfig(**config),
+        rank=rank,
+        world_size=world_size,
+        master_port=master_port or port(),
+    )
 
 
 def state(lr: Learner, role: Role = Role.POLICY) -> dict[str, torch.Tensor]:
@@ -108,6 +130,7 @@ def test_a_zero3_learner_reserves_memory_for_its_model_not_deepspeeds_default_bu
     """DeepSpeed's ZeRO-3 allocates its gradient reduce bucket whole at start-up: 5e8 fp32 elements (1.9 GiB of
     address space per engine, never released with the engine) unless the config caps it; a process that built a
     few such learners could no longer fork. Capped at the trainable parameter count, a step still matches."""
+
     def committed_mib() -> int:
         status = Path("/proc/self/status").read_text()
         return int(next(x for x in status.splitlines() if x.startswith("VmSize:")).split()[1]) // 1024
@@ -125,11 +148,13 @@ def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
     """ZeRO 1/2/3 with two micro-batches vs plain torch with one: same stats every step, same parameters."""
     batches = [make_batch(s) for s in range(3)]
     runs = {}
-    for name, kwargs in (("torch", dict(zero_stage=0, micro_batch_prompts=8)),
-                         ("torch-micro", dict(zero_stage=0, micro_batch_prompts=4)),
-                         ("zero1", dict(zero_stage=1, micro_batch_prompts=4)),
-                         ("zero2", dict(zero_stage=2, micro_batch_prompts=4)),
-                         ("zero3", dict(zero_stage=3, micro_batch_prompts=4))):
+    for name, kwargs in (
+        ("torch", dict(zero_stage=0, micro_batch_prompts=8)),
+        ("torch-micro", dict(zero_stage=0, micro_batch_prompts=4)),
+        ("zero1", dict(zero_stage=1, micro_batch_prompts=4)),
+        ("zero2", dict(zero_stage=2, micro_batch_prompts=4)),
+        ("zero3", dict(zero_stage=3, micro_batch_prompts=4)),
+    ):
         lrn = learner(tiny_dir, **kwargs)
         stats = [lrn.step(batches[0])]
         after_one = state(lrn)
@@ -146,12 +171,24 @@ def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
         assert_close_states(after_three, ref_three, 3)
 
 
-@pytest.mark.parametrize("bond", [
-    BondConfig(algorithm=Algorithm.REINFORCE, prompts_per_step=8, lr=LR, warmup_steps=0, beta_rl=0.1, rloo_k=3),
-    BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8, lr=LR, warmup_steps=0, n=4, k_quantile=6),
-    BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8, lr=LR, warmup_steps=0, n=2, k_quantile=3,
-               iterated=True, anchor_copy_every=2),
-], ids=["rloo", "bond", "iterated-bond"])
+@pytest.mark.parametrize(
+    "bond",
+    [
+        BondConfig(algorithm=Algorithm.REINFORCE, prompts_per_step=8, lr=LR, warmup_steps=0, beta_rl=0.1, rloo_k=3),
+        BondConfig(algorithm=Algorithm.BOND, prompts_per_step=8, lr=LR, warmup_steps=0, n=4, k_quantile=6),
+        BondConfig(
+            algorithm=Algorithm.BOND,
+            prompts_per_step=8,
+            lr=LR,
+            warmup_steps=0,
+            n=2,
+            k_quantile=3,
+            iterated=True,
+            anchor_copy_every=2,
+        ),
+    ],
+    ids=["rloo", "bond", "iterated-bond"],
+)
 def test_other_algorithms_run_under_zero3_like_torch(tiny_dir, bond):
     """RLOO (3 policy samples a prompt) and BOND (k_quantile target samples a prompt) with micro-batches under
     ZeRO-3 match one plain-torch batch: the per-sample coefficients land on the right rows."""
@@ -182,9 +219,19 @@ def _rank_main(rank: int, tiny_dir, master_port: int, out_dir) -> None:
     extra = lrn.restore(out_dir / "ckpt")
     again = lrn.step(make_batch(2))
     if rank == 0:
-        torch.save({"loss": [s.loss for s in stats], "grad_norm": [s.grad_norm for s in stats], "policy": policy,
-                    "anchor": anchor, "again_loss": again.loss, "again_policy": state(lrn), "extra": extra,
-                    "buckets": buckets}, out_dir / "rank0.pt")
+        torch.save(
+            {
+                "loss": [s.loss for s in stats],
+                "grad_norm": [s.grad_norm for s in stats],
+                "policy": policy,
+                "anchor": anchor,
+                "again_loss": again.loss,
+                "again_policy": state(lrn),
+                "extra": extra,
+                "buckets": buckets,
+            },
+            out_dir / "rank0.pt",
+        )
     else:
         state(lrn)  # take part in the gathers
 
@@ -307,7 +354,7 @@ def _hf_logprobs(model, completions) -> torch.Tensor:
             ids = torch.tensor([c.prompt_token_ids + c.token_ids])
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
             picked = logp.gather(-1, ids[0, 1:, None])[:, 0]
-            out.append(picked[len(c.prompt_token_ids) - 1:].sum())
+            out.append(picked[len(c.prompt_token_ids) - 1 :].sum())
     return torch.stack(out)
 
 

@@ -102,8 +102,10 @@ def test_lora_resume_and_exports(tiny_dir, tmp_path):
     engine_bytes = sum(n for f, n in manifest["sizes"].items() if f.startswith("engine/"))
     assert engine_bytes < full_bytes / 4, engine_bytes  # adapters + their Adam moments, no frozen base
     for sub in ("policy", "anchor"):
-        assert {p.name for p in (tmp_path / "ckpt" / sub).iterdir()} == {"adapter_model.safetensors",
-                                                                         "adapter_config.json"}
+        assert {p.name for p in (tmp_path / "ckpt" / sub).iterdir()} == {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+        }
     second = learner(tiny_dir, bond=BOND, zero_stage=2, micro_batch_prompts=4, lora=LORA)
     assert second.restore(tmp_path / "ckpt") == {"cursor": 16}
     got = second.step(make_batch(2))
@@ -122,9 +124,12 @@ def test_lora_resume_and_exports(tiny_dir, tmp_path):
         assert set(f.keys()) == set(want_policy)
         layer = "model.layers.1.self_attn.q_proj"
         a, b = (f.get_tensor(f"base_model.model.{layer}.lora_{x}.weight") for x in "AB")
-    torch.testing.assert_close(dict(merged.named_parameters())[f"{layer}.weight"].detach(),
-                               merged_weight(dict(base.named_parameters())[f"{layer}.weight"].detach(), a, b,
-                                             LORA.scaling), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        dict(merged.named_parameters())[f"{layer}.weight"].detach(),
+        merged_weight(dict(base.named_parameters())[f"{layer}.weight"].detach(), a, b, LORA.scaling),
+        rtol=0,
+        atol=1e-6,
+    )
     adapted = PeftModel.from_pretrained(base, tmp_path / "hf" / "adapter")
     torch.testing.assert_close(_hf_logprobs(adapted, probe()), want_logp, rtol=0, atol=1e-4)
 
@@ -132,8 +137,16 @@ def test_lora_resume_and_exports(tiny_dir, tmp_path):
 def _zero3_rank(rank: int, tiny_dir, master_port: int, out_dir) -> None:
     """One of two ZeRO-3 ranks with LoRA: 2 steps, save, a third step, restore, the third step again."""
     torch.set_num_threads(1)
-    lrn = learner(tiny_dir, bond=BOND, rank=rank, world_size=2, master_port=master_port, zero_stage=3,
-                  micro_batch_prompts=2, lora=LORA)
+    lrn = learner(
+        tiny_dir,
+        bond=BOND,
+        rank=rank,
+        world_size=2,
+        master_port=master_port,
+        zero_stage=3,
+        micro_batch_prompts=2,
+        lora=LORA,
+    )
     partitioned = all(p.ds_tensor.numel() < p.ds_numel for p in lrn._lora.adapter_params)
     stats = [lrn.step(make_batch(s)) for s in range(2)]
     lrn.save(out_dir / "ckpt")
@@ -143,8 +156,17 @@ def _zero3_rank(rank: int, tiny_dir, master_port: int, out_dir) -> None:
     again = lrn.step(make_batch(2))
     again_policy, logp = state(lrn), lrn.logprobs(probe())
     if rank == 0:
-        torch.save({"partitioned": partitioned, "loss": [s.loss for s in stats], "policy": policy,
-                    "again_loss": again.loss, "again_policy": again_policy, "logp": logp}, out_dir / "rank0.pt")
+        torch.save(
+            {
+                "partitioned": partitioned,
+                "loss": [s.loss for s in stats],
+                "policy": policy,
+                "again_loss": again.loss,
+                "again_policy": again_policy,
+                "logp": logp,
+            },
+            out_dir / "rank0.pt",
+        )
 
 
 @pytest.mark.timeout(300)

@@ -37,8 +37,18 @@ def _completions(seed: int, n: int, role: Role = Role.POLICY, min_prompt: int = 
     for i in range(n):
         prompt = tuple([1] + [rng.randrange(5, VOCAB) for _ in range(rng.randint(min_prompt, 6))])
         tokens = tuple(rng.randrange(2, VOCAB) for _ in range(rng.randint(0, 8)))
-        out.append(Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
-                              logprobs=(-1.0,) * len(tokens), role=role, weights_version=0))
+        out.append(
+            Completion(
+                prompt_id=i,
+                prompt="x",
+                prompt_token_ids=prompt,
+                token_ids=tokens,
+                text="y",
+                logprobs=(-1.0,) * len(tokens),
+                role=role,
+                weights_version=0,
+            )
+        )
     return out
 
 
@@ -46,9 +56,13 @@ def _batch(seed: int) -> Batch:
     rng = random.Random(seed)
     policy = _completions(seed, 4)
     anchor = [dataclasses.replace(c, prompt_id=j // 2) for j, c in enumerate(_completions(seed + 100, 8, Role.ANCHOR))]
-    return Batch(policy=tuple((ScoredCompletion(c, rng.random(), "rm"),) for c in policy),
-                 target=tuple(tuple(ScoredCompletion(c, rng.choice([0.2, 0.5]), "rm") for c in anchor[2 * i:2 * i + 2])
-                              for i in range(4)))
+    return Batch(
+        policy=tuple((ScoredCompletion(c, rng.random(), "rm"),) for c in policy),
+        target=tuple(
+            tuple(ScoredCompletion(c, rng.choice([0.2, 0.5]), "rm") for c in anchor[2 * i : 2 * i + 2])
+            for i in range(4)
+        ),
+    )
 
 
 def test_completion_positions_only_equal_full_logits_value_and_gradient(tied_qwen2_dir):
@@ -61,8 +75,9 @@ def test_completion_positions_only_equal_full_logits_value_and_gradient(tied_qwe
 
     got = completion_logprobs(forward, packed)
     logits = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False).logits
-    full = (logits[:, :-1].float().log_softmax(-1).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1)
-            * packed.target_mask).sum(-1)
+    full = (
+        logits[:, :-1].float().log_softmax(-1).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1) * packed.target_mask
+    ).sum(-1)
     torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)
     params = [p for p in model.parameters()]
     g_got = torch.autograd.grad(got.sum(), params)
@@ -76,9 +91,12 @@ def test_completion_positions_only_equal_full_logits_value_and_gradient(tied_qwe
 def test_gradient_checkpointing_gives_the_same_update_and_recomputes(tied_qwen2_dir, zero_stage):
     runs = {}
     for checkpointing in (False, True):
-        lrn = Learner(tied_qwen2_dir, BOND, LearnerConfig(zero_stage=zero_stage, micro_batch_prompts=2,
-                                                          gradient_checkpointing=checkpointing),
-                      master_port=_port())
+        lrn = Learner(
+            tied_qwen2_dir,
+            BOND,
+            LearnerConfig(zero_stage=zero_stage, micro_batch_prompts=2, gradient_checkpointing=checkpointing),
+            master_port=_port(),
+        )
         calls = []
         mlp = next(m for name, m in lrn.engine.module.named_modules() if name.endswith("layers.0.mlp"))
         # a pre-hook: the recompute stops early once the last saved tensor is rebuilt, before forward hooks run
@@ -105,8 +123,9 @@ def test_tied_model_exports_tied_and_its_anchor_stays_tied(tied_qwen2_dir, tmp_p
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     assert exported.config.tie_word_embeddings and exported.lm_head.weight is exported.model.embed_tokens.weight
     probe = _completions(7, 5)
-    forward = (lambda ids, attn, keep:  # noqa: E731
-               exported(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep).logits)
+    forward = lambda ids, attn, keep: (  # noqa: E731
+        exported(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep).logits
+    )
     packed = pack(probe, 0, torch.device("cpu"))
     with torch.no_grad():
         torch.testing.assert_close(lrn.logprobs(probe), completion_logprobs(forward, packed), atol=1e-5, rtol=0)
@@ -114,5 +133,6 @@ def test_tied_model_exports_tied_and_its_anchor_stays_tied(tied_qwen2_dir, tmp_p
         anchor = {k: v for u in lrn.weights(Role.ANCHOR) for k, v in u.tensors.items()}
         exported.load_state_dict(anchor, strict=False)
         assert exported.lm_head.weight is exported.model.embed_tokens.weight
-        torch.testing.assert_close(lrn.logprobs(probe, Role.ANCHOR), completion_logprobs(forward, packed),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            lrn.logprobs(probe, Role.ANCHOR), completion_logprobs(forward, packed), atol=1e-5, rtol=0
+        )

@@ -54,8 +54,13 @@ def test_each_sequence_is_scored_once_per_model(tiny_dir, micro_batch_prompts):
     lrn.step(make_batch(0))  # now policy, anchor and reference all differ, so a forward's model is identifiable
     seen = _count_forwards(lrn, make_batch(1))
     B = BOND.prompts_per_step
-    want = Counter({("anchor", False): B, ("reference", False): B,  # log pi_anchor(y), log pi_ref(y): once each
-                    ("policy", True): 2 * B})  # log pi(y) and log pi(y'_best), with grad
+    want = Counter(
+        {
+            ("anchor", False): B,
+            ("reference", False): B,  # log pi_anchor(y), log pi_ref(y): once each
+            ("policy", True): 2 * B,
+        }
+    )  # log pi(y) and log pi(y'_best), with grad
     if micro_batch_prompts < B:  # gradient accumulation: one no-grad pass of pi over y (not y'_best)
         want["policy", False] = B
     assert seen == want
@@ -79,12 +84,13 @@ def test_bf16_reference_logprobs_within_the_stated_bound(tiny_dir):
     bf16 = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=8, reference_dtype=Dtype.BF16)
     completions = [s.completion for seed in range(4) for s in make_batch(seed).policy_samples]
     exact = fp32.logprobs(completions, Role.REFERENCE)
-    packs = [bf16._pack(completions[i:i + 8]) for i in range(0, len(completions), 8)]
+    packs = [bf16._pack(completions[i : i + 8]) for i in range(0, len(completions), 8)]
     approx = bf16._reference_logprobs(packs)
     tokens = torch.tensor([max(1, len(c.token_ids)) for c in completions], dtype=torch.float32)
     err = (approx - exact).abs()
-    assert (err / tokens).max() <= BF16_TOKEN_ATOL and (approx - exact).mean().abs() <= BF16_MEAN_ATOL, \
+    assert (err / tokens).max() <= BF16_TOKEN_ATOL and (approx - exact).mean().abs() <= BF16_MEAN_ATOL, (
         f"bf16 log pi_ref off by {(err / tokens).max():.4f} nats/token, mean {(approx - exact).mean():.4f} nats"
+    )
     assert err.max() > 0  # it did run in bf16
     # a step with either reference trains identically (pi_ref enters J-BOND only through kl_ref) ...
     a, b = fp32.step(make_batch(7)), bf16.step(make_batch(7))

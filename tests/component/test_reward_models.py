@@ -106,7 +106,8 @@ def test_entailment_rewards_are_log_probabilities(entailment, tiny_dir):
 def test_entailment_ranks_entailed_above_contradiction(entailment):
     premise = "the movie was great ."
     entailed, contradiction, neutral = entailment.score(
-        [premise] * 3, [premise, "the movie was awful .", "the music was dull ."])
+        [premise] * 3, [premise, "the movie was awful .", "the music was dull ."]
+    )
     assert entailed > contradiction + 1.0 and entailed > neutral + 1.0
     assert entailed > -0.5  # the tiny classifier is confident on pairs of its own grammar
 
@@ -137,17 +138,23 @@ def test_function_reward_matches_the_function():
     assert model.model_id.startswith(f"function:{FUNCTIONS}:positive_and_well_formed@")
 
 
-@pytest.mark.parametrize("bad, match", [("nocolon", "package.module:function"),
-                                        ("no_such_module_xyz:f", "cannot import"),
-                                        (f"{FUNCTIONS}:nope", "has no attribute"),
-                                        (f"{FUNCTIONS}:math", "not callable")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("nocolon", "package.module:function"),
+        ("no_such_module_xyz:f", "cannot import"),
+        (f"{FUNCTIONS}:nope", "has no attribute"),
+        (f"{FUNCTIONS}:math", "not callable"),
+    ],
+)
 def test_function_reward_bad_import_path(bad, match):
     with pytest.raises(ValueError, match=match):
         FunctionReward(bad)
 
 
-@pytest.mark.parametrize("completion, error", [("NAN", NonFiniteRewardError), ("INF", NonFiniteRewardError),
-                                               ("RAISE", RewardModelError)])
+@pytest.mark.parametrize(
+    "completion, error", [("NAN", NonFiniteRewardError), ("INF", NonFiniteRewardError), ("RAISE", RewardModelError)]
+)
 def test_non_finite_or_failing_rewards_name_the_model_and_sample(completion, error):
     model = FunctionReward(f"{FUNCTIONS}:misbehaving")
     with pytest.raises(error, match=r"misbehaving.*sample 1"):
@@ -171,11 +178,17 @@ def test_bad_arguments_are_bad_requests(learned):
         learned.score(["a"], [3])
 
 
-@pytest.mark.parametrize("body, reason", [
-    (b"{not json", "bad_json"), (b'["a"]', "wrong_type"), (b'{"prompts": ["a"]}', "missing_field"),
-    (b'{"prompts": ["a"], "completions": ["b", "c"]}', "length_mismatch"),
-    (b'{"prompts": "a", "completions": "b"}', "wrong_type"), (b'{"prompts": [1], "completions": ["b"]}', "wrong_type"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"{not json", "bad_json"),
+        (b'["a"]', "wrong_type"),
+        (b'{"prompts": ["a"]}', "missing_field"),
+        (b'{"prompts": ["a"], "completions": ["b", "c"]}', "length_mismatch"),
+        (b'{"prompts": "a", "completions": "b"}', "wrong_type"),
+        (b'{"prompts": [1], "completions": ["b"]}', "wrong_type"),
+    ],
+)
 def test_http_body_validation(body, reason):
     with pytest.raises(BadRequestError) as info:
         ScoreRequest.from_json(body)
@@ -186,13 +199,19 @@ def test_http_body_validation(body, reason):
 def test_spec_validation_names_the_field():
     spec = RewardSpec("learned", "artifacts/tiny/reward")
     assert spec.kind is RewardKind.LEARNED and spec.http_host == "127.0.0.1" and not spec.autoscaling
-    for kwargs, field in [({"kind": "magic"}, "kind"), ({"replicas": 0}, "replicas"),
-                          ({"max_batch_size": 0}, "max_batch_size"), ({"cpus_per_replica": "1"}, "cpus_per_replica"),
-                          ({"min_replicas": 1}, "min_replicas"), ({"min_replicas": 2, "max_replicas": 3}, "replicas"),
-                          ({"http_port": 0}, "http_port"), ({"route_prefix": "reward"}, "route_prefix"),
-                          ({"request_timeout_s": 0.0}, "request_timeout_s"),
-                          ({"premise_pattern": "x"}, "premise_pattern"),
-                          ({"kind": "function", "path_or_name": "no_colon"}, "path_or_name")]:
+    for kwargs, field in [
+        ({"kind": "magic"}, "kind"),
+        ({"replicas": 0}, "replicas"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"cpus_per_replica": "1"}, "cpus_per_replica"),
+        ({"min_replicas": 1}, "min_replicas"),
+        ({"min_replicas": 2, "max_replicas": 3}, "replicas"),
+        ({"http_port": 0}, "http_port"),
+        ({"route_prefix": "reward"}, "route_prefix"),
+        ({"request_timeout_s": 0.0}, "request_timeout_s"),
+        ({"premise_pattern": "x"}, "premise_pattern"),
+        ({"kind": "function", "path_or_name": "no_colon"}, "path_or_name"),
+    ]:
         args = {"kind": "learned", "path_or_name": "p"} | kwargs
         with pytest.raises(ConfigError, match=f"^{field}:"):
             RewardSpec(**args)
@@ -201,8 +220,12 @@ def test_spec_validation_names_the_field():
 
 def test_build_reward_model(tiny_dir, learned):
     assert build_reward_model(RewardSpec("learned", str(tiny_dir / "reward"))).model_id == learned.model_id
-    assert build_reward_model(RewardSpec("entailment", str(tiny_dir / "nli"), premise_pattern="(.*)")).score(
-        ["the film was fun ."], ["the film was fun ."])[0] <= 0.0
+    assert (
+        build_reward_model(RewardSpec("entailment", str(tiny_dir / "nli"), premise_pattern="(.*)")).score(
+            ["the film was fun ."], ["the film was fun ."]
+        )[0]
+        <= 0.0
+    )
     assert isinstance(build_reward_model(RewardSpec("function", f"{FUNCTIONS}:misbehaving")), FunctionReward)
 
 
@@ -210,7 +233,9 @@ def test_reward_models_do_not_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, reward_service.learned, reward_service.entailment, reward_service.function, "
-            "reward_service.spec, reward_service.request, reward_service.reply; "
-            "assert 'ray' not in sys.modules, 'ray imported'")
+    code = (
+        "import sys, reward_service.learned, reward_service.entailment, reward_service.function, "
+        "reward_service.spec, reward_service.request, reward_service.reply; "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -37,17 +37,41 @@ def cluster(tiny_dir):
     from reward_service import serve_app
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000})
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     common = {"http_port": http_port, "cpus_per_replica": 0.5}
     specs = {
-        "learned": RewardSpec("learned", str(tiny_dir / "reward"), replicas=2, max_batch_size=16,
-                              batch_wait_timeout_s=0.05, route_prefix="/reward-learned", **common),
+        "learned": RewardSpec(
+            "learned",
+            str(tiny_dir / "reward"),
+            replicas=2,
+            max_batch_size=16,
+            batch_wait_timeout_s=0.05,
+            route_prefix="/reward-learned",
+            **common,
+        ),
         "nli": RewardSpec("entailment", str(tiny_dir / "nli"), route_prefix="/reward-nli", **common),
-        "fn": RewardSpec("function", f"{FUNCTIONS}:misbehaving", request_timeout_s=1.0, batch_wait_timeout_s=0.05,
-                         route_prefix="/reward-fn", **common),
-        "guarded": RewardSpec("function", f"{FUNCTIONS}:misbehaving", http_token=TOKEN, max_request_bytes=2048,
-                              route_prefix="/reward-guarded", **{**common, "cpus_per_replica": 0.25}),
+        "fn": RewardSpec(
+            "function",
+            f"{FUNCTIONS}:misbehaving",
+            request_timeout_s=1.0,
+            batch_wait_timeout_s=0.05,
+            route_prefix="/reward-fn",
+            **common,
+        ),
+        "guarded": RewardSpec(
+            "function",
+            f"{FUNCTIONS}:misbehaving",
+            http_token=TOKEN,
+            max_request_bytes=2048,
+            route_prefix="/reward-guarded",
+            **{**common, "cpus_per_replica": 0.25},
+        ),
     }
     try:
         handles = serve_app.deploy_many({f"reward-{name}": spec for name, spec in specs.items()})
@@ -64,14 +88,23 @@ def test_deploy_needs_ray_and_deployment_options_follow_the_spec():
     if not ray.is_initialized():  # cluster/ owns ray.init; deploy must say so rather than start its own
         with pytest.raises(RuntimeError, match="ray.init"):
             serve_app.deploy(RewardSpec("function", f"{FUNCTIONS}:misbehaving"))
-    fixed = serve_app.deployment_options(RewardSpec("learned", "p", replicas=3, cpus_per_replica=2.0,
-                                                    gpus_per_replica=0.5, max_batch_size=8))
-    assert fixed == {"ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5}, "max_ongoing_requests": 16,
-                     "health_check_period_s": serve_app.HEALTH_CHECK_PERIOD_S, "num_replicas": 3}
+    fixed = serve_app.deployment_options(
+        RewardSpec("learned", "p", replicas=3, cpus_per_replica=2.0, gpus_per_replica=0.5, max_batch_size=8)
+    )
+    assert fixed == {
+        "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5},
+        "max_ongoing_requests": 16,
+        "health_check_period_s": serve_app.HEALTH_CHECK_PERIOD_S,
+        "num_replicas": 3,
+    }
     scaled = serve_app.deployment_options(RewardSpec("learned", "p", replicas=2, min_replicas=1, max_replicas=4))
     assert "num_replicas" not in scaled
-    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
-                                            "target_ongoing_requests": 2.0}
+    assert scaled["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "initial_replicas": 2,
+        "target_ongoing_requests": 2.0,
+    }
 
 
 def test_a_second_http_port_is_refused(cluster):
@@ -84,8 +117,9 @@ def test_a_second_http_port_is_refused(cluster):
 
 def post(cluster, route: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    request = urllib.request.Request(f"http://127.0.0.1:{cluster['http_port']}{route}", data=body,
-                                     headers=headers, method="POST")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{cluster['http_port']}{route}", data=body, headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -110,8 +144,9 @@ def test_entailment_through_serve(cluster, tiny_dir):
     hyps = [premise, "the movie was awful .", "the plot was dull ."]
     reply = cluster["handles"]["nli"].score.remote([premise] * 3, hyps).result(timeout_s=60)
     assert all(r <= 0.0 for r in reply.rewards)
-    assert list(reply.rewards) == pytest.approx(EntailmentReward(str(tiny_dir / "nli")).score([premise] * 3, hyps),
-                                                abs=1e-5)
+    assert list(reply.rewards) == pytest.approx(
+        EntailmentReward(str(tiny_dir / "nli")).score([premise] * 3, hyps), abs=1e-5
+    )
 
 
 def test_concurrent_requests_are_batched_across_two_replicas(cluster, tiny_dir):
@@ -129,8 +164,9 @@ def test_concurrent_requests_are_batched_across_two_replicas(cluster, tiny_dir):
 
 
 def test_http_scoring_and_the_tiny_task(cluster):
-    status, body = post(cluster, "/reward-learned", score_json(["the movie"] * 3,
-                                                               ["was great .", "was awful .", "great . was"]))
+    status, body = post(
+        cluster, "/reward-learned", score_json(["the movie"] * 3, ["was great .", "was awful .", "great . was"])
+    )
     assert status == 200, body
     good, bad, shuffled = body["rewards"]
     assert good > bad > shuffled  # positive well-formed > negative > shuffled
@@ -145,24 +181,39 @@ def _bad(body: bytes, reason: str, what: str):
     return pytest.param(body, reason, marks=pytest.mark.bad_input(what, f"HTTP 400 `{reason}`"), id=_slug(what))
 
 
-@pytest.mark.parametrize("body, reason", [
-    _bad(b"{not json", "bad_json", "HTTP body that is not JSON"),
-    _bad(b"", "bad_json", "HTTP body that is empty"),
-    _bad(b'{"prompts": ["caf\xe9"], "completions": ["x"]}', "bad_json", "HTTP body that is not UTF-8"),
-    _bad(b'{"prompts": ["a"]}', "missing_field", "HTTP body without `completions`"),
-    _bad(b'{"prompts": ["a", "b"], "completions": ["c"]}', "length_mismatch", "HTTP body with 2 prompts, 1 completion"),
-    _bad(b'{"prompts": [1], "completions": ["c"]}', "wrong_type", "HTTP body with a number for a prompt"),
-    _bad(b'{"prompts": "a", "completions": "c"}', "wrong_type", "HTTP body with strings for the lists"),
-    _bad(b'[["a", "c"]]', "wrong_type", "HTTP body that is a JSON list, not an object"),
-    _bad(b'{"prompts": ["\\ud800"], "completions": ["c"]}', "bad_unicode", "HTTP body with a lone UTF-16 surrogate"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        _bad(b"{not json", "bad_json", "HTTP body that is not JSON"),
+        _bad(b"", "bad_json", "HTTP body that is empty"),
+        _bad(b'{"prompts": ["caf\xe9"], "completions": ["x"]}', "bad_json", "HTTP body that is not UTF-8"),
+        _bad(b'{"prompts": ["a"]}', "missing_field", "HTTP body without `completions`"),
+        _bad(
+            b'{"prompts": ["a", "b"], "completions": ["c"]}',
+            "length_mismatch",
+            "HTTP body with 2 prompts, 1 completion",
+        ),
+        _bad(b'{"prompts": [1], "completions": ["c"]}', "wrong_type", "HTTP body with a number for a prompt"),
+        _bad(b'{"prompts": "a", "completions": "c"}', "wrong_type", "HTTP body with strings for the lists"),
+        _bad(b'[["a", "c"]]', "wrong_type", "HTTP body that is a JSON list, not an object"),
+        _bad(
+            b'{"prompts": ["\\ud800"], "completions": ["c"]}', "bad_unicode", "HTTP body with a lone UTF-16 surrogate"
+        ),
+    ],
+)
 def test_http_bad_requests_get_400_and_the_service_keeps_serving(cluster, body, reason):
     status, reply = post(cluster, "/reward-fn", body)
     assert status == 400 and reply["error"] == reason and reply["message"], reply
-    assert post(cluster, "/reward-fn", score_json(["ab"], ["c"])) == (200, {
-        "rewards": [3.0], "reward_model_id": cluster["handles"]["fn"].model_id.remote().result(timeout_s=30),
-        "replica": cluster["handles"]["fn"].score.remote(["a"], ["b"]).result(timeout_s=30).replica,
-        "batch_requests": 1, "batch_samples": 1})
+    assert post(cluster, "/reward-fn", score_json(["ab"], ["c"])) == (
+        200,
+        {
+            "rewards": [3.0],
+            "reward_model_id": cluster["handles"]["fn"].model_id.remote().result(timeout_s=30),
+            "replica": cluster["handles"]["fn"].score.remote(["a"], ["b"]).result(timeout_s=30).replica,
+            "batch_requests": 1,
+            "batch_samples": 1,
+        },
+    )
 
 
 def test_http_get_is_refused_with_a_hint(cluster):
@@ -172,16 +223,20 @@ def test_http_get_is_refused_with_a_hint(cluster):
 
 
 def _fails(completion: str, status: int, reason: str, what: str):
-    return pytest.param(completion, status, reason, marks=pytest.mark.bad_input(what, f"HTTP {status} `{reason}`"),
-                        id=_slug(what))
+    return pytest.param(
+        completion, status, reason, marks=pytest.mark.bad_input(what, f"HTTP {status} `{reason}`"), id=_slug(what)
+    )
 
 
-@pytest.mark.parametrize("completion, status, reason", [
-    _fails("NAN", 500, "non_finite", "reward model returns NaN"),
-    _fails("INF", 500, "non_finite", "reward model returns inf"),
-    _fails("RAISE", 500, "model_error", "reward model raises"),
-    _fails("SLOW 2.5", 504, "timeout", "reward model slower than request_timeout_s"),
-])
+@pytest.mark.parametrize(
+    "completion, status, reason",
+    [
+        _fails("NAN", 500, "non_finite", "reward model returns NaN"),
+        _fails("INF", 500, "non_finite", "reward model returns inf"),
+        _fails("RAISE", 500, "model_error", "reward model raises"),
+        _fails("SLOW 2.5", 504, "timeout", "reward model slower than request_timeout_s"),
+    ],
+)
 def test_http_model_failures_get_5xx_and_the_service_keeps_serving(cluster, completion, status, reason):
     got, reply = post(cluster, "/reward-fn", score_json(["p", "q"], ["fine", completion]))
     assert got == status and reply["error"] == reason, reply
@@ -221,8 +276,13 @@ def test_one_bad_request_does_not_fail_its_batch_mates(cluster):
 def test_errors_latency_and_batch_size_are_exported_as_metrics(cluster):
     post(cluster, "/reward-fn", b"{not json")  # at least one error of each kind we look for
     post(cluster, "/reward-fn", score_json(["p"], ["NAN"]))
-    wanted = ['ray_reward_errors_total{', 'reason="bad_json"', 'reason="non_finite"',
-              "ray_reward_request_latency_s_bucket", "ray_reward_batch_samples_bucket"]
+    wanted = [
+        "ray_reward_errors_total{",
+        'reason="bad_json"',
+        'reason="non_finite"',
+        "ray_reward_request_latency_s_bucket",
+        "ray_reward_batch_samples_bucket",
+    ]
     text = ""
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
@@ -241,14 +301,21 @@ def test_errors_latency_and_batch_size_are_exported_as_metrics(cluster):
 @pytest.mark.bad_input("HTTP body over reward.max_request_bytes (declared or chunked)", "HTTP 413 `too_large`")
 def test_oversized_bodies_get_413_and_the_service_keeps_serving(cluster):
     big = score_json(["x" * 3000], ["y"])
-    assert post(cluster, "/reward-guarded", big, TOKEN) == (413, {
-        "error": "too_large", "message": "the body is larger than max_request_bytes=2048"})
+    assert post(cluster, "/reward-guarded", big, TOKEN) == (
+        413,
+        {"error": "too_large", "message": "the body is larger than max_request_bytes=2048"},
+    )
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", cluster["http_port"], timeout=30)
     chunks = iter([b'{"prompts": ["', b"x" * 1500, b"x" * 1500, b'"], "completions": ["y"]}'])
-    conn.request("POST", "/reward-guarded", body=chunks, encode_chunked=True,
-                 headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/reward-guarded",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"},
+    )
     response = conn.getresponse()
     assert response.status == 413 and json.loads(response.read())["error"] == "too_large"
     conn.close()
@@ -265,8 +332,9 @@ def test_token_is_required_when_set(cluster):
     assert post(cluster, "/reward-fn", body)[0] == 200  # an application without a token needs none
 
 
-@pytest.mark.bad_input("prompts and completions in any script (accents, CJK, RTL, emoji)", "HTTP 200, scored like "
-                       "in-process")
+@pytest.mark.bad_input(
+    "prompts and completions in any script (accents, CJK, RTL, emoji)", "HTTP 200, scored like in-process"
+)
 def test_unicode_text_is_scored_like_in_process(cluster, tiny_dir):
     prompts = ["café 🎬", "映画は", "הסרט", "the movie"]
     completions = ["très bien ✓", "素晴らしい", "היה נהדר", "was great . 👍"]

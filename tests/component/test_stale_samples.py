@@ -34,10 +34,14 @@ def test_stale_samples_are_importance_weighted_and_fresh_ones_are_not(tiny_dir):
     d_pol = [rng.uniform(-1, 1) if s.completion.token_ids else 0.0 for s in base.policy_samples]
     d_anc = [[rng.uniform(-1, 1) if a.completion.token_ids else 0.0 for a in g] for g in base.target]
     stale = Batch(
-        policy=tuple((with_sampler_logprobs(s, 0, now_policy[i].item() + d_pol[i]),)
-                     for i, s in enumerate(base.policy_samples)),
-        target=tuple(tuple(with_sampler_logprobs(a, 0, now_anchor[i, j].item() + d_anc[i][j]) for j, a in enumerate(g))
-                     for i, g in enumerate(base.target)))
+        policy=tuple(
+            (with_sampler_logprobs(s, 0, now_policy[i].item() + d_pol[i]),) for i, s in enumerate(base.policy_samples)
+        ),
+        target=tuple(
+            tuple(with_sampler_logprobs(a, 0, now_anchor[i, j].item() + d_anc[i][j]) for j, a in enumerate(g))
+            for i, g in enumerate(base.target)
+        ),
+    )
     stats = lrn.step(stale)
     w_pol = [min(1.5, math.exp(-d)) for d in d_pol]
     w_anc = [min(1.5, math.exp(-sum(d))) for d in d_anc]
@@ -55,8 +59,9 @@ def test_fresh_samples_give_the_unweighted_update(tiny_dir):
     """Sync mode is untouched: fresh samples with arbitrary recorded log-probs step exactly like any others."""
     a, b = learner(tiny_dir), learner(tiny_dir)
     batch = make_batch(0)
-    shifted = Batch(policy=tuple((with_sampler_logprobs(s, 0, -123.0),) for s in batch.policy_samples),
-                    target=batch.target)
+    shifted = Batch(
+        policy=tuple((with_sampler_logprobs(s, 0, -123.0),) for s in batch.policy_samples), target=batch.target
+    )
     sa, sb = a.step(batch), b.step(shifted)
     assert sa.loss == sb.loss and sa.grad_norm == sb.grad_norm
     wa = {k: v for u in a.weights(Role.POLICY) for k, v in u.tensors.items()}

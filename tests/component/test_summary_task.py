@@ -50,9 +50,14 @@ def test_nli_classifier_on_heldout_pairs(summary_dir):
 @pytest.mark.timeout(300)
 def test_jbond_with_the_entailment_reward_runs_end_to_end(summary_dir):
     data = loading.load_document(ROOT / "configs" / "summary.yaml")
-    for a in (f"models.policy={summary_dir / 'policy'}", f"reward.path_or_name={summary_dir / 'nli'}",
-              f"prompts.path={summary_dir / 'prompts.jsonl'}", "models.sampler_backend=hf", "run.steps=2",
-              "algorithm.prompts_per_step=8"):
+    for a in (
+        f"models.policy={summary_dir / 'policy'}",
+        f"reward.path_or_name={summary_dir / 'nli'}",
+        f"prompts.path={summary_dir / 'prompts.jsonl'}",
+        "models.sampler_backend=hf",
+        "run.steps=2",
+        "algorithm.prompts_per_step=8",
+    ):
         loading.apply_override(data, a)
     job = loading.build(JobConfig, data)
     records = []

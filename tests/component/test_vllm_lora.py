@@ -34,17 +34,31 @@ COMPLETIONS = [[51, 33, 55, 25, 5, 2], [33, 13, 5], [40, 41, 42, 2]]  # token id
 
 def served_and_learned(engine, lrn) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y | x) of fixed sequences as the engine serves them and as the learner computes them."""
-    probe = [Completion(prompt_id=i, prompt=text, prompt_token_ids=tuple(ids), token_ids=tuple(c), text="y",
-                        logprobs=(0.0,) * len(c), role=Role.POLICY, weights_version=0)
-             for i, (text, ids, c) in enumerate(zip(PROMPTS, engine.encode(PROMPTS), COMPLETIONS, strict=True))]
+    probe = [
+        Completion(
+            prompt_id=i,
+            prompt=text,
+            prompt_token_ids=tuple(ids),
+            token_ids=tuple(c),
+            text="y",
+            logprobs=(0.0,) * len(c),
+            role=Role.POLICY,
+            weights_version=0,
+        )
+        for i, (text, ids, c) in enumerate(zip(PROMPTS, engine.encode(PROMPTS), COMPLETIONS, strict=True))
+    ]
     return torch.tensor(engine.score_logprobs(PROMPTS, COMPLETIONS)), lrn.logprobs(probe)
 
 
 @pytest.mark.timeout(300)
 def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
     lrn = learner(tiny_dir, bond=BOND, zero_stage=0, micro_batch_prompts=8, lora=LORA)
-    engine = VllmSampler(str(tiny_dir / "policy"), Role.POLICY, max_model_len=64,
-                         lora=AdapterSpec(LORA.r, LORA.alpha, LORA.target_modules))
+    engine = VllmSampler(
+        str(tiny_dir / "policy"),
+        Role.POLICY,
+        max_model_len=64,
+        lora=AdapterSpec(LORA.r, LORA.alpha, LORA.target_modules),
+    )
     try:
         served, learned = served_and_learned(engine, lrn)
         torch.testing.assert_close(served, learned, rtol=0, atol=LOGPROB_ATOL)  # version 0: the base

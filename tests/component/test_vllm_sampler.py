@@ -157,12 +157,15 @@ def test_bucketed_partial_update(policy, original, other_dir, tiny_dir):
     push(policy, original)
 
 
-@pytest.mark.parametrize(("name", "tensor", "message"), [
-    ("model.layers.0.self_attn.q_proj.weight", torch.zeros(128, 64), r"q_proj.weight.*\(128, 64\).*\(128, 128\)"),
-    ("model.layers.9.self_attn.q_proj.weight", torch.zeros(128, 128), "unknown parameter 'model.layers.9"),
-    ("model.norm.weight", torch.zeros(128, dtype=torch.bfloat16), "dtype torch.bfloat16"),
-    ("model.norm.weight", torch.full((128,), float("nan")), "non-finite"),
-])
+@pytest.mark.parametrize(
+    ("name", "tensor", "message"),
+    [
+        ("model.layers.0.self_attn.q_proj.weight", torch.zeros(128, 64), r"q_proj.weight.*\(128, 64\).*\(128, 128\)"),
+        ("model.layers.9.self_attn.q_proj.weight", torch.zeros(128, 128), "unknown parameter 'model.layers.9"),
+        ("model.norm.weight", torch.zeros(128, dtype=torch.bfloat16), "dtype torch.bfloat16"),
+        ("model.norm.weight", torch.full((128,), float("nan")), "non-finite"),
+    ],
+)
 def test_bad_update_is_refused_and_engine_keeps_serving(policy, original, name, tensor, message):
     before, version = policy.generate(PROMPTS[:4], 1, GREEDY), policy.weights_version
     good = {"model.layers.1.mlp.down_proj.weight": original["model.layers.1.mlp.down_proj.weight"] * 2}
@@ -217,8 +220,9 @@ def test_plain_weight_push_scores_like_a_fresh_engine_of_the_pushed_weights(orig
     checked the same way on the way back. It starts its own engines: closing an in-process engine (the test above
     does) runs vLLM's cleanup_dist_env_and_memory, which leaves the module's engine without its process groups."""
     plain = VllmSampler(str(tiny_dir / "policy"), Role.POLICY, max_model_len=64)
-    fresh = VllmSampler(str(other_dir), Role.POLICY, tokenizer=str(tiny_dir / "tokenizer"), max_model_len=64,
-                        plain_weights=False)
+    fresh = VllmSampler(
+        str(other_dir), Role.POLICY, tokenizer=str(tiny_dir / "tokenizer"), max_model_len=64, plain_weights=False
+    )
     try:
         ys = [c.token_ids for c in plain.generate(PROMPTS, 1, SamplingSettings(max_new_tokens=16, seed=0))]
         before = plain.token_logprobs(PROMPTS, ys)

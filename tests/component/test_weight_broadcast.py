@@ -40,17 +40,34 @@ def _batch(seed: int) -> Batch:
     def completion(i: int, role: Role) -> Completion:
         prompt = tuple([1] + [rng.randrange(5, VOCAB) for _ in range(rng.randint(0, 4))])
         tokens = tuple(rng.randrange(2, VOCAB) for _ in range(rng.randint(1, 7)))
-        return Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
-                          logprobs=(-1.0,) * len(tokens), role=role, weights_version=0)
+        return Completion(
+            prompt_id=i,
+            prompt="x",
+            prompt_token_ids=prompt,
+            token_ids=tokens,
+            text="y",
+            logprobs=(-1.0,) * len(tokens),
+            role=role,
+            weights_version=0,
+        )
 
     policy = tuple((ScoredCompletion(completion(i, Role.POLICY), rng.random(), "rm"),) for i in range(4))
-    anchor = tuple(tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.choice([0.2, 0.5]), "rm") for _ in range(2))
-                   for i in range(4))
+    anchor = tuple(
+        tuple(ScoredCompletion(completion(i, Role.ANCHOR), rng.choice([0.2, 0.5]), "rm") for _ in range(2))
+        for i in range(4)
+    )
     return Batch(policy=policy, target=anchor)
 
 
-def _learner_main(rank: int, world: int, model_dir: Path, master_port: int, address: GroupAddress,
-                  probe_ids: list[list[int]], out: Path) -> None:
+def _learner_main(
+    rank: int,
+    world: int,
+    model_dir: Path,
+    master_port: int,
+    address: GroupAddress,
+    probe_ids: list[list[int]],
+    out: Path,
+) -> None:
     """Step once, push the policy (version 1), then push a diverged (NaN) policy, then die without a word."""
     import os
 
@@ -58,13 +75,28 @@ def _learner_main(rank: int, world: int, model_dir: Path, master_port: int, addr
     from learner.learner import Learner
 
     torch.set_num_threads(1)
-    lrn = Learner(model_dir, BondConfig(prompts_per_step=4, lr=1e-2, warmup_steps=0), LearnerConfig(
-        zero_stage=3, micro_batch_prompts=4 // world, bucket_bytes=150_000), rank=rank, world_size=world,
-        master_port=master_port)
+    lrn = Learner(
+        model_dir,
+        BondConfig(prompts_per_step=4, lr=1e-2, warmup_steps=0),
+        LearnerConfig(zero_stage=3, micro_batch_prompts=4 // world, bucket_bytes=150_000),
+        rank=rank,
+        world_size=world,
+        master_port=master_port,
+    )
     lrn.step(_batch(0))
-    probe = [Completion(prompt_id=i, prompt="x", prompt_token_ids=tuple(p), token_ids=tuple(c), text="y",
-                        logprobs=(0.0,) * len(c), role=Role.POLICY, weights_version=0)
-             for i, (p, c) in enumerate(zip(probe_ids, COMPLETIONS, strict=True))]
+    probe = [
+        Completion(
+            prompt_id=i,
+            prompt="x",
+            prompt_token_ids=tuple(p),
+            token_ids=tuple(c),
+            text="y",
+            logprobs=(0.0,) * len(c),
+            role=Role.POLICY,
+            weights_version=0,
+        )
+        for i, (p, c) in enumerate(zip(probe_ids, COMPLETIONS, strict=True))
+    ]
     logprobs = lrn.logprobs(probe)  # collective under ZeRO-3
     group = WeightGroup(address, 0, lrn.device) if rank == 0 else None
     buckets = 0
@@ -95,14 +127,20 @@ def receivers(tied_qwen2_dir):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("world", [1, 2], ids=["1-rank", "2-ranks-zero3"])
-def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_sender(receivers, tied_qwen2_dir,
-                                                                                      tmp_path, world):
+def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_sender(
+    receivers, tied_qwen2_dir, tmp_path, world
+):
     engine, hf, original = receivers
     address = GroupAddress("127.0.0.1", _port(), world_size=3, backend="gloo", timeout_s=TIMEOUT_S)
     ctx = multiprocessing.get_context("spawn")
     master_port = _port()
-    procs = [ctx.Process(target=_learner_main, args=(r, world, tied_qwen2_dir, master_port, address,
-                                                     engine.encode(PROMPTS), tmp_path)) for r in range(world)]
+    procs = [
+        ctx.Process(
+            target=_learner_main,
+            args=(r, world, tied_qwen2_dir, master_port, address, engine.encode(PROMPTS), tmp_path),
+        )
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     try:
@@ -114,8 +152,9 @@ def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_s
             assert learner["buckets"] > 2  # bucketed: one broadcast per bucket, several buckets
             served = torch.tensor([sum(t) for t in engine.token_logprobs(PROMPTS, COMPLETIONS)])
             torch.testing.assert_close(served, learner["logprobs"], atol=1e-4, rtol=0)
-            torch.testing.assert_close(torch.tensor(hf.score_logprobs(PROMPTS, COMPLETIONS)), learner["logprobs"],
-                                       atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(hf.score_logprobs(PROMPTS, COMPLETIONS)), learner["logprobs"], atol=1e-4, rtol=0
+            )
             assert (served - torch.tensor([sum(t) for t in original])).abs().max() > 1e-2  # the update took effect
 
             # a diverged learner's push: refused by both, nothing applied, still serving version 1

@@ -38,19 +38,39 @@ def _batch(seed: int) -> Batch:
     def sample(i: int, role: Role) -> ScoredCompletion:
         prompt = tuple(rng.randrange(3, VOCAB) for _ in range(PROMPT))
         tokens = tuple(rng.randrange(3, VOCAB) for _ in range(rng.randint(COMPLETION // 2, COMPLETION)))
-        c = Completion(prompt_id=i, prompt="x", prompt_token_ids=prompt, token_ids=tokens, text="y",
-                       logprobs=(-1.0,) * len(tokens), role=role, weights_version=seed)
+        c = Completion(
+            prompt_id=i,
+            prompt="x",
+            prompt_token_ids=prompt,
+            token_ids=tokens,
+            text="y",
+            logprobs=(-1.0,) * len(tokens),
+            role=role,
+            weights_version=seed,
+        )
         return ScoredCompletion(c, rng.random(), "rm")
 
-    return Batch(policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
-                 target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)))
+    return Batch(
+        policy=tuple((sample(i, Role.POLICY),) for i in range(PROMPTS)),
+        target=tuple((sample(i, Role.ANCHOR), sample(i, Role.ANCHOR)) for i in range(PROMPTS)),
+    )
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                         num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     out = tmp_path_factory.mktemp("llama-0.5b")
@@ -62,8 +82,9 @@ def model_dir(tmp_path_factory):
 def test_zero3_bf16_step_and_bucketed_gather(model_dir):
     bucket_bytes = 256 << 20
     bond = BondConfig(prompts_per_step=PROMPTS, lr=1e-5, warmup_steps=0, gamma=0.5)
-    config = LearnerConfig(zero_stage=3, micro_batch_prompts=4, dtype=Dtype.BF16, device=Device.CUDA,
-                           bucket_bytes=bucket_bytes)
+    config = LearnerConfig(
+        zero_stage=3, micro_batch_prompts=4, dtype=Dtype.BF16, device=Device.CUDA, bucket_bytes=bucket_bytes
+    )
     learner = Learner(model_dir, bond, config, master_port=_free_port())
     before = {k: v.cpu() for k, v in next(iter(learner.weights(Role.POLICY))).tensors.items()}
     torch.cuda.reset_peak_memory_stats()
@@ -75,8 +96,10 @@ def test_zero3_bf16_step_and_bucketed_gather(model_dir):
     seconds = (time.perf_counter() - t0) / 3
     tokens = sum(s.tokens for s in stats[1:]) / 3
     peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"ZeRO-3 bf16 step: {seconds:.2f} s, {tokens / seconds:.0f} completion tokens/s "
-          f"({tokens:.0f} per step), peak memory {peak:.2f} GiB")
+    print(
+        f"ZeRO-3 bf16 step: {seconds:.2f} s, {tokens / seconds:.0f} completion tokens/s "
+        f"({tokens:.0f} per step), peak memory {peak:.2f} GiB"
+    )
     assert all(math.isfinite(s.loss) and math.isfinite(s.grad_norm) for s in stats)
     assert stats[-1].policy_version == 4 and stats[-1].kl_ref != 0.0
 
@@ -93,8 +116,10 @@ def test_zero3_bf16_step_and_bucketed_gather(model_dir):
     torch.cuda.synchronize()
     gather_s = time.perf_counter() - t0
     extra = (torch.cuda.max_memory_allocated() - base) / 2**20
-    print(f"bucketed gather: {total / 2**30:.2f} GiB in {len(sizes)} buckets in {gather_s:.2f} s "
-          f"({total / gather_s / 2**30:.1f} GiB/s), peak extra memory {extra:.0f} MiB")
+    print(
+        f"bucketed gather: {total / 2**30:.2f} GiB in {len(sizes)} buckets in {gather_s:.2f} s "
+        f"({total / gather_s / 2**30:.1f} GiB/s), peak extra memory {extra:.0f} MiB"
+    )
     assert max(sizes) <= bucket_bytes
     assert extra < 3 * bucket_bytes / 2**20  # one bucket (gathered + copied) at a time, never the whole model
     assert any(not torch.equal(first[k], before[k]) for k in before)  # the policy moved

@@ -1,4 +1,5 @@
 """The local Ray cluster the in-process integration tests share."""
+
 from pathlib import Path
 
 import pytest

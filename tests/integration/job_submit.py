@@ -28,9 +28,22 @@ def submit_smoke_job(head: LocalRayHead, storage: Path, overrides: list[str], ti
     """`ray job submit --working-dir ROOT -- python -m cluster.main --config configs/smoke.yaml --set ...`, with
     JBOND_STORAGE_PATH=storage; asserts the job succeeded and returns its output (the job's log streamed back)."""
     runtime_env = json.dumps({"env_vars": {"JBOND_STORAGE_PATH": str(storage)}})
-    cmd = [str(BIN / "ray"), "job", "submit", f"--address={head.dashboard_url}", "--working-dir", str(ROOT),
-           "--runtime-env-json", runtime_env,
-           "--", "python", "-m", "cluster.main", "--config", "configs/smoke.yaml"]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={head.dashboard_url}",
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        "python",
+        "-m",
+        "cluster.main",
+        "--config",
+        "configs/smoke.yaml",
+    ]
     for o in overrides:
         cmd += ["--set", o]
     for _ in range(30):  # the head answers before its job agent registers: "No available agent" is retried

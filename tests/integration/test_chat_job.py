@@ -26,10 +26,18 @@ def _free_port() -> int:
 
 def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
-    for assignment in (f"models.policy={tiny_dir / 'qwen_policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-                       f"prompts.path={ROOT / 'configs' / 'chat_prompts.jsonl'}", "prompts.max_prompt_length=16",
-                       f"reward.http_port={_free_port()}", f"run.run_dir={tmp_path}", "run.progress=false",
-                       "run.show_samples=2", "run.steps=2", "run.checkpoint_every=0"):
+    for assignment in (
+        f"models.policy={tiny_dir / 'qwen_policy'}",
+        f"reward.path_or_name={tiny_dir / 'reward'}",
+        f"prompts.path={ROOT / 'configs' / 'chat_prompts.jsonl'}",
+        "prompts.max_prompt_length=16",
+        f"reward.http_port={_free_port()}",
+        f"run.run_dir={tmp_path}",
+        "run.progress=false",
+        "run.show_samples=2",
+        "run.steps=2",
+        "run.checkpoint_every=0",
+    ):
         loading.apply_override(data, assignment)
     return loading.build(JobConfig, data)
 
@@ -51,8 +59,11 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
         episodes = read_episodes(tmp_path / "episodes").to_pylist()
         assert len(episodes) == 2 * job.algorithm.prompts_per_step * (1 + job.algorithm.n)
         # the policy read its chat template (no BOS: Qwen2 has none) and finished its turn with <|im_end|>
-        assert all(e["observation"].startswith("<|im_start|>user\n") and
-                   e["observation"].endswith("<|im_end|>\n<|im_start|>assistant\n") for e in episodes)
+        assert all(
+            e["observation"].startswith("<|im_start|>user\n")
+            and e["observation"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+            for e in episodes
+        )
         assert any(e["finish_reason"] == "stop" for e in episodes)
         assert "samples after training" in (tmp_path / "summary.txt").read_text()
 
@@ -91,7 +102,8 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
     engine = VllmSampler(str(final), Role.POLICY, max_model_len=64)
     try:
         assert engine.render([CHAT_PROMPT])[0].text == RENDERED  # the tokenizer and its template were exported
-        assert engine.score_logprobs([CHAT_PROMPT] * 2, ids) == pytest.approx(hf.score_logprobs([CHAT_PROMPT] * 2, ids),
-                                                                            abs=1e-4)
+        assert engine.score_logprobs([CHAT_PROMPT] * 2, ids) == pytest.approx(
+            hf.score_logprobs([CHAT_PROMPT] * 2, ids), abs=1e-4
+        )
     finally:
         engine.close()

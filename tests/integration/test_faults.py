@@ -30,10 +30,16 @@ def _free_port() -> int:
 
 def job_config(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
-    for key, value in {"reward.http_port": _free_port(), "models.policy": tiny_dir / "policy",
-                       "reward.path_or_name": tiny_dir / "reward",
-                       "prompts.path": ROOT / "configs" / "review_prompts.jsonl", "run.run_dir": tmp_path,
-                       "run.progress": "false", "run.show_samples": 0, **overrides}.items():
+    for key, value in {
+        "reward.http_port": _free_port(),
+        "models.policy": tiny_dir / "policy",
+        "reward.path_or_name": tiny_dir / "reward",
+        "prompts.path": ROOT / "configs" / "review_prompts.jsonl",
+        "run.run_dir": tmp_path,
+        "run.progress": "false",
+        "run.show_samples": 0,
+        **overrides,
+    }.items():
         loading.apply_override(data, f"{key}={value}")
     return loading.build(JobConfig, data)
 
@@ -71,20 +77,27 @@ class KillAt(threading.Thread):
 @pytest.fixture(scope="module")
 def metrics_ray(tiny_dir):
     port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 1000},
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _metrics_export_port=port,
+        _system_config={"metrics_report_interval_ms": 1000},
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     yield port
     ray.shutdown()
 
 
 @pytest.mark.timeout(300)
-def test_killed_sampler_and_reward_replica_the_run_finishes_every_step_once(metrics_ray, tiny_dir, tmp_path,
-                                                                            capfd):
+def test_killed_sampler_and_reward_replica_the_run_finishes_every_step_once(metrics_ray, tiny_dir, tmp_path, capfd):
     steps = 6
     job = job_config(tmp_path, tiny_dir, **{"run.steps": steps, "run.checkpoint_every": 0})
-    killer = KillAt(tmp_path, 2, lambda a: a["Name"].endswith("-policy-0"),
-                    lambda a: a["ActorClassName"].startswith("ServeReplica:"))
+    killer = KillAt(
+        tmp_path,
+        2,
+        lambda a: a["Name"].endswith("-policy-0"),
+        lambda a: a["ActorClassName"].startswith("ServeReplica:"),
+    )
     killer.start()
     t0 = time.monotonic()
     summary = run(job)

@@ -70,8 +70,9 @@ def test_sync_run_end_to_end(local_ray, tiny_dir, tmp_path):
     assert {e["reward_model_id"] for e in episodes} and all(e["reward_model_id"] for e in episodes)
     assert all(e["weights_version"] == e["train_step"] - 1 for e in episodes)
     # streamed scoring (each actor's samples scored as they arrive) attaches each reward to its own completion
-    rescored = build_reward_model(job.reward).score([e["observation"] for e in episodes],
-                                                    [e["action"] for e in episodes])
+    rescored = build_reward_model(job.reward).score(
+        [e["observation"] for e in episodes], [e["action"] for e in episodes]
+    )
     assert [e["reward"] for e in episodes] == pytest.approx(rescored, abs=1e-4)
     for name in ("reward_kl_vs_step.png", "reward_vs_kl.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
@@ -101,21 +102,26 @@ def test_lora_run_pushes_adapters_only_and_resumes(local_ray, tiny_dir, tmp_path
     for r in rows:
         assert r["sync_bytes"] == {"policy": adapter_bytes, "anchor": adapter_bytes}
     assert adapter_bytes < 0.06 * full_bytes
-    print(f"LoRA r=4 sync: {adapter_bytes} bytes per role per step, {adapter_bytes / full_bytes:.1%} of the "
-          f"model's {full_bytes}")
+    print(
+        f"LoRA r=4 sync: {adapter_bytes} bytes per role per step, {adapter_bytes / full_bytes:.1%} of the "
+        f"model's {full_bytes}"
+    )
     manifest = json.loads((newest_valid(tmp_path)[0] / "manifest.json").read_text())
     assert manifest["step"] == 3 and manifest["lora"].startswith("r=4 alpha=8 ")
     assert list((tmp_path / "final_policy").glob("model*.safetensors"))  # merged (sharded at bucket_bytes)
-    assert {p.name for p in (tmp_path / "final_policy" / "adapter").iterdir()} == {"adapter_model.safetensors",
-                                                                                "adapter_config.json"}
+    assert {p.name for p in (tmp_path / "final_policy" / "adapter").iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
 
 
 def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
     """Depth 2: the actors sample steps t+1 and t+2 while the learner trains on step t, so from step 2 on the
     samples are 2 versions old; max_staleness 1 fires and redraws them with the current weights. A stale sample
     that is used (step 1, one version old) is importance-weighted; a fresh one has weight exactly 1."""
-    job = smoke_job(tmp_path, tiny_dir, run__steps=4, run__mode="pipelined", run__max_staleness=1,
-                    run__pipeline_depth=2)
+    job = smoke_job(
+        tmp_path, tiny_dir, run__steps=4, run__mode="pipelined", run__max_staleness=1, run__pipeline_depth=2
+    )
     run(job)
     rows = stats_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -131,8 +137,16 @@ def test_pipelined_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
 def test_pipelined_bond_run_respects_max_staleness(local_ray, tiny_dir, tmp_path):
     """BOND-N on Ray, pipelined: a policy actor and a reference actor (frozen: its samples are all version 0, it is
     never pushed to), no anchor actor; the policy samples lag the learner by at most one version."""
-    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__mode="pipelined", run__max_staleness=1,
-                    algorithm__algorithm="bond", algorithm__n=2, algorithm__k_quantile=3)
+    job = smoke_job(
+        tmp_path,
+        tiny_dir,
+        run__steps=3,
+        run__mode="pipelined",
+        run__max_staleness=1,
+        algorithm__algorithm="bond",
+        algorithm__n=2,
+        algorithm__k_quantile=3,
+    )
     run(job)
     rows = stats_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -187,8 +201,12 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
     run(smoke_job(full, tiny_dir, run__steps=3, run__checkpoint_every=1))
     cut = tmp_path / "preempted"
     # the preempted run also evaluates after every step: evaluation must not change what training does
-    evals = dict(eval__every_steps=1, eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl",
-                 eval__num_prompts=2, eval__samples_per_prompt=2)
+    evals = dict(
+        eval__every_steps=1,
+        eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl",
+        eval__num_prompts=2,
+        eval__samples_per_prompt=2,
+    )
 
     def preempt_after_first_step() -> None:
         deadline = time.monotonic() + 120
@@ -211,8 +229,7 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
     eval_steps = [json.loads(line)["step"] for line in (cut / "eval.jsonl").read_text().splitlines()]
     assert eval_steps == [0, 0, 1, 1, 2, 2, 3, 3]  # greedy + sampled; none repeated or lost across the stop
     for step in range(stopped.value.step, 3):
-        for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor",
-                    "grad_norm"):
+        for key in ("loss", "loss_fw", "loss_bw", "reward_policy", "reward_anchor", "kl_ref", "kl_anchor", "grad_norm"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
@@ -228,9 +245,15 @@ def test_ray_job_submit(tiny_dir, tmp_path):
     try:
         # A relative run_dir, as in configs/*.yaml: it resolves against the storage root the job is given
         # (not Ray's temporary copy of the working dir, deleted with the session).
-        overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-                     "run.run_dir=runs/submitted", "run.steps=2", f"reward.http_port={free_port()}",
-                     "run.progress=false", "run.show_samples=0"]
+        overrides = [
+            f"models.policy={tiny_dir / 'policy'}",
+            f"reward.path_or_name={tiny_dir / 'reward'}",
+            "run.run_dir=runs/submitted",
+            "run.steps=2",
+            f"reward.http_port={free_port()}",
+            "run.progress=false",
+            "run.show_samples=0",
+        ]
         t0 = time.time()
         log = submit_smoke_job(head, tmp_path, overrides, timeout_s=600)
         run_dir = tmp_path / "runs" / "submitted"
@@ -254,8 +277,10 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
     def groups() -> dict[str, str]:
         """name -> placement group of every jbond actor, from the GCS's actor table (the dead ones included;
         this module's Ray has no dashboard for ray.util.state)."""
-        rows = [gcs_pb2.ActorTableData.FromString(row)
-                for row in state._connect_and_get_accessor().get_actor_table(None, None)]
+        rows = [
+            gcs_pb2.ActorTableData.FromString(row)
+            for row in state._connect_and_get_accessor().get_actor_table(None, None)
+        ]
         return {r.name: r.placement_group_id.hex() for r in rows if r.name.startswith("jbond-")}
 
     before = set(groups())
@@ -273,4 +298,7 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
     run(smoke_job(tmp_path, tiny_dir, run__steps=3, run__resume="true", **colocated))
     rows = stats_rows(tmp_path)
     assert [(r["step"], r["sample_policy_version"], r["sample_anchor_version"]) for r in rows] == [
-        (1, 0, 0), (2, 1, 1), (3, 2, 2)]
+        (1, 0, 0),
+        (2, 1, 1),
+        (3, 2, 2),
+    ]

@@ -66,6 +66,7 @@ def metric_names(expr: str) -> set[str]:
 
 def substitute(expr: str, variables: dict[str, str]) -> str:
     """Grafana's $name / ${name} / [[name]] interpolation (a multi-value regex `a|b` for `=~`)."""
+
     def value(match: re.Match) -> str:
         name = next(g for g in match.groups() if g)
         if name not in variables:
@@ -117,8 +118,13 @@ def monitored_run(tiny_dir, tmp_path_factory):
     prompts = tmp / "prompts.jsonl"
     prompts.write_text((ROOT / "configs" / "review_prompts.jsonl").read_text().rstrip("\n") + '\n{"prompt": "  "}\n')
     storage, run_name = tmp / "storage", f"runs/monitoring-{secrets.token_hex(3)}"
-    job_args = {"prompts.path": prompts, "models.policy": tiny_dir / "policy",
-                "reward.path_or_name": tiny_dir / "reward", "run.show_samples": 0, "reward.http_port": free_port()}
+    job_args = {
+        "prompts.path": prompts,
+        "models.policy": tiny_dir / "policy",
+        "reward.path_or_name": tiny_dir / "reward",
+        "run.show_samples": 0,
+        "reward.http_port": free_port(),
+    }
     stack = MonitoredStack(tmp / "prometheus", num_cpus=4)  # smoke.yaml asks for 3.5 CPUs
     stack.head.env.pop(STORAGE_ENV, None)  # the refusal below must not depend on the caller's environment
     try:
@@ -130,8 +136,16 @@ def monitored_run(tiny_dir, tmp_path_factory):
         head.submit(smoke_entrypoint("runs/refused", STEPS, job_args), refused_id)
         record = head.wait_for_job(submission_id, timeout_s=300)
         assert record["status"] == "SUCCEEDED", head.job_logs(submission_id)[-5000:]
-        run = MonitoredRun(head, stack.prometheus, submission_id, Path(run_name).name, storage / run_name,
-                           refused_id, start, time.time())
+        run = MonitoredRun(
+            head,
+            stack.prometheus,
+            submission_id,
+            Path(run_name).name,
+            storage / run_name,
+            refused_id,
+            start,
+            time.time(),
+        )
         _wait_for_last_step(run)
         yield run
     finally:
@@ -161,11 +175,18 @@ def test_every_dashboard_query_returns_data(monitored_run):
     # Grafana fills the variables from these label_values() queries; so does the test.
     runs = prom.api("label/run/values", **{"match[]": "ray_jbond_step", "start": window[0], "end": window[1]})
     assert monitored_run.run in runs, runs
-    apps = prom.api("label/app/values", **{"match[]": "ray_reward_batch_samples_count",
-                                           "start": window[0], "end": window[1]})
+    apps = prom.api(
+        "label/app/values", **{"match[]": "ray_reward_batch_samples_count", "start": window[0], "end": window[1]}
+    )
     assert apps, "no reward service metrics scraped"
-    variables = {"run": monitored_run.run, "reward_app": "|".join(apps), "DS_PROMETHEUS": "prometheus",
-                 "__rate_interval": RATE_INTERVAL, "__interval": "1s", "__range": "5m"}
+    variables = {
+        "run": monitored_run.run,
+        "reward_app": "|".join(apps),
+        "DS_PROMETHEUS": "prometheus",
+        "__rate_interval": RATE_INTERVAL,
+        "__interval": "1s",
+        "__range": "5m",
+    }
 
     failures, checked = [], 0
     for title, expr in dashboard_targets():
@@ -177,8 +198,9 @@ def test_every_dashboard_query_returns_data(monitored_run):
         values = [float(v) for series in result for _, v in series["values"]]
         if not values:
             never = [n for n in sorted(metric_names(expr)) if not prom.query_range(f"count({n})", *window)]
-            failures.append(f"{title}: no data for {query}"
-                            + (f" ({', '.join(never)}: never exported by the run)" if never else ""))
+            failures.append(
+                f"{title}: no data for {query}" + (f" ({', '.join(never)}: never exported by the run)" if never else "")
+            )
         elif not any(math.isfinite(v) for v in values):
             failures.append(f"{title}: only NaN/Inf for {query}")
     assert checked == len(dashboard_targets())
@@ -187,8 +209,10 @@ def test_every_dashboard_query_returns_data(monitored_run):
 
 def test_skipped_prompt_row_is_counted(monitored_run):
     result = monitored_run.prometheus.api(
-        "query", query=f'sum by (reason) (ray_jbond_skipped_samples_total{{run="{monitored_run.run}"}})',
-        time=monitored_run.end)["result"]
+        "query",
+        query=f'sum by (reason) (ray_jbond_skipped_samples_total{{run="{monitored_run.run}"}})',
+        time=monitored_run.end,
+    )["result"]
     assert {r["metric"]["reason"]: float(r["value"][1]) for r in result} == {"prompt empty": 1.0}
 
 
@@ -215,11 +239,22 @@ def test_ray_dashboard_reaches_its_prometheus_and_lists_where_the_series_came_fr
     assert health["result"] is True and health["msg"] == "prometheus running", health
     targets = {t for group in head.get_json("/api/prometheus/sd") for t in group["targets"]}
     assert any(t.endswith(f":{head.metrics_port}") for t in targets), targets
-    series = prom.api("series", **{"match[]": f'{{__name__=~"ray_jbond_.+", run="{monitored_run.run}"}}',
-                                   "start": monitored_run.start, "end": monitored_run.end})
+    series = prom.api(
+        "series",
+        **{
+            "match[]": f'{{__name__=~"ray_jbond_.+", run="{monitored_run.run}"}}',
+            "start": monitored_run.start,
+            "end": monitored_run.end,
+        },
+    )
     names = {s["__name__"] for s in series}
-    assert {"ray_jbond_step", "ray_jbond_reward_policy", "ray_jbond_kl_ref", "ray_jbond_max_staleness",
-            "ray_jbond_phase_seconds_count"} <= names, names
+    assert {
+        "ray_jbond_step",
+        "ray_jbond_reward_policy",
+        "ray_jbond_kl_ref",
+        "ray_jbond_max_staleness",
+        "ray_jbond_phase_seconds_count",
+    } <= names, names
     assert {s["instance"] for s in series} <= targets
 
 

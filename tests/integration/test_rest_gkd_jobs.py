@@ -33,9 +33,16 @@ SERVE_PORT = _free_port()
 
 def job(run_dir: Path, tiny_dir: Path, *overrides: str) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
-    for o in (f"reward.http_port={SERVE_PORT}", f"models.policy={tiny_dir / 'policy'}",
-              f"reward.path_or_name={tiny_dir / 'reward'}", f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
-              f"run.run_dir={run_dir}", "run.progress=false", "run.show_samples=0", *overrides):
+    for o in (
+        f"reward.http_port={SERVE_PORT}",
+        f"models.policy={tiny_dir / 'policy'}",
+        f"reward.path_or_name={tiny_dir / 'reward'}",
+        f"prompts.path={ROOT / 'configs' / 'review_prompts.jsonl'}",
+        f"run.run_dir={run_dir}",
+        "run.progress=false",
+        "run.show_samples=0",
+        *overrides,
+    ):
         loading.apply_override(data, o)
     return loading.build(JobConfig, data)
 
@@ -44,10 +51,20 @@ def stats_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
 
 
-REST = ("algorithm.algorithm=rest", "algorithm.rest_grow_prompts=8", "algorithm.rest_samples_per_prompt=2",
-        "algorithm.rest_quantiles=[0.0, 0.5]", "algorithm.lr=0.002", "algorithm.warmup_steps=0", "run.steps=4",
-        "run.checkpoint_every=2", "eval.every_steps=2", "eval.num_prompts=2", "eval.samples_per_prompt=1",
-        f"eval.prompts.path={ROOT / 'configs' / 'review_prompts_eval.jsonl'}")
+REST = (
+    "algorithm.algorithm=rest",
+    "algorithm.rest_grow_prompts=8",
+    "algorithm.rest_samples_per_prompt=2",
+    "algorithm.rest_quantiles=[0.0, 0.5]",
+    "algorithm.lr=0.002",
+    "algorithm.warmup_steps=0",
+    "run.steps=4",
+    "run.checkpoint_every=2",
+    "eval.every_steps=2",
+    "eval.num_prompts=2",
+    "eval.samples_per_prompt=1",
+    f"eval.prompts.path={ROOT / 'configs' / 'review_prompts_eval.jsonl'}",
+)
 
 
 def test_rest_grows_improves_pushes_and_resumes_exactly(local_ray, tiny_dir, tmp_path, capsys):
@@ -89,23 +106,39 @@ def teacher_dir(perturbed_policy):
 
 
 def mean_jsd(student_dir: Path, teacher_dir: Path, samples) -> float:
-    student, teacher = (AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-                        for d in (student_dir, teacher_dir))
+    student, teacher = (
+        AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32) for d in (student_dir, teacher_dir)
+    )
     values = []
     with torch.no_grad():
         for s in samples:
             c = s.completion
             ids = torch.tensor([list(c.prompt_token_ids) + list(c.token_ids)])
             p, t = len(c.prompt_token_ids), len(c.token_ids)
-            values.append(token_jsd(student(input_ids=ids).logits[0, p - 1:p - 1 + t],
-                                    teacher(input_ids=ids).logits[0, p - 1:p - 1 + t], 0.5))
+            values.append(
+                token_jsd(
+                    student(input_ids=ids).logits[0, p - 1 : p - 1 + t],
+                    teacher(input_ids=ids).logits[0, p - 1 : p - 1 + t],
+                    0.5,
+                )
+            )
     return torch.cat(values).mean().item()
 
 
 def test_gkd_moves_the_student_toward_the_teacher(local_ray, tiny_dir, teacher_dir, tmp_path, capsys):
-    run(job(tmp_path, tiny_dir, "algorithm.algorithm=gkd", f"algorithm.gkd_teacher={teacher_dir}",
-            "algorithm.gkd_beta=0.5", "algorithm.lr=0.005", "algorithm.warmup_steps=0", "run.steps=3",
-            "learner.zero_stage=3"))
+    run(
+        job(
+            tmp_path,
+            tiny_dir,
+            "algorithm.algorithm=gkd",
+            f"algorithm.gkd_teacher={teacher_dir}",
+            "algorithm.gkd_beta=0.5",
+            "algorithm.lr=0.005",
+            "algorithm.warmup_steps=0",
+            "run.steps=3",
+            "learner.zero_stage=3",
+        )
+    )
     assert ": 1 policy actors (" in capsys.readouterr().out  # no anchor (or reference) actors started
     rows = stats_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]

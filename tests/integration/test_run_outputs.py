@@ -16,10 +16,18 @@ from cluster.training import checkpoints
 def test_tensorboard_eval_exports_and_retention(local_ray, tiny_dir, tmp_path):  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    job = smoke_job(tmp_path, tiny_dir, run__steps=3, run__checkpoint_every=1, run__keep_checkpoints=2,
-                    run__export_every=2, eval__every_steps=2,
-                    eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl", eval__num_prompts=4,
-                    eval__samples_per_prompt=2)
+    job = smoke_job(
+        tmp_path,
+        tiny_dir,
+        run__steps=3,
+        run__checkpoint_every=1,
+        run__keep_checkpoints=2,
+        run__export_every=2,
+        eval__every_steps=2,
+        eval__prompts__path=ROOT / "configs" / "review_prompts_eval.jsonl",
+        eval__num_prompts=4,
+        eval__samples_per_prompt=2,
+    )
     summary = run(job)
 
     # evaluation before the first step, every 2 steps and after the last: greedy and sampled each time

@@ -34,14 +34,35 @@ class SecondNode:
     def __init__(self, head: LocalRayHead, num_cpus: int, labels: str):
         self.temp_dir = Path(tempfile.mkdtemp(prefix="jnode-", dir="/tmp"))
         self.log = self.temp_dir / "ray_start.log"
-        ports = (f"--{flag}={free_port()}" for flag in (
-            "node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port", "runtime-env-agent-port"))
-        cmd = [str(RAY), "start", "--block", f"--address=127.0.0.1:{head.port}", "--num-cpus", str(num_cpus),
-               "--labels", labels, "--temp-dir", str(self.temp_dir / "ray"), "--disable-usage-stats", *ports]
+        ports = (
+            f"--{flag}={free_port()}"
+            for flag in (
+                "node-manager-port",
+                "object-manager-port",
+                "metrics-export-port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+            )
+        )
+        cmd = [
+            str(RAY),
+            "start",
+            "--block",
+            f"--address=127.0.0.1:{head.port}",
+            "--num-cpus",
+            str(num_cpus),
+            "--labels",
+            labels,
+            "--temp-dir",
+            str(self.temp_dir / "ray"),
+            "--disable-usage-stats",
+            *ports,
+        ]
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def stop(self) -> None:
         try:
@@ -56,8 +77,14 @@ class SecondNode:
 
 
 def ray_list(head: LocalRayHead, what: str) -> list[dict]:
-    out = subprocess.run([str(RAY), "list", what, "--address", head.dashboard_url, "--format", "json", "--detail",
-                          "--limit", "1000"], env=head.env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [str(RAY), "list", what, "--address", head.dashboard_url, "--format", "json", "--detail", "--limit", "1000"],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -82,11 +109,19 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
         node_of = {n["labels"].get("pool"): n["node_id"] for n in nodes}
         assert set(node_of) >= {"actors", "trainers"}, [n["labels"] for n in nodes]
 
-        overrides = [f"models.policy={tiny_dir / 'policy'}", f"reward.path_or_name={tiny_dir / 'reward'}",
-                     "run.run_dir=runs/two_nodes", "run.steps=2", "run.checkpoint_every=0",
-                     f"reward.http_port={free_port()}", "run.progress=false", "run.show_samples=0",
-                     "resources.learner_ranks=2", "resources.actor_node_labels={pool: actors}",
-                     "resources.learner_node_labels={pool: trainers}"]
+        overrides = [
+            f"models.policy={tiny_dir / 'policy'}",
+            f"reward.path_or_name={tiny_dir / 'reward'}",
+            "run.run_dir=runs/two_nodes",
+            "run.steps=2",
+            "run.checkpoint_every=0",
+            f"reward.http_port={free_port()}",
+            "run.progress=false",
+            "run.show_samples=0",
+            "resources.learner_ranks=2",
+            "resources.actor_node_labels={pool: actors}",
+            "resources.learner_node_labels={pool: trainers}",
+        ]
         t0 = time.time()
         log = submit_smoke_job(head, tmp_path, overrides, timeout_s=480)
         assert "no live Ray node has the labels" not in log, log[-4000:]  # the job saw both nodes' labels
@@ -94,8 +129,9 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
 
         # Where Ray ran them (its state API), by the names cluster/runtime/ray_system.py gives its actors.
         actors = [a for a in ray_list(head, "actors") if (a.get("name") or "").startswith("jbond-")]
-        nodes_of = {kind: {a["node_id"] for a in actors if f"-{kind}-" in a["name"]}
-                    for kind in ("policy", "anchor", "learner")}
+        nodes_of = {
+            kind: {a["node_id"] for a in actors if f"-{kind}-" in a["name"]} for kind in ("policy", "anchor", "learner")
+        }
         assert sum("-learner-" in a["name"] for a in actors) == 2, [a["name"] for a in actors]
         assert nodes_of["policy"] == nodes_of["anchor"] == {node_of["actors"]}, (nodes_of, node_of)
         assert nodes_of["learner"] == {node_of["trainers"]}, (nodes_of, node_of)
@@ -104,8 +140,10 @@ def test_actors_and_learner_on_the_nodes_their_labels_name(tiny_dir, tmp_path):
         # and confirmed after the previous one.
         run_dir = tmp_path / "runs" / "two_nodes"
         rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-        assert [(r["step"], r["sample_policy_version"], r["sample_anchor_version"]) for r in rows] == [(1, 0, 0),
-                                                                                                        (2, 1, 1)]
+        assert [(r["step"], r["sample_policy_version"], r["sample_anchor_version"]) for r in rows] == [
+            (1, 0, 0),
+            (2, 1, 1),
+        ]
         episodes = read_episodes(run_dir / "episodes").to_pylist()
         assert {(e["train_step"], e["weights_version"]) for e in episodes} == {(1, 0), (2, 1)}
     finally:

@@ -15,7 +15,8 @@ MONITORING = ROOT / "monitoring"
 RULES, RULE_TESTS = MONITORING / "alerts.yml", MONITORING / "alerts_test.yml"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not on PATH: install Debian's prometheus (make prometheus)")
+    PROMTOOL is None, reason="promtool not on PATH: install Debian's prometheus (make prometheus)"
+)
 # Metrics that another branch of this project adds; the check below skips them until that code is here.
 
 
@@ -55,7 +56,9 @@ def test_shipped_prometheus_config_loads_the_rules():
 def test_rules_read_only_metrics_the_code_exports():
     """ray_<name> / ray_<name>_total / _count: <name> must be a metric name in cluster/outputs/metrics.py or the reward
     service (a renamed metric would otherwise leave an alert that can never fire)."""
-    sources = (ROOT / "cluster" / "outputs" / "metrics.py").read_text() + (ROOT / "reward_service" / "serve_app.py").read_text()
+    sources = (ROOT / "cluster" / "outputs" / "metrics.py").read_text() + (
+        ROOT / "reward_service" / "serve_app.py"
+    ).read_text()
     names = {re.sub(r"_(total|count|sum|bucket)$", "", m) for m in re.findall(r"\bray_([a-z_]+)", RULES.read_text())}
     assert names, "no metric found in the rules"
     missing = sorted(n for n in names if f'"{n}"' not in sources)

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # --- prompts ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.bad_input("prompt line that is not UTF-8", "skipped, counted as `not UTF-8`")
 def test_non_utf8_prompt_line_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "caf\xe9"}'))
@@ -53,7 +54,7 @@ def test_non_utf8_prompt_line_is_skipped(tmp_path):
 
 @pytest.mark.bad_input("prompt line that is not JSON", "skipped, counted as `invalid JSON`")
 def test_corrupt_json_prompt_line_is_skipped(tmp_path):
-    got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "the fi', b'{not json}'))
+    got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": "the fi', b"{not json}"))
     assert texts(got) == ("the movie",) and got.skipped == {"invalid JSON": 2}
 
 
@@ -63,20 +64,27 @@ def test_prompt_line_not_an_object_is_skipped(tmp_path):
     assert texts(got) == ("the movie",) and got.skipped == {"not a JSON object": 2}
 
 
-@pytest.mark.bad_input("prompt of the wrong type (number, object, a list that is not chat messages)",
-                       "skipped, counted as `not a string or a message list (<type>)` / `message without ...`")
+@pytest.mark.bad_input(
+    "prompt of the wrong type (number, object, a list that is not chat messages)",
+    "skipped, counted as `not a string or a message list (<type>)` / `message without ...`",
+)
 def test_wrong_typed_prompt_is_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": 3}', b'{"prompt": ["a"]}', b'{"prompt": {"a": 1}}'))
     assert texts(got) == ("the movie",)
-    assert got.skipped == {"not a string or a message list (int)": 1, "not a string or a message list (dict)": 1,
-                           "message without a string role and content": 1}
+    assert got.skipped == {
+        "not a string or a message list (int)": 1,
+        "not a string or a message list (dict)": 1,
+        "message without a string role and content": 1,
+    }
 
 
-@pytest.mark.bad_input("empty or whitespace-only prompt, row without the field", "skipped, counted as `empty` / "
-                       "`missing field`")
+@pytest.mark.bad_input(
+    "empty or whitespace-only prompt, row without the field", "skipped, counted as `empty` / `missing field`"
+)
 def test_empty_and_missing_prompts_are_skipped(tmp_path):
-    got = load_prompts(jsonl(tmp_path, GOOD, b'{"prompt": ""}', b'{"prompt": " \\t "}', b'{"text": "x"}',
-                             b'{"prompt": null}'))
+    got = load_prompts(
+        jsonl(tmp_path, GOOD, b'{"prompt": ""}', b'{"prompt": " \\t "}', b'{"text": "x"}', b'{"prompt": null}')
+    )
     assert texts(got) == ("the movie",) and got.skipped == {"empty": 2, "missing field 'prompt'": 2}
 
 
@@ -131,6 +139,7 @@ def test_over_long_prompts_are_skipped(tmp_path):
 
 # --- config, ports, addresses (through the entry point: exit 2 with one line) -----------------------------
 
+
 def start_fails(capsys, *sets: str) -> str:
     """`python -m cluster.main --set ...` exits 2 with one `config error: ...` line and no traceback."""
     import ray
@@ -168,14 +177,22 @@ def test_missing_policy_path(capsys, tmp_path):
     assert err.startswith("models.policy: ") and "does not exist and is not a hub id" in err
 
 
-@pytest.mark.bad_input("reward.path_or_name: a path that does not exist, a function module that does not",
-                       "config error: reward.path_or_name")
+@pytest.mark.bad_input(
+    "reward.path_or_name: a path that does not exist, a function module that does not",
+    "config error: reward.path_or_name",
+)
 def test_missing_reward_path(capsys, tmp_path):
-    err = start_fails(capsys, "models.policy=org/model", f"reward.path_or_name={tmp_path}/missing/rm",
-                      f"run.run_dir={tmp_path}/run")
+    err = start_fails(
+        capsys, "models.policy=org/model", f"reward.path_or_name={tmp_path}/missing/rm", f"run.run_dir={tmp_path}/run"
+    )
     assert err.startswith("reward.path_or_name: ") and "does not exist and is not a hub id" in err
-    err = start_fails(capsys, "reward.kind=function", "reward.path_or_name=no_such_module_xyz:score",
-                      "models.policy=org/model", f"run.run_dir={tmp_path}/run")
+    err = start_fails(
+        capsys,
+        "reward.kind=function",
+        "reward.path_or_name=no_such_module_xyz:score",
+        "models.policy=org/model",
+        f"run.run_dir={tmp_path}/run",
+    )
     assert err.startswith("reward.path_or_name: no module 'no_such_module_xyz'")
 
 
@@ -195,9 +212,14 @@ def test_port_in_use(capsys, tmp_path, monkeypatch):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        err = start_fails(capsys, "models.policy=org/model", "reward.kind=function",
-                          "reward.path_or_name=tests.component.tiny_reward_functions:misbehaving",
-                          f"reward.http_port={port}", f"run.run_dir={tmp_path}/run")
+        err = start_fails(
+            capsys,
+            "models.policy=org/model",
+            "reward.kind=function",
+            "reward.path_or_name=tests.component.tiny_reward_functions:misbehaving",
+            f"reward.http_port={port}",
+            f"run.run_dir={tmp_path}/run",
+        )
     assert err.startswith(f"reward.http_port: cannot listen on 127.0.0.1:{port}")
 
 
@@ -206,9 +228,14 @@ def test_unreachable_ray_address(capsys, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    err = start_fails(capsys, "models.policy=org/model", "reward.kind=function",
-                      "reward.path_or_name=tests.component.tiny_reward_functions:misbehaving",
-                      f"run.ray_address=127.0.0.1:{port}", f"run.run_dir={tmp_path}/run")
+    err = start_fails(
+        capsys,
+        "models.policy=org/model",
+        "reward.kind=function",
+        "reward.path_or_name=tests.component.tiny_reward_functions:misbehaving",
+        f"run.ray_address=127.0.0.1:{port}",
+        f"run.run_dir={tmp_path}/run",
+    )
     assert err.startswith(f"run.ray_address: nothing answers at 127.0.0.1:{port}")
     with pytest.raises(ConfigError, match="^run.ray_address: expected host:port"):
         preflight.check_ray_address("run.ray_address", "my-head")
@@ -227,6 +254,7 @@ def test_public_reward_api_needs_a_token(monkeypatch, capsys, tmp_path):
 
 # --- checkpoints ------------------------------------------------------------------------------------------
 
+
 def sealed(tmp_path, name: str, payload: bytes = b"weights") -> Path:
     final = tmp_path / "checkpoints" / name
     partial = checkpoint_dir.partial_path(final)
@@ -236,8 +264,10 @@ def sealed(tmp_path, name: str, payload: bytes = b"weights") -> Path:
     return final
 
 
-@pytest.mark.bad_input("checkpoint whose save never finished (no manifest)", "CheckpointError `partial`; "
-                       "--resume takes the newest complete one")
+@pytest.mark.bad_input(
+    "checkpoint whose save never finished (no manifest)",
+    "CheckpointError `partial`; --resume takes the newest complete one",
+)
 def test_partial_checkpoint(tmp_path):
     good = sealed(tmp_path, "step_0000002")
     crashed = tmp_path / "checkpoints" / "step_0000004"
@@ -264,8 +294,10 @@ def test_checkpoint_manifest_garbage(tmp_path):
         checkpoint_dir.verify(ckpt)
 
 
-@pytest.mark.bad_input("disk full while sealing a checkpoint", "OSError(ENOSPC) as one error line; the previous "
-                       "checkpoint stays valid and newest")
+@pytest.mark.bad_input(
+    "disk full while sealing a checkpoint",
+    "OSError(ENOSPC) as one error line; the previous checkpoint stays valid and newest",
+)
 def test_full_disk_while_sealing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     previous = sealed(tmp_path, "step_0000002")
     real_write_text = checkpoint_dir.Path.write_text
@@ -281,12 +313,15 @@ def test_full_disk_while_sealing_keeps_the_previous_checkpoint(tmp_path, monkeyp
     monkeypatch.undo()
     assert checkpoint_dir.verify(previous)["step"] == 2
     assert newest_valid(tmp_path)[0] == previous
-    error = CheckpointWriteError(f"checkpoint step_0000004 not written ([Errno 28] No space left on device); "
-                                 f"newest complete checkpoint: {previous}")
+    error = CheckpointWriteError(
+        f"checkpoint step_0000004 not written ([Errno 28] No space left on device); "
+        f"newest complete checkpoint: {previous}"
+    )
     assert "\n" not in str(error)
 
 
 # --- the reward service as the loop sees it -----------------------------------------------------------------
+
 
 class Scorer:
     """Stands in for the System's score verb only: raises the given errors in turn, then scores."""
@@ -309,8 +344,10 @@ class Errors:
         self.seen.append((component, reason))
 
 
-@pytest.mark.bad_input("reward model returns NaN / inf during a job", "job ends with one `error: scoring failed` "
-                       "line (exit 3), counted; not retried")
+@pytest.mark.bad_input(
+    "reward model returns NaN / inf during a job",
+    "job ends with one `error: scoring failed` line (exit 3), counted; not retried",
+)
 def test_non_finite_reward_in_a_job_fails_once_clearly():
     metrics, scorer = Errors(), Scorer(NonFiniteRewardError("reward model 'm' returned a non-finite reward nan"))
     with pytest.raises(ScoringFailedError, match="after 1 attempt: non_finite: reward model 'm'"):
@@ -318,8 +355,10 @@ def test_non_finite_reward_in_a_job_fails_once_clearly():
     assert scorer.calls == 1 and metrics.seen == [("reward_service", "non_finite")]
 
 
-@pytest.mark.bad_input("reward service times out / its replica dies mid-request", "retried with backoff, each "
-                       "failure counted; after 5 failures one error line")
+@pytest.mark.bad_input(
+    "reward service times out / its replica dies mid-request",
+    "retried with backoff, each failure counted; after 5 failures one error line",
+)
 def test_transient_scoring_failures_are_retried_and_counted(monkeypatch):
     monkeypatch.setattr(loop, "SCORE_BACKOFF_S", 0.0)
     metrics = Errors()

@@ -16,8 +16,10 @@ from reward_service.function import FunctionReward
 from reward_service.request import ScoreRequest
 
 # A Llama-3/Gemma-style template: it writes BOS itself, and the tokenizer also adds BOS when encoding.
-BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
-                "{% if add_generation_prompt %}i thought{% endif %}")
+BOS_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}i thought{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +36,19 @@ def qwen_tokenizer():
 
 def test_rows_may_be_strings_or_messages_and_carry_extras(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"prompt": "the movie", "ground_truth": "was"},
-            {"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the plot"}], "id": 7},
-            {"prompt": []}, {"prompt": [{"role": "user"}]}, {"prompt": [{"role": "user", "content": "  "}]}]
+    rows = [
+        {"prompt": "the movie", "ground_truth": "was"},
+        {"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the plot"}], "id": 7},
+        {"prompt": []},
+        {"prompt": [{"role": "user"}]},
+        {"prompt": [{"role": "user", "content": "  "}]},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     got = load_prompts(PromptSource(path=str(path)))
-    assert got.prompts == (Prompt(text="the movie", extras={"ground_truth": "was"}),
-                           Prompt(messages=(ChatMessage("system", "be kind"), ChatMessage("user", "the plot")),
-                                  extras={"id": 7}))
+    assert got.prompts == (
+        Prompt(text="the movie", extras={"ground_truth": "was"}),
+        Prompt(messages=(ChatMessage("system", "be kind"), ChatMessage("user", "the plot")), extras={"id": 7}),
+    )
     assert got.skipped == {"empty message list": 1, "message without a string role and content": 1, "empty": 1}
     assert got.prompts[1].plain_text == "be kind\nthe plot"
     only = load_prompts(PromptSource(path=str(path), extra_columns=("ground_truth",)))
@@ -65,14 +72,26 @@ def test_qwen_chat_template_literal(qwen_tokenizer):
     chat = render(t, Prompt(messages=(ChatMessage("user", "the movie"),)))
     assert chat.text == "<|im_start|>user\nthe movie<|im_end|>\n<|im_start|>assistant\n"
     assert t.convert_ids_to_tokens(list(chat.token_ids)) == [
-        "<|im_start|>", "user", "\u010a", "the", "\u0120movie", "<|im_end|>", "\u010a", "<|im_start|>", "assistant",
-        "\u010a"]
+        "<|im_start|>",
+        "user",
+        "\u010a",
+        "the",
+        "\u0120movie",
+        "<|im_end|>",
+        "\u010a",
+        "<|im_start|>",
+        "assistant",
+        "\u010a",
+    ]
 
 
 def test_max_prompt_length_skips_are_counted_and_a_missing_template_is_a_config_error(tmp_path, qwen_tokenizer):
     path = tmp_path / "p.jsonl"
-    rows = [{"prompt": [{"role": "user", "content": "the movie"}]},  # 10 tokens rendered (see the literal above)
-            {"prompt": [{"role": "user", "content": "i thought the movie was great"}]}, {"prompt": "the plot"}]
+    rows = [
+        {"prompt": [{"role": "user", "content": "the movie"}]},  # 10 tokens rendered (see the literal above)
+        {"prompt": [{"role": "user", "content": "i thought the movie was great"}]},
+        {"prompt": "the plot"},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     loaded = load_prompts(PromptSource(path=str(path)))
     fitted = fit_to_policy(loaded, qwen_tokenizer, max_tokens=10)
@@ -84,8 +103,10 @@ def test_max_prompt_length_skips_are_counted_and_a_missing_template_is_a_config_
 
 def test_function_rewards_receive_dataset_columns():
     fn = FunctionReward("tests.component.tiny_reward_functions:matches_ground_truth")
-    prompts = [Prompt(text="the movie", extras={"ground_truth": "was", "id": 1}),
-               Prompt(messages=(ChatMessage("user", "the plot"),), extras={"ground_truth": "felt"})]
+    prompts = [
+        Prompt(text="the movie", extras={"ground_truth": "was", "id": 1}),
+        Prompt(messages=(ChatMessage("user", "the plot"),), extras={"ground_truth": "felt"}),
+    ]
     assert fn.score(prompts, [" was great .", "was dull ."]) == [1.0, 0.0]
     with pytest.raises(RewardModelError, match=r"needs column\(s\) \['ground_truth'\] for sample 0"):
         fn.score(["the movie"], ["was great ."])  # a bare string has no columns: named, not defaulted
@@ -94,12 +115,20 @@ def test_function_rewards_receive_dataset_columns():
 
 
 def test_score_request_json_accepts_message_prompts():
-    body = json.dumps({"prompts": ["the movie", {"messages": [{"role": "user", "content": "the plot"}],
-                                                 "extras": {"ground_truth": "was"}}],
-                       "completions": ["a", "b"]}).encode()
+    body = json.dumps(
+        {
+            "prompts": [
+                "the movie",
+                {"messages": [{"role": "user", "content": "the plot"}], "extras": {"ground_truth": "was"}},
+            ],
+            "completions": ["a", "b"],
+        }
+    ).encode()
     request = ScoreRequest.from_json(body)
-    assert request.prompts == ("the movie", Prompt(messages=(ChatMessage("user", "the plot"),),
-                                                   extras={"ground_truth": "was"}))
+    assert request.prompts == (
+        "the movie",
+        Prompt(messages=(ChatMessage("user", "the plot"),), extras={"ground_truth": "was"}),
+    )
     for bad in ({"messages": []}, {"text": "a", "messages": []}, {"txt": "a"}, {"text": "a", "extras": [1]}):
         with pytest.raises(BadRequestError):
             ScoreRequest.from_json(json.dumps({"prompts": [bad], "completions": ["a"]}).encode())

@@ -119,14 +119,18 @@ def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir
 
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the movie", "the plot " * 40, "the cast"]))
-    job = JobConfig(models=ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False),
-                    prompts=PromptSource(max_prompt_length=16),
-                    eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))))
-    split = evaluation.split_prompts([Prompt(text="the movie")], job.eval, seed=0,
-                                     fit=lambda loaded: preflight.fit_prompts(job, loaded))
+    job = JobConfig(
+        models=ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False),
+        prompts=PromptSource(max_prompt_length=16),
+        eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))),
+    )
+    split = evaluation.split_prompts(
+        [Prompt(text="the movie")], job.eval, seed=0, fit=lambda loaded: preflight.fit_prompts(job, loaded)
+    )
     assert [p.text for p in split.heldout] == ["the movie", "the cast"] and split.overlap == 1
     assert sum(split.skipped.values()) == 1
     heldout.write_text(json.dumps({"prompt": "the plot " * 40}))
     with pytest.raises(ValueError, match="eval.prompts.path: no usable prompt"):
-        evaluation.split_prompts([Prompt(text="the movie")], job.eval, seed=0,
-                                 fit=lambda loaded: preflight.fit_prompts(job, loaded))
+        evaluation.split_prompts(
+            [Prompt(text="the movie")], job.eval, seed=0, fit=lambda loaded: preflight.fit_prompts(job, loaded)
+        )

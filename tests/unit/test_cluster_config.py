@@ -18,25 +18,28 @@ def test_yaml_and_overrides(tmp_path):
     assert again == job
 
 
-@pytest.mark.parametrize("assignment,field", [
-    ("algorithm.beta=2", "algorithm.beta"),
-    ("run.mode=async", "run.mode"),
-    ("run.stepz=3", "run.stepz"),
-    ("resources.learner_ranks=0", "resources.learner_ranks"),
-    ("sampling.temperature=-1", "sampling.temperature"),
-    ("prompts.format=csv", "prompts.format"),
-    ("algorithm.prompts_per_step=7", "algorithm.prompts_per_step"),
-    ("algorithm.algorithm=ppo", "algorithm.algorithm"),
-    ("algorithm.algorithm=bond,algorithm.n=4,algorithm.k_quantile=3", "algorithm.k_quantile"),
-    ("algorithm.iterated=true", "algorithm.iterated"),
-    ("algorithm.algorithm=reinforce,algorithm.rloo_k=1", "algorithm.rloo_k"),
-    ("algorithm.anchor_copy_every=-1", "algorithm.anchor_copy_every"),
-    ("algorithm.algorithm=reinforce,algorithm.gamma=1", "algorithm.gamma"),
-    ("resources.reference_actors=0", "resources.reference_actors"),
-    ("algorithm.n=3", "algorithm.n"),
-    ("sampling.temperature=0.7", "sampling.temperature"),
-    ("sampling.top_p=0.9", "sampling.top_p"),
-])
+@pytest.mark.parametrize(
+    "assignment,field",
+    [
+        ("algorithm.beta=2", "algorithm.beta"),
+        ("run.mode=async", "run.mode"),
+        ("run.stepz=3", "run.stepz"),
+        ("resources.learner_ranks=0", "resources.learner_ranks"),
+        ("sampling.temperature=-1", "sampling.temperature"),
+        ("prompts.format=csv", "prompts.format"),
+        ("algorithm.prompts_per_step=7", "algorithm.prompts_per_step"),
+        ("algorithm.algorithm=ppo", "algorithm.algorithm"),
+        ("algorithm.algorithm=bond,algorithm.n=4,algorithm.k_quantile=3", "algorithm.k_quantile"),
+        ("algorithm.iterated=true", "algorithm.iterated"),
+        ("algorithm.algorithm=reinforce,algorithm.rloo_k=1", "algorithm.rloo_k"),
+        ("algorithm.anchor_copy_every=-1", "algorithm.anchor_copy_every"),
+        ("algorithm.algorithm=reinforce,algorithm.gamma=1", "algorithm.gamma"),
+        ("resources.reference_actors=0", "resources.reference_actors"),
+        ("algorithm.n=3", "algorithm.n"),
+        ("sampling.temperature=0.7", "sampling.temperature"),
+        ("sampling.top_p=0.9", "sampling.top_p"),
+    ],
+)
 def test_bad_values_fail_naming_the_field(assignment, field):
     data = {"resources": {"learner_ranks": 2}} if "prompts_per_step=7" in assignment else {}
     for one in assignment.split(","):
@@ -60,15 +63,25 @@ def test_missing_file_and_bad_override():
 def test_each_algorithm_starts_the_actors_it_samples():
     from bond.records import Role
 
-    roles = {a: parse_config([f"--set=algorithm.{x}" for x in a.split(",")]).actor_roles
-             for a in ("algorithm=jbond", "algorithm=bond,n=4", "algorithm=bond,n=4,iterated=true",
-                       "algorithm=reinforce", "algorithm=rest", "algorithm=gkd,gkd_teacher=t")}
-    assert roles == {"algorithm=jbond": (Role.POLICY, Role.ANCHOR),
-                     "algorithm=bond,n=4": (Role.POLICY, Role.REFERENCE),
-                     "algorithm=bond,n=4,iterated=true": (Role.POLICY, Role.ANCHOR),
-                     "algorithm=reinforce": (Role.POLICY,),
-                     "algorithm=rest": (Role.POLICY,),
-                     "algorithm=gkd,gkd_teacher=t": (Role.POLICY,)}
+    roles = {
+        a: parse_config([f"--set=algorithm.{x}" for x in a.split(",")]).actor_roles
+        for a in (
+            "algorithm=jbond",
+            "algorithm=bond,n=4",
+            "algorithm=bond,n=4,iterated=true",
+            "algorithm=reinforce",
+            "algorithm=rest",
+            "algorithm=gkd,gkd_teacher=t",
+        )
+    }
+    assert roles == {
+        "algorithm=jbond": (Role.POLICY, Role.ANCHOR),
+        "algorithm=bond,n=4": (Role.POLICY, Role.REFERENCE),
+        "algorithm=bond,n=4,iterated=true": (Role.POLICY, Role.ANCHOR),
+        "algorithm=reinforce": (Role.POLICY,),
+        "algorithm=rest": (Role.POLICY,),
+        "algorithm=gkd,gkd_teacher=t": (Role.POLICY,),
+    }
 
 
 def test_gkd_and_rest_train_on_one_policy_sample_per_prompt_and_no_target():
@@ -85,8 +98,15 @@ def test_the_progress_bar_names_every_algorithm():
     from bond.config import Algorithm, BondConfig
     from cluster.outputs.run_log import algorithm_name
 
-    names = {a: algorithm_name(BondConfig(algorithm=a, n=4 if a is Algorithm.BOND else 2, k_quantile=4,
-                                          gkd_teacher="t")) for a in Algorithm}
-    assert names == {Algorithm.JBOND: "J-BOND", Algorithm.BOND: "BOND", Algorithm.REINFORCE: "RLOO",
-                     Algorithm.REST: "ReST", Algorithm.GKD: "GKD"}
+    names = {
+        a: algorithm_name(BondConfig(algorithm=a, n=4 if a is Algorithm.BOND else 2, k_quantile=4, gkd_teacher="t"))
+        for a in Algorithm
+    }
+    assert names == {
+        Algorithm.JBOND: "J-BOND",
+        Algorithm.BOND: "BOND",
+        Algorithm.REINFORCE: "RLOO",
+        Algorithm.REST: "ReST",
+        Algorithm.GKD: "GKD",
+    }
     assert algorithm_name(BondConfig(algorithm=Algorithm.BOND, iterated=True)) == "iterated BOND"

@@ -63,8 +63,7 @@ def test_print_config_prints_the_resolved_yaml_and_exits_0(capsys, tmp_path):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["run"]["steps"] == 7 and printed["algorithm"]["beta"] == 0.25
     assert printed["eval"]["every_steps"] == 0 and printed["learner"]["zero_stage"] == 3  # defaults shown too
-    assert loading.build(JobConfig, printed) == parse_config(["--config", str(path),
-                                                                      "--set", "algorithm.beta=0.25"])
+    assert loading.build(JobConfig, printed) == parse_config(["--config", str(path), "--set", "algorithm.beta=0.25"])
 
 
 def test_bad_value_exits_2_naming_the_field(capsys):
@@ -74,13 +73,16 @@ def test_bad_value_exits_2_naming_the_field(capsys):
     assert "config error: eval.holdout_fraction: must be in [0, 1)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides,field", [
-    (["eval.every_steps=10"], "eval.every_steps"),  # evaluation without held-out prompts
-    (["eval.every_steps=10", "eval.holdout_fraction=0.2", "eval.prompts.path=x.jsonl"], "eval.holdout_fraction"),
-    (["eval.greedy=false", "eval.sampled=false"], "eval.greedy"),
-    (["run.keep_checkpoints=-1"], "run.keep_checkpoints"),
-    (["run.export_every=-5"], "run.export_every"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (["eval.every_steps=10"], "eval.every_steps"),  # evaluation without held-out prompts
+        (["eval.every_steps=10", "eval.holdout_fraction=0.2", "eval.prompts.path=x.jsonl"], "eval.holdout_fraction"),
+        (["eval.greedy=false", "eval.sampled=false"], "eval.greedy"),
+        (["run.keep_checkpoints=-1"], "run.keep_checkpoints"),
+        (["run.export_every=-5"], "run.export_every"),
+    ],
+)
 def test_eval_and_run_fields_are_validated(overrides, field):
     from bond.config import ConfigError
 

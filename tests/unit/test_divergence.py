@@ -14,8 +14,11 @@ V, T = 3, 3
 def _toy_model(seed: int) -> dict[tuple[int, ...], torch.Tensor]:
     """Next-token logits for every prefix of a length-T sequence over V tokens: an enumerable autoregressive model."""
     g = torch.Generator().manual_seed(seed)
-    return {prefix: torch.randn(V, generator=g, dtype=torch.float64) * 1.5
-            for t in range(T) for prefix in itertools.product(range(V), repeat=t)}
+    return {
+        prefix: torch.randn(V, generator=g, dtype=torch.float64) * 1.5
+        for t in range(T)
+        for prefix in itertools.product(range(V), repeat=t)
+    }
 
 
 def _enumerate(pi, ref):
@@ -48,9 +51,12 @@ def test_every_estimator_is_unbiased_for_the_sequence_kl():
 def test_padding_and_prompt_positions_contribute_nothing():
     logits_pi, logits_ref, ids, _, _ = _enumerate(_toy_model(2), _toy_model(3))
     pad = torch.randn(ids.shape[0], 2, V, dtype=torch.float64) * 9  # garbage logits at masked positions
-    est = kl_estimates(torch.cat([logits_pi, pad], 1), torch.cat([logits_ref, -pad], 1),
-                       torch.cat([ids, torch.zeros(ids.shape[0], 2, dtype=torch.long)], 1),
-                       torch.cat([torch.ones_like(ids), torch.zeros(ids.shape[0], 2, dtype=torch.long)], 1))
+    est = kl_estimates(
+        torch.cat([logits_pi, pad], 1),
+        torch.cat([logits_ref, -pad], 1),
+        torch.cat([ids, torch.zeros(ids.shape[0], 2, dtype=torch.long)], 1),
+        torch.cat([torch.ones_like(ids), torch.zeros(ids.shape[0], 2, dtype=torch.long)], 1),
+    )
     ref = kl_estimates(logits_pi, logits_ref, ids, torch.ones_like(ids))
     for name in ("sampled", "k3", "tokenwise"):
         assert torch.allclose(getattr(est, name), getattr(ref, name))

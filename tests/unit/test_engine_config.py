@@ -15,20 +15,23 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU = ["--set", "resources.gpus_per_actor=1"]
 
 
-@pytest.mark.parametrize("assignment,field", [
-    ("engine.gpu_memory_utilization=0", "engine.gpu_memory_utilization"),
-    ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization"),
-    ("engine.tensor_parallel_size=0", "engine.tensor_parallel_size"),
-    ("engine.max_model_len=1", "engine.max_model_len"),
-    ("engine.max_num_seqs=0", "engine.max_num_seqs"),
-    ("engine.dtype=fp8", "engine.dtype"),
-    ("engine.enforce_eager=maybe", "engine.enforce_eager"),
-    ("engine.tensor_parallel_size=2", "engine.tensor_parallel_size"),  # CPU actors (gpus_per_actor 0)
-    ("engine.enable_sleep_mode=true", "engine.enable_sleep_mode"),  # CPU actors
-    ("models.sampler_dtype=float32", "models.sampler_dtype"),  # moved to engine.dtype: refused, not ignored
-    ("prompts.max_prompt_length=0", "prompts.max_prompt_length"),
-    ("prompts.extra_columns=[prompt]", "prompts.extra_columns"),
-])
+@pytest.mark.parametrize(
+    "assignment,field",
+    [
+        ("engine.gpu_memory_utilization=0", "engine.gpu_memory_utilization"),
+        ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization"),
+        ("engine.tensor_parallel_size=0", "engine.tensor_parallel_size"),
+        ("engine.max_model_len=1", "engine.max_model_len"),
+        ("engine.max_num_seqs=0", "engine.max_num_seqs"),
+        ("engine.dtype=fp8", "engine.dtype"),
+        ("engine.enforce_eager=maybe", "engine.enforce_eager"),
+        ("engine.tensor_parallel_size=2", "engine.tensor_parallel_size"),  # CPU actors (gpus_per_actor 0)
+        ("engine.enable_sleep_mode=true", "engine.enable_sleep_mode"),  # CPU actors
+        ("models.sampler_dtype=float32", "models.sampler_dtype"),  # moved to engine.dtype: refused, not ignored
+        ("prompts.max_prompt_length=0", "prompts.max_prompt_length"),
+        ("prompts.extra_columns=[prompt]", "prompts.extra_columns"),
+    ],
+)
 def test_bad_engine_values_fail_naming_the_field(assignment, field):
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}: "):
         parse_config(["--set", assignment])
@@ -75,7 +78,10 @@ def test_shipped_gpu_configs_validate(name, gpus):
     assert Path(job.run.run_dir).is_absolute()
     assert job.prompts.string_as_user_message and job.prompts.extra_columns == () and job.reward.gpus_per_replica > 0
     res = job.resources
-    total = ((res.policy_actors + res.anchor_actors) * job.actor_gpus + res.learner_ranks * res.gpus_per_learner
-             + job.reward.replicas * job.reward.gpus_per_replica)
+    total = (
+        (res.policy_actors + res.anchor_actors) * job.actor_gpus
+        + res.learner_ranks * res.gpus_per_learner
+        + job.reward.replicas * job.reward.gpus_per_replica
+    )
     assert total == pytest.approx(gpus)  # the layout fills the node exactly
     assert loading.build(JobConfig, loading.to_dict(job)) == job

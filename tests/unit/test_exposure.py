@@ -28,8 +28,9 @@ def test_torch_load_only_with_weights_only_and_no_pickle():
     assert torch_loads, "expected the learner's optimizer/RNG torch.load calls"
     for file, line, call in torch_loads:
         kw = {k.arg: k.value for k in call.keywords}
-        assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+        assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, (
             f"{file}:{line}: torch.load without weights_only=True unpickles arbitrary objects"
+        )
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
@@ -40,13 +41,19 @@ def test_no_model_is_loaded_with_remote_code():
     for name in ("from_pretrained", "LLM", "load_dataset"):
         for file, line, call in calls(name):
             for k in call.keywords:
-                assert not (k.arg == "trust_remote_code" and not (isinstance(k.value, ast.Constant)
-                                                                   and k.value.value is False)), f"{file}:{line}"
+                assert not (
+                    k.arg == "trust_remote_code" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                ), f"{file}:{line}"
 
 
 def test_readme_bad_input_table_is_up_to_date():
-    out = subprocess.run([sys.executable, "-m", "tests.bad_input_table", "--check"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bad_input_table", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     readme = (ROOT / "README.md").read_text().splitlines()
     rows = [line for line in readme if line.startswith("| ") and "`tests/" in line]

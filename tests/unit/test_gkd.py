@@ -80,8 +80,9 @@ def test_forward_kl_gradient_is_student_minus_teacher_probabilities():
 def test_masked_sum_counts_only_completion_positions_and_ignores_chunking():
     s, t = logits(3, 4, 6, seed=9), logits(3, 4, 6, seed=10)
     mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 1]])
-    literal = sum(literal_jsd(s[b, k].tolist(), t[b, k].tolist(), 0.5)
-                  for b in range(3) for k in range(4) if mask[b, k])
+    literal = sum(
+        literal_jsd(s[b, k].tolist(), t[b, k].tolist(), 0.5) for b in range(3) for k in range(4) if mask[b, k]
+    )
     for chunk in (1, 3, 1024):
         assert masked_jsd_sum(s, t, mask, 0.5, chunk_tokens=chunk).item() == pytest.approx(literal, rel=1e-12)
     assert masked_jsd_sum(s, t, torch.zeros_like(mask), 0.5).item() == 0.0

@@ -69,8 +69,10 @@ def dashboards() -> list[dict]:
 def test_datasource_is_the_prometheus_the_dashboard_names(datasource):
     assert datasource["type"] == "prometheus" and datasource["access"] == "proxy"
     assert datasource["url"] == ENV["JBOND_PROMETHEUS_URL"]
-    assert (datasource["name"], datasource["uid"]) == (build_dashboard.PROVISIONED_DATASOURCE["name"],
-                                                       build_dashboard.PROVISIONED_DATASOURCE["uid"])
+    assert (datasource["name"], datasource["uid"]) == (
+        build_dashboard.PROVISIONED_DATASOURCE["name"],
+        build_dashboard.PROVISIONED_DATASOURCE["uid"],
+    )
     assert datasource["name"] == "Prometheus"  # Ray's default RAY_PROMETHEUS_NAME: Ray's dashboards find it too
     # Grafana's $__rate_interval is 4 x this; prometheus.yml scrapes at the same interval
     shipped = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
@@ -78,8 +80,9 @@ def test_datasource_is_the_prometheus_the_dashboard_names(datasource):
 
 
 def test_dashboard_file_is_what_build_dashboard_writes():
-    assert build_dashboard.OUTPUT.read_text() == build_dashboard.render(), \
+    assert build_dashboard.OUTPUT.read_text() == build_dashboard.render(), (
         "grafana/dashboards/jbond.json is stale: run `python -m monitoring.build_dashboard`"
+    )
 
 
 def resolves(ref: dict | None, variables: dict[str, dict], source: dict) -> bool:
@@ -94,8 +97,12 @@ def resolves(ref: dict | None, variables: dict[str, dict], source: dict) -> bool
     if not match:
         return uid == source["uid"]
     var = variables.get(match.group(1) or match.group(2))
-    return bool(var) and var["type"] == "datasource" and var["query"] == source["type"] \
+    return (
+        bool(var)
+        and var["type"] == "datasource"
+        and var["query"] == source["type"]
         and var["current"].get("value") == source["uid"]
+    )
 
 
 def test_every_panel_and_query_resolves_to_the_provisioned_datasource(dashboards, datasource):
@@ -126,8 +133,9 @@ def test_dashboard_is_a_valid_grafana_dashboard(dashboards):
             grid = panel["gridPos"]
             assert all(isinstance(grid[k], int) for k in ("h", "w", "x", "y")), panel["title"]
             assert grid["w"] >= 1 and grid["h"] >= 1 and 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
-            mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                    for y in range(grid["y"], grid["y"] + grid["h"])}
+            mine = {
+                (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+            }
             assert not mine & cells, f"{panel['title']} overlaps another panel"
             cells |= mine
             assert panel["type"] in ("row", "timeseries", "stat", "gauge", "table"), panel["type"]

@@ -12,8 +12,13 @@ def test_merged_weight_is_the_literal_sum():
     w0, a, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((5, 7), (3, 7), (5, 3)))
     s = scaling(3, 6.0)
     assert s == 2.0
-    expected = torch.tensor([[w0[i, j].item() + s * sum(b[i, k].item() * a[k, j].item() for k in range(3))
-                              for j in range(7)] for i in range(5)], dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [w0[i, j].item() + s * sum(b[i, k].item() * a[k, j].item() for k in range(3)) for j in range(7)]
+            for i in range(5)
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(merged_weight(w0, a, b, s), expected, rtol=0, atol=1e-12)
     assert torch.equal(merged_weight(w0, a, torch.zeros_like(b), s), w0)  # B = 0: exactly the base
     with pytest.raises(ValueError, match="base weight"):
@@ -41,8 +46,13 @@ def test_adapter_ema_is_elementwise_on_a_and_b():
     g = torch.Generator().manual_seed(1)
     anchor = [torch.randn(3, 4, generator=g), torch.zeros(4, 3)]  # B starts at zero: the anchor is the reference
     policy = [torch.randn(3, 4, generator=g), torch.randn(4, 3, generator=g)]
-    expected = [[[(1 - 0.25) * x.item() + 0.25 * y.item() for x, y in zip(ra, rp, strict=True)]
-                 for ra, rp in zip(ta, tp, strict=True)] for ta, tp in zip(anchor, policy, strict=True)]
+    expected = [
+        [
+            [(1 - 0.25) * x.item() + 0.25 * y.item() for x, y in zip(ra, rp, strict=True)]
+            for ra, rp in zip(ta, tp, strict=True)
+        ]
+        for ta, tp in zip(anchor, policy, strict=True)
+    ]
     ema_update_(anchor, policy, 0.25)
     for t, e in zip(anchor, expected, strict=True):
         torch.testing.assert_close(t, torch.tensor(e), rtol=0, atol=1e-6)

@@ -70,8 +70,12 @@ def test_leave_one_out_with_an_all_reduce_sees_the_global_batch():
     def fake_two_rank_sum(other):
         return lambda local: local + torch.stack([other.sum(), torch.tensor(float(other.numel()))])
 
-    got = torch.cat([leave_one_out_baseline(half_a, fake_two_rank_sum(half_b)),
-                     leave_one_out_baseline(half_b, fake_two_rank_sum(half_a))])
+    got = torch.cat(
+        [
+            leave_one_out_baseline(half_a, fake_two_rank_sum(half_b)),
+            leave_one_out_baseline(half_b, fake_two_rank_sum(half_a)),
+        ]
+    )
     torch.testing.assert_close(got, leave_one_out_baseline(x))
 
 
@@ -186,6 +190,7 @@ def test_bond_jeffreys_gradient_equals_literal():
     y = torch.randint(0, 6, (4,), generator=g)
     ref_draws = torch.randint(0, 6, (4, 16), generator=g)
     best = torch.randint(0, 6, (4,), generator=g)
+
     def args():
         logp = torch.log_softmax(logits, -1)
         return logp[y], ref[y], logp[best], rewards[y], rewards[ref_draws], 4, 0.5
@@ -228,8 +233,11 @@ def test_expected_jbond_gradient_is_the_gradient_of_its_objective(beta, gamma):
     p_le = torch.stack([anchor[rewards <= rewards[i]].sum() for i in range(K)])
     r_bar = JBOND_PENALTY * (1 - p_le) ** 2
     kl = kl_divergence(pi, anchor)
-    objective = (-(1 - beta) * (bon_probs(anchor, rewards, 2) * torch.log(pi)).sum()
-                 + beta * (kl - (pi * r_bar).sum()) + gamma * kl)
+    objective = (
+        -(1 - beta) * (bon_probs(anchor, rewards, 2) * torch.log(pi)).sum()
+        + beta * (kl - (pi * r_bar).sum())
+        + gamma * kl
+    )
     torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
 
 
@@ -288,7 +296,7 @@ def test_expected_bond_gradient_by_enumeration(beta):
 
     r_bar = torch.tensor([r_bond_mc(i) for i in range(K)])
     p = torch.softmax(logits, -1)
-    objective = (-(1 - beta) * (bon_probs(ref, rewards, n) * torch.log(p)).sum()
-                 + beta * (kl_divergence(p, ref) - (n - 1) * (p * r_bar).sum()))
+    objective = -(1 - beta) * (bon_probs(ref, rewards, n) * torch.log(p)).sum() + beta * (
+        kl_divergence(p, ref) - (n - 1) * (p * r_bar).sum()
+    )
     torch.testing.assert_close(expected, torch.autograd.grad(objective, logits)[0], rtol=1e-9, atol=1e-12)
-

@@ -47,8 +47,9 @@ def test_weighted_jbond_loss_and_gradient_match_the_literal_sums():
     logp_anchor, r_pol, r_anc = torch.randn(B, generator=g), torch.randn(B, generator=g), torch.randn(B, 2, generator=g)
     w_y, w_a = torch.rand(B, generator=g) * 2, torch.rand(B, generator=g) * 2
     beta, gamma = 0.5, 0.7
-    loss, terms = jbond_loss(logp, logp_anchor, logp_best, r_pol, r_anc, beta, gamma, policy_weight=w_y,
-                             anchor_weight=w_a)
+    loss, terms = jbond_loss(
+        logp, logp_anchor, logp_best, r_pol, r_anc, beta, gamma, policy_weight=w_y, anchor_weight=w_a
+    )
     lr = (logp - logp_anchor).detach()
     r_j = torch.where(r_pol < r_anc.min(-1).values, -math.log(16.0), 0.0)
     ret = r_j - lr
@@ -94,10 +95,18 @@ def test_weighted_stale_gradient_equals_the_on_policy_gradient_in_expectation():
         for ys in itertools.product(range(K), repeat=2):
             y = torch.tensor(ys)
             logp = torch.log_softmax(theta, -1)[y]
-            w = importance_weights(logp, sampler_logp[y], torch.ones(2, dtype=torch.bool), cap=1e9) if weighted \
+            w = (
+                importance_weights(logp, sampler_logp[y], torch.ones(2, dtype=torch.bool), cap=1e9)
+                if weighted
                 else None
-            loss, _ = rloo_kl_loss(logp.view(1, 2), ref[y].view(1, 2), reward[y].view(1, 2), beta_rl,
-                                   policy_weight=None if w is None else w.view(1, 2))
+            )
+            loss, _ = rloo_kl_loss(
+                logp.view(1, 2),
+                ref[y].view(1, 2),
+                reward[y].view(1, 2),
+                beta_rl,
+                policy_weight=None if w is None else w.view(1, 2),
+            )
             (grad,) = torch.autograd.grad(loss, theta)
             total += sampler_logp[y].sum().exp() * grad
         return total

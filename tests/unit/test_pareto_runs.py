@@ -32,7 +32,9 @@ def test_every_method_of_the_family_is_a_valid_job_and_gkd_distils_a_jbond_run()
     assert _job(teacher).algorithm.algorithm is Algorithm.JBOND and _job(teacher).algorithm.eta == 0.2
     assert _job(gkd, Path("out")).algorithm.gkd_teacher == "out/jbond_eta0.2/seed0/final_policy"
     assert [v.name for v in pareto.variants([0.2], [1.0], [], rest=False, gkd_teacher_eta=None)] == [
-        "J-BOND eta=0.2", "REINFORCE beta_RL=1"]
+        "J-BOND eta=0.2",
+        "REINFORCE beta_RL=1",
+    ]
 
 
 def test_rest_draws_about_jbonds_samples_in_the_same_steps():
@@ -40,8 +42,9 @@ def test_rest_draws_about_jbonds_samples_in_the_same_steps():
     algo = job.algorithm
     grown = algo.rest_grow_prompts * algo.rest_samples_per_prompt
     rewards = [math.sin(i) for i in range(grown)]  # continuous: no ties at the thresholds
-    steps_per_round = sum(len(p.batches) for p in improve_schedule(rewards, algo.rest_quantiles,
-                                                                     algo.prompts_per_step, seed=0))
+    steps_per_round = sum(
+        len(p.batches) for p in improve_schedule(rewards, algo.rest_quantiles, algo.prompts_per_step, seed=0)
+    )
     rest_samples = math.ceil(job.run.steps / steps_per_round) * grown
     jbond_samples = job.run.steps * algo.prompts_per_step * 3  # 1 policy + 2 anchor samples per prompt
     assert abs(rest_samples - jbond_samples) <= 0.1 * jbond_samples, (rest_samples, jbond_samples)

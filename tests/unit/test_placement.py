@@ -17,24 +17,40 @@ def resources(*sets: str):
 
 
 def test_split_plan_gives_each_role_its_own_bundles_on_its_labelled_nodes():
-    res = resources("policy_actors=2", "learner_ranks=2", "cpus_per_actor=1", "cpus_per_learner=3",
-                    "actor_node_labels={pool: actors}", "learner_node_labels={pool: trainers}")
+    res = resources(
+        "policy_actors=2",
+        "learner_ranks=2",
+        "cpus_per_actor=1",
+        "cpus_per_learner=3",
+        "actor_node_labels={pool: actors}",
+        "learner_node_labels={pool: trainers}",
+    )
     plan = placement.plan(res, actor_gpus=0.0)
     assert set(plan.groups) == {"policy", "anchor", placement.LEARNER}
     assert plan.groups["policy"].labels == plan.groups["anchor"].labels == {"pool": "actors"}
     assert plan.groups[placement.LEARNER].labels == {"pool": "trainers"}
     assert len(plan.groups["policy"].bundles) == 2 and len(plan.groups["anchor"].bundles) == 1
-    assert [(s.group, s.bundle, s.num_cpus) for s in plan.actors[Role.POLICY]] == [("policy", 0, 1.0),
-                                                                                    ("policy", 1, 1.0)]
+    assert [(s.group, s.bundle, s.num_cpus) for s in plan.actors[Role.POLICY]] == [
+        ("policy", 0, 1.0),
+        ("policy", 1, 1.0),
+    ]
     assert [(s.bundle, s.num_cpus, s.omp_threads) for s in plan.learner] == [(0, 3.0, None), (1, 3.0, None)]
 
 
-@pytest.mark.parametrize(("ranks", "policy", "anchor", "gpus"), [(1, 1, 1, 0.0), (2, 1, 1, 0.0), (2, 3, 2, 1.0),
-                                                                 (4, 1, 1, 1.0)])
+@pytest.mark.parametrize(
+    ("ranks", "policy", "anchor", "gpus"), [(1, 1, 1, 0.0), (2, 1, 1, 0.0), (2, 3, 2, 1.0), (4, 1, 1, 1.0)]
+)
 def test_colocated_plan_fits_every_bundle_and_spreads_the_actors(ranks, policy, anchor, gpus):
-    sets = [f"learner_ranks={ranks}", f"policy_actors={policy}", f"anchor_actors={anchor}", "colocate=true",
-            "cpus_per_learner=2", f"gpus_per_learner={gpus}", f"gpus_per_actor={gpus}",
-            "learner_node_labels={pool: gpu}"]
+    sets = [
+        f"learner_ranks={ranks}",
+        f"policy_actors={policy}",
+        f"anchor_actors={anchor}",
+        "colocate=true",
+        "cpus_per_learner=2",
+        f"gpus_per_learner={gpus}",
+        f"gpus_per_actor={gpus}",
+        "learner_node_labels={pool: gpu}",
+    ]
     plan = placement.plan(resources(*sets), actor_gpus=gpus)
     (group,) = plan.groups.values()
     assert len(group.bundles) == ranks and group.labels == {"pool": "gpu"}
@@ -55,23 +71,37 @@ def test_colocated_plan_fits_every_bundle_and_spreads_the_actors(ranks, policy, 
         assert all(s.omp_threads == max(1, 2 // counts[s.bundle]) for s in slots if s not in plan.learner)
 
 
-@pytest.mark.parametrize(("sets", "message"), [
-    (["actor_node_labels=[pool]"], "^resources.actor_node_labels: expected a mapping"),
-    (["learner_node_labels={pool: 3}"], "^resources.learner_node_labels: label pool: 3 is not a Ray node-label value"),
-    (["actor_node_labels={'has space': x}"], "^resources.actor_node_labels: 'has space' is not a Ray node-label key"),
-    (["colocate=true", "actor_node_labels={pool: a}"], "^resources.actor_node_labels: colocated actors run in"),
-    (["colocate=true", "gpus_per_actor=0.5"], "^resources.gpus_per_actor: colocated actors share"),
-])
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["actor_node_labels=[pool]"], "^resources.actor_node_labels: expected a mapping"),
+        (
+            ["learner_node_labels={pool: 3}"],
+            "^resources.learner_node_labels: label pool: 3 is not a Ray node-label value",
+        ),
+        (
+            ["actor_node_labels={'has space': x}"],
+            "^resources.actor_node_labels: 'has space' is not a Ray node-label key",
+        ),
+        (["colocate=true", "actor_node_labels={pool: a}"], "^resources.actor_node_labels: colocated actors run in"),
+        (["colocate=true", "gpus_per_actor=0.5"], "^resources.gpus_per_actor: colocated actors share"),
+    ],
+)
 def test_bad_placement_values_name_the_field(sets, message):
     with pytest.raises(ConfigError, match=message):
         resources(*sets)
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--set", "run.mode=pipelined"], "^resources.colocate: .*use run.mode: sync"),
-    (["--set", "resources.gpus_per_actor=1", "--set", "resources.gpus_per_learner=1"],
-     "^engine.enable_sleep_mode: colocated vLLM engines on GPU"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "run.mode=pipelined"], "^resources.colocate: .*use run.mode: sync"),
+        (
+            ["--set", "resources.gpus_per_actor=1", "--set", "resources.gpus_per_learner=1"],
+            "^engine.enable_sleep_mode: colocated vLLM engines on GPU",
+        ),
+    ],
+)
 def test_colocate_refuses_what_cannot_take_turns(extra, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(["--set", "resources.colocate=true", *extra])

@@ -51,14 +51,29 @@ def test_cursor_walks_epochs_deterministically():
 
 
 def sample(role, prompt_id, reward, j=0):
-    c = Completion(prompt_id=prompt_id, prompt=f"p{prompt_id}", prompt_token_ids=(1,), token_ids=(5, 2),
-                   text=f"y{j}", logprobs=(-0.1, -0.2), role=role, weights_version=4, finish_reason="stop")
+    c = Completion(
+        prompt_id=prompt_id,
+        prompt=f"p{prompt_id}",
+        prompt_token_ids=(1,),
+        token_ids=(5, 2),
+        text=f"y{j}",
+        logprobs=(-0.1, -0.2),
+        role=role,
+        weights_version=4,
+        finish_reason="stop",
+    )
     return ScoredCompletion(c, reward=reward, reward_model_id="rm")
 
 
 def test_make_batch_pairs_by_prompt():
-    scored = [sample(Role.ANCHOR, 1, 0.5, 0), sample(Role.POLICY, 1, 1.0), sample(Role.POLICY, 0, 0.0),
-              sample(Role.ANCHOR, 0, 0.1, 0), sample(Role.ANCHOR, 0, 0.2, 1), sample(Role.ANCHOR, 1, 0.6, 1)]
+    scored = [
+        sample(Role.ANCHOR, 1, 0.5, 0),
+        sample(Role.POLICY, 1, 1.0),
+        sample(Role.POLICY, 0, 0.0),
+        sample(Role.ANCHOR, 0, 0.1, 0),
+        sample(Role.ANCHOR, 0, 0.2, 1),
+        sample(Role.ANCHOR, 1, 0.6, 1),
+    ]
     batch = make_batch(scored, SamplingPlan(policy=1, target_role=Role.ANCHOR, target=2))
     assert [[p.completion.prompt_id for p in g] for g in batch.policy] == [[0], [1]]
     assert [[a.reward for a in g] for g in batch.target] == [[0.1, 0.2], [0.5, 0.6]]
@@ -84,7 +99,12 @@ def test_episodes_rlds_rows(tmp_path):
     row = table.slice(0, 1).to_pylist()[0]
     assert row["is_first"] and row["is_last"] and row["is_terminal"] and row["discount"] == 1.0
     assert (row["observation"], row["action"], row["reward"], row["role"], row["weights_version"]) == (
-        "p0", "y0", 1.5, "policy", 4)
+        "p0",
+        "y0",
+        1.5,
+        "policy",
+        4,
+    )
     assert row["logprobs"] == pytest.approx([-0.1, -0.2])
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -6,8 +6,16 @@ from bond.records import Batch, Completion, Role, ScoredCompletion
 
 
 def completion(prompt_id=0, role=Role.POLICY, tokens=(5, 6), logprobs=(-0.5, -1.0)):
-    return Completion(prompt_id=prompt_id, prompt="the movie", prompt_token_ids=(1, 2), token_ids=tokens,
-                      text="was fun", logprobs=logprobs, role=role, weights_version=3)
+    return Completion(
+        prompt_id=prompt_id,
+        prompt="the movie",
+        prompt_token_ids=(1, 2),
+        token_ids=tokens,
+        text="was fun",
+        logprobs=logprobs,
+        role=role,
+        weights_version=3,
+    )
 
 
 def scored(reward=1.0, **kw):
@@ -41,8 +49,10 @@ def test_batch_checks_roles_and_prompts():
     with pytest.raises(ValueError, match="prompt ids"):
         Batch(policy=((scored(),),), target=((scored(role=Role.ANCHOR, prompt_id=1),),))
     with pytest.raises(ValueError, match="same number of target"):
-        Batch(policy=((scored(),), (scored(prompt_id=1),)),
-              target=((scored(role=Role.ANCHOR),), (scored(role=Role.ANCHOR, prompt_id=1),) * 2))
+        Batch(
+            policy=((scored(),), (scored(prompt_id=1),)),
+            target=((scored(role=Role.ANCHOR),), (scored(role=Role.ANCHOR, prompt_id=1),) * 2),
+        )
     with pytest.raises(ValueError, match="same nonzero number of policy"):
         Batch(policy=((),), target=((),))
     # rest's SFT batch: single policy samples, two of them may share a prompt
@@ -57,6 +67,11 @@ def test_request_seeds_are_distinct_across_roles_actors_and_steps():
     from cluster.runtime.ray_system import role_settings
 
     # the loop's base seed is run.seed * 1_000_003 + step: step itself for run.seed 0
-    seeds = [role_settings(SamplingSettings(seed=step), role).sample_seed(prompt_id, j)
-             for step in range(3) for role in Role for prompt_id in range(16) for j in range(4)]
+    seeds = [
+        role_settings(SamplingSettings(seed=step), role).sample_seed(prompt_id, j)
+        for step in range(3)
+        for role in Role
+        for prompt_id in range(16)
+        for j in range(4)
+    ]
     assert len(set(seeds)) == len(seeds) == 3 * 3 * 16 * 4

@@ -15,17 +15,22 @@ from cluster.training import rest
 from learner.checkpoint_dir import CheckpointError
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (["algorithm.algorithm=gkd"], "algorithm.gkd_teacher"),
-    (["algorithm.gkd_beta=1.5"], "algorithm.gkd_beta"),
-    (["algorithm.rest_quantiles=[0.0, 0.9, 0.7]"], "algorithm.rest_quantiles"),
-    (["algorithm.rest_quantiles=[0.0, 1.0]"], "algorithm.rest_quantiles"),
-    (["algorithm.rest_quantiles=[]"], "algorithm.rest_quantiles"),
-    (["algorithm.rest_samples_per_prompt=0"], "algorithm.rest_samples_per_prompt"),
-    (["algorithm.algorithm=rest", "algorithm.rest_grow_prompts=4", "algorithm.rest_samples_per_prompt=2"],
-     "algorithm.rest_grow_prompts"),  # 8 samples < prompts_per_step 128
-    (["algorithm.algorithm=rest", "run.mode=pipelined"], "run.mode"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["algorithm.algorithm=gkd"], "algorithm.gkd_teacher"),
+        (["algorithm.gkd_beta=1.5"], "algorithm.gkd_beta"),
+        (["algorithm.rest_quantiles=[0.0, 0.9, 0.7]"], "algorithm.rest_quantiles"),
+        (["algorithm.rest_quantiles=[0.0, 1.0]"], "algorithm.rest_quantiles"),
+        (["algorithm.rest_quantiles=[]"], "algorithm.rest_quantiles"),
+        (["algorithm.rest_samples_per_prompt=0"], "algorithm.rest_samples_per_prompt"),
+        (
+            ["algorithm.algorithm=rest", "algorithm.rest_grow_prompts=4", "algorithm.rest_samples_per_prompt=2"],
+            "algorithm.rest_grow_prompts",
+        ),  # 8 samples < prompts_per_step 128
+        (["algorithm.algorithm=rest", "run.mode=pipelined"], "run.mode"),
+    ],
+)
 def test_bad_rest_and_gkd_fields_are_config_errors(overrides, field):
     args = [a for o in overrides for a in ("--set", o)]
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}: "):
@@ -55,16 +60,39 @@ def test_the_teacher_is_checked_before_start(tiny_dir, tmp_path):
 
 
 def grow_samples(rewards):
-    return [ScoredCompletion(Completion(prompt_id=i // 2, prompt=f"p{i // 2}", prompt_token_ids=(1, 7 + i),
-                                        token_ids=(9, 2), text="good movie", logprobs=(-0.5, -0.25),
-                                        role=Role.POLICY, weights_version=3, finish_reason="stop"),
-                             reward=r, reward_model_id="rm@1") for i, r in enumerate(rewards)]
+    return [
+        ScoredCompletion(
+            Completion(
+                prompt_id=i // 2,
+                prompt=f"p{i // 2}",
+                prompt_token_ids=(1, 7 + i),
+                token_ids=(9, 2),
+                text="good movie",
+                logprobs=(-0.5, -0.25),
+                role=Role.POLICY,
+                weights_version=3,
+                finish_reason="stop",
+            ),
+            reward=r,
+            reward_model_id="rm@1",
+        )
+        for i, r in enumerate(rewards)
+    ]
 
 
 def rest_job(**fields):
-    args = ["--set", "algorithm.algorithm=rest", "--set", "algorithm.prompts_per_step=4",
-            "--set", "algorithm.rest_grow_prompts=4", "--set", "algorithm.rest_samples_per_prompt=2",
-            "--set", "algorithm.rest_quantiles=[0.0, 0.5]"]
+    args = [
+        "--set",
+        "algorithm.algorithm=rest",
+        "--set",
+        "algorithm.prompts_per_step=4",
+        "--set",
+        "algorithm.rest_grow_prompts=4",
+        "--set",
+        "algorithm.rest_samples_per_prompt=2",
+        "--set",
+        "algorithm.rest_quantiles=[0.0, 0.5]",
+    ]
     return parse_config(args + [a for k, v in fields.items() for a in ("--set", f"{k}={v}")])
 
 

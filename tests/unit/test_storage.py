@@ -57,11 +57,18 @@ def test_relative_storage_root_is_refused():
 def test_cli_refuses_at_start_up_with_a_config_error(tmp_path):
     """`python -m cluster.main` as Ray's job supervisor would start it: exit 2 before Ray or a model starts."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **SUBMITTED}
-    out = subprocess.run([sys.executable, "-m", "cluster.main", "--config", "configs/smoke.yaml"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.main", "--config", "configs/smoke.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stderr.startswith("config error: run.run_dir: 'runs/smoke' is relative and it runs as a "
-                                 "`ray job submit` job (raysubmit_1)"), out.stderr
+    assert out.stderr.startswith(
+        "config error: run.run_dir: 'runs/smoke' is relative and it runs as a `ray job submit` job (raysubmit_1)"
+    ), out.stderr
 
 
 def test_outputs_report_lists_absolute_paths_of_what_exists(tmp_path):

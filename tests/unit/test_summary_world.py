@@ -18,9 +18,16 @@ def test_sources_parse_back_to_their_claims_and_are_review_sentences():
         assert world.source_of(world.prompt(src)) == src
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("faithful", "entailment"), ("copy", "entailment"),
-                                                ("contradiction", "contradiction"), ("hallucination", "neutral"),
-                                                ("swap", "neutral")])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("faithful", "entailment"),
+        ("copy", "entailment"),
+        ("contradiction", "contradiction"),
+        ("hallucination", "neutral"),
+        ("swap", "neutral"),
+    ],
+)
 def test_each_summary_kind_gets_its_label(kind, expected):
     rng = random.Random(kind)
     for _ in range(200):
@@ -53,8 +60,10 @@ def test_nli_examples_cover_every_label():
 
 def test_summary_stats():
     p = world.prompt("the plot was dull and the acting was great .")
-    stats = world.summary_stats([p] * 4, ["the plot was dull .", "the plot was fun .",
-                                          "the plot was dull and the acting was great .", "dull dull"])
+    stats = world.summary_stats(
+        [p] * 4,
+        ["the plot was dull .", "the plot was fun .", "the plot was dull and the acting was great .", "dull dull"],
+    )
     assert (stats.faithful, stats.contradiction, stats.neutral, stats.malformed) == (0.5, 0.25, 0.0, 0.25)
     assert stats.copy_rate == 0.25 and stats.words == pytest.approx((5 + 5 + 10 + 2) / 4)
     with pytest.raises(ValueError, match="not a prompt of the summary world"):

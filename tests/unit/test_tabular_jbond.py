@@ -22,12 +22,14 @@ def train(steps: int = 200, k: int = 12, batch: int = 128, seed: int = 0):
         pi, pa = torch.softmax(logits.detach(), -1), torch.softmax(anchor, -1)
         if step % 25 == 0:
             to_bo2m = [kl_divergence(pa, bon_probs(ref, rewards, 2**m)).item() for m in range(8)]
-            history.append({
-                "kl_pi_bo2_anchor": kl_divergence(pi, bon_probs(pa, rewards, 2)).item(),
-                "kl_pi_ref": kl_divergence(pi, ref).item(),
-                "anchor_m": min(range(8), key=to_bo2m.__getitem__),
-                "anchor_reward": (pa * rewards).sum().item(),
-            })
+            history.append(
+                {
+                    "kl_pi_bo2_anchor": kl_divergence(pi, bon_probs(pa, rewards, 2)).item(),
+                    "kl_pi_ref": kl_divergence(pi, ref).item(),
+                    "anchor_m": min(range(8), key=to_bo2m.__getitem__),
+                    "anchor_reward": (pa * rewards).sum().item(),
+                }
+            )
         y = torch.multinomial(pi, batch, replacement=True, generator=g)
         ya = torch.multinomial(pa, 2 * batch, replacement=True, generator=g).view(batch, 2)
         logp = torch.log_softmax(logits, -1)

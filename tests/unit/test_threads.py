@@ -6,8 +6,14 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.runtime.threads import ThreadCounts, ThreadPolicy, thread_counts, thread_env
 
-LOCAL = {"learner_ranks": 1, "actors": 2, "reward_replicas": 1, "cpus_per_learner": 0.5, "cpus_per_actor": 0.5,
-         "cpus_per_replica": 0.5}
+LOCAL = {
+    "learner_ranks": 1,
+    "actors": 2,
+    "reward_replicas": 1,
+    "cpus_per_learner": 0.5,
+    "cpus_per_actor": 0.5,
+    "cpus_per_replica": 0.5,
+}
 
 
 def test_sync_phase_gives_the_active_phase_the_idle_cores():

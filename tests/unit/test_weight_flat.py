@@ -12,8 +12,12 @@ from bond.records import Role, WeightUpdate
 
 def test_pack_unpack_is_exact_aligned_and_copy_free():
     gen = torch.Generator().manual_seed(0)
-    tensors = {"a": torch.randn(3, 5, generator=gen), "b": torch.randn(7, generator=gen).to(torch.bfloat16),
-               "c": torch.randn(2, 3, generator=gen).to(torch.float16).t(), "d": torch.randn(1, generator=gen)}
+    tensors = {
+        "a": torch.randn(3, 5, generator=gen),
+        "b": torch.randn(7, generator=gen).to(torch.bfloat16),
+        "c": torch.randn(2, 3, generator=gen).to(torch.float16).t(),
+        "d": torch.randn(1, generator=gen),
+    }
     flat = FlatUpdate.pack(WeightUpdate(Role.POLICY, 4, tensors, last_bucket=False))
     assert all(off % ALIGN == 0 for off in flat.offsets) and isinstance(flat.buffer, np.ndarray)
     shipped = pickle.loads(pickle.dumps(flat, protocol=5))  # what Ray's object store does
