@@ -1,4 +1,4 @@
-"""Best-of-N: its exact distribution, Monte-Carlo quantiles and the BOND reward (ALGORITHM.md section 1-2).
+"""Best-of-N: its exact distribution, Monte-Carlo quantiles and the BOND reward (docs/algorithm.md sections 1-2).
 
 Ties are handled exactly: the Best-of-N sample is the *first* of the N draws with the highest reward,
 so y wins at draw i iff the i-1 earlier draws are strictly worse and the N-i later ones are not better:

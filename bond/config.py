@@ -51,7 +51,7 @@ def check_types(obj: object, prefix: str = "") -> None:
 
 @dataclass(frozen=True)
 class BondConfig:
-    """Hyper-parameters of the learning algorithm (defaults: the paper's Gemma-7B J-BOND run, ALGORITHM.md 3)."""
+    """Hyper-parameters of the learning algorithm (defaults: the paper's Gemma-7B J-BOND run, docs/algorithm.md 3)."""
 
     algorithm: Algorithm = Algorithm.JBOND
     """Which objective the learner optimises."""

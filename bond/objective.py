@@ -100,7 +100,7 @@ def jbond_loss(
     policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
     anchor_weight: torch.Tensor | None = None,  # [B] importance weight of the anchor pair [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
-    """The J-BOND surrogate: (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (ALGORITHM.md section 3).
+    """The J-BOND surrogate: (1 - beta) * loss_fw + beta * loss_bw + gamma * loss_reg (docs/algorithm.md section 3).
 
     Stale samples (pipelined mode): the SFT half is weighted by the pair's weight, the regulariser (a function
     of y only) by y's, the backward half (r_J depends on y and the pair) by their product.
@@ -138,7 +138,7 @@ def bond_jeffreys_loss(
     policy_weight: torch.Tensor | None = None,  # [B] importance weight of y (bond.off_policy) [sg]; None: 1
     target_weight: torch.Tensor | None = None,  # [B] importance weight of the k target samples [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
-    """BOND with the Jeffreys divergence J_beta = (1-beta) KL(pi_BoN||pi) + beta KL(pi||pi_BoN) (ALGORITHM.md 2).
+    """BOND with the Jeffreys divergence J_beta = (1-beta) KL(pi_BoN||pi) + beta KL(pi||pi_BoN) (docs/algorithm.md 2).
 
     Stale samples (pipelined mode) as in jbond_loss: the SFT half is weighted by the target group's weight (only
     a moving target, iterated BOND's anchor, can be stale), the backward half by the product of both.
@@ -176,7 +176,7 @@ def rloo_kl_loss(
     beta_rl: float,
     policy_weight: torch.Tensor | None = None,  # [B, k] importance weight of y_ij (bond.off_policy) [sg]; None: 1
 ) -> tuple[torch.Tensor, LossTerms]:
-    """REINFORCE with a KL penalty and the RLOO baseline (ALGORITHM.md section 4; Kool et al. 2019):
+    """REINFORCE with a KL penalty and the RLOO baseline (docs/algorithm.md section 4; Kool et al. 2019):
     R_ij = r_ij - beta_rl (log pi(y_ij) - log pi_ref(y_ij)) [sg], baselined by the mean R of the prompt's
     other k-1 samples, loss = -mean_ij (R_ij - B_ij) log pi(y_ij). The baseline never looks at another prompt,
     so it needs no all-reduce: a prompt's k samples always sit on one rank."""

@@ -1,4 +1,4 @@
-"""What one training step samples for each algorithm (ALGORITHM.md sections 2-4): how many completions per
+"""What one training step samples for each algorithm (docs/algorithm.md sections 2-4): how many completions per
 prompt, from which weights. The loop, the systems and the learner all read a step's shape from here.
 
     jbond      1 policy sample + n = 2 anchor samples           (Algorithm 2)

@@ -1,4 +1,4 @@
-"""A small offline "summarise this review" world for the textual-entailment reward (RLEF, ALGORITHM.md 5).
+"""A small offline "summarise this review" world for the textual-entailment reward (RLEF, docs/algorithm.md section 5).
 
 A source is a multi-clause review ("the plot was very dull but the acting seemed great and the music was
 boring ."); the prompt is "review : <source> summary :" and a summary is its lead clause ("the plot was very

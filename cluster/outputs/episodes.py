@@ -1,4 +1,4 @@
-"""RLDS-style episode logs (ALGORITHM.md section 6) written with pyarrow to Parquet, one file per training step.
+"""RLDS-style episode logs (docs/algorithm.md section 6) written with pyarrow to Parquet, one file per training step.
 
 Each sampled completion is a one-step episode: observation = prompt, action = completion, with its
 reward and full provenance (role, weights version, reward model, token log-probs). Files are written to

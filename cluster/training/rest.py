@@ -1,4 +1,4 @@
-"""ReST (Gulcehre et al. 2023; ALGORITHM.md section 4) on the job's actors, reward service and learner: rounds of
+"""ReST (Gulcehre et al. 2023; docs/algorithm.md section 4) on the job's actors, reward service and learner: rounds of
 Grow then Improve, in place of loop.train when algorithm=rest.
 
 - Grow: algorithm.rest_grow_prompts prompts from the prompt cursor, rest_samples_per_prompt samples of each from

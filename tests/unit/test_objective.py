@@ -92,7 +92,7 @@ def test_best_index_takes_the_first_of_ties():
 
 
 def literal_jbond(logp_pol, logp_anc, logp_best, r_pol, r_anc, beta, gamma):
-    """The J-BOND loss written one sample at a time, straight from ALGORITHM.md section 3."""
+    """The J-BOND loss written one sample at a time, straight from docs/algorithm.md section 3."""
     B = len(logp_pol)
     returns, ratios = [], []
     for i in range(B):

@@ -1,4 +1,4 @@
-"""A tabular policy trained with the sampled BOND loss on an enumerable toy (ALGORITHM.md section 2).
+"""A tabular policy trained with the sampled BOND loss on an enumerable toy (docs/algorithm.md section 2).
 
 BOND-N distils Best-of-n of the frozen reference: KL(pi || Bo-n(ref)) falls to near zero. Iterated BOND
 distils Best-of-n of an anchor that is replaced by the policy every `copy_every` steps: after M copies the

@@ -1,4 +1,4 @@
-"""A tabular policy trained with the sampled J-BOND loss on an enumerable toy (ALGORITHM.md section 3).
+"""A tabular policy trained with the sampled J-BOND loss on an enumerable toy (docs/algorithm.md section 3).
 
 What the paper claims and this checks: each update moves pi toward Best-of-2 of the anchor, and the EMA
 anchor, chasing pi, walks through iterated Best-of-2: it is nearest Bo-2^M of the reference for a
