@@ -1,7 +1,7 @@
-"""The README's bad-input table, built from the tests' `@pytest.mark.bad_input(what, outcome)` markers.
+"""docs/failures.md's bad-input table, built from the tests' `@pytest.mark.bad_input(what, outcome)` markers.
 
-    python -m tests.bad_input_table           # rewrite the table between the README's markers
-    python -m tests.bad_input_table --check   # exit 1 if the README's table is out of date (a unit test runs this)
+    python -m tests.bad_input_table           # rewrite the table between the page's markers
+    python -m tests.bad_input_table --check   # exit 1 if the page's table is out of date (a unit test runs this)
 
 Collects (does not run) the test files that use the marker, so each row names a test that exists.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "failures.md"
 BEGIN, END = "<!-- bad-input-table: begin (python -m tests.bad_input_table) -->", "<!-- bad-input-table: end -->"
 
 
@@ -52,11 +52,11 @@ def table(found: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def rewritten(readme: str, block: str) -> str:
-    head, sep, rest = readme.partition(BEGIN)
+def rewritten(page: str, block: str) -> str:
+    head, sep, rest = page.partition(BEGIN)
     _, sep2, tail = rest.partition(END)
     if not (sep and sep2):
-        raise SystemExit(f"README.md lacks the markers {BEGIN!r} ... {END!r}")
+        raise SystemExit(f"{PAGE.relative_to(ROOT)} lacks the markers {BEGIN!r} ... {END!r}")
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
 
@@ -69,15 +69,15 @@ def main(argv: list[str]) -> int:
         [sys.executable, "-m", "tests.bad_input_table", "--rows"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     block = out[out.index("| # |") :].strip()
-    current = README.read_text()
+    current = PAGE.read_text()
     wanted = rewritten(current, block)
     if "--check" in argv:
         if wanted != current:
-            print("README.md's bad-input table is out of date: run `python -m tests.bad_input_table`")
+            print(f"{PAGE.relative_to(ROOT)}'s bad-input table is out of date: run `python -m tests.bad_input_table`")
             return 1
         return 0
-    README.write_text(wanted)
-    print(f"README.md: {block.count(chr(10)) - 1} bad-input rows")
+    PAGE.write_text(wanted)
+    print(f"{PAGE.relative_to(ROOT)}: {block.count(chr(10)) - 1} bad-input rows")
     return 0
 
 

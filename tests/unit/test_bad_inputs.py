@@ -1,6 +1,6 @@
 """Bad inputs that need no model and no Ray: prompt files, config values, addresses and ports, checkpoints,
 reward-service specs and the loop's scoring retries. Each ends in a ConfigError naming the field (exit 2 from
-`python -m cluster.main`), a typed error, or a counted skip. The README's bad-input table is built from the
+`python -m cluster.main`), a typed error, or a counted skip. docs/failures.md's bad-input table is built from the
 `bad_input` markers (python -m tests.bad_input_table)."""
 
 import errno
