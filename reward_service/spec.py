@@ -66,6 +66,13 @@ class RewardSpec:
     """Largest HTTP body accepted; a larger one is refused with 413 before it is read in full."""
 
     def __post_init__(self) -> None:
+        # In this order, so that a config with several errors is told the same first one as before.
+        self._check_model()
+        self._check_scaling()
+        self._check_serving()
+        self._check_http()
+
+    def _check_model(self) -> None:
         if isinstance(self.kind, str) and not isinstance(self.kind, RewardKind):
             require(
                 self.kind in {k.value for k in RewardKind},
@@ -82,6 +89,8 @@ class RewardSpec:
                 "path_or_name",
                 f"a function reward is named 'package.module:function', got {self.path_or_name!r}",
             )
+
+    def _check_scaling(self) -> None:
         require(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
         require(
             (self.min_replicas is None) == (self.max_replicas is None),
@@ -107,6 +116,8 @@ class RewardSpec:
             "target_ongoing_requests",
             f"must be > 0, got {self.target_ongoing_requests}",
         )
+
+    def _check_serving(self) -> None:
         require(self.cpus_per_replica >= 0, "cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
         require(self.gpus_per_replica >= 0, "gpus_per_replica", f"must be >= 0, got {self.gpus_per_replica}")
         require(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
@@ -127,6 +138,8 @@ class RewardSpec:
                 "premise_pattern",
                 f"expected a string, got {self.premise_pattern!r}",
             )
+
+    def _check_http(self) -> None:
         require(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
         require(bool(self.http_host), "http_host", "must not be empty")
         require(1 <= self.http_port <= 65535, "http_port", f"must be a TCP port in 1..65535, got {self.http_port}")

@@ -126,7 +126,7 @@ def tracked_text_files() -> list[Path]:
 
 def pointers_outside(paths: list[Path]) -> Iterator[str]:
     for path in paths:
-        if path.name == "shape.py":
+        if path.name in ("shape.py", "test_shape.py"):  # they name what they look for
             continue
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
