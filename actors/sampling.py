@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to sample completions (one record for every sampler; fields validated at construction)."""
+    """How to sample completions (one record for every sampler; fields validated at construction). As the job's
+    `sampling` section, temperature, top_p and seed are not settings: the job fixes or derives them
+    (cluster/config/job.py, JobConfig.NOT_SETTINGS)."""
 
     max_new_tokens: int = 32
     """Most tokens generated per completion (EOS included)."""

@@ -129,7 +129,10 @@ def run(job: JobConfig) -> dict:
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     split = evaluation.split_prompts(
-        prompt_set.prompts, job.eval, job.prompts.seed, fit=lambda loaded: preflight.fit_prompts(job, loaded)
+        prompt_set.prompts,
+        job.eval,
+        job.prompts.seed,
+        fit=lambda loaded: preflight.fit_prompts(job, loaded, job.eval.prompts),
     )
     for reason, count in split.skipped.items():
         print(f"eval prompts: skipped {count} rows ({reason})", flush=True)

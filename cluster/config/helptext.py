@@ -147,7 +147,10 @@ def _yaml_value(value: Any) -> str:
 def render(cls: type, instance: Any, width: int = 100) -> str:
     """The help text: one block per section, one entry per field (name, type, default, doc)."""
     lines, section = ["config fields (YAML `section: {field: value}` or --set section.field=value):"], None
+    fixed = getattr(cls, "NOT_SETTINGS", {})
     for h in describe_fields(cls, instance):
+        if h.name in fixed:  # a record's field the job derives or fixes: say so instead of how to set it
+            h = dataclasses.replace(h, doc=f"(not a setting) {fixed[h.name]}")
         top = h.name.split(".")[0]
         if top != section:
             section = top

@@ -100,3 +100,16 @@ def test_wandb_project_without_wandb_is_a_config_error():
         pytest.skip("wandb is installed here")
     with pytest.raises(ConfigError, match="^run.wandb_project: .*not installed"):
         parse_config(["--set", "run.wandb_project=jbond"])
+
+
+def test_help_says_which_record_fields_are_not_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    fields = {name for name, _ in leaf_fields(JobConfig)}
+    assert {"learner.seed"} == set(JobConfig.NOT_SETTINGS) - fields  # removed: the loader still says why
+    for name in set(JobConfig.NOT_SETTINGS) & fields:
+        entry = text.split(f" {name}: ", 1)[1][:120]  # "type = default (not a setting) why ..."
+        assert "(not a setting)" in entry.split(" = ", 1)[1][:40], entry
+    assert "sampling.seed: int | None = null (not a setting) derived: each step's sampling seed" in text
+    assert "sampling.max_new_tokens: int = 32 Most tokens generated" in text  # a setting keeps its doc
