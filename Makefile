@@ -57,7 +57,7 @@ tiny: install
 	$(BIN)/python -m demo.tiny $(TINY)
 
 run: install tiny
-	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
+	$(CPU_VLLM_ENV) $(BIN)/jbond --config configs/local.yaml
 
 # Installs nothing outside .venv: the monitoring tests skip without Prometheus (`make prometheus` installs it).
 test: install tiny summary-world

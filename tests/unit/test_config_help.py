@@ -113,3 +113,20 @@ def test_help_says_which_record_fields_are_not_settings(capsys):
         assert "(not a setting)" in entry.split(" = ", 1)[1][:40], entry
     assert "sampling.seed: int | None = null (not a setting) derived: each step's sampling seed" in text
     assert "sampling.max_new_tokens: int = 32 Most tokens generated" in text  # a setting keeps its doc
+
+
+def test_jbond_console_script_is_the_module_entry_point(capsys, monkeypatch):
+    """pyproject's `jbond` script calls cluster.main:main with no arguments, which reads sys.argv as
+    `python -m cluster.main` does."""
+    import importlib
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    module, _, name = pyproject["project"]["scripts"]["jbond"].partition(":")
+    entry = getattr(importlib.import_module(module), name)
+    assert entry is main
+    monkeypatch.setattr(sys, "argv", ["jbond", "--set", "run.steps=3", "--print-config"])
+    entry()
+    assert yaml.safe_load(capsys.readouterr().out)["run"]["steps"] == 3
