@@ -19,7 +19,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
+.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-quick test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
 
 install: $(STAMP)
 
@@ -65,6 +65,10 @@ test: install tiny summary-world
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# Unit and component tests without the slow ones (@pytest.mark.slow): a check before a commit.
+test-quick: install tiny
+	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests/unit tests/component -m "not gpu and not slow" $(PYTEST_ARGS)
 
 # The GPU tests in the CUDA environment; no visible CUDA device is a failure here, not a skipped (green) run.
 test-gpu: install-gpu
