@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to sample completions (one record for every sampler; fields validated at construction). As the job's
-    `sampling` section, temperature, top_p and seed are not settings: the job fixes or derives them
-    (cluster/config/job.py, JobConfig.NOT_SETTINGS)."""
+    `sampling` section, the job fixes or derives temperature, top_p and seed (JobConfig.NOT_SETTINGS)."""
 
     max_new_tokens: int = 32
     """Most tokens generated per completion (EOS included)."""
@@ -43,11 +42,7 @@ class SamplingSettings:
             "stop",
             f"expected a tuple of non-empty strings, got {self.stop!r}",
         )
-        require(
-            self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0),
-            "seed",
-            f"expected None or an int >= 0, got {self.seed!r}",
-        )
+        require(self.seed is None or self.seed >= 0, "seed", f"expected None or an int >= 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

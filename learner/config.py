@@ -97,8 +97,7 @@ class LearnerConfig:
 
     @property
     def seed(self) -> int:
-        """torch seed of every rank: fixed, not a setting. Nothing in a step is random (dropout is off); it only
-        draws LoRA's initial adapters, which must be the same in every run."""
+        """torch seed of every rank, fixed: nothing in a step is random; it draws LoRA's initial adapters alike."""
         return 0
 
     def __post_init__(self) -> None:

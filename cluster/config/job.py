@@ -6,6 +6,7 @@ many actors/ranks/replicas and the CPUs/GPUs of each). A bad value fails at star
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib.util
 import re
@@ -105,29 +106,15 @@ class EngineConfig:
             self.tensor_parallel_size >= 1, "tensor_parallel_size", f"must be >= 1, got {self.tensor_parallel_size}"
         )
         require(
-            self.max_model_len is None
-            or (
-                isinstance(self.max_model_len, int)
-                and not isinstance(self.max_model_len, bool)
-                and self.max_model_len >= 2
-            ),
+            self.max_model_len is None or self.max_model_len >= 2,
             "max_model_len",
             f"must be unset or an integer >= 2, got {self.max_model_len!r}",
         )
         require(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
 
     def vllm_kwargs(self) -> dict:
-        """Keyword arguments of actors.vllm_sampler.VllmSampler (and vllm.LLM)."""
-        return {
-            "dtype": self.dtype,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "max_model_len": self.max_model_len,
-            "max_num_seqs": self.max_num_seqs,
-            "enforce_eager": self.enforce_eager,
-            "enable_prefix_caching": self.enable_prefix_caching,
-            "enable_sleep_mode": self.enable_sleep_mode,
-        }
+        """Keyword arguments of actors.vllm_sampler.VllmSampler (and vllm.LLM): every field, by name."""
+        return dataclasses.asdict(self)
 
     def hf_kwargs(self) -> dict:
         """Keyword arguments of actors.hf_sampler.HfSampler: the knobs transformers.generate has."""
@@ -366,6 +353,11 @@ class EvalConfig:
         )
 
 
+_HELD_OUT_IN_ORDER = (
+    "not read: the held-out prompts are evaluated in file order, the same first eval.num_prompts each time"
+)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -383,20 +375,15 @@ class JobConfig:
     # --help says why): the job derives or fixes them.
     NOT_SETTINGS: ClassVar[MappingProxyType[str, str]] = MappingProxyType(
         {
-            "sampling.seed": "derived: each step's sampling seed comes from run.seed and the step number (so a "
-            "resumed run repeats its draws); set run.seed",
-            "sampling.temperature": "fixed at 1: training samples must come from pi itself, since the learner's "
-            "log-probs are untempered and any other temperature biases every objective (evaluation's greedy pass "
-            "uses 0 by itself)",
-            "sampling.top_p": "fixed at 1: training samples must come from pi's full distribution, since the "
-            "learner's log-probs are of the full distribution",
-            "learner.seed": "removed: nothing in a learner step is random; the torch seed of every rank is fixed "
-            "(it only draws LoRA's initial adapters, the same in every run)",
-            "learner.lora.dropout": "removed (always 0): log pi(y) must be a deterministic function of the weights, "
-            "so the learner computes it, and trains the adapters, without dropout",
-            "eval.prompts.shuffle": "not read: the held-out prompts are evaluated in file order, the first "
-            "eval.num_prompts every time, so evaluations compare like with like",
-            "eval.prompts.seed": "not read: the held-out prompts are evaluated in file order, never shuffled",
+            "sampling.seed": "derived from run.seed and the step (so a resumed run repeats its draws): set run.seed",
+            "sampling.temperature": "fixed at 1: the learner's log-probs are pi's, untempered; samples drawn at "
+            "another temperature would bias every objective",
+            "sampling.top_p": "fixed at 1: the learner's log-probs are of pi's full distribution; nucleus samples "
+            "would bias every objective",
+            "learner.seed": "removed: nothing in a learner step is random (the ranks' torch seed is fixed)",
+            "learner.lora.dropout": "removed (always 0): log pi(y) must be a deterministic function of the weights",
+            "eval.prompts.shuffle": _HELD_OUT_IN_ORDER,
+            "eval.prompts.seed": _HELD_OUT_IN_ORDER,
         }
     )
 

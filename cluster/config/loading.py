@@ -1,18 +1,19 @@
 """Map YAML/JSON documents and `--set section.field=value` overrides onto nested frozen dataclasses.
 
 Errors name the full dotted field ("algorithm.beta: must be in [0, 1], got 1.5"), unknown keys are
-refused (a typo must not silently fall back to a default), and values are parsed by the field's type. A
-record's fields that the root class lists in NOT_SETTINGS (derived or fixed by the job) are refused with
-its reason, and to_dict leaves them out.
+refused (a typo must not silently fall back to a default), and values are parsed by the field's type. The
+fields a root class lists in NOT_SETTINGS (derived or fixed) are refused with the reason, and left out by to_dict.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,19 +83,12 @@ def _parse(kind: Any, value: Any, name: str) -> Any:
     return value  # the dataclass's own validation checks the type and range
 
 
-def _parent(data: Any, dotted: str) -> tuple[dict[str, Any] | None, str]:
-    """The mapping that holds the last part of `dotted` in nested `data` (None if a section is absent), and it."""
-    *sections, name = dotted.split(".")
-    for section in sections:
-        data = data.get(section) if isinstance(data, dict) else None
-    return (data if isinstance(data, dict) else None), name
-
-
 def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Construct dataclass `cls` from a mapping, recursing into nested dataclass fields."""
     for dotted, reason in getattr(cls, "NOT_SETTINGS", {}).items():
-        parent, name = _parent(data, dotted)
-        if parent is not None and name in parent:
+        *sections, name = dotted.split(".")
+        parent = functools.reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, sections, data)
+        if isinstance(parent, dict) and name in parent:
             raise ConfigError(f"{prefix}{dotted}: not a setting: {reason}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -110,19 +104,16 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
-def to_dict(obj: Any) -> Any:
-    """A config as plain YAML-able data (enums as values, paths as strings)."""
+def to_dict(obj: Any, drop: Collection[str] = (), prefix: str = "") -> Any:
+    """A config as plain YAML-able data (enums as values, paths as strings), without the root's NOT_SETTINGS."""
     if dataclasses.is_dataclass(obj):
-        data = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        for dotted in getattr(obj, "NOT_SETTINGS", {}):
-            parent, name = _parent(data, dotted)
-            if parent is not None:
-                parent.pop(name, None)
-        return data
+        drop = drop or getattr(obj, "NOT_SETTINGS", ())
+        fields = [f.name for f in dataclasses.fields(obj) if prefix + f.name not in drop]
+        return {name: to_dict(getattr(obj, name), drop, f"{prefix}{name}.") for name in fields}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, drop, prefix) for v in obj]
     return obj

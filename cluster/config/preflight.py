@@ -173,10 +173,9 @@ def check_ray_address(field: str, address: str) -> None:
 
 def fit_prompts(job: JobConfig, prompt_set: PromptSet, source: PromptSource | None = None) -> PromptSet:
     """The prompts the policy can take, rendered as the actors will (chat template, BOS once): longer than
-    max_prompt_length (the source's, e.g. eval.prompts, if set, else prompts.max_prompt_length), or than the
-    context minus one token (the sampler refuses a prompt that leaves no room for a completion), are skipped and
-    counted. The context comes from engine.max_model_len or a local policy's config.json; a hub id without either
-    is checked by the engine itself."""
+    max_prompt_length (source's, e.g. eval.prompts, else prompts'), or than the context minus one token (the sampler
+    refuses a prompt that leaves no room for a completion), are skipped and counted. The context comes from
+    engine.max_model_len or a local policy's config.json; a hub id without either is checked by the engine itself."""
     own = source.max_prompt_length if source is not None else None
     limits = [job.prompts.max_prompt_length if own is None else own]
     context = job.engine.max_model_len

@@ -115,13 +115,13 @@ def test_the_progress_bar_names_every_algorithm():
 @pytest.mark.parametrize(
     "assignment,why",
     [
-        ("sampling.seed=3", "derived: each step's sampling seed comes from run.seed"),
-        ("sampling.temperature=1.0", "fixed at 1: .*log-probs are untempered"),
+        ("sampling.seed=3", "derived from run.seed and the step"),
+        ("sampling.temperature=1.0", "fixed at 1: .*untempered"),
         ("sampling.top_p=1", "fixed at 1: .*full distribution"),
         ("learner.seed=1", "removed: nothing in a learner step is random"),
         ("learner.lora.dropout=0", "removed .*deterministic function of the weights"),
         ("eval.prompts.shuffle=false", "not read: .*evaluated in file order"),
-        ("eval.prompts.seed=2", "not read: .*never shuffled"),
+        ("eval.prompts.seed=2", "not read: .*file order"),
     ],
 )
 def test_derived_and_fixed_fields_are_refused_saying_why(assignment, why):

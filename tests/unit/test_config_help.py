@@ -111,7 +111,7 @@ def test_help_says_which_record_fields_are_not_settings(capsys):
     for name in set(JobConfig.NOT_SETTINGS) & fields:
         entry = text.split(f" {name}: ", 1)[1][:120]  # "type = default (not a setting) why ..."
         assert "(not a setting)" in entry.split(" = ", 1)[1][:40], entry
-    assert "sampling.seed: int | None = null (not a setting) derived: each step's sampling seed" in text
+    assert "sampling.seed: int | None = null (not a setting) derived from run.seed and the step" in text
     assert "sampling.max_new_tokens: int = 32 Most tokens generated" in text  # a setting keeps its doc
 
 
