@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bond.config import check_types, require
 
@@ -89,16 +90,13 @@ class LearnerConfig:
     within 0.06 nats per token of fp32 (measured max 0.038 on the tiny model; tests/component/test_learner_work.py).
     ZeRO stages 0-2 only (under ZeRO-3 no rank holds pi_ref whole). The anchor's log-probs, which enter the
     J-BOND return, stay in the model dtype."""
+    seed: ClassVar[int] = 0
+    """torch seed of every rank, fixed (not a setting): nothing in a step is random; it draws LoRA's first adapters."""
     timeout_s: int = 1800
     """Process-group timeout: how long a rank waits for the others in a collective before failing."""
     lora: LoraConfig | None = None
     """null: full fine-tuning. A section ({r, alpha, target_modules}): train LoRA adapters only, and
     push only adapter weights to the actors (README, LoRA)."""
-
-    @property
-    def seed(self) -> int:
-        """torch seed of every rank, fixed: nothing in a step is random; it draws LoRA's initial adapters alike."""
-        return 0
 
     def __post_init__(self) -> None:
         check_types(self)
