@@ -11,13 +11,15 @@ TINY    := artifacts/tiny
 PYTEST_ARGS ?=
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# vLLM on CPU only (a 1 GiB KV cache, engines in the calling process; ../shared/STACK.md): exported for the
-# CPU targets below, never for the GPU ones. Ray actors get them from cluster/runtime/ray_system.py (CPU actors only).
+# vLLM on CPU only: a 1 GiB KV cache (its default reservation would not fit several engines in a small machine's
+# memory), the engine in the calling process (no extra process per engine), OpenMP threads not bound to cores
+# (bound engines fight over the same cores). Exported for the CPU targets below, never for the GPU ones: they
+# are wrong for a CUDA engine. Ray actors get them from cluster/runtime/ray_system.py (CPU actors only).
 CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
+.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-quick test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
 
 install: $(STAMP)
 
@@ -55,14 +57,18 @@ tiny: install
 	$(BIN)/python -m demo.tiny $(TINY)
 
 run: install tiny
-	$(CPU_VLLM_ENV) $(BIN)/python -m cluster.main --config configs/local.yaml
+	$(CPU_VLLM_ENV) $(BIN)/jbond --config configs/local.yaml
 
+# Installs nothing outside .venv: the monitoring tests skip without Prometheus (`make prometheus` installs it).
 test: install tiny summary-world
-	@bash monitoring/install_prometheus.sh >/dev/null || echo "prometheus could not be installed: the monitoring test will skip"
 	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# Unit and component tests without the slow ones (@pytest.mark.slow): a check before a commit.
+test-quick: install tiny
+	$(CPU_VLLM_ENV) $(BIN)/python -m pytest tests/unit tests/component -m "not gpu and not slow" $(PYTEST_ARGS)
 
 # The GPU tests in the CUDA environment; no visible CUDA device is a failure here, not a skipped (green) run.
 test-gpu: install-gpu
@@ -130,7 +136,8 @@ lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
-# Debian's prometheus (and promtool), for monitoring and its tests (`ray metrics launch-prometheus` would download it).
+# Debian's prometheus (and promtool), for monitoring and its tests (`ray metrics launch-prometheus` would download it);
+# installs system-wide with apt-get, so only this target and those that need it run it (CI runs it before make test).
 prometheus:
 	bash monitoring/install_prometheus.sh
 

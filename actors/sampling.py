@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to sample completions (one record for every sampler; fields validated at construction)."""
+    """How to sample completions (one record for every sampler; fields validated at construction). As the job's
+    `sampling` section, the job fixes or derives temperature, top_p and seed (JobConfig.NOT_SETTINGS)."""
 
     max_new_tokens: int = 32
     """Most tokens generated per completion (EOS included)."""
@@ -41,11 +42,7 @@ class SamplingSettings:
             "stop",
             f"expected a tuple of non-empty strings, got {self.stop!r}",
         )
-        require(
-            self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0),
-            "seed",
-            f"expected None or an int >= 0, got {self.seed!r}",
-        )
+        require(self.seed is None or self.seed >= 0, "seed", f"expected None or an int >= 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import types
 import typing
 from dataclasses import dataclass
 
@@ -28,10 +29,16 @@ def require(ok: bool, field: str, message: str) -> None:
 
 
 def check_types(obj: object, prefix: str = "") -> None:
-    """Check each dataclass field's value against its annotation (int, float, bool, str, enums)."""
+    """Check each dataclass field's value against its annotation (int, float, bool, str, enums; each of them
+    `| None` too, where None passes)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, kind, name = getattr(obj, f.name), hints[f.name], prefix + f.name
+        args = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else ()
+        if len(args) == 2 and type(None) in args:
+            if value is None:
+                continue
+            (kind,) = (a for a in args if a is not type(None))
         if kind is float:
             require(
                 isinstance(value, int | float) and not isinstance(value, bool),

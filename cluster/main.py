@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -129,7 +130,7 @@ def run(job: JobConfig) -> dict:
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)
     split = evaluation.split_prompts(
-        prompt_set.prompts, job.eval, job.prompts.seed, fit=lambda loaded: preflight.fit_prompts(job, loaded)
+        prompt_set.prompts, job.eval, job.prompts.seed, fit=partial(preflight.fit_prompts, job, source=job.eval.prompts)
     )
     for reason, count in split.skipped.items():
         print(f"eval prompts: skipped {count} rows ({reason})", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import ClassVar
 
 from bond.config import check_types, require
 
@@ -31,8 +32,8 @@ class LoraConfig:
     """Names (last path component) of the linear layers that get adapters, as in peft's LoraConfig; the
     default is every attention and MLP projection of Llama/Qwen/Mistral-style models."""
     dropout: float = 0.0
-    """Dropout on the adapter input while training. Must be 0 here: log pi(y) must be a deterministic function
-    of the weights (the learner runs in eval mode, see learner/learner.py), so a non-zero value is refused."""
+    """Dropout on the adapter input, always 0 (a job config may not set it): log pi(y) must be a deterministic
+    function of the weights (the learner runs in eval mode, see learner/learner.py)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -89,12 +90,12 @@ class LearnerConfig:
     within 0.06 nats per token of fp32 (measured max 0.038 on the tiny model; tests/component/test_learner_work.py).
     ZeRO stages 0-2 only (under ZeRO-3 no rank holds pi_ref whole). The anchor's log-probs, which enter the
     J-BOND return, stay in the model dtype."""
-    seed: int = 0
-    """torch seed of every rank (nothing in a step is random today: dropout is off; kept for restorability)."""
+    seed: ClassVar[int] = 0
+    """torch seed of every rank, fixed (not a setting): nothing in a step is random; it draws LoRA's first adapters."""
     timeout_s: int = 1800
     """Process-group timeout: how long a rank waits for the others in a collective before failing."""
     lora: LoraConfig | None = None
-    """null: full fine-tuning. A section ({r, alpha, target_modules, dropout}): train LoRA adapters only, and
+    """null: full fine-tuning. A section ({r, alpha, target_modules}): train LoRA adapters only, and
     push only adapter weights to the actors (README, LoRA)."""
 
     def __post_init__(self) -> None:

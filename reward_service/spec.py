@@ -98,11 +98,6 @@ class RewardSpec:
             "set both min_replicas and max_replicas to autoscale, or neither",
         )
         if self.min_replicas is not None:
-            for name in ("min_replicas", "max_replicas"):
-                value = getattr(self, name)
-                require(
-                    isinstance(value, int) and not isinstance(value, bool), name, f"expected an integer, got {value!r}"
-                )
             require(self.min_replicas >= 0, "min_replicas", f"must be >= 0, got {self.min_replicas}")
             require(self.max_replicas >= 1, "max_replicas", f"must be >= 1, got {self.max_replicas}")
             require(

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-# vLLM on CPU: engines in the calling process, a 1 GiB KV cache. Set before any import of vllm.
+# vLLM on CPU: engines in the calling process, a 1 GiB KV cache, no core binding (as the Makefile and the CPU
+# actors set them; tests run several engines at once). Set before any import of vllm.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

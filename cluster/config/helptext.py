@@ -147,12 +147,14 @@ def _yaml_value(value: Any) -> str:
 def render(cls: type, instance: Any, width: int = 100) -> str:
     """The help text: one block per section, one entry per field (name, type, default, doc)."""
     lines, section = ["config fields (YAML `section: {field: value}` or --set section.field=value):"], None
+    fixed = getattr(cls, "NOT_SETTINGS", {})
     for h in describe_fields(cls, instance):
+        doc = f"(not a setting) {fixed[h.name]}" if h.name in fixed else h.doc  # derived or fixed: say why
         top = h.name.split(".")[0]
         if top != section:
             section = top
             lines.append(f"\n  {top}:")
         lines.append(f"    {h.name}: {h.type} = {h.default}")
-        if h.doc:
-            lines += textwrap.wrap(h.doc, width=width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        if doc:
+            lines += textwrap.wrap(doc, width=width, initial_indent=" " * 8, subsequent_indent=" " * 8)
     return "\n".join(lines)

@@ -6,11 +6,14 @@ many actors/ranks/replicas and the CPUs/GPUs of each). A bad value fails at star
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
 
 from actors.sampling import SamplingSettings
 from bond.config import Algorithm, BondConfig, check_types, require
@@ -103,29 +106,15 @@ class EngineConfig:
             self.tensor_parallel_size >= 1, "tensor_parallel_size", f"must be >= 1, got {self.tensor_parallel_size}"
         )
         require(
-            self.max_model_len is None
-            or (
-                isinstance(self.max_model_len, int)
-                and not isinstance(self.max_model_len, bool)
-                and self.max_model_len >= 2
-            ),
+            self.max_model_len is None or self.max_model_len >= 2,
             "max_model_len",
             f"must be unset or an integer >= 2, got {self.max_model_len!r}",
         )
         require(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
 
     def vllm_kwargs(self) -> dict:
-        """Keyword arguments of actors.vllm_sampler.VllmSampler (and vllm.LLM)."""
-        return {
-            "dtype": self.dtype,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "max_model_len": self.max_model_len,
-            "max_num_seqs": self.max_num_seqs,
-            "enforce_eager": self.enforce_eager,
-            "enable_prefix_caching": self.enable_prefix_caching,
-            "enable_sleep_mode": self.enable_sleep_mode,
-        }
+        """Keyword arguments of actors.vllm_sampler.VllmSampler (and vllm.LLM): every field, by name."""
+        return dataclasses.asdict(self)
 
     def hf_kwargs(self) -> dict:
         """Keyword arguments of actors.hf_sampler.HfSampler: the knobs transformers.generate has."""
@@ -328,14 +317,15 @@ class EvalConfig:
     """Steps between evaluations (0: none). With evaluation on, it also runs before the first step and after
     the last."""
     prompts: PromptSource | None = None
-    """A held-out prompt source (path, format, field, split as in the `prompts` section)."""
+    """A held-out prompt source (path, format, field, split, ... as in the `prompts` section), evaluated in file
+    order; its max_prompt_length, unset, is prompts.max_prompt_length."""
     holdout_fraction: float = 0.0
     """Without eval.prompts: hold out this fraction of the distinct training prompts (chosen with prompts.seed);
     the learner never trains on them."""
     num_prompts: int = 64
     """Held-out prompts per evaluation (the same first ones every time, so the curve compares like with like)."""
     samples_per_prompt: int = 4
-    """Sampled completions per held-out prompt (at sampling.temperature); greedy draws one."""
+    """Sampled completions per held-out prompt (drawn from pi, as in training); greedy draws one."""
     greedy: bool = True
     """Evaluate greedy completions (reward)."""
     sampled: bool = True
@@ -363,6 +353,11 @@ class EvalConfig:
         )
 
 
+_HELD_OUT_IN_ORDER = (
+    "not read: the held-out prompts are evaluated in file order, the same first eval.num_prompts each time"
+)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -376,21 +371,23 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    # Fields of the records above that a config may not set (loading.build refuses them, to_dict leaves them out,
+    # --help says why): the job derives or fixes them.
+    NOT_SETTINGS: ClassVar[MappingProxyType[str, str]] = MappingProxyType(
+        {
+            "sampling.seed": "derived from run.seed and the step (so a resumed run repeats its draws): set run.seed",
+            "sampling.temperature": "fixed at 1: the learner's log-probs are pi's, untempered; samples drawn at "
+            "another temperature would bias every objective",
+            "sampling.top_p": "fixed at 1: the learner's log-probs are of pi's full distribution; nucleus samples "
+            "would bias every objective",
+            "learner.seed": "removed: nothing in a learner step is random (the ranks' torch seed is fixed)",
+            "learner.lora.dropout": "removed (always 0): log pi(y) must be a deterministic function of the weights",
+            "eval.prompts.shuffle": _HELD_OUT_IN_ORDER,
+            "eval.prompts.seed": _HELD_OUT_IN_ORDER,
+        }
+    )
+
     def __post_init__(self) -> None:
-        # The learner's log pi(y) is the untempered, unnucleated model; samples drawn at another temperature
-        # or top_p come from a different distribution, and every objective here would silently be biased.
-        require(
-            self.sampling.temperature == 1.0,
-            "sampling.temperature",
-            f"training samples must come from pi itself (temperature 1), got {self.sampling.temperature}; "
-            "the learner's log-probs are untempered",
-        )
-        require(
-            self.sampling.top_p == 1.0,
-            "sampling.top_p",
-            f"training samples must come from pi itself (top_p 1), got {self.sampling.top_p}; "
-            "the learner's log-probs are of the full distribution",
-        )
         require(
             self.algorithm.algorithm is not Algorithm.REST or self.run.mode is Mode.SYNC,
             "run.mode",
@@ -471,12 +468,12 @@ class JobConfig:
                 "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
                 "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)",
             )
-        if engine.max_model_len is not None and self.prompts.max_prompt_length is not None:
+        for name, source in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
+            limit = source.max_prompt_length if source is not None else None
             require(
-                self.prompts.max_prompt_length < engine.max_model_len,
-                "prompts.max_prompt_length",
-                f"{self.prompts.max_prompt_length} leaves no room for a completion in engine.max_model_len "
-                f"{engine.max_model_len}",
+                engine.max_model_len is None or limit is None or limit < engine.max_model_len,
+                f"{name}.max_prompt_length",
+                f"{limit} leaves no room for a completion in engine.max_model_len {engine.max_model_len}",
             )
 
     @property

@@ -1,16 +1,19 @@
 """Map YAML/JSON documents and `--set section.field=value` overrides onto nested frozen dataclasses.
 
 Errors name the full dotted field ("algorithm.beta: must be in [0, 1], got 1.5"), unknown keys are
-refused (a typo must not silently fall back to a default), and values are parsed by the field's type.
+refused (a typo must not silently fall back to a default), and values are parsed by the field's type. The
+fields a root class lists in NOT_SETTINGS (derived or fixed) are refused with the reason, and left out by to_dict.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,6 +85,11 @@ def _parse(kind: Any, value: Any, name: str) -> Any:
 
 def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Construct dataclass `cls` from a mapping, recursing into nested dataclass fields."""
+    for dotted, reason in getattr(cls, "NOT_SETTINGS", {}).items():
+        *sections, name = dotted.split(".")
+        parent = functools.reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, sections, data)
+        if isinstance(parent, dict) and name in parent:
+            raise ConfigError(f"{prefix}{dotted}: not a setting: {reason}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -96,14 +104,16 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
-def to_dict(obj: Any) -> Any:
-    """A config as plain YAML-able data (enums as values, paths as strings)."""
+def to_dict(obj: Any, drop: Collection[str] = (), prefix: str = "") -> Any:
+    """A config as plain YAML-able data (enums as values, paths as strings), without the root's NOT_SETTINGS."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        drop = drop or getattr(obj, "NOT_SETTINGS", ())
+        fields = [f.name for f in dataclasses.fields(obj) if prefix + f.name not in drop]
+        return {name: to_dict(getattr(obj, name), drop, f"{prefix}{name}.") for name in fields}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, drop, prefix) for v in obj]
     return obj

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bond.config import Algorithm, ConfigError
 from cluster.config.job import JobConfig
-from cluster.config.prompts import PromptSet, fit_to_policy
+from cluster.config.prompts import PromptSet, PromptSource, fit_to_policy
 from reward_service.spec import RewardKind, RewardSpec
 
 CONNECT_TIMEOUT_S = 5.0
@@ -171,12 +171,13 @@ def check_ray_address(field: str, address: str) -> None:
         ) from None
 
 
-def fit_prompts(job: JobConfig, prompt_set: PromptSet) -> PromptSet:
+def fit_prompts(job: JobConfig, prompt_set: PromptSet, source: PromptSource | None = None) -> PromptSet:
     """The prompts the policy can take, rendered as the actors will (chat template, BOS once): longer than
-    prompts.max_prompt_length, or than the context minus one token (the sampler refuses a prompt that leaves no
-    room for a completion), are skipped and counted. The context comes from engine.max_model_len or a local
-    policy's config.json; a hub id without either is checked by the engine itself."""
-    limits = [job.prompts.max_prompt_length]
+    max_prompt_length (source's, e.g. eval.prompts, else prompts'), or than the context minus one token (the sampler
+    refuses a prompt that leaves no room for a completion), are skipped and counted. The context comes from
+    engine.max_model_len or a local policy's config.json; a hub id without either is checked by the engine itself."""
+    own = source.max_prompt_length if source is not None else None
+    limits = [job.prompts.max_prompt_length if own is None else own]
     context = job.engine.max_model_len
     path = Path(job.models.policy).expanduser()
     if context is None and (path / "config.json").is_file():

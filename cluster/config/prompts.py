@@ -67,12 +67,7 @@ class PromptSource:
         require(bool(self.path), "path", "is empty")
         require(bool(self.field), "field", "is empty")
         require(
-            self.max_prompt_length is None
-            or (
-                isinstance(self.max_prompt_length, int)
-                and not isinstance(self.max_prompt_length, bool)
-                and self.max_prompt_length >= 1
-            ),
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
             "max_prompt_length",
             f"must be unset or an integer >= 1, got {self.max_prompt_length!r}",
         )

@@ -59,6 +59,7 @@ def test_actor_side_ema_equals_the_learners_anchor_bit_for_bit(tiny_dir):
         ema.follow(dict(list(whole(buckets).items())[:2]), STEPS + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(tiny_dir):
     from actors.sampling import SamplingSettings

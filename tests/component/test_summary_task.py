@@ -19,6 +19,8 @@ from demo import summary_world as world
 from reward_service.entailment import EntailmentReward
 
 ROOT = Path(__file__).resolve().parents[2]
+# Builds artifacts/summary on first use (minutes on 2 cores): left out of make test-quick.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

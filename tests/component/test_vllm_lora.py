@@ -50,6 +50,7 @@ def served_and_learned(engine, lrn) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(engine.score_logprobs(PROMPTS, COMPLETIONS)), lrn.logprobs(probe)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
     lrn = learner(tiny_dir, bond=BOND, zero_stage=0, micro_batch_prompts=8, lora=LORA)

@@ -213,6 +213,7 @@ def test_policy_and_anchor_engines_coexist(policy, reference, other_reference, o
         anchor.close()
 
 
+@pytest.mark.slow
 def test_plain_weight_push_scores_like_a_fresh_engine_of_the_pushed_weights(original, other_dir, tiny_dir):
     """The CPU fast path (plain weight parameters, a push is one copy into them) gives the log-probs of an engine
     started from the pushed checkpoint with vLLM's own packed kernels; a packed copy left stale would score the

@@ -125,6 +125,7 @@ def receivers(tied_qwen2_dir):
     engine.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("world", [1, 2], ids=["1-rank", "2-ranks-zero3"])
 def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_sender(

@@ -134,3 +134,26 @@ def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir
         evaluation.split_prompts(
             [Prompt(text="the movie")], job.eval, seed=0, fit=lambda loaded: preflight.fit_prompts(job, loaded)
         )
+
+
+def test_heldout_file_takes_its_own_max_prompt_length(tiny_dir, tmp_path):
+    """eval.prompts.max_prompt_length, when set, is the held-out file's limit (as cluster.main passes it) in place
+    of prompts.max_prompt_length; unset, the training prompts' limit applies to it too."""
+    from cluster.config import preflight
+    from cluster.config.job import JobConfig, ModelsConfig
+    from cluster.config.prompts import PromptSet, PromptSource
+
+    rows = ["the movie", "the plot was fine " * 3, "the cast"]
+    loaded = PromptSet(tuple(Prompt(text=p.strip()) for p in rows))
+    models = ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False)
+
+    def kept(train_limit, eval_limit):
+        heldout = PromptSource(path="heldout.jsonl", max_prompt_length=eval_limit)
+        job = JobConfig(
+            models=models, prompts=PromptSource(max_prompt_length=train_limit), eval=EvalConfig(prompts=heldout)
+        )
+        return [p.text for p in preflight.fit_prompts(job, loaded, job.eval.prompts).prompts]
+
+    assert kept(None, None) == kept(32, None) == kept(None, 32) == [p.strip() for p in rows]
+    assert kept(6, None) == kept(None, 6) == kept(32, 6) == ["the movie", "the cast"]
+    assert kept(6, 32) == [p.strip() for p in rows]

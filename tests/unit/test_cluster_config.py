@@ -110,3 +110,44 @@ def test_the_progress_bar_names_every_algorithm():
         Algorithm.GKD: "GKD",
     }
     assert algorithm_name(BondConfig(algorithm=Algorithm.BOND, iterated=True)) == "iterated BOND"
+
+
+@pytest.mark.parametrize(
+    "assignment,why",
+    [
+        ("sampling.seed=3", "derived from run.seed and the step"),
+        ("sampling.temperature=1.0", "fixed at 1: .*untempered"),
+        ("sampling.top_p=1", "fixed at 1: .*full distribution"),
+        ("learner.seed=1", "removed: nothing in a learner step is random"),
+        ("learner.lora.dropout=0", "removed .*deterministic function of the weights"),
+        ("eval.prompts.shuffle=false", "not read: .*evaluated in file order"),
+        ("eval.prompts.seed=2", "not read: .*file order"),
+    ],
+)
+def test_derived_and_fixed_fields_are_refused_saying_why(assignment, why):
+    """Fields of the records that the job derives or fixes are no knobs: setting one, even to the value the job
+    uses, is a config error naming the field and saying why (rather than a value silently replaced or ignored)."""
+    data: dict = {}
+    loading.apply_override(data, assignment)
+    field = assignment.split("=")[0]
+    with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}: not a setting: {why}"):
+        loading.build(JobConfig, data)
+    with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')}: not a setting"):
+        parse_config(["--set", assignment])
+
+
+def test_derived_and_fixed_fields_are_left_out_of_the_written_config():
+    """config.yaml and --print-config (loading.to_dict) can be loaded again, so they hold only settings."""
+    job = parse_config(["--set", "eval.prompts.path=held.jsonl", "--set", "learner.lora.r=4"])
+    data = loading.to_dict(job)
+    assert "seed" not in data["sampling"] and "temperature" not in data["sampling"] and "top_p" not in data["sampling"]
+    assert "seed" not in data["learner"] and "dropout" not in data["learner"]["lora"]
+    assert "shuffle" not in data["eval"]["prompts"] and "seed" not in data["eval"]["prompts"]
+    assert data["prompts"]["shuffle"] is True and data["prompts"]["seed"] == 0  # the training prompts' are settings
+    assert loading.build(JobConfig, data) == job
+    assert job.learner.seed == 0 and job.learner.lora.dropout == 0.0  # what the learner reads
+
+
+def test_eval_prompt_length_must_leave_room_in_the_context():
+    with pytest.raises(ConfigError, match="^eval.prompts.max_prompt_length: 64 leaves no room"):
+        parse_config(["--set", "engine.max_model_len=64", "--set", "eval.prompts.max_prompt_length=64"])

@@ -100,3 +100,33 @@ def test_wandb_project_without_wandb_is_a_config_error():
         pytest.skip("wandb is installed here")
     with pytest.raises(ConfigError, match="^run.wandb_project: .*not installed"):
         parse_config(["--set", "run.wandb_project=jbond"])
+
+
+def test_help_says_which_record_fields_are_not_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    fields = {name for name, _ in leaf_fields(JobConfig)}
+    assert {"learner.seed"} == set(JobConfig.NOT_SETTINGS) - fields  # removed: the loader still says why
+    for name in set(JobConfig.NOT_SETTINGS) & fields:
+        entry = text.split(f" {name}: ", 1)[1][:120]  # "type = default (not a setting) why ..."
+        assert "(not a setting)" in entry.split(" = ", 1)[1][:40], entry
+    assert "sampling.seed: int | None = null (not a setting) derived from run.seed and the step" in text
+    assert "sampling.max_new_tokens: int = 32 Most tokens generated" in text  # a setting keeps its doc
+
+
+def test_jbond_console_script_is_the_module_entry_point(capsys, monkeypatch):
+    """pyproject's `jbond` script calls cluster.main:main with no arguments, which reads sys.argv as
+    `python -m cluster.main` does."""
+    import importlib
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    module, _, name = pyproject["project"]["scripts"]["jbond"].partition(":")
+    entry = getattr(importlib.import_module(module), name)
+    assert entry is main
+    monkeypatch.setattr(sys, "argv", ["jbond", "--set", "run.steps=3", "--print-config"])
+    entry()
+    assert yaml.safe_load(capsys.readouterr().out)["run"]["steps"] == 3
