@@ -56,7 +56,7 @@ def start_engine(
         raise ValueError("tensor_parallel_size > 1 and enable_sleep_mode need CUDA vLLM; this engine runs on CPU")
     kwargs: dict = {}
     if on_cpu:
-        # In-process engine: it starts several times faster, and tensors reach the worker without a copy.
+        # In-process engine: it starts several times faster (docs/actors.md), and tensors reach the worker uncopied.
         kwargs["distributed_executor_backend"] = "uni"
     elif tensor_parallel_size > 1:
         # Shards as worker processes on this actor's node, on the GPUs Ray gave the actor; vLLM's Ray executor
