@@ -120,8 +120,6 @@ class AdapterWeights:
     """A LoRA policy: the engine keeps the base weights and serves base + the latest pushed adapter as a vLLM LoRA
     request; a push carries only the adapter, written as a peft directory in RAM (actors/lora_adapter.py)."""
 
-    ema = None  # an anchor's EMA follows full weights only
-
     def __init__(
         self, llm: LLM, spec: AdapterSpec, model: str, specs: Mapping[str, ParamSpec], role: Role, version: int
     ) -> None:
