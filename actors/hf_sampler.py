@@ -10,17 +10,14 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.prompt_rendering import RenderedPrompt, render
-from actors.sampling import SamplingSettings, check_request, checked_request
+from actors.sampling import SamplerBase, SamplingSettings, check_scoring, checked_request
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
 from bond.records import Completion, Prompt, Role, WeightUpdate
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-class HfSampler:
+class HfSampler(SamplerBase):
     """Sampler role on `AutoModelForCausalLM.from_pretrained(model)`; weights are copied into the module."""
 
     def __init__(
@@ -34,14 +31,10 @@ class HfSampler:
         max_model_len: int | None = None,
         initial_version: int = 0,
     ) -> None:
-        if not isinstance(role, Role):
-            raise ValueError(f"role must be a bond.records.Role, got {role!r}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        super().__init__(role, dtype)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._role = role
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype]).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self._dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self.max_model_len = max_model_len or int(self.model.config.max_position_embeddings)
         eos = self.model.generation_config.eos_token_id
@@ -53,21 +46,6 @@ class HfSampler:
         self._staging = WeightStaging(
             {k: ParamSpec(tuple(v.shape), v.dtype) for k, v in state.items()}, role, initial_version
         )
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def weights_version(self) -> int:
-        return self._staging.version
-
-    def render(self, prompts: Sequence[Prompt | str]) -> list[RenderedPrompt]:
-        """Each prompt as the model reads it: chat template applied, BOS exactly once (actors.prompt_rendering)."""
-        return [render(self.tokenizer, p) for p in prompts]
-
-    def encode(self, prompts: Sequence[Prompt | str]) -> list[list[int]]:
-        return [list(r.token_ids) for r in self.render(prompts)]
 
     @torch.no_grad()
     def generate(
@@ -202,9 +180,7 @@ class HfSampler:
         self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
     ) -> list[tuple[float, ...]]:
         """log pi(y_t | x, y_<t) of given completions (one unpadded forward each: the exact reference)."""
-        check_request(prompts, 1, None)
-        if len(completions_token_ids) != len(prompts):
-            raise ValueError(f"{len(completions_token_ids)} completions for {len(prompts)} prompts")
+        check_scoring(prompts, completions_token_ids)
         result = []
         for p, y in zip(self.encode(prompts), completions_token_ids, strict=True):
             seq = torch.tensor([p + [int(t) for t in y]], device=self.model.device)
@@ -213,8 +189,3 @@ class HfSampler:
             chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
             result.append(tuple(chosen.tolist()))
         return result
-
-    def score_logprobs(
-        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
-    ) -> list[float]:
-        return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]

@@ -1,10 +1,13 @@
-"""What a sampler promises: its settings record, the Sampler role, and the checks on its inputs."""
+"""What a sampler promises: its settings record, the Sampler role, the checks on its inputs, and what both samplers
+(actors/vllm_sampler.py, actors/hf_sampler.py) do alike."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
 
 from actors.prompt_rendering import RenderedPrompt, as_prompt, render
 from bond.config import check_types, require
@@ -12,6 +15,9 @@ from bond.records import Completion, Prompt, Role, WeightUpdate
 
 if TYPE_CHECKING:
     from actors.weight_broadcast import GroupAddress
+    from actors.weight_staging import WeightStaging
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -145,3 +151,53 @@ def checked_request(
     rendered = [render(tokenizer, p) for p in records]
     check_prompt_lengths([r.token_ids for r in rendered], max_model_len)
     return ids, records, rendered
+
+
+def check_scoring(prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]) -> None:
+    """Raise ValueError for a scoring request (one completion per prompt) no sampler can serve."""
+    check_request(prompts, 1, None)
+    if len(completions_token_ids) != len(prompts):
+        raise ValueError(f"{len(completions_token_ids)} completions for {len(prompts)} prompts")
+
+
+class SamplerBase:
+    """What every sampler does the same way: check the role and dtype it is built with, report the role and the
+    version its WeightStaging holds, render prompts as its tokenizer does, and score a completion as the sum of its
+    token log-probs (the subclass's token_logprobs)."""
+
+    tokenizer: Any
+    _staging: WeightStaging
+
+    def __init__(self, role: Role, dtype: str) -> None:
+        if not isinstance(role, Role):
+            raise ValueError(f"role must be a bond.records.Role, got {role!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self._role, self._dtype = role, DTYPES[dtype]
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def weights_version(self) -> int:
+        return self._staging.version
+
+    def render(self, prompts: Sequence[Prompt | str]) -> list[RenderedPrompt]:
+        """Each prompt as the model reads it: chat template applied, BOS exactly once (actors.prompt_rendering)."""
+        return [render(self.tokenizer, p) for p in prompts]
+
+    def encode(self, prompts: Sequence[Prompt | str]) -> list[list[int]]:
+        """Prompt token ids exactly as the model sees them."""
+        return [list(r.token_ids) for r in self.render(prompts)]
+
+    def token_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[tuple[float, ...]]:
+        raise NotImplementedError
+
+    def score_logprobs(
+        self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """log pi(y | x) (sum over tokens) of given completions under the served weights."""
+        return [float(sum(lp)) for lp in self.token_logprobs(prompts, completions_token_ids)]

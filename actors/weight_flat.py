@@ -3,7 +3,7 @@
 The collective push broadcasts the buffer (actors/weight_broadcast.py). The object-store push puts a
 FlatUpdate: its buffer is a numpy array, which Ray stores out of band and hands every reader as a zero-copy
 view of the shared object-store memory (torch tensors inside a pickled dict are instead serialised one by one,
-~100-150 MB/s here, ../shared/STACK.md). The receiver's tensors are views of that buffer: no copy, no
+far below memcpy speed; docs/actors.md). The receiver's tensors are views of that buffer: no copy, no
 safetensors; they are read-only (the engine's loaders and the EMA copy out of them, nothing writes in).
 """
 

@@ -8,7 +8,7 @@ message and apply bucketed pushes the same way:
   sampler never serves a half-updated model, and never tags samples with a version it only half holds;
 - a partial update is completed to whole fused layers from a host copy of the current weights. vLLM
   fuses q/k/v and gate/up into one layer and re-processes a layer as a whole; a layer given only
-  q_proj would otherwise keep garbage in its k/v rows (measured: the tiny model then emits one token forever).
+  q_proj would otherwise keep garbage in its k/v rows (the tiny model then emits one token forever).
 """
 
 from __future__ import annotations

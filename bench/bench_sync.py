@@ -63,10 +63,10 @@ def _ema_step(sampler) -> float:
     """One EMA step of the anchor actor's fp32 anchor toward a policy (on a copy: the actor's state is kept)."""
     from bond.anchor import ema_update_
 
-    anchor = [t.clone() for t in sampler._ema.tensors.values()]
-    policy = [t.clone() for t in sampler._ema.tensors.values()]
+    anchor = [t.clone() for t in sampler._weights.ema.tensors.values()]
+    policy = [t.clone() for t in sampler._weights.ema.tensors.values()]
     t0 = time.perf_counter()
-    ema_update_(anchor, policy, sampler._ema.eta)
+    ema_update_(anchor, policy, sampler._weights.ema.eta)
     return time.perf_counter() - t0
 
 

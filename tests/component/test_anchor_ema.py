@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 
-from actors.vllm_sampler import checkpoint_tensors
+from actors.checkpoint_files import checkpoint_tensors
 from actors.weight_ema import AnchorEma
 from actors.weight_flat import FlatUpdate
 from bond.config import BondConfig
@@ -76,7 +76,7 @@ def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(
                 version = anchor.load_weights(bucket)
             assert version == step == anchor.weights_version
         want = learner_anchor(lr)
-        assert all(torch.equal(anchor._ema.tensors[k], v) for k, v in want.items())
+        assert all(torch.equal(anchor._weights.ema.tensors[k], v) for k, v in want.items())
         # the engine serves that anchor: its sample log-probs are the learner's log pi_anchor
         completions = anchor.generate(PROMPTS[:6], 2, SamplingSettings(max_new_tokens=12, seed=3))
         served = torch.tensor([sum(c.logprobs) for c in completions])
@@ -87,7 +87,7 @@ def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(
         lr.step(make_batch(3))
         for bucket in shipped(lr.weights(Role.POLICY)):
             anchor.load_weights(bucket)
-        assert all(torch.equal(anchor._ema.tensors[k], v) for k, v in learner_anchor(lr).items())
+        assert all(torch.equal(anchor._weights.ema.tensors[k], v) for k, v in learner_anchor(lr).items())
         with pytest.raises(ValueError, match="skipped EMA step"):
             lr.step(make_batch(4))
             lr.step(make_batch(5))

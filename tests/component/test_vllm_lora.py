@@ -73,7 +73,7 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
         served1, learned1 = served_and_learned(engine, lrn)
         assert (learned1 - learned).abs().max() > 1e-2  # the step moved the policy
         torch.testing.assert_close(served1, learned1, rtol=0, atol=LOGPROB_ATOL)
-        first_dir = engine._lora_request.lora_path
+        first_dir = engine._weights.lora_request.lora_path
 
         # a bad adapter tensor: refused before anything is served; the engine keeps version 1
         bad = {k: v.clone() for k, v in updates[0].tensors.items()}

@@ -14,7 +14,7 @@ from tests.integration.test_job import smoke_job
 
 
 def _actor_anchor(actor) -> dict[str, torch.Tensor]:
-    return ray.get(actor.__ray_call__.remote(lambda a: {k: v.clone() for k, v in a._ema.tensors.items()}))
+    return ray.get(actor.__ray_call__.remote(lambda a: {k: v.clone() for k, v in a._weights.ema.tensors.items()}))
 
 
 def _learner_anchor(rank) -> dict[str, torch.Tensor]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from actors.checkpoint_files import checkpoint_specs
 from actors.lora_adapter import AdapterSpec
-from actors.vllm_sampler import checkpoint_specs
 from bond.config import ConfigError
 from cluster.config import loading
 from cluster.config.job import JobConfig
