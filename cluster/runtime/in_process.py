@@ -18,8 +18,9 @@ from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, Step
 from bond.sampling_plan import SamplingPlan
 from cluster.config.job import JobConfig
 from cluster.core import Samples, SyncReport
-from cluster.runtime.ray_system import reward_prompts, role_settings, sampler_class, sampler_kwargs
+from cluster.runtime.ray_system import reward_prompts, sampler_class, sampler_kwargs
 from cluster.runtime.weight_sync import confirmed_version
+from cluster.training.seeds import role_settings
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
 

@@ -7,7 +7,6 @@ Serve deployment). The algorithm never sees Ray; this file is where Ray lives.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -42,6 +41,7 @@ from cluster.runtime.weight_sync import (
     push_weights_collective,
 )
 from cluster.training.failures import ActorLostError, CheckpointWriteError, LearnerDiedError, first_line
+from cluster.training.seeds import actor_seed, role_settings
 from reward_service import serve_app
 
 # Serve kills its HTTP proxy after 3 readiness checks of 5 s; on a busy 2-core machine (vLLM engines and the
@@ -232,17 +232,6 @@ class PendingSamples:
     early: EarlyScoring | None = None  # scoring as each share arrives (None: score() does it all)
 
 
-ROLE_STREAM = {Role.POLICY: 0, Role.ANCHOR: 1, Role.REFERENCE: 2}  # each role's own random streams
-
-
-def role_settings(settings: SamplingSettings, role: Role) -> SamplingSettings:
-    """Roles must not share random streams (policy, anchor and reference weights are equal at step 0); within a
-    role, SamplingSettings.sample_seed keys each request by prompt id, so its actors never share one either."""
-    if settings.seed is None:
-        return settings
-    return dataclasses.replace(settings, seed=len(ROLE_STREAM) * settings.seed + ROLE_STREAM[role])
-
-
 class System:
     """Handles to every component of a running job."""
 
@@ -303,7 +292,7 @@ class System:
                 .remote(
                     job.models.policy,
                     role,
-                    seed=job.run.seed + 1000 * i + 250 * ROLE_STREAM[role],
+                    seed=actor_seed(job.run.seed, role, i),
                     **engine_kwargs,
                     **role_kwargs.get(role, {}),
                 )

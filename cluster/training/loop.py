@@ -22,6 +22,7 @@ from cluster.config.job import JobConfig, Mode
 from cluster.config.prompts import PromptCursor, take
 from cluster.core import LoopState, StepRecord, System
 from cluster.training.failures import ScoringFailedError, first_line
+from cluster.training.seeds import step_seed
 from reward_service.errors import RewardServiceError, RewardTimeoutError
 
 
@@ -74,12 +75,6 @@ def score_with_retries(system: System, completions: Sequence[Completion], metric
                 raise ScoringFailedError(f"scoring failed after {tries}: {reason}: {first_line(e)}") from None
             time.sleep(SCORE_BACKOFF_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
-
-
-def step_seed(run_seed: int, step: int) -> int:
-    """The sampling seed of training step `step` (the actors derive each request's seed from it, role, actor and
-    prompt): a function of (run.seed, step) alone, so a resumed run draws what the uninterrupted one drew."""
-    return run_seed * 1_000_003 + step
 
 
 def train(

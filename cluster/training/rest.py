@@ -32,7 +32,8 @@ from cluster.config.prompts import take
 from cluster.core import LoopState, StepRecord, System
 from cluster.outputs.episodes import EpisodeWriter, read_scored
 from cluster.training import evaluation
-from cluster.training.loop import score_with_retries, step_seed
+from cluster.training.loop import score_with_retries
+from cluster.training.seeds import step_seed
 from learner.checkpoint_dir import CheckpointError
 
 GROW_DIR = "grow"
