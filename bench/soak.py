@@ -17,21 +17,16 @@ import csv
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from cluster.runtime.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = 0.10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[str, int]:
@@ -152,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "run.progress=false",
         "run.show_samples=0",
         f"run.run_dir={args.out / 'run'}",
-        f"reward.http_port={_free_port()}",
+        f"reward.http_port={free_port()}",
     ):
         loading.apply_override(data, assignment)
     job = loading.build(JobConfig, data)

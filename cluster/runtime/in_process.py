@@ -7,7 +7,6 @@ only the placement differs (RLlib's lesson: a component works in-process and rem
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,17 +17,12 @@ from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, Step
 from bond.sampling_plan import SamplingPlan
 from cluster.config.job import JobConfig
 from cluster.core import Samples, SyncReport
+from cluster.runtime.ports import free_port
 from cluster.runtime.ray_system import reward_prompts, sampler_class, sampler_kwargs
 from cluster.runtime.weight_sync import confirmed_version
 from cluster.training.seeds import role_settings
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class InProcessSystem:
@@ -44,7 +38,7 @@ class InProcessSystem:
         self.reward = build_reward_model(job.reward)
         # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
         # other jobs on the machine) must not all claim the default 29500
-        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
+        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=free_port())
 
     def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings):
         """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
@@ -109,11 +103,3 @@ class InProcessSystem:
                 close = getattr(actor, "close", None)
                 if close:
                     close()
-
-
-def _free_port() -> int:
-    """The learner's (single-rank) process group still binds a TCP store: not the default 29500, which another
-    job or test on the machine may hold."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from bond.sampling_plan import SamplingPlan
 from cluster.config.job import JobConfig, SamplerBackend
 from cluster.core import Samples, SyncReport
 from cluster.runtime import placement
+from cluster.runtime.ports import free_port
 from cluster.runtime.threads import job_threads, thread_env
 from cluster.runtime.weight_sync import (
     WeightSyncMethod,
@@ -132,7 +132,7 @@ class LearnerRank:
 
     @staticmethod
     def weight_group_port() -> tuple[str, int]:
-        return _free_port()
+        return node_port()
 
     def join_weight_group(self, role: Role, address: GroupAddress) -> None:
         """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
@@ -167,10 +167,9 @@ class LearnerRank:
         self.learner.export_hf(directory)
 
 
-def _free_port() -> tuple[str, int]:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
+def node_port() -> tuple[str, int]:
+    """This node's address and a port free on every interface (one the other nodes connect to)."""
+    return ray.util.get_node_ip_address(), free_port("")
 
 
 @dataclass(frozen=True)
@@ -300,7 +299,7 @@ class System:
             ]
         first = layout.learner[0]
         addr, port = ray.get(
-            ray.remote(_free_port)
+            ray.remote(node_port)
             .options(
                 num_cpus=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(

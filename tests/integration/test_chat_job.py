@@ -2,7 +2,6 @@
 with message-list prompts, then checked for the data contract, the weight push and the export at once."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,11 @@ from bond.records import ChatMessage, Prompt, Role
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_PROMPT = Prompt(messages=(ChatMessage("user", "the movie"),))
 RENDERED = "<|im_start|>user\nthe movie<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
@@ -31,7 +25,7 @@ def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
         f"reward.path_or_name={tiny_dir / 'reward'}",
         f"prompts.path={ROOT / 'configs' / 'chat_prompts.jsonl'}",
         "prompts.max_prompt_length=16",
-        f"reward.http_port={_free_port()}",
+        f"reward.http_port={free_port()}",
         f"run.run_dir={tmp_path}",
         "run.progress=false",
         "run.show_samples=2",

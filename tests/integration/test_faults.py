@@ -5,7 +5,6 @@ restart counted in ray_jbond_actor_restarts_total and logged in one line."""
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -17,21 +16,16 @@ import ray
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.runtime.ports import free_port
 from cluster.training.failures import run_with_auto_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def job_config(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for key, value in {
-        "reward.http_port": _free_port(),
+        "reward.http_port": free_port(),
         "models.policy": tiny_dir / "policy",
         "reward.path_or_name": tiny_dir / "reward",
         "prompts.path": ROOT / "configs" / "review_prompts.jsonl",
@@ -76,7 +70,7 @@ class KillAt(threading.Thread):
 
 @pytest.fixture(scope="module")
 def metrics_ray(tiny_dir):
-    port = _free_port()
+    port = free_port()
     ray.init(
         num_cpus=4,
         include_dashboard=False,

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
 from cluster.outputs.episodes import read_episodes
+from cluster.runtime.ports import free_port
 from cluster.training.checkpoints import newest_valid
 from cluster.training.preemption import Preempted
 from reward_service.spec import build_reward_model
@@ -28,13 +28,7 @@ from reward_service.spec import build_reward_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SERVE_PORT = _free_port()  # one Serve HTTP proxy per Ray session: every run of this module shares it
+SERVE_PORT = free_port()  # one Serve HTTP proxy per Ray session: every run of this module shares it
 
 
 def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
@@ -235,7 +229,6 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
 
 def test_ray_job_submit(tiny_dir, tmp_path):
     """As README documents it: a Ray head, then `ray job submit --working-dir . -- python -m cluster.main ...`."""
-    from monitoring.local_ray_head import free_port
     from tests.integration.job_submit import submit_smoke_job, venv_head
 
     if ray.is_initialized():

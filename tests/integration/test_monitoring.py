@@ -32,8 +32,9 @@ import pytest
 import yaml
 
 from cluster.config.storage import STORAGE_ENV
+from cluster.runtime.ports import free_port
 from monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
-from monitoring.local_ray_head import LocalRayHead, free_port
+from monitoring.local_ray_head import LocalRayHead
 from monitoring.monitored_stack import MonitoredStack
 from monitoring.smoke_job import smoke_entrypoint
 
