@@ -53,14 +53,15 @@ class MemoryWatch(threading.Thread):
 
     def run(self) -> None:
         import ray
+        from ray.util.state import list_actors
 
         while not self.stop.is_set():
             pids = {os.getpid(): "other"}
             if ray.is_initialized():
                 try:
-                    for info in ray._private.state.actors().values():
-                        if info["State"] == "ALIVE" and info["Pid"]:
-                            pids[info["Pid"]] = _role(info["Name"] or "")
+                    for info in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+                        if info.pid:
+                            pids[info.pid] = _role(info.name or "")
                 except Exception:  # noqa: BLE001 - Ray starting or shutting down: sample again next time
                     pass
             total, per_role = 0.0, {}

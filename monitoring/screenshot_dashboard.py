@@ -36,7 +36,7 @@ from monitoring.monitor import prometheus_graph_url
 from monitoring.monitored_stack import MonitoredStack
 from monitoring.smoke_job import ROOT, smoke_entrypoint
 
-COOKIE = "ray-authentication-token"  # ray/_private/authentication/authentication_constants.py
+COOKIE = "ray-authentication-token"  # the cookie name Ray's token authentication sets
 # No network chatter, no first-run UI, no GPU (none here), no sandbox (root in a container).
 CHROMIUM_FLAGS = [
     "--headless",

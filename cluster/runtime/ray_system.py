@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.state import get_actor
 
 from actors.lora_adapter import AdapterSpec
 from actors.sampling import SamplingSettings
@@ -567,8 +568,8 @@ class System:
         if error.actor_id in ids:
             return ids.index(error.actor_id)
         for i, actor_id in enumerate(ids):
-            info = ray._private.state.actors(actor_id)
-            if info.get("State") != "ALIVE" or info.get("NumRestarts", 0) > self._restarts[role][i]:
+            info = get_actor(actor_id)
+            if info is None or info.state != "ALIVE" or (info.num_restarts or 0) > self._restarts[role][i]:
                 return i
         return None
 
@@ -579,7 +580,7 @@ class System:
             if error.actor_id in ids
             else []
             if error.actor_id
-            else [r for r, actor_id in enumerate(ids) if ray._private.state.actors(actor_id).get("State") != "ALIVE"]
+            else [r for r, actor_id in enumerate(ids) if getattr(get_actor(actor_id), "state", None) != "ALIVE"]
         )
         if dead:
             raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
@@ -634,7 +635,7 @@ def _wait_until_alive(actor, name: str, cause: str) -> None:
             ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
             return
         except (RayActorError, GetTimeoutError) as e:
-            state = ray._private.state.actors(actor._actor_id.hex()).get("State")  # GCS view: RESTARTING / DEAD
+            state = getattr(get_actor(actor._actor_id.hex()), "state", None)  # GCS view: RESTARTING / DEAD
             if state == "DEAD" or time.monotonic() > deadline:
                 raise ActorLostError(
                     f"{name} died ({cause}) and did not come back within "
@@ -695,9 +696,10 @@ def init_ray(job: JobConfig) -> Path | None:
     )
     kwargs = {"_metrics_export_port": job.run.metrics_export_port} if job.run.metrics_export_port else {}
     # Locally, logical CPUs may exceed the cores: a laptop debugging run oversubscribes rather than deadlocks.
+    # The dashboard serves Ray's state API (ray.util.state), which tells the driver which actor died or restarted.
     context = ray.init(
         num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
-        include_dashboard=False,
+        include_dashboard=True,
         runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
         **quiet,
         **kwargs,

@@ -264,17 +264,12 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
     """resources.colocate: the actors sit in the learner rank's placement group (the GCS's actor table says so),
     their engines release their KV cache while the learner steps, and a resumed colocated run continues the
     versions."""
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
+    from ray.util.state import list_actors
 
     def groups() -> dict[str, str]:
-        """name -> placement group of every jbond actor, from the GCS's actor table (the dead ones included;
-        this module's Ray has no dashboard for ray.util.state)."""
-        rows = [
-            gcs_pb2.ActorTableData.FromString(row)
-            for row in state._connect_and_get_accessor().get_actor_table(None, None)
-        ]
-        return {r.name: r.placement_group_id.hex() for r in rows if r.name.startswith("jbond-")}
+        """name -> placement group of every jbond actor, from Ray's state API (the dead ones included)."""
+        rows = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        return {r.name: r.placement_group_id for r in rows if (r.name or "").startswith("jbond-")}
 
     before = set(groups())
     colocated = dict(resources__colocate="true", resources__cpus_per_learner=2, run__show_samples=0)
