@@ -81,12 +81,12 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
         t0 = time.perf_counter()
         greedy = mode == "greedy"
         settings = dataclasses.replace(job.sampling, temperature=0.0 if greedy else job.sampling.temperature, seed=seed)
-        completions = system.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
-        scored = system.score(completions)
+        completions = system.samplers.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
+        scored = system.scorer.score(completions)
         rewards = [s.reward for s in scored]
         kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
         if not greedy:
-            est = system.kl_to_reference(completions)
+            est = system.learner.kl_to_reference(completions)
             kl = {
                 "kl_ref": est.sampled.mean().item(),
                 "kl_ref_tokenwise": est.tokenwise.mean().item(),
@@ -144,8 +144,8 @@ def bon_curve(
         raise ValueError(f"bon_curve: samples_per_prompt ({samples_per_prompt}) must be >= max_n ({max_n})")
     prompts = list(heldout[: job.eval.num_prompts])
     settings = dataclasses.replace(job.sampling, seed=bon_curve_seed(seed))
-    completions = system.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
-    rewards = torch.tensor([s.reward for s in system.score(completions)]).view(len(prompts), samples_per_prompt)
+    completions = system.samplers.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
+    rewards = torch.tensor([s.reward for s in system.scorer.score(completions)]).view(len(prompts), samples_per_prompt)
     points = []
     for n in range(1, max_n + 1):
         per_prompt = expected_max_of_n(rewards, n).tolist()

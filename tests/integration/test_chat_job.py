@@ -41,7 +41,7 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
     from actors.hf_sampler import HfSampler
     from actors.vllm_sampler import VllmSampler
     from cluster.outputs.episodes import read_episodes
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
 
     job = chat_job(tmp_path, tiny_dir)
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
@@ -62,15 +62,15 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
         assert "samples after training" in (tmp_path / "summary.txt").read_text()
 
         # weights after a push equal the learner's: a fresh system, 2 steps, compare served and exported log-probs
-        system = System(job)
+        system = start_system(job)
         try:
             from cluster.config.prompts import PromptCursor, load_prompts
             from cluster.core import LoopState
             from cluster.training.loop import train
 
             train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), lambda rec: None)
-            system.export_hf(tmp_path / "learner_policy")
-            actor = system.actors[Role.POLICY][0]
+            system.learner.export_hf(tmp_path / "learner_policy")
+            actor = system.samplers.fleet.actors[Role.POLICY][0]
             ids = [[261, 346, 2], [349, 2]]  # two short replies (token ids of the tiny BPE), ending <|im_end|>
             served = ray.get(actor.score_logprobs.remote([CHAT_PROMPT, CHAT_PROMPT], ids))
             rendered = ray.get(actor.render.remote([CHAT_PROMPT]))[0]

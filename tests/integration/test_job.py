@@ -161,19 +161,19 @@ def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_p
     from cluster.config.job import WeightSyncMethod
     from cluster.config.prompts import PromptCursor, load_prompts
     from cluster.core import LoopState
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
     from cluster.training.loop import train
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=2, run__weight_sync="collective")
-    system = System(job)
+    system = start_system(job)
     try:
         prompts = load_prompts(job.prompts).prompts
         reports = []
         train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: reports.append(rec.syncs))
         assert [{r.method for r in syncs.values()} for syncs in reports] == [{WeightSyncMethod.COLLECTIVE}] * 2
         assert [syncs[Role.ANCHOR].version for syncs in reports] == [1, 2]
-        system.export_hf(tmp_path / "learner_policy")
-        actor = system.actors[Role.POLICY][0]
+        system.learner.export_hf(tmp_path / "learner_policy")
+        actor = system.samplers.fleet.actors[Role.POLICY][0]
         assert ray.get(actor.__ray_call__.remote(lambda a: a.weights_version)) == 2
         texts = ["the movie", "the plot"]
         ids = [[51, 33, 55, 25, 5, 2], [33, 13, 5, 2]]
