@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import socket
 import statistics
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
+from cluster.runtime.ports import free_port
 
 PROMPTS, STEPS, WARMUP = 32, 6, 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +78,7 @@ def _rank(rank: int, world_size: int, stages: tuple[int, ...], port: int, model:
 def _measure(world_size: int, stages: tuple[int, ...], model: Path) -> tuple[dict[int, float], int]:
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, world_size, stages, port, model, results)) for r in range(world_size)]
     for p in procs:
         p.start()

@@ -47,7 +47,8 @@ def main() -> None:
     import torch
 
     from bench.bench_actors import _big_model
-    from cluster.runtime.ray_system import LearnerRank, _free_port
+    from cluster.runtime.learner_group import LearnerRank
+    from cluster.runtime.ports import free_port
     from cluster.runtime.threads import job_threads, thread_env
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +61,7 @@ def main() -> None:
             f"phase policy gives the learner {threads.learner}",
             flush=True,
         )
-        inproc = LearnerRank(job, str(model), 0, 1, "127.0.0.1", _free_port()[1])
+        inproc = LearnerRank(job, str(model), 0, 1, "127.0.0.1", free_port())
         ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         try:
             steps, got = {"in-process": inproc.step}, {"in-process": torch.get_num_threads()}
@@ -69,7 +70,7 @@ def main() -> None:
                 rank = (
                     ray.remote(LearnerRank)
                     .options(num_cpus=0.5, **env)
-                    .remote(job, str(model), 0, 1, "127.0.0.1", _free_port()[1], threads=n)
+                    .remote(job, str(model), 0, 1, "127.0.0.1", free_port(), threads=n)
                 )
                 got[label] = ray.get(rank.threads.remote())
                 steps[label] = lambda b, r=rank: ray.get(r.step.remote(b))

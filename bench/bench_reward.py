@@ -8,10 +8,11 @@ like with like; on a 2-core machine shared with other work, 2 replicas cannot do
 from __future__ import annotations
 
 import random
-import socket
 import statistics
 import time
 from pathlib import Path
+
+from cluster.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 1024
@@ -46,12 +47,6 @@ def _rates(runs: dict[str, object], n: int) -> dict[str, float]:
     return {label: n / statistics.median(t) for label, t in times.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     import ray
     import torch
@@ -69,7 +64,7 @@ def main() -> None:
     rows: dict[str, float] = {}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        port = _free_port()  # one Serve HTTP proxy per cluster: every deploy must name the same port
+        port = free_port()  # one Serve HTTP proxy per cluster: every deploy must name the same port
         for replicas in (1, 2):
             spec = RewardSpec(
                 "learned",

@@ -76,7 +76,8 @@ def _one_model(model_dir: Path, label: str) -> None:
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
     from cluster.config.job import JobConfig, ModelsConfig
-    from cluster.runtime.ray_system import SAMPLER_ENV, LearnerRank, _free_port
+    from cluster.runtime.learner_group import LearnerRank, node_port
+    from cluster.runtime.samplers import SAMPLER_ENV
     from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig
 
@@ -84,7 +85,7 @@ def _one_model(model_dir: Path, label: str) -> None:
         models=ModelsConfig(policy=str(model_dir), build_tiny=False),
         learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20),
     )
-    addr, port = _free_port()
+    addr, port = node_port()
     learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
     sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
     policy = sampler.remote(str(model_dir), Role.POLICY, max_model_len=64)
@@ -173,7 +174,8 @@ def _lora_model(model_dir: Path, label: str) -> None:
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
     from cluster.config.job import JobConfig, ModelsConfig
-    from cluster.runtime.ray_system import SAMPLER_ENV, LearnerRank, _free_port
+    from cluster.runtime.learner_group import LearnerRank, node_port
+    from cluster.runtime.samplers import SAMPLER_ENV
     from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig, LoraConfig
 
@@ -182,7 +184,7 @@ def _lora_model(model_dir: Path, label: str) -> None:
         models=ModelsConfig(policy=str(model_dir), build_tiny=False),
         learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20, lora=adapters),
     )
-    addr, port = _free_port()
+    addr, port = node_port()
     learner = ray.remote(LearnerRank).options(num_cpus=1).remote(job, str(model_dir), 0, 1, "127.0.0.1", port)
     sampler = ray.remote(VllmSampler).options(num_cpus=1, runtime_env={"env_vars": SAMPLER_ENV})
     actor = sampler.remote(

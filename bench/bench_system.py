@@ -74,14 +74,14 @@ def measure(name: str, job: JobConfig, system, warmup: int, timed: int) -> Row:
 
 
 def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
-    from cluster.runtime.in_process import InProcessSystem
+    from cluster.runtime.in_process import in_process_system
 
     naive_job = dataclasses.replace(
         job,
         models=dataclasses.replace(job.models, sampler_backend=SamplerBackend.HF),
         learner=dataclasses.replace(job.learner, zero_stage=0),
     )
-    naive = InProcessSystem(naive_job)
+    naive = in_process_system(naive_job)
     try:
         return measure("naive single process (HF, torch)", naive_job, naive, warmup, timed)
     finally:
@@ -91,7 +91,7 @@ def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
 def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
     import ray
 
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
 
     rows = []
     ray.init(
@@ -100,7 +100,7 @@ def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
     try:
         for mode in (Mode.SYNC, Mode.PIPELINED):
             mode_job = dataclasses.replace(job, run=dataclasses.replace(job.run, mode=mode))
-            system = System(mode_job)
+            system = start_system(mode_job)
             try:
                 rows.append(measure(f"full system, {mode.value}", mode_job, system, warmup, timed))
             finally:

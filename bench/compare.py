@@ -19,7 +19,7 @@ from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState, StepRecord
 from cluster.outputs import report
-from cluster.runtime.in_process import InProcessSystem
+from cluster.runtime.in_process import in_process_system
 from cluster.training.loop import train
 
 
@@ -27,7 +27,7 @@ def run_one(job: JobConfig, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     stats = out / "stats.jsonl"
     stats.unlink(missing_ok=True)
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:
 
         def on_step(rec: StepRecord) -> None:

@@ -32,9 +32,9 @@ def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dic
 
     settings = dataclasses.replace(job.sampling, seed=(1 << 41) + seed * 1_000_003 + step)  # apart from training's
     k = job.eval.samples_per_prompt
-    completions = system.sample(Role.POLICY, prompts, k, settings)
-    rewards = [s.reward for s in system.score(completions)]
-    kl = system.kl_to_reference(completions)
+    completions = system.samplers.sample(Role.POLICY, prompts, k, settings)
+    rewards = [s.reward for s in system.scorer.score(completions)]
+    kl = system.learner.kl_to_reference(completions)
     texts = [c.text.strip() for c in completions]
     stats = summary_stats([p for p in prompts for _ in range(k)], texts)
     row = {
@@ -52,7 +52,7 @@ def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
 
     from cluster.config.prompts import PromptCursor, load_prompts
     from cluster.core import LoopState
-    from cluster.runtime.in_process import InProcessSystem
+    from cluster.runtime.in_process import in_process_system
     from cluster.training import evaluation
     from cluster.training.loop import train
 
@@ -61,7 +61,7 @@ def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
     heldout = [p.text for p in split.heldout[: job.eval.num_prompts]]
     rows, shown = [], {}
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:
         row, shown["before"] = evaluate(system, job, heldout, 0, seed)
         rows.append(row)

@@ -172,7 +172,7 @@ def train_and_evaluate(
     from cluster.config.prompts import PromptCursor, load_prompts
     from cluster.core import LoopState
     from cluster.main import train_algorithm
-    from cluster.runtime.in_process import InProcessSystem
+    from cluster.runtime.in_process import in_process_system
     from cluster.training import evaluation
 
     torch.set_num_threads(1)  # --jobs processes share the cores
@@ -185,7 +185,7 @@ def train_and_evaluate(
     shutil.rmtree(out / FINAL_POLICY, ignore_errors=True)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
     rows, notes, t0 = [], [], time.perf_counter()
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:
 
         def record(step: int) -> None:
@@ -200,7 +200,7 @@ def train_and_evaluate(
 
         train_algorithm(job, system, split.train, LoopState(0, PromptCursor()), on_step, out, note=notes.append)
         if export:
-            system.export_hf(out / FINAL_POLICY)
+            system.learner.export_hf(out / FINAL_POLICY)
     finally:
         system.shutdown()
     result = {
@@ -220,7 +220,7 @@ def bon_for_seed(config: Path, overrides: list[str], out: Path, max_n: int, samp
 
     from bond.records import Role
     from cluster.config.prompts import load_prompts
-    from cluster.runtime.in_process import InProcessSystem
+    from cluster.runtime.in_process import in_process_system
     from cluster.training import evaluation
 
     torch.set_num_threads(1)
@@ -231,7 +231,7 @@ def bon_for_seed(config: Path, overrides: list[str], out: Path, max_n: int, samp
         return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:  # before any update the policy actors hold the reference weights
         points = evaluation.bon_curve(
             system, job, split.heldout, Role.POLICY, max_n=max_n, samples_per_prompt=samples, seed=job.run.seed

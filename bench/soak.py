@@ -15,42 +15,36 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from cluster.runtime.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = 0.10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _processes() -> dict[str, int]:
     """name -> PID of the driver and of every live actor."""
-    import ray
+    from ray.util.state import list_actors
 
     found = {"driver": os.getpid()}
-    for info in ray._private.state.actors().values():
-        if info["State"] == "ALIVE" and info["Pid"]:
-            found[info["Name"] or info["ActorClassName"]] = info["Pid"]
+    for info in list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False):
+        if info.pid:
+            found[info.name or info.class_name] = info.pid
     return found
 
 
 def _object_store_mib() -> float:
-    from ray._private.internal_api import memory_summary
+    """Bytes of every object Ray holds, from its state API (a growing store is a leak)."""
+    from ray.util.state import list_objects
 
-    text = memory_summary(stats_only=True)
-    match = re.search(r"Plasma memory usage ([\d.]+) MiB", text)
-    return float(match.group(1)) if match else float("nan")
+    objects = list_objects(limit=1_000_000, raise_on_missing_output=False)
+    return sum(o.object_size or 0 for o in objects) / 2**20
 
 
 def _steps(run_dir: Path) -> int:
@@ -152,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "run.progress=false",
         "run.show_samples=0",
         f"run.run_dir={args.out / 'run'}",
-        f"reward.http_port={_free_port()}",
+        f"reward.http_port={free_port()}",
     ):
         loading.apply_override(data, assignment)
     job = loading.build(JobConfig, data)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+from cluster.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"tiny": "artifacts/tiny/policy", "medium": "artifacts/medium/policy"}
@@ -32,12 +33,6 @@ MODES = {
     "split": ["resources.cpus_per_actor=1", "resources.cpus_per_learner=1"],
     "colocated": ["resources.colocate=true", "resources.cpus_per_learner=2"],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _role(name: str) -> str:
@@ -58,14 +53,15 @@ class MemoryWatch(threading.Thread):
 
     def run(self) -> None:
         import ray
+        from ray.util.state import list_actors
 
         while not self.stop.is_set():
             pids = {os.getpid(): "other"}
             if ray.is_initialized():
                 try:
-                    for info in ray._private.state.actors().values():
-                        if info["State"] == "ALIVE" and info["Pid"]:
-                            pids[info["Pid"]] = _role(info["Name"] or "")
+                    for info in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+                        if info.pid:
+                            pids[info.pid] = _role(info.name or "")
                 except Exception:  # noqa: BLE001 - Ray starting or shutting down: sample again next time
                     pass
             total, per_role = 0.0, {}
@@ -99,7 +95,7 @@ def run_one(model: str, mode: str, steps: int, out: Path) -> dict:
         "run.tensorboard=false",
         "algorithm.prompts_per_step=16",
         "learner.bucket_bytes=67108864",
-        f"reward.http_port={_free_port()}",
+        f"reward.http_port={free_port()}",
         *MODES[mode],
     ]:
         args += ["--set", o]

@@ -1,10 +1,11 @@
 """The system's vocabulary: the records the training loop passes around and the roles it drives.
 
-A step of J-BOND (and of every algorithm here) is: the actors sample completions of the plan's roles, the
-reward service scores them, the learner steps on the batch and moves its anchor, and the weights of every role
-that changed are pushed back to its actors. `System` is the one object the loop talks to for all of that;
-cluster/runtime/ has a Ray implementation (actors, Serve, DeepSpeed ranks) and an in-process one (the same
-classes in one process, for tests, benchmarks and studies). Nothing here imports Ray.
+A step of J-BOND (and of every algorithm here) is: the actors sample completions of the plan's roles (the
+SamplerPool), the reward service scores them (the Scorer), the learner steps on the batch and moves its anchor,
+and the weights of every role that changed are pushed back to its actors (the LearnerGroup: the source the
+actors' weights are synced from). `System` is those three roles together, the one object the loop talks to;
+cluster/runtime/ has a Ray implementation of each role (actors, Serve, DeepSpeed ranks) and an in-process one
+(the same classes in one process, for tests, benchmarks and studies). Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -43,27 +44,36 @@ class Samples:
         return [c for completions in self.by_role.values() for c in completions]
 
 
-class System(Protocol):
-    """What the loop drives: cluster.runtime.ray_system.System (Ray) and cluster.runtime.in_process.InProcessSystem.
-    Faults the system can survive (a sampler actor restarted by Ray) never reach the loop."""
+class SamplerPool(Protocol):
+    """The sampling actors of every role. Faults it can survive (an actor restarted by Ray) never reach the loop."""
 
-    def start_sampling(
-        self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings
-    ) -> Any:
+    def start(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings) -> Any:
         """Start drawing the plan's samples of each role per (prompt_id, prompt); returns what is pending."""
 
-    def finish_sampling(self, pending: Any) -> Samples:
-        """Wait for what start_sampling began (redrawing the share of an actor that died)."""
+    def finish(self, pending: Any) -> Samples:
+        """Wait for what start began (redrawing the share of an actor that died)."""
 
     def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt from the role's actors, in prompt order (evaluation, shown samples)."""
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
+    def close(self) -> None: ...
+
+
+class Scorer(Protocol):
+    """The reward service."""
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]: ...
 
+    def close(self) -> None: ...
+
+
+class LearnerGroup(Protocol):
+    """The learner ranks, and the source of every role's weights the actors are synced from."""
+
     def learn(self, batch: Batch) -> StepStats: ...
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
 
     def sync(self, role: Role) -> SyncReport:
         """Push `role`'s weights from the learner to its actors; every actor confirms the version."""
@@ -74,7 +84,28 @@ class System(Protocol):
 
     def export_hf(self, directory: Path) -> None: ...
 
-    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Reservation(Protocol):
+    """What a system holds beyond its roles (Ray's placement groups), released after them."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class System:
+    """What the loop drives: cluster.runtime.ray_system.start_system (Ray) or cluster.runtime.in_process.system."""
+
+    samplers: SamplerPool
+    scorer: Scorer
+    learner: LearnerGroup
+    reservation: Reservation | None = None
+
+    def shutdown(self) -> None:
+        for part in (self.scorer, self.samplers, self.learner, self.reservation):
+            if part is not None:
+                part.close()
 
 
 @dataclass(frozen=True)

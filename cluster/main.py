@@ -120,7 +120,7 @@ def run(job: JobConfig) -> dict:
     import ray
 
     from cluster.outputs.metrics import JobMetrics
-    from cluster.runtime.ray_system import System, init_ray
+    from cluster.runtime.ray_system import init_ray, start_system
 
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def run(job: JobConfig) -> dict:
         metrics.record_skip(f"prompt {reason}", count)
     t_start, system = time.perf_counter(), None
     try:
-        system = System(job, metrics=metrics)
+        system = start_system(job, metrics=metrics)
         actors = " + ".join(f"{job.resources.actors(role)} {role}" for role in job.actor_roles)
         print(
             f"system up in {time.perf_counter() - t_start:.1f} s: {actors} actors ({job.models.sampler_backend}), "
@@ -171,10 +171,10 @@ def _train(
 ) -> dict:
     start = LoopState(step=0, cursor=PromptCursor())
     if resume_from is not None:
-        extra = system.restore(resume_from)
+        extra = system.learner.restore(resume_from)
         start = LoopState(step=extra["step"], cursor=PromptCursor(*extra["cursor"]))
         for role in sampling_plan(job.algorithm).pushed:
-            system.sync(role)  # the actors must sample with the restored weights
+            system.learner.sync(role)  # the actors must sample with the restored weights
         print(f"resumed from {resume_from} at step {start.step}", flush=True)
     log = RunLog(job, run_dir, metrics, start.step)
     try:
@@ -193,7 +193,7 @@ def _train(
         final_dir = run_dir / "final_policy"
         if final_dir.exists():
             shutil.rmtree(final_dir)
-        system.export_hf(final_dir)
+        system.learner.export_hf(final_dir)
         if shown:
             log.samples("samples after training (greedy):", greedy_samples(system, shown, job))
     except BaseException:
@@ -230,14 +230,14 @@ def after_step(
         log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
     checkpoint = checkpoints.checkpoint_path(run_dir, step)
     if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps) or stop.requested:
-        system.save(
+        system.learner.save(
             checkpoint,
             sha256=job.run.checkpoint_sha256,
             extra={"step": step, "cursor": [rec.state.cursor.epoch, rec.state.cursor.index]},
         )
         checkpoints.prune(run_dir, job.run.keep_checkpoints)
     if checkpoints.due(step, job.run.export_every):
-        system.export_hf(checkpoints.export_path(run_dir, step))
+        system.learner.export_hf(checkpoints.export_path(run_dir, step))
     if stop.requested and step < job.run.steps:
         log.end_progress()
         raise Preempted(step, checkpoint)
@@ -245,7 +245,7 @@ def after_step(
 
 def greedy_samples(system, prompts: list[Prompt], job: JobConfig):
     settings = dataclasses.replace(SamplingSettings(), max_new_tokens=job.sampling.max_new_tokens, temperature=0.0)
-    return system.score(system.sample(Role.POLICY, prompts, 1, settings))
+    return system.scorer.score(system.samplers.sample(Role.POLICY, prompts, 1, settings))
 
 
 def _keep_worker_logs(source: Path, target: Path) -> None:

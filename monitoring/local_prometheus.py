@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from monitoring.local_ray_head import free_port
+from cluster.runtime.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 SHIPPED_CONFIG = HERE / "prometheus.yml"

@@ -29,13 +29,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cluster.runtime.ports import free_port
 from monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
-from monitoring.local_ray_head import LocalRayHead, free_port
+from monitoring.local_ray_head import LocalRayHead
 from monitoring.monitor import prometheus_graph_url
 from monitoring.monitored_stack import MonitoredStack
 from monitoring.smoke_job import ROOT, smoke_entrypoint
 
-COOKIE = "ray-authentication-token"  # ray/_private/authentication/authentication_constants.py
+COOKIE = "ray-authentication-token"  # the cookie name Ray's token authentication sets
 # No network chatter, no first-run UI, no GPU (none here), no sandbox (root in a container).
 CHROMIUM_FLAGS = [
     "--headless",

@@ -21,9 +21,9 @@ from bond.config import ConfigError
 from cluster.config.job import JobConfig
 
 STORAGE_ENV = "JBOND_STORAGE_PATH"
-# Ray sets this in the environment of every `ray job submit` driver (ray/_private/runtime_env/constants.py).
+# Ray sets this in the environment of every `ray job submit` driver (Ray's runtime_env constants).
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-# Part of the path of Ray's unpacked copy of a job's working_dir (ray/_private/runtime_env/working_dir.py).
+# Part of the path of Ray's unpacked copy of a job's working_dir (Ray's runtime_env working_dir module).
 RAY_WORKING_DIR_COPY = "working_dir_files"
 
 

@@ -1,5 +1,5 @@
-"""The loop's verbs with every part in this one process and no Ray: the naive baseline of bench_system,
-and a way to step through the training loop in a debugger.
+"""Each role with every part in this one process and no Ray: the naive baseline of bench_system, and a way to
+step through the training loop in a debugger.
 
 Same classes as the distributed system (samplers, reward model, learner), so `loop.train` runs unchanged;
 only the placement differs (RLlib's lesson: a component works in-process and remote alike).
@@ -7,9 +7,9 @@ only the placement differs (RLlib's lesson: a component works in-process and rem
 
 from __future__ import annotations
 
-import socket
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from actors.sampling import SamplingSettings
@@ -17,38 +17,26 @@ from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from bond.sampling_plan import SamplingPlan
 from cluster.config.job import JobConfig
-from cluster.core import Samples, SyncReport
-from cluster.runtime.ray_system import reward_prompts, role_settings, sampler_class, sampler_kwargs
-from cluster.runtime.weight_sync import confirmed_version
+from cluster.core import Samples, SyncReport, System
+from cluster.runtime.components import confirmed_version, reward_prompts, sampler_class, sampler_kwargs
+from cluster.runtime.ports import free_port
+from cluster.training.seeds import role_settings
 from learner.learner import Learner
 from reward_service.spec import build_reward_model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class InProcessSamplers:
+    """One sampler per role."""
 
+    def __init__(self, actors: dict[Role, list]):
+        self.actors = actors
 
-class InProcessSystem:
-    def __init__(self, job: JobConfig, roles: Sequence[Role] | None = None):
-        """roles: whose samplers to build (default job.actor_roles); one sampler per role here."""
-        if job.resources.learner_ranks != 1:
-            raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
-        sampler_cls = sampler_class(job.models.sampler_backend)
-        self.actors = {
-            role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
-            for role in dict.fromkeys(roles or job.actor_roles)
-        }
-        self.reward = build_reward_model(job.reward)
-        # its one-rank process group on a free port: several in-process systems (bench.pareto's parallel runs,
-        # other jobs on the machine) must not all claim the default 29500
-        self.learner = Learner(job.models.policy, job.algorithm, job.learner, master_port=_free_port())
-
-    def start_sampling(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings):
-        """Nothing runs in the background here: the work is deferred to finish_sampling, so the loop's
-        "sample" phase measures it (as it measures waiting on the Ray actors in the distributed system)."""
-        return lambda: self._sample(prompts, plan, settings)
+    def start(
+        self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings
+    ) -> Callable[[], Samples]:
+        """Nothing runs in the background here: the work is deferred to finish, so the loop's "sample" phase
+        measures it (as it measures waiting on the Ray actors in the distributed system)."""
+        return functools.partial(self._sample, prompts, plan, settings)
 
     def _sample(self, prompts: Sequence[tuple[int, Prompt]], plan: SamplingPlan, settings: SamplingSettings) -> Samples:
         ids, texts = [i for i, _ in prompts], [p for _, p in prompts]
@@ -60,8 +48,23 @@ class InProcessSystem:
         )
 
     @staticmethod
-    def finish_sampling(pending) -> Samples:
+    def finish(pending: Callable[[], Samples]) -> Samples:
         return pending()
+
+    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
+        return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
+
+    def close(self) -> None:
+        for group in self.actors.values():
+            for actor in group:
+                close = getattr(actor, "close", None)
+                if close:
+                    close()
+
+
+class InProcessScorer:
+    def __init__(self, reward):
+        self.reward = reward
 
     def score(self, completions: Sequence[Completion]) -> list[ScoredCompletion]:
         rewards = self.reward.score(reward_prompts(completions), [c.text for c in completions])
@@ -70,21 +73,28 @@ class InProcessSystem:
             for c, r in zip(completions, rewards, strict=True)
         ]
 
-    def sample(self, role: Role, prompts: Sequence[Prompt], n: int, settings: SamplingSettings) -> list[Completion]:
-        return self.actors[role][0].generate(list(prompts), n, role_settings(settings, role))
+    def close(self) -> None:
+        pass
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        return self.learner.kl_to_reference(completions)
+
+class InProcessLearner:
+    """The one learner rank; sync hands its buckets straight to the samplers' engines."""
+
+    def __init__(self, rank: Learner, samplers: InProcessSamplers):
+        self.rank, self.samplers = rank, samplers
 
     def learn(self, batch: Batch) -> StepStats:
-        return self.learner.step(batch)
+        return self.rank.step(batch)
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        return self.rank.kl_to_reference(completions)
 
     def sync(self, role: Role) -> SyncReport:
         t0, buckets, num_bytes, versions = time.perf_counter(), 0, 0, []
-        for update in self.learner.weights(role):
-            versions = [actor.load_weights(update) for actor in self.actors[role]]
+        for update in self.rank.weights(role):
+            versions = [actor.load_weights(update) for actor in self.samplers.actors[role]]
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
-        expected = self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
+        expected = self.rank.policy_version if role is Role.POLICY else self.rank.anchor_version
         return SyncReport(
             role=role,
             version=confirmed_version(role, versions, expected, buckets),
@@ -94,25 +104,31 @@ class InProcessSystem:
         )
 
     def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
-        self.learner.save(directory, extra=extra, sha256=sha256)
+        self.rank.save(directory, extra=extra, sha256=sha256)
 
     def restore(self, directory: Path) -> dict:
-        return self.learner.restore(directory)
+        return self.rank.restore(directory)
 
     def export_hf(self, directory: Path) -> None:
-        self.learner.export_hf(directory)
+        self.rank.export_hf(directory)
 
-    def shutdown(self) -> None:
-        for group in self.actors.values():
-            for actor in group:
-                close = getattr(actor, "close", None)
-                if close:
-                    close()
+    def close(self) -> None:
+        pass
 
 
-def _free_port() -> int:
-    """The learner's (single-rank) process group still binds a TCP store: not the default 29500, which another
-    job or test on the machine may hold."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def in_process_system(job: JobConfig, roles: Sequence[Role] | None = None) -> System:
+    """roles: whose samplers to build (default job.actor_roles); one sampler per role here."""
+    if job.resources.learner_ranks != 1:
+        raise ValueError("resources.learner_ranks: the in-process system runs one learner rank")
+    sampler_cls = sampler_class(job.models.sampler_backend)
+    samplers = InProcessSamplers(
+        {
+            role: [sampler_cls(job.models.policy, role, **sampler_kwargs(job))]
+            for role in dict.fromkeys(roles or job.actor_roles)
+        }
+    )
+    reward = build_reward_model(job.reward)
+    # its one-rank process group (a TCP store) on a free port: several in-process systems (bench.pareto's
+    # parallel runs, other jobs on the machine) must not all claim the default 29500
+    rank = Learner(job.models.policy, job.algorithm, job.learner, master_port=free_port())
+    return System(samplers, InProcessScorer(reward), InProcessLearner(rank, samplers))

@@ -4,8 +4,9 @@ Split (the default): the policy actors, the anchor actors and the learner ranks 
 (cpus_per_actor / gpus of an engine, cpus_per_learner / gpus_per_learner), on nodes carrying
 resources.actor_node_labels / learner_node_labels. Colocated (resources.colocate): one bundle per learner rank
 holds that rank and, round-robin, the actors; every process takes an equal share of its bundle, so on GPU
-they share one device (fractional GPUs) and on CPU the same cores, and the schedule (cluster/runtime/ray_system.py
-System.learn) makes them take turns. Pure planning, no Ray calls: cluster/runtime/ray_system.py reserves what this says.
+they share one device (fractional GPUs) and on CPU the same cores, and the schedule (cluster/runtime/learner_group.py
+RayLearnerGroup.learn) makes them take turns. Pure planning, no Ray calls: cluster/runtime/ray_system.py reserves
+what this says.
 """
 
 from __future__ import annotations

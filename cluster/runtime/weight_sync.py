@@ -26,7 +26,7 @@ from actors.weight_broadcast import GroupAddress
 from bond.records import Role
 from cluster.config.job import WeightSyncMethod
 from cluster.core import SyncReport
-from cluster.training.failures import JobFailure
+from cluster.runtime.components import WeightSyncError, confirmed_version
 
 # Measured here (`python -m bench sync`, learner actor -> vLLM actors with plain weights, best of 5, 2 CPU cores
 # shared with other work, 2026-12-02), policy alone / a step's sync (policy + anchor):
@@ -42,19 +42,6 @@ def choose_method(requested: WeightSyncMethod, on_gpu: bool) -> WeightSyncMethod
     if requested is not WeightSyncMethod.AUTO:
         return requested
     return WeightSyncMethod.COLLECTIVE if on_gpu else WeightSyncMethod.OBJECT_STORE
-
-
-class WeightSyncError(JobFailure):
-    """A push that failed or timed out: one error line (and run.auto_resume applies), not a hang."""
-
-
-def confirmed_version(role: Role, confirmed: Sequence[int], expected: int, buckets: int) -> int:
-    """The version every actor of `role` now holds; an error unless all of them hold the learner's."""
-    if buckets == 0:
-        raise WeightSyncError(f"learner exported no {role} weights")
-    if set(confirmed) != {expected}:
-        raise WeightSyncError(f"{role} actors confirmed versions {list(confirmed)}, learner is at {expected}")
-    return expected
 
 
 def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncReport:

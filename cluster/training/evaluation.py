@@ -31,9 +31,8 @@ from bond.records import Prompt, Role
 from cluster.config.job import EvalConfig, JobConfig
 from cluster.config.prompts import PromptSet, load_prompts
 from cluster.core import EvalResult
-from cluster.training.loop import step_seed
+from cluster.training.seeds import bon_curve_seed, eval_seed
 
-_SEED_OFFSET = 1 << 40  # training steps' seeds (loop.step_seed) stay far below this
 SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
 
 
@@ -75,19 +74,19 @@ def split_prompts(
 def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[EvalResult]:
     """One evaluation of the policy the actors hold now (after the sync of `step`), one result per mode."""
     cfg, prompts = job.eval, list(heldout[: job.eval.num_prompts])
-    seed = _SEED_OFFSET + step_seed(job.run.seed, step)
+    seed = eval_seed(job.run.seed, step)
     modes = [m for m, on in (("greedy", cfg.greedy), ("sampled", cfg.sampled)) if on]
     results = []
     for mode in modes:
         t0 = time.perf_counter()
         greedy = mode == "greedy"
         settings = dataclasses.replace(job.sampling, temperature=0.0 if greedy else job.sampling.temperature, seed=seed)
-        completions = system.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
-        scored = system.score(completions)
+        completions = system.samplers.sample(Role.POLICY, prompts, 1 if greedy else cfg.samples_per_prompt, settings)
+        scored = system.scorer.score(completions)
         rewards = [s.reward for s in scored]
         kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
         if not greedy:
-            est = system.kl_to_reference(completions)
+            est = system.learner.kl_to_reference(completions)
             kl = {
                 "kl_ref": est.sampled.mean().item(),
                 "kl_ref_tokenwise": est.tokenwise.mean().item(),
@@ -144,9 +143,9 @@ def bon_curve(
     if samples_per_prompt < max_n:
         raise ValueError(f"bon_curve: samples_per_prompt ({samples_per_prompt}) must be >= max_n ({max_n})")
     prompts = list(heldout[: job.eval.num_prompts])
-    settings = dataclasses.replace(job.sampling, seed=_SEED_OFFSET // 2 + step_seed(seed, 0))
-    completions = system.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
-    rewards = torch.tensor([s.reward for s in system.score(completions)]).view(len(prompts), samples_per_prompt)
+    settings = dataclasses.replace(job.sampling, seed=bon_curve_seed(seed))
+    completions = system.samplers.sample(role, prompts, samples_per_prompt, settings)  # consecutive per prompt
+    rewards = torch.tensor([s.reward for s in system.scorer.score(completions)]).view(len(prompts), samples_per_prompt)
     points = []
     for n in range(1, max_n + 1):
         per_prompt = expected_max_of_n(rewards, n).tolist()

@@ -1,7 +1,7 @@
 """Failures that end a job with one line a user can act on (never a traceback), and `run.auto_resume`.
 
 Recoverable faults (a sampler actor or a reward replica that dies) are handled where they happen
-(cluster/runtime/ray_system.py, loop.score_with_retries); these are the ones that are not: a learner rank that
+(cluster/runtime/samplers.py, loop.score_with_retries); these are the ones that are not: a learner rank that
 died, an actor that keeps dying, scoring that keeps failing, a checkpoint that could not be written.
 `python -m cluster.main` prints `error: <message>` and exits with EXIT_FAILURE; with run.auto_resume > 0
 it first restarts the job from its newest complete checkpoint, at most that many times.

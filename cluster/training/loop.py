@@ -20,8 +20,9 @@ from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, Step
 from bond.sampling_plan import SamplingPlan, sampling_plan
 from cluster.config.job import JobConfig, Mode
 from cluster.config.prompts import PromptCursor, take
-from cluster.core import LoopState, StepRecord, System
+from cluster.core import LoopState, SamplerPool, Scorer, StepRecord, System
 from cluster.training.failures import ScoringFailedError, first_line
+from cluster.training.seeds import step_seed
 from reward_service.errors import RewardServiceError, RewardTimeoutError
 
 
@@ -57,13 +58,13 @@ SCORE_ATTEMPTS = 5  # backoff 1 + 2 + 4 + 8 s: Serve notices a dead replica with
 SCORE_BACKOFF_S = 1.0  # doubled after each failure: Serve needs a few seconds to replace a dead replica
 
 
-def score_with_retries(system: System, completions: Sequence[Completion], metrics=None) -> list[ScoredCompletion]:
+def score_with_retries(scorer: Scorer, completions: Sequence[Completion], metrics=None) -> list[ScoredCompletion]:
     """A scoring call that fails for a transient reason (a replica that died, a timeout) is counted and retried
     with backoff; a deterministic failure (a bad request, a NaN reward, a model that raises) is not retried.
     Either way the job ends with one ScoringFailedError line, never a traceback."""
     for attempt in range(1, SCORE_ATTEMPTS + 1):
         try:
-            return system.score(completions)
+            return scorer.score(completions)
         except Exception as e:  # noqa: BLE001 - every failure is counted by type, then retried or reported
             reason = getattr(e, "reason", None) or type(e).__name__
             if metrics:
@@ -76,10 +77,49 @@ def score_with_retries(system: System, completions: Sequence[Completion], metric
     raise AssertionError("unreachable")
 
 
-def step_seed(run_seed: int, step: int) -> int:
-    """The sampling seed of training step `step` (the actors derive each request's seed from it, role, actor and
-    prompt): a function of (run.seed, step) alone, so a resumed run draws what the uninterrupted one drew."""
-    return run_seed * 1_000_003 + step
+class Requests:
+    """Sampling requests in flight, oldest first, each with the cursor after its prompts. Pipelined mode keeps
+    steps t+1 .. t+pipeline_depth in flight while the learner trains on step t; sync mode only ever the next one."""
+
+    def __init__(self, job: JobConfig, samplers: SamplerPool, prompts: Sequence[Prompt], start: LoopState):
+        self.job, self.samplers, self.prompts = job, samplers, tuple(prompts)
+        self.plan = sampling_plan(job.algorithm)  # e.g. J-BOND: 1 policy + 2 anchor samples per prompt
+        self.in_flight: deque = deque()
+        self.next_step, self.next_cursor = start.step, start.cursor  # next step to request, where its prompts start
+
+    def send(self, step: int, cursor: PromptCursor):
+        """Request step `step`'s samples of the B prompts from `cursor`; returns (pending, cursor after them)."""
+        job = self.job
+        chosen, after = take(
+            self.prompts, cursor, job.algorithm.prompts_per_step, job.prompts.seed, job.prompts.shuffle
+        )
+        settings = dataclasses.replace(job.sampling, seed=step_seed(job.run.seed, step))
+        return self.samplers.start(list(enumerate(p for _, p in chosen)), self.plan, settings), after
+
+    def up_to(self, last: int) -> None:
+        """Keep every step up to `last` (and before run.steps) requested."""
+        while self.next_step <= min(last, self.job.run.steps - 1):
+            self.in_flight.append(self.send(self.next_step, self.next_cursor))
+            self.next_step, self.next_cursor = self.next_step + 1, self.in_flight[-1][1]
+
+
+def fresh_samples(job: JobConfig, requests: Requests, state: LoopState, version: dict[Role, int], metrics=None):
+    """The oldest request's samples (each role's, version-tagged) and the cursor after its prompts; never samples
+    older than run.max_staleness: those are counted and redrawn with the current weights."""
+    pending, cursor_after = requests.in_flight.popleft()
+    samples = requests.samplers.finish(pending)
+    if job.run.mode is Mode.PIPELINED:  # the actors sample ahead while we learn on step t
+        requests.up_to(state.step + job.run.pipeline_depth)
+    if metrics:
+        metrics.record_queue_depth(len(requests.in_flight))
+    stale = [
+        c for c in samples.all() if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness
+    ]
+    if stale:
+        if metrics:
+            metrics.record_skip("stale", len(stale))
+        samples = requests.samplers.finish(requests.send(state.step, state.cursor)[0])
+    return samples, cursor_after
 
 
 def train(
@@ -90,73 +130,31 @@ def train(
     on_step: Callable[[StepRecord], None],
     metrics=None,
 ) -> LoopState:
-    B, pipelined = job.algorithm.prompts_per_step, job.run.mode is Mode.PIPELINED
-    plan = sampling_plan(job.algorithm)  # e.g. J-BOND: 1 policy + 2 anchor samples per prompt
-    state = start
+    requests, state = Requests(job, system.samplers, prompts, start), start
+    plan = requests.plan
     version: dict[Role, int] = {}  # each pushed role's version after the last step (unknown before the first)
-
-    def sample(step: int, cursor: PromptCursor):
-        chosen, after = take(tuple(prompts), cursor, B, job.prompts.seed, job.prompts.shuffle)
-        settings = dataclasses.replace(job.sampling, seed=step_seed(job.run.seed, step))
-        return system.start_sampling(list(enumerate(p for _, p in chosen)), plan, settings), after
-
-    # Sampling requests in flight, oldest first: (pending, cursor after its prompts). Pipelined mode keeps steps
-    # t+1 .. t+pipeline_depth in flight while the learner trains on step t; sync mode only ever the next one.
-    in_flight: deque = deque()
-    planned = [state.step, state.cursor]  # next step to request, and where its prompts start
-
-    def request_up_to(last: int) -> None:
-        while planned[0] <= min(last, job.run.steps - 1):
-            in_flight.append(sample(*planned))
-            planned[:] = [planned[0] + 1, in_flight[-1][1]]
-
-    request_up_to(state.step)
+    requests.up_to(state.step)
     while state.step < job.run.steps:
-        step, t0 = state.step, time.perf_counter()
-        pending, cursor_after = in_flight.popleft()
-        samples = system.finish_sampling(pending)  # each role's samples, version-tagged
-        if pipelined:  # the actors sample ahead while we learn on step t
-            request_up_to(step + job.run.pipeline_depth)
-        if metrics:
-            metrics.record_queue_depth(len(in_flight))
-        stale = [
-            c
-            for c in samples.all()
-            if version.get(c.role, c.weights_version) - c.weights_version > job.run.max_staleness
-        ]
-        if stale:  # never train on samples older than max_staleness: redraw them with the current weights
-            if metrics:
-                metrics.record_skip("stale", len(stale))
-            samples = system.finish_sampling(sample(step, state.cursor)[0])
+        t0 = time.perf_counter()
+        samples, cursor_after = fresh_samples(job, requests, state, version, metrics)
         t_sampled = time.perf_counter()
-
-        scored = score_with_retries(system, samples.all(), metrics)
+        scored = score_with_retries(system.scorer, samples.all(), metrics)
         t_scored = time.perf_counter()
-        stats = system.learn(make_batch(scored, plan))  # the algorithm's loss, Adam, anchor update
+        stats = system.learner.learn(make_batch(scored, plan))  # the algorithm's loss, Adam, anchor update
         t_learned = time.perf_counter()
-        syncs = {
-            role: system.sync(role)
-            for role in plan.pushed  # versioned, confirmed; the reference never
-            if learner_version(stats, role) != version.get(role)
-        }  # changes, a copied anchor only sometimes
+        syncs = {  # versioned, confirmed; the reference never changes, a copied anchor only sometimes
+            role: system.learner.sync(role) for role in plan.pushed if learner_version(stats, role) != version.get(role)
+        }
         version.update({role: learner_version(stats, role) for role in plan.pushed})
         t_synced = time.perf_counter()
-
-        state = LoopState(step=step + 1, cursor=cursor_after)
-        on_step(
-            StepRecord(
-                stats=stats,
-                samples=tuple(scored),
-                seconds={
-                    "sample": t_sampled - t0,
-                    "score": t_scored - t_sampled,
-                    "learn": t_learned - t_scored,
-                    "sync": t_synced - t_learned,
-                },
-                syncs=syncs,
-                state=state,
-            )
-        )
-        if not pipelined:
-            request_up_to(state.step)
+        state = LoopState(step=state.step + 1, cursor=cursor_after)
+        seconds = {
+            "sample": t_sampled - t0,
+            "score": t_scored - t_sampled,
+            "learn": t_learned - t_scored,
+            "sync": t_synced - t_learned,
+        }
+        on_step(StepRecord(stats=stats, samples=tuple(scored), seconds=seconds, syncs=syncs, state=state))
+        if job.run.mode is not Mode.PIPELINED:
+            requests.up_to(state.step)
     return state

@@ -32,7 +32,8 @@ from cluster.config.prompts import take
 from cluster.core import LoopState, StepRecord, System
 from cluster.outputs.episodes import EpisodeWriter, read_scored
 from cluster.training import evaluation
-from cluster.training.loop import score_with_retries, step_seed
+from cluster.training.loop import score_with_retries
+from cluster.training.seeds import step_seed
 from learner.checkpoint_dir import CheckpointError
 
 GROW_DIR = "grow"
@@ -102,9 +103,9 @@ def grow(
     algo = job.algorithm
     chosen, cursor = take(tuple(prompts), state.cursor, algo.rest_grow_prompts, job.prompts.seed, job.prompts.shuffle)
     settings = dataclasses.replace(job.sampling, seed=_round_seed(job, state.step))
-    completions = system.sample(Role.POLICY, [p for _, p in chosen], algo.rest_samples_per_prompt, settings)
+    completions = system.samplers.sample(Role.POLICY, [p for _, p in chosen], algo.rest_samples_per_prompt, settings)
     t_sampled = time.perf_counter()
-    scored = score_with_retries(system, completions, metrics)
+    scored = score_with_retries(system.scorer, completions, metrics)
     writer.write(state.step, scored)
     seconds = {"grow_sample": t_sampled - t0, "grow_score": time.perf_counter() - t_sampled}
     if metrics:
@@ -143,12 +144,13 @@ def train(
             note(describe(current))
         chosen = current.batches[state.step - current.start_step]
         t0 = time.perf_counter()
-        stats = system.learn(Batch(policy=tuple((current.dataset[i],) for i in chosen), target=((),) * B))
+        stats = system.learner.learn(Batch(policy=tuple((current.dataset[i],) for i in chosen), target=((),) * B))
         t_learned = time.perf_counter()
         state = LoopState(step=state.step + 1, cursor=state.cursor)
         syncs = {}
         if state.step in (current.end_step, job.run.steps) or evaluation.due(state.step, job.eval, job.run.steps):
-            syncs[Role.POLICY] = system.sync(Role.POLICY)  # what samples next (Grow, evaluation) sees these weights
+            # what samples next (Grow, evaluation) sees these weights
+            syncs[Role.POLICY] = system.learner.sync(Role.POLICY)
         seconds.update(learn=t_learned - t0, **({"sync": time.perf_counter() - t_learned} if syncs else {}))
         on_step(
             StepRecord(

@@ -3,12 +3,12 @@
 previous checkpoint whole."""
 
 import errno
+import functools
 import json
 import os
 import pickle
 import random
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from bond.records import Batch, Completion, Role, ScoredCompletion
 from cluster.config import preflight
 from cluster.config.prompts import PromptSource, load_prompts
 from cluster.main import main
+from cluster.runtime.ports import free_port
 from cluster.training.checkpoints import newest_valid
 from learner import checkpoint_dir, safetensors_shards
 from learner.config import LearnerConfig
@@ -147,16 +148,7 @@ def test_prompts_longer_than_the_context_are_skipped(tiny_dir, tmp_path):
     assert [p.plain_text for p in got.prompts] == ["the movie"] and got.skipped == {"longer than 63 tokens": 1}
 
 
-_PORT: list[int] = []
-
-
-def _port() -> int:
-    """One port per test process: the learner's process group is created once and reused."""
-    if not _PORT:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            _PORT.append(s.getsockname()[1])
-    return _PORT[0]
+_port = functools.cache(free_port)  # one port per test process: the learner's process group is created once and reused
 
 
 def _batch(seed: int) -> Batch:

@@ -12,7 +12,7 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState
-from cluster.runtime.in_process import InProcessSystem
+from cluster.runtime.in_process import in_process_system
 from cluster.training import evaluation
 from cluster.training.loop import train
 
@@ -39,7 +39,7 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
         loading.apply_override(data, a)
     job = loading.build(JobConfig, data)
     split = evaluation.split_prompts(load_prompts(job.prompts).prompts, job.eval, job.prompts.seed)
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:
         curve = evaluation.bon_curve(system, job, split.heldout, Role.POLICY, max_n=8, samples_per_prompt=16)
         assert [p.n for p in curve] == list(range(1, 9))
@@ -57,9 +57,11 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
         assert after.kl_ref_tokenwise > 1e-3 and after.kl_ref_k3 >= 0.0
         assert after.kl_ref_tokenwise_sem <= after.kl_ref_sem  # the Rao-Blackwellised estimator is the steadier
         # k1 from kl_to_reference is exactly the learner's log pi - log ref on the same completions
-        completions = system.sample(Role.POLICY, [p.text for p in split.heldout], 2, job.sampling)
-        est = system.kl_to_reference(completions)
-        k1 = system.learner.logprobs(completions, Role.POLICY) - system.learner.logprobs(completions, Role.REFERENCE)
+        completions = system.samplers.sample(Role.POLICY, [p.text for p in split.heldout], 2, job.sampling)
+        est = system.learner.kl_to_reference(completions)
+        k1 = system.learner.rank.logprobs(completions, Role.POLICY) - system.learner.rank.logprobs(
+            completions, Role.REFERENCE
+        )
         torch.testing.assert_close(est.sampled, k1, atol=1e-4, rtol=0)
         assert bool((est.tokenwise >= 0).all())
     finally:

@@ -13,7 +13,7 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState
-from cluster.runtime.in_process import InProcessSystem
+from cluster.runtime.in_process import in_process_system
 from cluster.training import evaluation
 from cluster.training.loop import train
 
@@ -37,7 +37,7 @@ def in_process_job(tiny_dir, *overrides: str) -> JobConfig:
 
 def test_two_steps_in_process(tiny_dir, tmp_path):
     job = in_process_job(tiny_dir)
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     records = []
     prompts = load_prompts(job.prompts).prompts
     final = train(job, system, prompts, LoopState(0, PromptCursor()), records.append)
@@ -53,11 +53,11 @@ def test_two_steps_in_process(tiny_dir, tmp_path):
     # the actors now hold the learner's weights: same log-probs on the same sequence
     ids = [list(records[-1].samples[0].completion.token_ids)]
     prompt = [records[-1].samples[0].completion.prompt]
-    system.export_hf(tmp_path / "exported")
+    system.learner.export_hf(tmp_path / "exported")
     from actors.hf_sampler import HfSampler
 
     exported = HfSampler(str(tmp_path / "exported"), Role.POLICY).score_logprobs(prompt, ids)
-    assert abs(system.actors[Role.POLICY][0].score_logprobs(prompt, ids)[0] - exported[0]) < 1e-4
+    assert abs(system.samplers.actors[Role.POLICY][0].score_logprobs(prompt, ids)[0] - exported[0]) < 1e-4
 
 
 @pytest.mark.timeout(300)
@@ -84,7 +84,7 @@ def test_each_algorithm_trains_in_process(tiny_dir, overrides):
     the same reference actor. gkd's teacher is the policy itself here: only its sampling plan is under test."""
     job = in_process_job(tiny_dir, *(o.format(policy=tiny_dir / "policy") for o in overrides))
     plan, B = sampling_plan(job.algorithm), job.algorithm.prompts_per_step
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     records = []
     prompts = load_prompts(job.prompts).prompts
     train(job, system, prompts, LoopState(0, PromptCursor()), records.append)

@@ -10,10 +10,10 @@ the largest possible per-step move (lr per step), and scalar statistics to ~1e-5
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import random
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bond.config import Algorithm, BondConfig, ConfigError
 from bond.records import Batch, Completion, Role, ScoredCompletion
 from bond.sampling_plan import SamplingPlan, sampling_plan
+from cluster.runtime.ports import free_port
 from learner.checkpoint_dir import CheckpointError
 from learner.config import LearnerConfig
 from learner.learner import Learner
@@ -32,17 +33,12 @@ VOCAB = 58  # the tiny tokenizer (demo/tiny.py); ids 0-4 are specials
 LR = 1e-3
 BOND = BondConfig(prompts_per_step=8, lr=LR, warmup_steps=2, gamma=0.5, eta=0.1, max_grad_norm=1.0)
 PARAM_ATOL = 0.05 * LR  # per step taken; see module docstring
-_PORT = None
 
 
+@functools.cache
 def port() -> int:
     """One free port per test process: the process group is created once and reused by later learners."""
-    global _PORT
-    if _PORT is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            _PORT = s.getsockname()[1]
-    return _PORT
+    return free_port()
 
 
 def completion(prompt_id: int, role: Role, rng: random.Random, version: int) -> Completion:
@@ -249,9 +245,7 @@ def run_two_ranks(rank_main, tiny_dir, out_dir) -> dict:
     """`rank_main(rank, tiny_dir, master_port, out_dir)` in 2 spawned processes (one gloo group); returns what
     rank 0 saved to out_dir/rank0.pt."""
     ctx = multiprocessing.get_context("spawn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        master_port = s.getsockname()[1]
+    master_port = free_port()
     procs = [ctx.Process(target=_rank_process, args=(rank_main, r, tiny_dir, master_port, out_dir)) for r in range(2)]
     for p in procs:
         p.start()

@@ -5,8 +5,8 @@ update, and really active), a tied model's export and EMA anchor (the anchor sta
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
-import socket
 
 import pytest
 import torch
@@ -14,21 +14,14 @@ from transformers import AutoModelForCausalLM
 
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
+from cluster.runtime.ports import free_port
 from learner.config import LearnerConfig
 from learner.learner import Learner
 from learner.sequences import completion_logprobs, pack
 
 VOCAB = 58
 BOND = BondConfig(prompts_per_step=4, lr=1e-2, warmup_steps=0, gamma=0.5, eta=0.1, max_grad_norm=1.0)
-_PORT: list[int] = []
-
-
-def _port() -> int:  # one per test process: the default process group is created once and reused
-    if not _PORT:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            _PORT.append(s.getsockname()[1])
-    return _PORT[0]
+_port = functools.cache(free_port)  # one per test process: the default process group is created once and reused
 
 
 def _completions(seed: int, n: int, role: Role = Role.POLICY, min_prompt: int = 0) -> list[Completion]:

@@ -4,12 +4,13 @@ the handle and HTTP APIs, every error path, and the metrics they leave behind.""
 import json
 import math
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+
+from cluster.runtime.ports import free_port
 
 ray = pytest.importorskip("ray")
 
@@ -23,12 +24,6 @@ FUNCTIONS = "tests.component.tiny_reward_functions"
 TOKEN = "s3cret-token"
 PROMPTS = ["the movie", "the film", "the plot", "i thought the film", "the acting", "the music"]
 COMPLETIONS = ["was great .", "was awful .", "great . was", "was really moving .", "seemed quite dull .", "was"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

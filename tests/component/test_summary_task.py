@@ -12,7 +12,7 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState
-from cluster.runtime.in_process import InProcessSystem
+from cluster.runtime.in_process import in_process_system
 from cluster.training.loop import train
 from demo import summary_models
 from demo import summary_world as world
@@ -63,7 +63,7 @@ def test_jbond_with_the_entailment_reward_runs_end_to_end(summary_dir):
         loading.apply_override(data, a)
     job = loading.build(JobConfig, data)
     records = []
-    system = InProcessSystem(job)
+    system = in_process_system(job)
     try:
         train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), records.append)
     finally:

@@ -8,7 +8,6 @@ adapter bytes; a bad adapter tensor is refused with the engine still serving the
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from actors.vllm_sampler import VllmSampler
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.config import BondConfig
 from bond.records import Completion, Role, WeightUpdate
+from cluster.runtime.ports import free_port
 from learner.config import LoraConfig
 from tests.component.test_learner import learner, make_batch
 
@@ -85,9 +85,7 @@ def test_adapter_pushes_serve_the_learners_policy(tiny_dir):
 
         # the second push by broadcast (the collective transport): learner thread = group rank 0, engine = rank 1
         lrn.step(make_batch(1))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            address = GroupAddress("127.0.0.1", s.getsockname()[1], world_size=2, backend="gloo", timeout_s=60)
+        address = GroupAddress("127.0.0.1", free_port(), world_size=2, backend="gloo", timeout_s=60)
 
         def send() -> None:
             group = WeightGroup(address, 0, torch.device("cpu"))

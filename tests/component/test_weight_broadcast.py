@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,17 +20,12 @@ import torch
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
+from cluster.runtime.ports import free_port
 
 VOCAB = 58
 TIMEOUT_S = 20.0
 PROMPTS = ["the movie", "the plot was", "a story"]
 COMPLETIONS = [[51, 33, 55, 25, 5, 2], [33, 13, 5], [40, 41, 42, 2]]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(seed: int) -> Batch:
@@ -132,9 +126,9 @@ def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_s
     receivers, tied_qwen2_dir, tmp_path, world
 ):
     engine, hf, original = receivers
-    address = GroupAddress("127.0.0.1", _port(), world_size=3, backend="gloo", timeout_s=TIMEOUT_S)
+    address = GroupAddress("127.0.0.1", free_port(), world_size=3, backend="gloo", timeout_s=TIMEOUT_S)
     ctx = multiprocessing.get_context("spawn")
-    master_port = _port()
+    master_port = free_port()
     procs = [
         ctx.Process(
             target=_learner_main,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import socket
 import time
 
 import pytest
@@ -18,18 +17,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
+from cluster.runtime.ports import free_port
 from learner.config import Device, Dtype, LearnerConfig
 from learner.learner import Learner
 
 pytestmark = pytest.mark.gpu
 
 VOCAB, PROMPT, COMPLETION, PROMPTS = 32000, 64, 128, 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(seed: int) -> Batch:
@@ -85,7 +79,7 @@ def test_zero3_bf16_step_and_bucketed_gather(model_dir):
     config = LearnerConfig(
         zero_stage=3, micro_batch_prompts=4, dtype=Dtype.BF16, device=Device.CUDA, bucket_bytes=bucket_bytes
     )
-    learner = Learner(model_dir, bond, config, master_port=_free_port())
+    learner = Learner(model_dir, bond, config, master_port=free_port())
     before = {k: v.cpu() for k, v in next(iter(learner.weights(Role.POLICY))).tensors.items()}
     torch.cuda.reset_peak_memory_stats()
     stats = [learner.step(_batch(0))]  # warm-up

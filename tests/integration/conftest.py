@@ -19,5 +19,5 @@ def local_ray(_module_ray, tiny_dir):
     """A local Ray for the test: started once per module, and again if a test in between shut it down
     (test_ray_job_submit disconnects the driver to submit to a head of its own)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init(num_cpus=4, include_dashboard=True, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield

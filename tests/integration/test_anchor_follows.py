@@ -27,18 +27,18 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
     from cluster.config.job import WeightSyncMethod
     from cluster.config.prompts import PromptCursor, load_prompts
     from cluster.core import LoopState
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
     from cluster.runtime.threads import job_threads
     from cluster.training.loop import train
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=3)
-    system = System(job)
+    system = start_system(job)
     try:
-        assert system.weight_sync is WeightSyncMethod.OBJECT_STORE and system._anchor_follows
-        anchor = system.actors[Role.ANCHOR][0]
+        assert system.learner.method is WeightSyncMethod.OBJECT_STORE and system.learner.anchor_follows
+        anchor = system.samplers.fleet.actors[Role.ANCHOR][0]
         # resources.threads=phase (sync): each process runs the threads of its phase, not Ray's 1 for 0.5 CPU
         threads = job_threads(job)
-        assert ray.get(system.learner[0].threads.remote()) == threads.learner
+        assert ray.get(system.learner.ranks[0].threads.remote()) == threads.learner
         assert ray.get(anchor.__ray_call__.remote(lambda a: torch.get_num_threads())) == threads.actor
         records = []
 
@@ -52,7 +52,7 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
         assert all(r.syncs[Role.ANCHOR].num_bytes == 0 for r in records)  # the anchor rode the policy push
         assert all(r.stats.sample_anchor_version == r.stats.step - 1 for r in records)  # on-policy throughout
         assert "anchor actor 0 restarted (1/" in capfd.readouterr().out
-        want, got = _learner_anchor(system.learner[0]), _actor_anchor(anchor)
+        want, got = _learner_anchor(system.learner.ranks[0]), _actor_anchor(anchor)
         assert want.keys() == got.keys() and all(torch.equal(got[k], v) for k, v in want.items())
     finally:
         system.shutdown()

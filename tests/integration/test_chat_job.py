@@ -2,7 +2,6 @@
 with message-list prompts, then checked for the data contract, the weight push and the export at once."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,11 @@ from bond.records import ChatMessage, Prompt, Role
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_PROMPT = Prompt(messages=(ChatMessage("user", "the movie"),))
 RENDERED = "<|im_start|>user\nthe movie<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
@@ -31,7 +25,7 @@ def chat_job(tmp_path: Path, tiny_dir: Path) -> JobConfig:
         f"reward.path_or_name={tiny_dir / 'reward'}",
         f"prompts.path={ROOT / 'configs' / 'chat_prompts.jsonl'}",
         "prompts.max_prompt_length=16",
-        f"reward.http_port={_free_port()}",
+        f"reward.http_port={free_port()}",
         f"run.run_dir={tmp_path}",
         "run.progress=false",
         "run.show_samples=2",
@@ -47,7 +41,7 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
     from actors.hf_sampler import HfSampler
     from actors.vllm_sampler import VllmSampler
     from cluster.outputs.episodes import read_episodes
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
 
     job = chat_job(tmp_path, tiny_dir)
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
@@ -68,15 +62,15 @@ def test_chat_job_on_tiny_qwen2(tiny_dir, tmp_path):
         assert "samples after training" in (tmp_path / "summary.txt").read_text()
 
         # weights after a push equal the learner's: a fresh system, 2 steps, compare served and exported log-probs
-        system = System(job)
+        system = start_system(job)
         try:
             from cluster.config.prompts import PromptCursor, load_prompts
             from cluster.core import LoopState
             from cluster.training.loop import train
 
             train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), lambda rec: None)
-            system.export_hf(tmp_path / "learner_policy")
-            actor = system.actors[Role.POLICY][0]
+            system.learner.export_hf(tmp_path / "learner_policy")
+            actor = system.samplers.fleet.actors[Role.POLICY][0]
             ids = [[261, 346, 2], [349, 2]]  # two short replies (token ids of the tiny BPE), ending <|im_end|>
             served = ray.get(actor.score_logprobs.remote([CHAT_PROMPT, CHAT_PROMPT], ids))
             rendered = ray.get(actor.render.remote([CHAT_PROMPT]))[0]

@@ -5,7 +5,6 @@ restart counted in ray_jbond_actor_restarts_total and logged in one line."""
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -13,25 +12,21 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray.util.state import list_actors
 
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
+from cluster.runtime.ports import free_port
 from cluster.training.failures import run_with_auto_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def job_config(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for key, value in {
-        "reward.http_port": _free_port(),
+        "reward.http_port": free_port(),
         "models.policy": tiny_dir / "policy",
         "reward.path_or_name": tiny_dir / "reward",
         "prompts.path": ROOT / "configs" / "review_prompts.jsonl",
@@ -50,10 +45,10 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def alive_pid(match) -> tuple[str, int]:
-    """(name, pid) of the first live actor whose GCS record satisfies `match`."""
-    for info in ray._private.state.actors().values():
-        if info["State"] == "ALIVE" and match(info):
-            return info["Name"] or info["ActorClassName"], info["Pid"]
+    """(name, pid) of the first live actor whose state record (ray.util.state) satisfies `match`."""
+    for info in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+        if match(info):
+            return info.name or info.class_name, info.pid
     raise AssertionError("no such live actor")
 
 
@@ -76,10 +71,10 @@ class KillAt(threading.Thread):
 
 @pytest.fixture(scope="module")
 def metrics_ray(tiny_dir):
-    port = _free_port()
+    port = free_port()
     ray.init(
         num_cpus=4,
-        include_dashboard=False,
+        include_dashboard=True,
         _metrics_export_port=port,
         _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
@@ -95,8 +90,8 @@ def test_killed_sampler_and_reward_replica_the_run_finishes_every_step_once(metr
     killer = KillAt(
         tmp_path,
         2,
-        lambda a: a["Name"].endswith("-policy-0"),
-        lambda a: a["ActorClassName"].startswith("ServeReplica:"),
+        lambda a: (a.name or "").endswith("-policy-0"),
+        lambda a: a.class_name.startswith("ServeReplica:"),
     )
     killer.start()
     t0 = time.monotonic()
@@ -129,7 +124,7 @@ def test_killed_sampler_and_reward_replica_the_run_finishes_every_step_once(metr
 def test_dead_learner_stops_the_job_in_one_line_and_auto_resume_finishes_it(metrics_ray, tiny_dir, tmp_path, capfd):
     steps = 4
     job = job_config(tmp_path, tiny_dir, **{"run.steps": steps, "run.checkpoint_every": 1, "run.auto_resume": 1})
-    killer = KillAt(tmp_path, 2, lambda a: a["ActorClassName"] == "LearnerRank")
+    killer = KillAt(tmp_path, 2, lambda a: a.class_name == "LearnerRank")
     killer.start()
     lines = []
     t0 = time.monotonic()

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
 from cluster.outputs.episodes import read_episodes
+from cluster.runtime.ports import free_port
 from cluster.training.checkpoints import newest_valid
 from cluster.training.preemption import Preempted
 from reward_service.spec import build_reward_model
@@ -28,13 +28,7 @@ from reward_service.spec import build_reward_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SERVE_PORT = _free_port()  # one Serve HTTP proxy per Ray session: every run of this module shares it
+SERVE_PORT = free_port()  # one Serve HTTP proxy per Ray session: every run of this module shares it
 
 
 def smoke_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
@@ -167,19 +161,19 @@ def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_p
     from cluster.config.job import WeightSyncMethod
     from cluster.config.prompts import PromptCursor, load_prompts
     from cluster.core import LoopState
-    from cluster.runtime.ray_system import System
+    from cluster.runtime.ray_system import start_system
     from cluster.training.loop import train
 
     job = smoke_job(tmp_path, tiny_dir, run__steps=2, run__weight_sync="collective")
-    system = System(job)
+    system = start_system(job)
     try:
         prompts = load_prompts(job.prompts).prompts
         reports = []
         train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: reports.append(rec.syncs))
         assert [{r.method for r in syncs.values()} for syncs in reports] == [{WeightSyncMethod.COLLECTIVE}] * 2
         assert [syncs[Role.ANCHOR].version for syncs in reports] == [1, 2]
-        system.export_hf(tmp_path / "learner_policy")
-        actor = system.actors[Role.POLICY][0]
+        system.learner.export_hf(tmp_path / "learner_policy")
+        actor = system.samplers.fleet.actors[Role.POLICY][0]
         assert ray.get(actor.__ray_call__.remote(lambda a: a.weights_version)) == 2
         texts = ["the movie", "the plot"]
         ids = [[51, 33, 55, 25, 5, 2], [33, 13, 5, 2]]
@@ -235,7 +229,6 @@ def test_resume_after_sigterm_reproduces_the_next_step(local_ray, tiny_dir, tmp_
 
 def test_ray_job_submit(tiny_dir, tmp_path):
     """As README documents it: a Ray head, then `ray job submit --working-dir . -- python -m cluster.main ...`."""
-    from monitoring.local_ray_head import free_port
     from tests.integration.job_submit import submit_smoke_job, venv_head
 
     if ray.is_initialized():
@@ -271,17 +264,12 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
     """resources.colocate: the actors sit in the learner rank's placement group (the GCS's actor table says so),
     their engines release their KV cache while the learner steps, and a resumed colocated run continues the
     versions."""
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
+    from ray.util.state import list_actors
 
     def groups() -> dict[str, str]:
-        """name -> placement group of every jbond actor, from the GCS's actor table (the dead ones included;
-        this module's Ray has no dashboard for ray.util.state)."""
-        rows = [
-            gcs_pb2.ActorTableData.FromString(row)
-            for row in state._connect_and_get_accessor().get_actor_table(None, None)
-        ]
-        return {r.name: r.placement_group_id.hex() for r in rows if r.name.startswith("jbond-")}
+        """name -> placement group of every jbond actor, from Ray's state API (the dead ones included)."""
+        rows = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        return {r.name: r.placement_group_id for r in rows if (r.name or "").startswith("jbond-")}
 
     before = set(groups())
     colocated = dict(resources__colocate="true", resources__cpus_per_learner=2, run__show_samples=0)

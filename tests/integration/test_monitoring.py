@@ -33,8 +33,9 @@ import pytest
 import yaml
 
 from cluster.config.storage import STORAGE_ENV
+from cluster.runtime.ports import free_port
 from monitoring.local_prometheus import LocalPrometheus
-from monitoring.local_ray_head import LocalRayHead, free_port
+from monitoring.local_ray_head import LocalRayHead
 from monitoring.monitored_stack import MonitoredStack
 from monitoring.smoke_job import smoke_entrypoint
 

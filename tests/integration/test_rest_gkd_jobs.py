@@ -4,7 +4,6 @@ one short job on the tiny world checked for several things at once; rest also re
 import json
 import math
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,13 @@ from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import run
 from cluster.outputs.episodes import read_scored
+from cluster.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SERVE_PORT = _free_port()
+SERVE_PORT = free_port()
 
 
 def job(run_dir: Path, tiny_dir: Path, *overrides: str) -> JobConfig:

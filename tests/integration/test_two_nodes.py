@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from cluster.outputs.episodes import read_episodes
-from monitoring.local_ray_head import RAY, LocalRayHead, free_port
+from cluster.runtime.ports import free_port
+from monitoring.local_ray_head import RAY, LocalRayHead
 from tests.integration.job_submit import submit_smoke_job, venv_head
 
 ROOT = Path(__file__).resolve().parents[2]

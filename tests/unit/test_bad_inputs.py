@@ -19,6 +19,7 @@ from cluster.config import loading, preflight
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
 from cluster.main import main
+from cluster.runtime.ports import free_port
 from cluster.training import loop
 from cluster.training.checkpoints import newest_valid
 from cluster.training.failures import CheckpointWriteError, ScoringFailedError
@@ -225,9 +226,7 @@ def test_port_in_use(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.bad_input("run.ray_address where no Ray head listens", "config error: run.ray_address (in < 6 s)")
 def test_unreachable_ray_address(capsys, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     err = start_fails(
         capsys,
         "models.policy=org/model",

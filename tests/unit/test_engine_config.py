@@ -9,7 +9,8 @@ from bond.config import ConfigError
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.main import main, parse_config
-from cluster.runtime.ray_system import sampler_env, sampler_kwargs
+from cluster.runtime.components import sampler_kwargs
+from cluster.runtime.samplers import sampler_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = ["--set", "resources.gpus_per_actor=1"]

@@ -64,7 +64,7 @@ def test_request_seeds_are_distinct_across_roles_actors_and_steps():
     """Every (step, role, prompt id, sample index) of a run gets its own seed: roles get their own stream
     (role_settings), a role's actors split the prompt ids, and each step's base seed differs."""
     from actors.sampling import SamplingSettings
-    from cluster.runtime.ray_system import role_settings
+    from cluster.training.seeds import role_settings
 
     # the loop's base seed is run.seed * 1_000_003 + step: step itself for run.seed 0
     seeds = [

@@ -1,0 +1,292 @@
+"""The learner on Ray (the LearnerGroup role): the data-parallel LearnerRank actors, the weight pushes that
+sync each role's actors from them (routed by transport, with the anchor actors following the policy push),
+and checkpoints. A rank that dies stops the job at once (LearnerDiedError, naming the newest checkpoint)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.state import get_actor
+
+from actors.weight_broadcast import GroupAddress, WeightGroup
+from actors.weight_flat import FlatUpdate
+from bond.divergence import KlEstimates
+from bond.records import Batch, Completion, Role, StepStats
+from cluster.config.job import JobConfig, SamplerBackend
+from cluster.core import SyncReport
+from cluster.runtime.ports import free_port
+from cluster.runtime.samplers import Fleet
+from cluster.runtime.weight_sync import (
+    WeightSyncMethod,
+    choose_method,
+    open_weight_group,
+    push_weights,
+    push_weights_collective,
+)
+from cluster.training.failures import CheckpointWriteError, LearnerDiedError, first_line
+
+
+class LearnerRank:
+    """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        reference: str,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        threads: int | None = None,
+    ):
+        import torch
+
+        from learner.learner import Learner
+
+        if threads is not None:  # Ray's default for a fractional num_cpus is one thread (cluster/runtime/threads.py)
+            torch.set_num_threads(threads)
+        self.rank = rank
+        self.learner = Learner(
+            reference,
+            job.algorithm,
+            job.learner,
+            rank=rank,
+            world_size=world_size,
+            master_addr=master_addr,
+            master_port=master_port,
+        )
+        self._export_bytes = 0
+        self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
+
+    def step(self, batch: Batch) -> StepStats:
+        return self.learner.step(batch)
+
+    def weights(self, role: Role) -> Iterator[FlatUpdate]:
+        """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store,
+        each as one flat buffer that every reader maps without a copy (actors/weight_flat.py)."""
+        self._export_bytes = 0
+        for update in self.learner.weights(role):
+            self._export_bytes += update.num_bytes
+            if self.rank == 0:
+                yield FlatUpdate.pack(update)
+
+    def last_export_bytes(self) -> int:
+        return self._export_bytes
+
+    def model_bytes(self) -> int:
+        return self.learner.model_bytes
+
+    @staticmethod
+    def threads() -> int:
+        """torch intra-op threads of this rank (what resources.threads gave it)."""
+        import torch
+
+        return torch.get_num_threads()
+
+    @staticmethod
+    def weight_group_port() -> tuple[str, int]:
+        return node_port()
+
+    def join_weight_group(self, role: Role, address: GroupAddress) -> None:
+        """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
+        self._weight_groups[role] = WeightGroup(address, 0, self.learner.device)
+
+    def send_weights(self, role: Role) -> tuple[int, int]:
+        """Every rank walks the buckets (gathers are collective); rank 0 broadcasts them. Returns (buckets, bytes)."""
+        group = self._weight_groups.get(role) if self.rank == 0 else None
+        if self.rank == 0 and group is None:
+            raise RuntimeError(f"send_weights({role}) before join_weight_group")
+        buckets = num_bytes = 0
+        for update in self.learner.weights(role):
+            if group is not None:
+                group.send(update)
+            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
+        return buckets, num_bytes
+
+    def version(self, role: Role) -> int:
+        return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
+
+    def kl_to_reference(self, completions: list[Completion]) -> KlEstimates:
+        """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
+        return self.learner.kl_to_reference(completions)
+
+    def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
+        self.learner.save(directory, extra=extra, sha256=sha256)
+
+    def restore(self, directory: str) -> dict:
+        return self.learner.restore(directory)
+
+    def export_hf(self, directory: str) -> None:
+        self.learner.export_hf(directory)
+
+
+def node_port() -> tuple[str, int]:
+    """This node's address and a port free on every interface (one the other nodes connect to)."""
+    return ray.util.get_node_ip_address(), free_port("")
+
+
+def sync_method(job: JobConfig) -> WeightSyncMethod:
+    return choose_method(job.run.weight_sync, job.learner.device.value == "cuda")
+
+
+def anchor_follows(job: JobConfig, actor_roles: Sequence[Role]) -> bool:
+    """The anchor actors follow the policy push with their own EMA (actors/weight_ema.py) on the object store.
+    Not with LoRA: there the anchor push is adapter-sized already (the EMA of the adapters). Only for an anchor
+    that moves by the EMA every step (not iterated BOND's periodic copy)."""
+    return (
+        job.run.anchor_ema_on_actors
+        and sync_method(job) is WeightSyncMethod.OBJECT_STORE
+        and job.models.sampler_backend is SamplerBackend.VLLM
+        and job.learner.lora is None
+        and Role.ANCHOR in actor_roles
+        and not job.algorithm.anchor_copy_every
+    )
+
+
+class RayLearnerGroup:
+    def __init__(self, job: JobConfig, ranks: list, fleet: Fleet, sleeps: bool):
+        """sleeps: the engines give their memory to the learner while it steps (colocated, or engine sleep mode)."""
+        self.job, self.ranks, self.fleet = job, ranks, fleet
+        self.method = sync_method(job)
+        self.anchor_follows = anchor_follows(job, tuple(fleet.actors))
+        self._group_backend = "nccl" if job.learner.device.value == "cuda" else "gloo"
+        self._sleeps, self._sleep_reported = sleeps, False
+        self._last_checkpoint: Path | None = None
+        if self.method is WeightSyncMethod.COLLECTIVE:
+            for role in fleet.actors:
+                if role is not Role.REFERENCE:  # frozen: never pushed to
+                    self._open_group(role)
+
+    def learn(self, batch: Batch) -> StepStats:
+        ref = ray.put(batch)  # one put, every rank reads it and takes its share
+        if self._sleeps:  # give the engines' memory to the learner while it trains
+            released = self.fleet.sleep()
+            if not self._sleep_reported:
+                self._sleep_reported = True
+                print(
+                    f"{len(self.fleet.all())} engines sleep while the learner steps: {released / 2**20:.0f} MiB "
+                    "freed at the first sleep",
+                    flush=True,
+                )
+        try:
+            return self._on_learner([rank.step.remote(ref) for rank in self.ranks])[0]
+        finally:
+            if self._sleeps:  # awake before the weight push that follows
+                self.fleet.wake_up()
+
+    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
+        """KL(pi || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
+        ref = ray.put(list(completions))
+        return self._on_learner([rank.kl_to_reference.remote(ref) for rank in self.ranks])[0]
+
+    def sync(self, role: Role) -> SyncReport:
+        """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone.
+
+        When the anchor actors follow the policy push (run.anchor_ema_on_actors), the policy push reaches them
+        too and the anchor's sync only pushes the learner's anchor to an actor that did not follow (a restarted
+        one, the start of a resumed job)."""
+        while True:
+            try:
+                if role is Role.ANCHOR and self.anchor_follows:
+                    return self._sync_lagging_anchors()
+                return self.push(role, range(len(self.fleet.actors[role])))
+            except RayActorError as e:
+                roles = (role, Role.ANCHOR) if role is Role.POLICY and self.anchor_follows else (role,)
+                lost = next(((r, i) for r in roles if (i := self.fleet.lost(r, e)) is not None), None)
+                if lost is None:
+                    raise
+                self.fleet.recover(*lost, first_line(e))
+
+    def push(self, role: Role, indices) -> SyncReport:
+        """Push to actors `indices` of `role`. Collective transport: a restarted actor lost its group membership
+        with its process, so the role's group is formed anew and every actor of the role receives the push."""
+        indices, actors, held = list(indices), self.fleet.actors, self.fleet.held
+        try:
+            if self.method is WeightSyncMethod.COLLECTIVE:
+                if len(indices) < len(actors[role]):
+                    self._open_group(role)
+                    indices = list(range(len(actors[role])))
+                report = push_weights_collective(self.ranks, actors[role], role, self.job.run.weight_sync_timeout_s)
+            else:
+                followers = self._followers(role, indices)
+                targets = [actors[role][i] for i in indices] + [actors[Role.ANCHOR][j] for j in followers]
+                report = push_weights(self.ranks, targets, role)
+                for j in followers:
+                    held[Role.ANCHOR][j] = report.version
+        except RayActorError as e:
+            self._raise_if_learner(e)
+            raise
+        for i in indices:
+            held[role][i] = report.version
+        return report
+
+    def _sync_lagging_anchors(self) -> SyncReport:
+        t0 = time.perf_counter()
+        version = ray.get(self.ranks[0].version.remote(Role.ANCHOR))
+        lagging = [i for i, held in enumerate(self.fleet.held[Role.ANCHOR]) if held != version]
+        if lagging:
+            return self.push(Role.ANCHOR, lagging)
+        return SyncReport(role=Role.ANCHOR, version=version, buckets=0, num_bytes=0, seconds=time.perf_counter() - t0)
+
+    def _followers(self, role: Role, indices: list[int]) -> list[int]:
+        """Anchor actors that take this policy push and apply the EMA: those one version behind (or, on a retried
+        push, already at it); a lagging one gets the learner's anchor instead (_sync_lagging_anchors)."""
+        if role is not Role.POLICY or not self.anchor_follows or len(indices) < len(self.fleet.actors[role]):
+            return []
+        version = ray.get(self.ranks[0].version.remote(Role.POLICY))
+        return [j for j, held in enumerate(self.fleet.held[Role.ANCHOR]) if held in (version - 1, version)]
+
+    def _open_group(self, role: Role) -> None:
+        open_weight_group(
+            self.ranks, self.fleet.actors[role], role, self._group_backend, self.job.run.weight_sync_timeout_s
+        )
+
+    def _raise_if_learner(self, error: RayActorError) -> None:
+        ids = [r._actor_id.hex() for r in self.ranks]
+        dead = (
+            [ids.index(error.actor_id)]
+            if error.actor_id in ids
+            else []
+            if error.actor_id
+            else [r for r, actor_id in enumerate(ids) if getattr(get_actor(actor_id), "state", None) != "ALIVE"]
+        )
+        if dead:
+            raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
+
+    def _on_learner(self, refs: list) -> list:
+        """The ranks' results. A rank that dies stops the job at once: the others may be blocked in a collective
+        that never completes, so waiting on all of them would hang."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except RayActorError as e:
+                raise LearnerDiedError(refs.index(done[0]), first_line(e), self._last_checkpoint) from None
+        return ray.get(refs)
+
+    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
+        try:
+            self._on_learner([rank.save.remote(str(directory), extra, sha256) for rank in self.ranks])
+        except OSError as e:  # a full disk, a lost mount: the previous checkpoint is still the newest complete one
+            raise CheckpointWriteError(
+                f"checkpoint {directory} not written ({first_line(getattr(e, 'cause', e))}); "
+                f"newest complete checkpoint: {self._last_checkpoint or 'none'}"
+            ) from None
+        self._last_checkpoint = Path(directory)
+
+    def restore(self, directory: Path) -> dict:
+        extra = self._on_learner([rank.restore.remote(str(directory)) for rank in self.ranks])[0]
+        self._last_checkpoint = Path(directory)
+        return extra
+
+    def export_hf(self, directory: Path) -> None:
+        self._on_learner([rank.export_hf.remote(str(directory)) for rank in self.ranks])
+
+    def close(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
