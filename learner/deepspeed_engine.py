@@ -86,7 +86,10 @@ def build_partitioned(model_dir: Path, dtype: torch.dtype, config: dict) -> torc
     hf_config = AutoConfig.from_pretrained(model_dir)
     # No random init (every value is overwritten below, and HF's init cannot index empty partitions); the
     # skipped init_weights is also what ties lm_head to the embedding, hence tie_weights().
-    with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype), no_init_weights():
+    # The parameters' dtype comes from the config's bf16 flag, not Init's dtype argument: DeepSpeed 0.19.8 drops that
+    # argument on a CPU without fp16 kernels (AMD EPYC here) and builds bf16 partitions, so an fp32 learner's ZeRO-3
+    # policy would differ from its checkpoint by bf16 rounding.
+    with deepspeed.zero.Init(config_dict_or_path=config), no_init_weights():
         module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     module.tie_weights()
     params = dict(module.named_parameters())  # tied weights appear once (lm_head IS embed_tokens)
