@@ -431,6 +431,24 @@ class JobConfig:
                 "engine.tensor_parallel_size",
                 "tensor parallelism needs the vllm sampler backend",
             )
+        self._check_sharing(engine, res, on_gpu)
+        if self.learner.lora is not None:
+            require(
+                self.models.sampler_backend is SamplerBackend.VLLM,
+                "learner.lora",
+                "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
+                "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)",
+            )
+        for name, source in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
+            limit = source.max_prompt_length if source is not None else None
+            require(
+                engine.max_model_len is None or limit is None or limit < engine.max_model_len,
+                f"{name}.max_prompt_length",
+                f"{limit} leaves no room for a completion in engine.max_model_len {engine.max_model_len}",
+            )
+
+    def _check_sharing(self, engine: EngineConfig, res: ResourcesConfig, on_gpu: bool) -> None:
+        """Colocated actors and engines that sleep: both take turns with the learner, so sync mode only."""
         if res.colocate:
             require(
                 self.run.mode is Mode.SYNC,
@@ -460,20 +478,6 @@ class JobConfig:
                 self.run.mode is Mode.SYNC,
                 "engine.enable_sleep_mode",
                 "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync",
-            )
-        if self.learner.lora is not None:
-            require(
-                self.models.sampler_backend is SamplerBackend.VLLM,
-                "learner.lora",
-                "LoRA pushes carry adapters only, which the vllm actors serve as LoRA requests; the hf sampler "
-                "backend cannot take them: use models.sampler_backend: vllm, or full fine-tuning (lora: null)",
-            )
-        for name, source in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
-            limit = source.max_prompt_length if source is not None else None
-            require(
-                engine.max_model_len is None or limit is None or limit < engine.max_model_len,
-                f"{name}.max_prompt_length",
-                f"{limit} leaves no room for a completion in engine.max_model_len {engine.max_model_len}",
             )
 
     @property
