@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # vLLM on CPU only: a 1 GiB KV cache (its default reservation would not fit several engines in a small machine's
 # memory), the engine in the calling process (no extra process per engine), OpenMP threads not bound to cores
 # (bound engines fight over the same cores). Exported for the CPU targets below, never for the GPU ones: they
-# are wrong for a CUDA engine. Ray actors get them from cluster/runtime/ray_system.py (CPU actors only).
+# are wrong for a CUDA engine. Ray actors get them from cluster/runtime/samplers.py (CPU actors only).
 CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
