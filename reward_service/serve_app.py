@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from reward_service.errors import (
@@ -175,10 +175,12 @@ class RewardDeployment:
             body = await self._read_body(http_request)
             return await self._serve(lambda: ScoreRequest.from_json(body))
         except RewardServiceError as error:
+            headers = {}
+            if isinstance(error, UnauthorizedError):
+                await _drain(http_request, 0)  # the client reads the 401 only once it has sent its body
+                headers["WWW-Authenticate"] = "Bearer"
             if isinstance(error, UnauthorizedError | PayloadTooLargeError):
                 self._errors.inc(1, tags={"reason": error.reason})  # refused before _serve counts anything
-            headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, UnauthorizedError) else {}
-            if isinstance(error, PayloadTooLargeError):
                 headers["Connection"] = "close"  # past DRAIN_LIMIT_BYTES the body was cut off mid-way
             return JSONResponse(
                 {"error": error.reason, "message": error.message}, status_code=http_status(error), headers=headers
@@ -196,18 +198,20 @@ class RewardDeployment:
         limit = self._spec.max_request_bytes
         declared = http_request.headers.get("content-length", "")
         too_large = PayloadTooLargeError(f"the body is larger than max_request_bytes={limit}")
-        try:
-            if declared.isdigit() and int(declared) > limit:
-                await _drain(http_request, 0)
-                raise too_large
-            body = bytearray()
-            async for chunk in http_request.stream():
-                body += chunk
-                if len(body) > limit:
+        if declared.isdigit() and int(declared) > limit:
+            await _drain(http_request, 0)
+            raise too_large
+        body, more = bytearray(), True
+        while more:
+            message = await http_request.receive()
+            if message["type"] != "http.request":
+                raise BadRequestError("the client closed the connection before its body ended", "incomplete_body")
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                if more:
                     await _drain(http_request, len(body))
-                    raise too_large
-        except ClientDisconnect:
-            raise BadRequestError("the client closed the connection before its body ended", "incomplete_body") from None
+                raise too_large
         return bytes(body)
 
     async def _serve(self, parse: Callable[[], ScoreRequest]) -> RewardReply:
