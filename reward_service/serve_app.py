@@ -111,6 +111,7 @@ async def _drain(http_request: Request, seen: int) -> None:
             return
 
 
+# Everything a route uses is defined above: @serve.ingress pickles the routes as the class is made.
 @serve.deployment
 @serve.ingress(app)
 class RewardDeployment:
