@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -12,9 +12,3 @@ class RewardReply:
     replica: str  # the Serve replica that scored them ("in-process" outside Serve)
     batch_requests: int  # requests merged into the model call that scored this one (dynamic batching)
     batch_samples: int  # samples in that model call, all requests together
-
-    def to_json(self) -> dict:
-        """The HTTP reply body."""
-        body = asdict(self)
-        body["rewards"] = list(self.rewards)
-        return body

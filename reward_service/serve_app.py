@@ -2,10 +2,11 @@
 
     handle = deploy(spec, name="reward")                      # Ray must already be initialised
     reply = handle.score.remote(prompts, completions).result()  # -> RewardReply
-    POST http://127.0.0.1:8000/reward  {"prompts": [...], "completions": [...]}
+    POST http://127.0.0.1:8000/reward  {"prompts": [...], "completions": [...]}   (a ScoreBody)
         -> 200 {"rewards": [...], "reward_model_id": ..., "replica": ..., "batch_requests": .., "batch_samples": ..}
         -> 400 (bad request) / 401 (no or wrong bearer token, when one is set) / 413 (body > max_request_bytes)
            / 500 (reward model failed) / 504 (timed out): {"error": reason, "message": ...}
+    GET http://127.0.0.1:8000/reward/openapi.json, /reward/docs: the HTTP API's schema and its docs page
 
 Concurrent requests are merged by @serve.batch into one model call. A failure is counted in the
 `reward_errors` metric (exported as ray_reward_errors_total{reason=...}) and reported to its own caller
@@ -18,11 +19,15 @@ import asyncio
 import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import ray
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -35,13 +40,17 @@ from reward_service.errors import (
     UnauthorizedError,
 )
 from reward_service.reply import RewardReply
-from reward_service.request import ScoreRequest
+from reward_service.request import ScoreBody, ScoreRequest
 from reward_service.reward_model import checked_rewards
 from reward_service.spec import RewardSpec, build_reward_model
 
 _LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 HEALTH_CHECK_PERIOD_S = 2.0
+# A refused body is still read (and dropped) up to this size: a client such as urllib sends its whole body
+# before it reads the answer, and a server closing on unread bytes resets the connection, so it would never
+# see the 413. A body larger still is cut off.
+DRAIN_LIMIT_BYTES = 256 * 2**20
 
 
 def http_status(error: RewardServiceError) -> int:
@@ -57,7 +66,54 @@ def http_status(error: RewardServiceError) -> int:
     return 500
 
 
+@dataclass(frozen=True)
+class ErrorBody:
+    error: str  # the RewardServiceError's reason, e.g. bad_json, too_large, non_finite
+    message: str
+
+
+class RewardAPI(FastAPI):
+    """The HTTP app. Its one route reads the body itself (to refuse an oversized one before parsing it), so
+    FastAPI does not see the request model: openapi() adds it."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == scope.get("root_path"):
+            # The route prefix itself (POST /reward): the app's "/" rather than a redirect there, which
+            # clients do not follow for a POST.
+            scope = {**scope, "path": scope["path"] + "/"}
+        await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict:
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            body = ScoreBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("$defs", {}), ScoreBody=body)
+        return self.openapi_schema
+
+
+app = RewardAPI(title="reward service", summary="Rewards for (prompt, completion) pairs from one reward model.")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (no such path, a method other than POST) in the service's error body."""
+    message = 'POST a JSON body {"prompts": [...], "completions": [...]}' if error.status_code == 405 else error.detail
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+    return JSONResponse({"error": reason, "message": message}, status_code=error.status_code, headers=error.headers)
+
+
+async def _drain(http_request: Request, seen: int) -> None:
+    """Read the rest of a refused body, up to DRAIN_LIMIT_BYTES, so that the client gets to read the answer."""
+    while seen <= DRAIN_LIMIT_BYTES:
+        message = await http_request.receive()
+        seen += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+# Everything a route uses is defined above: @serve.ingress pickles the routes as the class is made.
 @serve.deployment
+@serve.ingress(app)
 class RewardDeployment:
     """One replica: a RewardModel built from the spec, dynamic batching, metrics, a handle and an HTTP API."""
 
@@ -101,25 +157,35 @@ class RewardDeployment:
     async def model_id(self) -> str:
         return self._model.model_id
 
-    async def __call__(self, http_request: Request) -> JSONResponse:
-        """The HTTP JSON API (POST to the route prefix)."""
-        if http_request.method != "POST":
-            return JSONResponse(
-                {"error": "method_not_allowed", "message": 'POST a JSON body {"prompts": [...], "completions": [...]}'},
-                status_code=405,
-            )
+    @app.post(
+        "/",
+        response_model=RewardReply,
+        responses={status: {"model": ErrorBody} for status in (400, 401, 413, 500, 504)},
+        dependencies=[Depends(HTTPBearer(auto_error=False, description="when the service has a token"))],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}}},
+            }
+        },
+    )
+    async def score_http(self, http_request: Request) -> RewardReply | JSONResponse:
+        """Rewards for (prompts[i], completions[i]) from a ScoreBody."""
         try:
             self._check_token(http_request.headers.get("authorization", ""))
             body = await self._read_body(http_request)
-            reply = await self._serve(lambda: ScoreRequest.from_json(body))
+            return await self._serve(lambda: ScoreRequest.from_json(body))
         except RewardServiceError as error:
+            headers = {}
+            if isinstance(error, UnauthorizedError):
+                await _drain(http_request, 0)  # the client reads the 401 only once it has sent its body
+                headers["WWW-Authenticate"] = "Bearer"
             if isinstance(error, UnauthorizedError | PayloadTooLargeError):
                 self._errors.inc(1, tags={"reason": error.reason})  # refused before _serve counts anything
-            headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, UnauthorizedError) else None
+                headers["Connection"] = "close"  # past DRAIN_LIMIT_BYTES the body was cut off mid-way
             return JSONResponse(
                 {"error": error.reason, "message": error.message}, status_code=http_status(error), headers=headers
             )
-        return JSONResponse(reply.to_json())
 
     def _check_token(self, authorization: str) -> None:
         if not self._http_token:
@@ -129,16 +195,23 @@ class RewardDeployment:
             raise UnauthorizedError("send the service's token as 'Authorization: Bearer <token>'")
 
     async def _read_body(self, http_request: Request) -> bytes:
-        """The body, refusing (413) one over max_request_bytes without reading it all into memory."""
+        """The body, refusing (413) one over max_request_bytes, declared or streamed, without keeping it."""
         limit = self._spec.max_request_bytes
         declared = http_request.headers.get("content-length", "")
         too_large = PayloadTooLargeError(f"the body is larger than max_request_bytes={limit}")
         if declared.isdigit() and int(declared) > limit:
+            await _drain(http_request, 0)
             raise too_large
-        body = bytearray()
-        async for chunk in http_request.stream():
-            body += chunk
+        body, more = bytearray(), True
+        while more:
+            message = await http_request.receive()
+            if message["type"] != "http.request":
+                raise BadRequestError("the client closed the connection before its body ended", "incomplete_body")
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
             if len(body) > limit:
+                if more:
+                    await _drain(http_request, len(body))
                 raise too_large
         return bytes(body)
 

@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cluster.runtime.ports import free_port
 
@@ -339,3 +341,127 @@ def test_unicode_text_is_scored_like_in_process(cluster, tiny_dir):
     learned = cluster["handles"]["learned"].score.remote(prompts, completions).result(timeout_s=60)
     expected = LearnedRewardModel(str(tiny_dir / "reward")).score(prompts, completions)
     assert list(learned.rewards) == pytest.approx(expected, abs=1e-5)
+
+
+def _urllib_post(cluster, route: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
+    """post() without a Content-Type: what a plain client sends; errors other than an HTTP status propagate."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{cluster['http_port']}{route}", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.bad_input(
+    "HTTP body of 20 MB (over max_request_bytes), with or without the token, sent by urllib",
+    "HTTP 413 `too_large` / 401 `unauthorized`, received by the client (no reset)",
+)
+def test_a_20_mb_body_gets_its_status_not_a_reset(cluster):
+    huge = b"x" * 20_000_000
+    assert _urllib_post(cluster, "/reward-guarded", huge, TOKEN) == (
+        413,
+        {"error": "too_large", "message": "the body is larger than max_request_bytes=2048"},
+    )
+    assert _urllib_post(cluster, "/reward-guarded", huge)[0] == 401
+    assert _urllib_post(cluster, "/reward-guarded", score_json(["ab"], ["c"]), TOKEN)[1]["rewards"] == [3.0]
+
+
+def _nested(depth: int, leaf: bytes = b"1") -> bytes:
+    return b"[" * depth + leaf + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        _bad(_nested(5000), "bad_json", "HTTP body nested 5000 levels deep"),
+        _bad(
+            b'{"prompts": [' + _nested(5000, b'"a"') + b'], "completions": ["c"]}',
+            "bad_json",
+            "HTTP body with a prompt nested 5000 levels deep",
+        ),
+        _bad(
+            b'{"prompts": [{"text": "a", "extras": {"x": ' + _nested(900) + b'}}], "completions": ["c"]}',
+            "wrong_type",
+            "HTTP body with a prompt's extras nested 900 levels deep",
+        ),
+        _bad(
+            b'{"prompts": [{"text": "a", "txt": "b"}], "completions": ["c"]}',
+            "wrong_type",
+            "HTTP body with an unknown field in a prompt object",
+        ),
+        _bad(b"\xff\xfe\x00", "bad_json", "HTTP body of bytes that are no text"),
+    ],
+)
+def test_http_malformed_bodies_get_400_never_500(cluster, body, reason):
+    status, reply = _urllib_post(cluster, "/reward-fn", body)
+    assert status == 400 and reply["error"] == reason and reply["message"], reply
+    assert len(reply["message"]) < 1000  # names where the body is wrong without echoing it
+    assert _urllib_post(cluster, "/reward-fn", score_json(["ab"], ["c"]))[1]["rewards"] == [3.0]
+
+
+def test_openapi_schema_and_docs_under_the_route_prefix(cluster):
+    base = f"http://127.0.0.1:{cluster['http_port']}/reward-fn"
+    with urllib.request.urlopen(f"{base}/openapi.json", timeout=30) as response:
+        schema = json.loads(response.read())
+    operation = schema["paths"]["/"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ScoreBody"
+    }
+    components = schema["components"]["schemas"]
+    assert {"ScoreBody", "PromptBody", "ChatMessageBody", "RewardReply", "ErrorBody"} <= set(components)
+    assert set(components["ScoreBody"]["required"]) == {"prompts", "completions"}
+    assert {"400", "401", "413", "500", "504"} <= set(operation["responses"])
+    assert schema["servers"] == [{"url": "/reward-fn"}]  # the docs page sends its requests under the prefix
+    with urllib.request.urlopen(f"{base}/docs", timeout=30) as response:
+        assert response.status == 200 and b"/reward-fn/openapi.json" in response.read()
+
+
+# --- property-based: generated bodies never get a 5xx, and the service answers a good request after each -----
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+)
+# Completions the tiny function turns into model failures (a 5xx that is rightly the service's) are left out.
+COMPLETION = st.text(max_size=20).filter(lambda c: c not in ("NAN", "INF", "RAISE") and not c.startswith("SLOW"))
+PROMPT = st.text(max_size=20) | st.fixed_dictionaries(
+    {},
+    optional={
+        "text": st.text(max_size=20),
+        "messages": st.lists(st.fixed_dictionaries({"role": st.text(max_size=5), "content": st.text(max_size=10)})),
+        "extras": st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3),
+    },
+)
+SCORE_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompts": st.lists(PROMPT, max_size=4) | JSON_VALUES,
+        "completions": st.lists(COMPLETION, max_size=4) | JSON_VALUES,
+    },
+)
+
+
+def _serves_after(cluster, status: int, reply: dict) -> None:
+    assert status < 500, reply
+    assert status == 200 or (reply["error"] and reply["message"]), reply
+    assert _urllib_post(cluster, "/reward-fn", score_json(["ab"], ["c"]))[1]["rewards"] == [3.0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(body=SCORE_LIKE | JSON_VALUES)
+def test_generated_json_bodies_never_get_a_5xx(cluster, body):
+    status, reply = _urllib_post(cluster, "/reward-fn", json.dumps(body).encode())
+    if status == 200:
+        assert len(reply["rewards"]) == len(body["prompts"])
+    _serves_after(cluster, status, reply)
+
+
+@settings(max_examples=50, deadline=None)
+@given(body=st.binary(max_size=4096))
+def test_generated_raw_bytes_never_get_a_5xx(cluster, body):
+    for route, token in (("/reward-fn", None), ("/reward-guarded", TOKEN)):
+        status, reply = _urllib_post(cluster, route, body, token)
+        assert status in (200, 400, 413), reply
+        _serves_after(cluster, status, reply)
