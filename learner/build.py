@@ -25,23 +25,19 @@ def local_model_dir(model: str | Path) -> Path:
     return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", *SIDE_FILES]))
 
 
-def policy_module(
-    model_dir: Path,
-    reference_id: str,
-    bond: BondConfig,
-    config: LearnerConfig,
-    world_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[torch.nn.Module, int]:
-    """The policy's module (LoRA-wrapped where configured, the adapter naming reference_id as its base) and its pad
-    token id."""
+def policy_engine(
+    model_dir: Path, reference_id: str, bond: BondConfig, config: LearnerConfig, rank: int, world_size: int
+) -> tuple[Engine, int]:
+    """The engine training the policy's module (LoRA-wrapped where configured, the adapter naming reference_id as
+    its base), and the module's pad token id."""
+    dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
     micro_batches = bond.prompts_per_step // world_size // config.micro_batch_prompts
     if config.zero_stage == 3:  # built partitioned: no rank ever holds the whole model (deepspeed_engine.py)
         from learner.deepspeed_engine import build_partitioned, deepspeed_config
 
         module = build_partitioned(model_dir, dtype, deepspeed_config(bond, config, world_size, micro_batches))
     else:
+        device = torch.device("cuda", torch.cuda.current_device()) if config.device.value == "cuda" else "cpu"
         module = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     module.eval()  # no dropout: log pi must be a deterministic function of the weights
     if config.gradient_checkpointing:
@@ -49,16 +45,11 @@ def policy_module(
     pad_id = module.config.pad_token_id if module.config.pad_token_id is not None else 0
     if config.lora is not None:  # the base freezes; only the adapters train (learner/lora.py)
         module = lora.wrap(module, config.lora, reference_id)
-    return module, pad_id
-
-
-def engine(module: torch.nn.Module, bond: BondConfig, config: LearnerConfig, rank: int, world_size: int) -> Engine:
     if config.zero_stage == 0:
-        return TorchEngine(module, bond, rank, world_size)
+        return TorchEngine(module, bond, rank, world_size), pad_id
     from learner.deepspeed_engine import DeepSpeedEngine  # zero_stage 0 never imports deepspeed
 
-    micro_batches = bond.prompts_per_step // world_size // config.micro_batch_prompts
-    return DeepSpeedEngine(module, bond, config, world_size, micro_batches)
+    return DeepSpeedEngine(module, bond, config, world_size, micro_batches), pad_id
 
 
 def trained(

@@ -17,7 +17,6 @@ from bond.sampling_plan import sampling_plan
 from learner import build, rendezvous
 from learner.checkpoints import Checkpoints
 from learner.config import Dtype, LearnerConfig
-from learner.engine import Engine
 from learner.objectives import Outcome, Scored, best_target, check_batch, objective_for
 from learner.scoring import Scorer
 from learner.shadow_weights import ShadowWeights
@@ -57,10 +56,7 @@ class Learner:
         self._device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
         self._model_dir, self.reference_id = build.local_model_dir(model), str(model)
-        module, pad_id = build.policy_module(
-            self._model_dir, self.reference_id, bond, config, world_size, self._device, self._dtype
-        )
-        self.engine: Engine = build.engine(module, bond, config, rank, world_size)
+        self.engine, pad_id = build.policy_engine(self._model_dir, self.reference_id, bond, config, rank, world_size)
         self._lora, self._names, self._params = build.trained(self.engine, config, self._model_dir)
         self._anchor = ShadowWeights(self.engine, self._params, torch.float32)  # starts equal to pi_ref
         self._reference = ShadowWeights(self.engine, self._params, self._dtype)
@@ -70,8 +66,8 @@ class Learner:
         )
         self._checkpoints = Checkpoints(self._export, self.engine, self._anchor, self.reference_id, rank)
         reference_bf16 = build.reference_bf16(self._model_dir, config, self._dtype, self._device)
-        chunk = 2 * config.micro_batch_prompts
-        self._scorer = Scorer(self.engine, shadows, reference_bf16, pad_id, self._device, chunk)
+        chunk, cap = 2 * config.micro_batch_prompts, bond.max_importance_weight
+        self._scorer = Scorer(self.engine, shadows, reference_bf16, pad_id, self._device, chunk, cap)
         teacher = None
         if bond.algorithm is Algorithm.GKD:
             vocab = self.engine.full_shape(self.engine.module.get_output_embeddings().weight)[0]
@@ -106,9 +102,7 @@ class Learner:
         """How far the anchor moves toward the policy after optimizer step `step` (0-based): eta every step, or
         (anchor_copy_every = M) a whole copy after every M-th step and nothing in between."""
         every = self.bond.anchor_copy_every
-        if not every:
-            return self.bond.eta
-        return 1.0 if (step + 1) % every == 0 else 0.0
+        return self.bond.eta if not every else float((step + 1) % every == 0)
 
     @property
     def layout(self) -> dict:
@@ -134,8 +128,7 @@ class Learner:
         if objective.best_target:
             grad_packs = [pack([s.completion for s in m.policy_samples] + best_target(m, self.bond.n)) for m in micro]
         anchor_version = self.anchor_version if self._plan.target_role is Role.ANCHOR else None
-        cap = self.bond.max_importance_weight
-        scored = self._scorer.score(share, packs, mb, anchor_version, objective.prepass, cap)
+        scored = self._scorer.score(share, packs, mb, anchor_version, objective.prepass)
         update = objective.start(scored, self.policy_version)
         parts = []
         for i, p in enumerate(grad_packs):
@@ -153,17 +146,14 @@ class Learner:
     def _stats(
         self, batch: Batch, scored: Scored, outcome: Outcome, lr: float, grad_norm: float, t0: float
     ) -> StepStats:
-        terms, logp, w_target = outcome.terms, outcome.logp, scored.w_target
+        logp, w_policy, w_target = outcome.logp, outcome.w_policy, scored.w_target
+        terms = {f: getattr(outcome.terms, f) for f in ("loss", "loss_fw", "loss_bw", "loss_reg", "frac_penalised")}
         means = rendezvous.rank_means(
             self._device,
-            loss=terms.loss,
-            loss_fw=terms.loss_fw,
-            loss_bw=terms.loss_bw,
-            loss_reg=terms.loss_reg,
-            frac_penalised=terms.frac_penalised,
+            **terms,
             kl_ref=(logp - scored.logp_ref).mean().item(),
             kl_anchor=(logp - scored.logp_anchor).mean().item(),
-            importance_weight_policy=1.0 if outcome.w_policy is None else outcome.w_policy.mean().item(),
+            importance_weight_policy=1.0 if w_policy is None else w_policy.mean().item(),
             importance_weight_anchor=1.0 if w_target is None else w_target.mean().item(),
         )
         policy, target = batch.policy_samples, batch.target_samples
@@ -187,10 +177,8 @@ class Learner:
         )
 
     def logprobs(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> torch.Tensor:
-        """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync).
-
-        A collective under ZeRO-3: every rank calls it with the same number of completions.
-        """
+        """[len] log pi_role(y | x) of each completion, fp32 on CPU (for verifying weight sync). A collective under
+        ZeRO-3: every rank calls it with the same number of completions."""
         return self._scorer.role_logprobs(completions, role)
 
     def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
@@ -215,13 +203,8 @@ class Learner:
         the caller's `extra` (JSON-serialisable, e.g. the data cursor). Atomic: see checkpoint_dir.py. The
         manifest records the layout (world_size, zero_stage, dtype) that restore requires, and sha256 digests
         unless turned off."""
-        meta = {
-            "step": self._step,
-            "policy_version": self.policy_version,
-            "anchor_version": self.anchor_version,
-            **self.layout,
-        }
-        self._checkpoints.save(directory, meta, extra, sha256)
+        versions = {"policy_version": self.policy_version, "anchor_version": self.anchor_version}
+        self._checkpoints.save(directory, {"step": self._step, **versions, **self.layout}, extra, sha256)
 
     def restore(self, directory: str | Path) -> dict:
         """Load a checkpoint written by save (collective); returns its `extra`. Refuses partial or corrupt ones."""

@@ -1,17 +1,9 @@
-"""One objective per algorithm: what the learner's step back-propagates for each micro-batch of a rank's share and
-the loss terms it reports. The maths is bond/'s; an objective says which log-probs it needs and how its loss splits
-over micro-batches.
-
-Policy-gradient losses (J-BOND, BOND, REINFORCE) couple every sequence of the global batch (leave-one-out
-baselines), so with more than one micro-batch the loss is first evaluated on no-grad log-probs of the share's
-policy samples (the pre-pass) to get d loss / d log pi per sequence; each micro-batch then back-propagates
-sum(coefficient * log pi), which by the chain rule accumulates exactly the loss's gradient. The distillation
-losses (ReST's SFT, GKD) are sums over sequences or tokens divided by a global count: each micro-batch
-back-propagates its own part.
-"""
+"""One objective per algorithm: which log-probs it needs, what each micro-batch of a rank's share back-propagates and
+the loss terms it reports, by bond/'s maths (docs/learner.md: the pre-pass of the policy-gradient losses)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -66,23 +58,18 @@ class PolicyGradient:
     prepass = True  # more than one micro-batch needs the loss's coefficients first
     best_target = True  # the grad forward also holds each prompt's best target sample (the SFT half)
 
+    # each subclass: loss(step, logp, logp_best, w_policy) -> (loss, LossTerms), by bond.objective
+
     def __init__(self, bond: BondConfig) -> None:
         self.bond = bond
-
-    def loss(
-        self, step: PolicyGradientStep, logp: torch.Tensor, logp_best: torch.Tensor | None, w_policy: torch.Tensor
-    ) -> tuple[torch.Tensor, LossTerms]:
-        raise NotImplementedError
 
     def start(self, scored: Scored, policy_version: int) -> PolicyGradientStep:
         share, device = scored.share, scored.logp_anchor.device
         rewards = torch.tensor([[s.reward for s in g] for g in share.policy], dtype=torch.float32, device=device)
         target = torch.tensor([[a.reward for a in g] for g in share.target], dtype=torch.float32, device=device)
-        stale = torch.tensor(
-            [s.completion.weights_version != policy_version for s in share.policy_samples], device=device
-        )  # [b * k], the order of logp
-        sampler = [s.completion.sum_logprob for s in share.policy_samples]
-        sampler = torch.tensor(sampler, dtype=torch.float64, device=device)
+        samples = [s.completion for s in share.policy_samples]  # [b * k], the order of logp
+        stale = torch.tensor([c.weights_version != policy_version for c in samples], device=device)
+        sampler = torch.tensor([c.sum_logprob for c in samples], dtype=torch.float64, device=device)
         step = PolicyGradientStep(self, scored, rewards, target.view(len(share.target), -1), stale, sampler)
         if scored.logp_prepass is None:
             return step
@@ -90,7 +77,9 @@ class PolicyGradient:
         logp_best = torch.zeros(len(share.policy), dtype=logp.dtype, device=device) if self.best_target else None
         leaves = (logp,) if logp_best is None else (logp, logp_best.requires_grad_())
         loss = step.evaluate(logp, logp_best)[0]
-        return step.with_coefficients(torch.autograd.grad(loss, leaves))  # d loss / d log pi per sequence
+        return dataclasses.replace(
+            step, coefficients=torch.autograd.grad(loss, leaves)
+        )  # d loss / d log pi per sequence
 
 
 @dataclass(frozen=True)
@@ -102,9 +91,6 @@ class PolicyGradientStep:
     stale: torch.Tensor  # [b * k] drawn by an older policy (pipelined mode)
     sampler: torch.Tensor  # [b * k] the sampler's log pi(y), float64
     coefficients: tuple[torch.Tensor, ...] = ()  # from the pre-pass; empty: one micro-batch back-propagates the loss
-
-    def with_coefficients(self, coefficients: tuple[torch.Tensor, ...]) -> PolicyGradientStep:
-        return PolicyGradientStep(**{**self.__dict__, "coefficients": coefficients})
 
     def evaluate(
         self, logp: torch.Tensor, logp_best: torch.Tensor | None
@@ -138,37 +124,18 @@ class PolicyGradientStep:
 
 class JBond(PolicyGradient):
     def loss(self, step, logp, logp_best, w_policy):
-        bond = self.bond
-        return jbond_loss(
-            logp,
-            step.scored.logp_anchor,
-            logp_best,
-            step.r_policy[:, 0],
-            step.r_target,
-            bond.beta,
-            bond.gamma,
-            all_reduce_sum=rendezvous.all_reduce_sum,
-            policy_weight=w_policy,
-            anchor_weight=step.scored.w_target,
-        )
+        s, b, reduce = step.scored, self.bond, rendezvous.all_reduce_sum
+        r, r_target = step.r_policy[:, 0], step.r_target
+        return jbond_loss(logp, s.logp_anchor, logp_best, r, r_target, b.beta, b.gamma, reduce, w_policy, s.w_target)
 
 
 class Bond(PolicyGradient):
     def loss(self, step, logp, logp_best, w_policy):
+        s, b, reduce = step.scored, self.bond, rendezvous.all_reduce_sum
         # Best-of-n of the anchor (iterated BOND) or of the frozen reference
-        logp_target = step.scored.logp_anchor if self.bond.iterated else step.scored.logp_ref
-        bond = self.bond
+        logp_target, r = s.logp_anchor if b.iterated else s.logp_ref, step.r_policy[:, 0]
         return bond_jeffreys_loss(
-            logp,
-            logp_target,
-            logp_best,
-            step.r_policy[:, 0],
-            step.r_target,
-            bond.n,
-            bond.beta,
-            all_reduce_sum=rendezvous.all_reduce_sum,
-            policy_weight=w_policy,
-            target_weight=step.scored.w_target,
+            logp, logp_target, logp_best, r, step.r_target, b.n, b.beta, reduce, w_policy, s.w_target
         )
 
 
@@ -181,61 +148,68 @@ class Rloo(PolicyGradient):
         return rloo_kl_loss(logp.view(-1, k), logp_ref, step.r_policy, self.bond.beta_rl, w_policy.view(-1, k))
 
 
-class Distill:
-    """ReST's SFT (teacher None): loss = -mean over the batch of log pi(y). GKD: the mean over the policy samples'
-    completion tokens of JSD(gkd_beta) between the frozen teacher and pi. Both are sums over sequences (tokens)
-    divided by a global count, so each micro-batch back-propagates its own part and the ranks' averaged gradients
-    are the global loss's."""
+class Sft:
+    """ReST's Improve phase: loss = -mean over the batch of log pi(y), a sum over sequences divided by the global
+    count, so each micro-batch back-propagates its own part and the ranks' averaged gradients are the loss's."""
 
     prepass = best_target = False
 
-    def __init__(self, teacher: Teacher | None, beta: float, world_size: int) -> None:
+    def start(self, scored: Scored, policy_version: int) -> DistillStep:
+        return DistillStep(self, 1.0 / scored.share.size)
+
+    def part(self, logits: torch.Tensor, pack: Packed, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the micro-batch's loss sum, its detached log pi(y))"""
+        logp = sequence_logprobs(logits, pack.targets[:, keep], pack.target_mask[:, keep])
+        return -logp.sum(), logp.detach()
+
+    def terms(self, loss: float) -> LossTerms:
+        return LossTerms(loss, loss, 0.0, 0.0, math.nan, 0.0, math.nan)  # all of it the forward-KL (SFT) half
+
+
+class Gkd(Sft):
+    """The mean over the policy samples' completion tokens of JSD(gkd_beta) between the frozen teacher and pi: a
+    sum over tokens divided by the global token count."""
+
+    def __init__(self, teacher: Teacher, beta: float, world_size: int) -> None:
         self.teacher, self.beta, self.world_size = teacher, beta, world_size
 
     def start(self, scored: Scored, policy_version: int) -> DistillStep:
-        if self.teacher is None:
-            return DistillStep(self, 1.0 / scored.share.size)
         # the token mean over the global batch: every rank needs the global token count
         tokens = sum(p.completion_tokens for p in scored.packs)
         total = torch.tensor([float(tokens)], dtype=torch.float64, device=scored.logp_ref.device)
         return DistillStep(self, self.world_size / max(rendezvous.all_reduce_sum(total).item(), 1.0))
 
+    def part(self, logits: torch.Tensor, pack: Packed, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        targets, mask = pack.targets[:, keep], pack.target_mask[:, keep]
+        part = masked_jsd_sum(logits, self.teacher.logits(pack, keep), mask, self.beta)
+        return part, sequence_logprobs(logits.detach(), targets, mask)
+
+    def terms(self, loss: float) -> LossTerms:
+        return LossTerms(loss, 0.0, 0.0, 0.0, math.nan, 0.0, math.nan)
+
 
 @dataclass(frozen=True)
 class DistillStep:
-    objective: Distill
+    objective: Sft
     scale: float  # 1 / the global count the sum is divided by, times the ranks the gradient is averaged over
 
     def part(self, i: int, pack: Packed, keep: torch.Tensor, logits: torch.Tensor) -> Part:
-        targets, mask, teacher = pack.targets[:, keep], pack.target_mask[:, keep], self.objective.teacher
-        if teacher is not None:
-            part = masked_jsd_sum(logits, teacher.logits(pack, keep), mask, self.objective.beta)
-            logp = sequence_logprobs(logits.detach(), targets, mask)
-        else:
-            logp = sequence_logprobs(logits, targets, mask)
-            part = -logp.sum()
-            logp = logp.detach()
+        part, logp = self.objective.part(logits, pack, keep)
         if not part.requires_grad:  # no completion token in this micro-batch: a zero that still back-propagates
             part = logits.sum() * 0.0  # (every rank's backward is a collective under ZeRO)
         return Part(part * self.scale, part.item() * self.scale, logp, None)
 
     def finish(self, parts: list[Part]) -> Outcome:
-        loss = sum(p.loss for p in parts)
-        sft = 0.0 if self.objective.teacher is not None else loss
-        return Outcome(
-            LossTerms(loss, sft, 0.0, 0.0, math.nan, 0.0, math.nan), torch.cat([p.logp for p in parts]), None
-        )
+        return Outcome(self.objective.terms(sum(p.loss for p in parts)), torch.cat([p.logp for p in parts]), None)
 
 
-Objective = PolicyGradient | Distill
-
-
-def objective_for(bond: BondConfig, teacher: Teacher | None, world_size: int) -> Objective:
-    """The objective of the config's algorithm."""
-    if bond.algorithm in (Algorithm.REST, Algorithm.GKD):
-        return Distill(teacher if bond.algorithm is Algorithm.GKD else None, bond.gkd_beta, world_size)
-    kinds = {Algorithm.JBOND: JBond, Algorithm.BOND: Bond, Algorithm.REINFORCE: Rloo}
-    return kinds[bond.algorithm](bond)
+def objective_for(bond: BondConfig, teacher: Teacher | None, world_size: int) -> PolicyGradient | Sft:
+    """The objective of the config's algorithm (gkd's needs the teacher)."""
+    if bond.algorithm is Algorithm.GKD:
+        return Gkd(teacher, bond.gkd_beta, world_size)
+    if bond.algorithm is Algorithm.REST:
+        return Sft()
+    return {Algorithm.JBOND: JBond, Algorithm.BOND: Bond, Algorithm.REINFORCE: Rloo}[bond.algorithm](bond)
 
 
 def check_batch(batch: Batch, plan: SamplingPlan, bond: BondConfig) -> None:

@@ -3,8 +3,10 @@ policy's storage (shadow_weights.py), or of pi_ref's separate bf16 copy (learner
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -18,18 +20,15 @@ from learner.sequences import Packed, completion_logprobs, pack
 from learner.shadow_weights import ShadowWeights
 
 
+@dataclass(frozen=True)
 class Scorer:
-    def __init__(
-        self,
-        engine: Engine,
-        shadows: dict[Role, ShadowWeights],
-        reference_bf16: torch.nn.Module | None,
-        pad_id: int,
-        device: torch.device,
-        chunk: int,
-    ) -> None:
-        self.engine, self.shadows, self.reference_bf16 = engine, shadows, reference_bf16
-        self.pad_id, self.device, self.chunk = pad_id, device, chunk  # chunk: sequences per no-grad forward
+    engine: Engine
+    shadows: dict[Role, ShadowWeights]  # the anchor and the reference
+    reference_bf16: torch.nn.Module | None  # learner.reference_dtype bf16: scores pi_ref instead of the swap
+    pad_id: int
+    device: torch.device
+    chunk: int  # sequences per no-grad forward outside a step
+    cap: float  # of an importance weight (bond.off_policy)
 
     def pack(self, completions: Sequence[Completion]) -> Packed:
         return pack(completions, self.pad_id, self.device)
@@ -41,25 +40,19 @@ class Scorer:
         return [self.pack(completions[i : i + self.chunk]) for i in range(0, len(completions), self.chunk)]
 
     def score(
-        self,
-        share: Batch,
-        packs: list[Packed],
-        micro_prompts: int,
-        anchor_version: int | None,
-        prepass: bool,
-        cap: float,
+        self, share: Batch, packs: list[Packed], micro_prompts: int, anchor_version: int | None, prepass: bool
     ) -> Scored:
         """Each model once per step, on the policy samples only; the target group's weight where the target moves
         (anchor_version given: a frozen reference is never stale); the policy's own pass where the objective asks."""
         with torch.no_grad():
             with self.shadows[Role.ANCHOR].swapped_in():
                 logp_anchor = torch.cat([self.logprobs(p) for p in packs])
-                w_target = None if anchor_version is None else self.target_weights(share, anchor_version, cap)
+                w_target = None if anchor_version is None else self.target_weights(share, anchor_version)
             logp_ref = self.reference_logprobs(packs)
             logp = torch.cat([self.logprobs(p) for p in packs]) if prepass and len(packs) > 1 else None
         return Scored(share, micro_prompts, packs, logp_anchor, logp_ref, w_target, logp)
 
-    def target_weights(self, share: Batch, version: int, cap: float) -> torch.Tensor | None:
+    def target_weights(self, share: Batch, version: int) -> torch.Tensor | None:
         """[B] truncated importance weight of each prompt's target group under the current anchor (bond.off_policy);
         None when every target sample was drawn by the current anchor (sync mode: no extra forward). Called with
         the anchor swapped in."""
@@ -72,7 +65,7 @@ class Scorer:
         flat = [a.completion for g in share.target for a in g]
         logp_now = torch.cat([self.logprobs(p) for p in self.chunks(flat)])
         sampler = torch.tensor([c.sum_logprob for c in flat], dtype=logp_now.dtype, device=self.device)
-        return importance_weights(logp_now.view(stale.shape), sampler.view(stale.shape), stale, cap)
+        return importance_weights(logp_now.view(stale.shape), sampler.view(stale.shape), stale, self.cap)
 
     def reference_logprobs(self, packs: Sequence[Packed]) -> torch.Tensor:
         """[S] log pi_ref(y), no grad: from the bf16 copy (learner.reference_dtype) or the policy's swapped storage."""
@@ -89,13 +82,9 @@ class Scorer:
     def role_logprobs(self, completions: Sequence[Completion], role: Role) -> torch.Tensor:
         """[len] log pi_role(y | x) of each completion, fp32 on CPU."""
         packs = self.chunks(completions)
-        with torch.no_grad():
-            if role is Role.POLICY:
-                out = [self.logprobs(p) for p in packs]
-            else:
-                with self.shadows[role].swapped_in():
-                    out = [self.logprobs(p) for p in packs]
-        return torch.cat(out).float().cpu()
+        swap = contextlib.nullcontext() if role is Role.POLICY else self.shadows[role].swapped_in()
+        with torch.no_grad(), swap:
+            return torch.cat([self.logprobs(p) for p in packs]).float().cpu()
 
     def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
         """The policy's logits for every chunk first, then the reference swapped in once (a swap copies the whole
