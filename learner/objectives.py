@@ -76,10 +76,8 @@ class PolicyGradient:
         logp = scored.logp_prepass.detach().requires_grad_()
         logp_best = torch.zeros(len(share.policy), dtype=logp.dtype, device=device) if self.best_target else None
         leaves = (logp,) if logp_best is None else (logp, logp_best.requires_grad_())
-        loss = step.evaluate(logp, logp_best)[0]
-        return dataclasses.replace(
-            step, coefficients=torch.autograd.grad(loss, leaves)
-        )  # d loss / d log pi per sequence
+        coefficients = torch.autograd.grad(step.evaluate(logp, logp_best)[0], leaves)  # d loss / d log pi per sequence
+        return dataclasses.replace(step, coefficients=coefficients)
 
 
 @dataclass(frozen=True)
