@@ -32,8 +32,8 @@ class LoraConfig:
     """Names (last path component) of the linear layers that get adapters, as in peft's LoraConfig; the
     default is every attention and MLP projection of Llama/Qwen/Mistral-style models."""
     dropout: float = 0.0
-    """Dropout on the adapter input, always 0 (a job config may not set it): log pi(y) must be a deterministic
-    function of the weights (the learner runs in eval mode, see learner/learner.py)."""
+    """Dropout on the adapter input while training. Must be 0 here: log pi(y) must be a deterministic function
+    of the weights (the learner runs in eval mode, docs/learner.md), so a non-zero value is refused."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -85,11 +85,10 @@ class LearnerConfig:
     one more forward of compute. The update is the same (tested)."""
     reference_dtype: Dtype = Dtype.FP32
     """Precision of the no-grad forward that gives log pi_ref(y) (J-BOND: the kl_ref statistic; REINFORCE: the KL
-    penalty). bf16: a separate bf16 copy of pi_ref (+2 bytes/parameter) computes it in bf16: ~1.5x faster than
-    fp32 on a CPU with native bf16 (AVX-512 BF16/AMX; a 32 x 40-token forward at 27 M: 2.55 s vs 3.75 s) and
-    within 0.06 nats per token of fp32 (measured max 0.038 on the tiny model; tests/component/test_learner_work.py).
-    ZeRO stages 0-2 only (under ZeRO-3 no rank holds pi_ref whole). The anchor's log-probs, which enter the
-    J-BOND return, stay in the model dtype."""
+    penalty). bf16: a separate bf16 copy of pi_ref (+2 bytes/parameter) computes it in bf16, faster on a CPU with
+    native bf16 and within 0.06 nats per token of fp32 (tested; the figures: docs/learner.md). ZeRO stages 0-2
+    only (under ZeRO-3 no rank holds pi_ref whole). The anchor's log-probs, which enter the J-BOND return, stay in
+    the model dtype."""
     seed: ClassVar[int] = 0
     """torch seed of every rank, fixed (not a setting): nothing in a step is random; it draws LoRA's first adapters."""
     timeout_s: int = 1800

@@ -53,6 +53,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def rank_means(device: torch.device, **values: float) -> dict[str, float]:
+    """Each statistic's mean over the ranks (equal shares: the mean of the rank means is the global mean)."""
+    local = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    return dict(zip(values, (all_reduce_sum(local) / world_size).tolist(), strict=True))
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

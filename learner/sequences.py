@@ -1,12 +1,5 @@
-"""Completion records -> padded model inputs, and the model's log pi(y) of each completion.
-
-Each sequence is prompt + completion, right-padded; position t's logits predict token t+1, so the
-targets are input_ids shifted by one and the mask marks the targets that are completion tokens.
-
-Memory: the model is asked for logits only at the positions that predict some completion token (HF's
-`logits_to_keep`; the prompt part of every row is skipped), and bond.objective.sequence_logprobs turns
-them into log-probabilities a chunk of completion tokens at a time: no fp32 [S, L, V] tensor exists.
-"""
+"""Completion records -> padded model inputs (prompt + completion, right-padded; targets are input_ids shifted by
+one, masked to completion tokens), and log pi(y) from logits at completion positions only (docs/learner.md)."""
 
 from __future__ import annotations
 

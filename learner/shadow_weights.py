@@ -1,10 +1,5 @@
-"""The anchor and the reference: copies of the policy's weights laid out exactly like each rank's local storage.
-
-Forward passes of pi_anchor and pi_ref reuse the policy's engine: `swapped_in` writes the copy into the
-policy's local storage, runs the (no-grad) forward, and writes the policy back. No second model, no
-second DeepSpeed engine, no gather outside the one every forward does anyway. Under ZeRO-3 each rank
-keeps only its partition, so the EMA is a purely local, elementwise update (bond.anchor.ema_update_).
-"""
+"""The anchor and the reference: copies of the policy's weights laid out exactly like each rank's local storage,
+swapped into the policy's engine for no-grad forwards (no second model or engine; docs/learner.md)."""
 
 from __future__ import annotations
 

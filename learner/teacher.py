@@ -1,11 +1,5 @@
-"""GKD's teacher: a frozen Hugging Face model beside the policy on every learner rank.
-
-Frozen means no gradient (requires_grad off, forwards under no_grad), no optimizer state, no checkpoint (the
-config names it; a resumed run loads it again), no EMA. It is not partitioned under ZeRO-3: each rank holds a
-whole copy in the learner's dtype, so the teacher must fit on one device beside the rank's share of the policy.
-Its logits are asked for only at the positions that predict completion tokens, as the policy's are
-(learner/sequences.py), and must cover the policy's vocabulary index for index (the same tokenizer).
-"""
+"""GKD's teacher: a frozen Hugging Face model (no gradient, optimizer state, checkpoint or EMA), a whole copy per
+rank even under ZeRO-3, with the policy's vocabulary index for index (the same tokenizer)."""
 
 from __future__ import annotations
 

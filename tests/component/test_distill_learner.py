@@ -89,12 +89,12 @@ def test_gkd_step_distils_the_teacher_without_moving_it(tiny_dir, teacher_dir):
     runs = []
     for kwargs in (dict(zero_stage=0, micro_batch_prompts=8), dict(zero_stage=3, micro_batch_prompts=4)):
         lrn = learner(tiny_dir, bond=bond, **kwargs)
-        frozen = {k: v.clone() for k, v in lrn._teacher.module.state_dict().items()}
+        frozen = {k: v.clone() for k, v in lrn._objective.teacher.module.state_dict().items()}
         runs.append(([lrn.step(batch) for _ in range(6)], state(lrn)))
         with pytest.raises(ValueError, match="gkd trains on 1 policy samples and no target"):
             lrn.step(jbond_batch)  # a J-BOND batch (2 anchor samples per prompt) is refused, not half-used
-        assert not any(p.requires_grad for p in lrn._teacher.module.parameters())
-        assert all(torch.equal(v, frozen[k]) for k, v in lrn._teacher.module.state_dict().items())
+        assert not any(p.requires_grad for p in lrn._objective.teacher.module.parameters())
+        assert all(torch.equal(v, frozen[k]) for k, v in lrn._objective.teacher.module.state_dict().items())
     (a, pa), (b, pb) = runs
     assert literal > 0.05 and a[0].loss == pytest.approx(literal, rel=1e-5)
     losses = [s.loss for s in a]

@@ -84,8 +84,8 @@ def test_bf16_reference_logprobs_within_the_stated_bound(tiny_dir):
     bf16 = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=8, reference_dtype=Dtype.BF16)
     completions = [s.completion for seed in range(4) for s in make_batch(seed).policy_samples]
     exact = fp32.logprobs(completions, Role.REFERENCE)
-    packs = [bf16._pack(completions[i : i + 8]) for i in range(0, len(completions), 8)]
-    approx = bf16._reference_logprobs(packs)
+    packs = [bf16._scorer.pack(completions[i : i + 8]) for i in range(0, len(completions), 8)]
+    approx = bf16._scorer.reference_logprobs(packs)
     tokens = torch.tensor([max(1, len(c.token_ids)) for c in completions], dtype=torch.float32)
     err = (approx - exact).abs()
     assert (err / tokens).max() <= BF16_TOKEN_ATOL and (approx - exact).mean().abs() <= BF16_MEAN_ATOL, (
