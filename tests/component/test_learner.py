@@ -161,7 +161,9 @@ def test_deepspeed_zero_stages_match_plain_torch(tiny_dir):
     for name, (stats, after_one, after_three) in runs.items():
         for s, r in zip(stats, ref_stats, strict=True):
             for field in ("loss", "loss_fw", "loss_bw", "loss_reg", "kl_ref", "kl_anchor", "grad_norm"):
-                assert getattr(s, field) == pytest.approx(getattr(r, field), rel=1e-5, abs=1e-6), (name, field)
+                # Step 3 follows a clipped step of gradient norm ~900, which magnifies summation-order differences
+                # (ZeRO-3 sums in another order): 1.1e-5 relative on the AMD EPYC CI machine.
+                assert getattr(s, field) == pytest.approx(getattr(r, field), rel=5e-5, abs=1e-6), (name, field)
             assert (s.lr, s.step, s.frac_penalised, s.tokens) == (r.lr, r.step, r.frac_penalised, r.tokens)
         assert_close_states(after_one, ref_one, 1)
         assert_close_states(after_three, ref_three, 3)

@@ -14,11 +14,10 @@ from learner.config import Dtype
 from tests.component.test_learner import learner, make_batch
 
 BOND = BondConfig(prompts_per_step=8, lr=1e-2, warmup_steps=0, gamma=0.5, eta=0.1)
-# bf16 keeps 8 bits of mantissa. Measured on the tiny model (32 sequences, 101 tokens): |error| per sequence
-# max 0.087 nats, mean 0.024; per token of the sequence at most 0.038; signed mean over sequences 0.007. Bound:
-# 0.06 nats per token of each sequence and 0.02 on the mean, while a wrong model (pi instead of pi_ref after a
-# few steps) is off by far more.
-BF16_TOKEN_ATOL, BF16_MEAN_ATOL = 0.06, 0.02
+# bf16 keeps 8 bits of mantissa. The error depends on the CPU's bf16 kernels (docs/learner.md has the figures of
+# two machines: a step's kl_ref was off by up to 0.038 nats). Bound: 0.06 nats per token of each sequence and 0.05
+# on a mean over sequences, while a wrong model (pi instead of pi_ref after a few steps) is off by far more.
+BF16_TOKEN_ATOL, BF16_MEAN_ATOL = 0.06, 0.05
 
 
 def _which(lrn) -> str:
