@@ -30,10 +30,16 @@ FLAT = 0.10
 
 def _processes() -> dict[str, int]:
     """name -> PID of the driver and of every live actor."""
+    import ray
     from ray.util.state import list_actors
 
     found = {"driver": os.getpid()}
-    for info in list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False):
+    for info in list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("state", "=", "ALIVE")],
+        detail=True,
+        raise_on_missing_output=False,
+    ):
         if info.pid:
             found[info.name or info.class_name] = info.pid
     return found
@@ -41,9 +47,12 @@ def _processes() -> dict[str, int]:
 
 def _object_store_mib() -> float:
     """Bytes of every object Ray holds, from its state API (a growing store is a leak)."""
+    import ray
     from ray.util.state import list_objects
 
-    objects = list_objects(limit=1_000_000, raise_on_missing_output=False)
+    objects = list_objects(
+        address=ray.get_runtime_context().gcs_address, limit=1_000_000, raise_on_missing_output=False
+    )
     return sum(o.object_size or 0 for o in objects) / 2**20
 
 

@@ -59,7 +59,11 @@ class MemoryWatch(threading.Thread):
             pids = {os.getpid(): "other"}
             if ray.is_initialized():
                 try:
-                    for info in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+                    for info in list_actors(
+                        address=ray.get_runtime_context().gcs_address,
+                        filters=[("state", "=", "ALIVE")],
+                        raise_on_missing_output=False,
+                    ):
                         if info.pid:
                             pids[info.pid] = _role(info.name or "")
                 except Exception:  # noqa: BLE001 - Ray starting or shutting down: sample again next time

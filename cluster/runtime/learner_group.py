@@ -10,7 +10,6 @@ from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util.state import get_actor
 
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate
@@ -19,7 +18,7 @@ from bond.records import Batch, Completion, Role, StepStats
 from cluster.config.job import JobConfig, SamplerBackend
 from cluster.core import SyncReport
 from cluster.runtime.ports import free_port
-from cluster.runtime.samplers import Fleet
+from cluster.runtime.samplers import Fleet, actor_state
 from cluster.runtime.weight_sync import (
     WeightSyncMethod,
     choose_method,
@@ -252,7 +251,7 @@ class RayLearnerGroup:
             if error.actor_id in ids
             else []
             if error.actor_id
-            else [r for r, actor_id in enumerate(ids) if getattr(get_actor(actor_id), "state", None) != "ALIVE"]
+            else [r for r, actor_id in enumerate(ids) if getattr(actor_state(actor_id), "state", None) != "ALIVE"]
         )
         if dead:
             raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None

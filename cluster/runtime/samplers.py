@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
-from ray.util.state import get_actor
+from ray.util import state as ray_state
 
 from actors.sampling import SamplingSettings
 from bond.records import Completion, Prompt, Role
@@ -36,6 +36,12 @@ CPU_SAMPLER_ENV = {
 
 # A restarted sampler re-imports vLLM and starts its engine: seconds on a GPU node, up to a minute on a busy CPU.
 ACTOR_RESTART_TIMEOUT_S = 180.0
+
+
+def actor_state(actor_id: str):
+    """Ray's record of an actor (state, restarts), from the cluster this driver is connected to. The address is
+    explicit: without it the state API auto-detects a cluster and fails where a machine runs more than one."""
+    return ray_state.get_actor(actor_id, address=ray.get_runtime_context().gcs_address)
 
 
 def sampler_env(gpus_per_actor: float) -> dict[str, str]:
@@ -63,7 +69,7 @@ class Fleet:
         if error.actor_id in ids:
             return ids.index(error.actor_id)
         for i, actor_id in enumerate(ids):
-            info = get_actor(actor_id)
+            info = actor_state(actor_id)
             if info is None or info.state != "ALIVE" or (info.num_restarts or 0) > self.restarts[role][i]:
                 return i
         return None
@@ -112,7 +118,7 @@ def _wait_until_alive(actor, name: str, cause: str) -> None:
             ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
             return
         except (RayActorError, GetTimeoutError) as e:
-            state = getattr(get_actor(actor._actor_id.hex()), "state", None)  # Ray's view: RESTARTING / DEAD
+            state = getattr(actor_state(actor._actor_id.hex()), "state", None)  # Ray's view: RESTARTING / DEAD
             if state == "DEAD" or time.monotonic() > deadline:
                 raise ActorLostError(
                     f"{name} died ({cause}) and did not come back within "

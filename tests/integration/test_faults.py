@@ -46,7 +46,9 @@ def rows(run_dir: Path) -> list[dict]:
 
 def alive_pid(match) -> tuple[str, int]:
     """(name, pid) of the first live actor whose state record (ray.util.state) satisfies `match`."""
-    for info in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+    for info in list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
+    ):
         if match(info):
             return info.name or info.class_name, info.pid
     raise AssertionError("no such live actor")

@@ -268,7 +268,9 @@ def test_colocated_run_and_resume(local_ray, tiny_dir, tmp_path, capsys):
 
     def groups() -> dict[str, str]:
         """name -> placement group of every jbond actor, from Ray's state API (the dead ones included)."""
-        rows = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        rows = list_actors(
+            address=ray.get_runtime_context().gcs_address, detail=True, limit=10_000, raise_on_missing_output=False
+        )
         return {r.name: r.placement_group_id for r in rows if (r.name or "").startswith("jbond-")}
 
     before = set(groups())
