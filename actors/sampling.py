@@ -191,6 +191,33 @@ class SamplerBase:
         """Prompt token ids exactly as the model sees them."""
         return [list(r.token_ids) for r in self.render(prompts)]
 
+    def _completions(
+        self,
+        ids: list[int],
+        records: list[Prompt],
+        rendered: list[RenderedPrompt],
+        n: int,
+        samples: Sequence[tuple[Sequence[int], str, Sequence[float], str]],
+    ) -> list[Completion]:
+        """The Completions of a checked request (checked_request's ids, records, rendered) from its samples, n per
+        prompt in prompt order, each (token ids, text, token log-probs, finish reason)."""
+        version = self.weights_version
+        return [
+            Completion(
+                prompt_id=ids[k // n],
+                prompt=rendered[k // n].text,
+                prompt_token_ids=rendered[k // n].token_ids,
+                token_ids=tuple(toks),
+                text=text,
+                logprobs=tuple(lps),
+                role=self._role,
+                weights_version=version,
+                finish_reason=finish,
+                source=records[k // n],
+            )
+            for k, (toks, text, lps, finish) in enumerate(samples)
+        ]
+
     def token_logprobs(
         self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]
     ) -> list[tuple[float, ...]]:

@@ -128,22 +128,11 @@ class VllmSampler(SamplerBase):
         samples = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         if settings.greedy:
             samples = [c for c in samples for _ in range(n)]
-        version = self.weights_version
-        return [
-            Completion(
-                prompt_id=ids[k // n],
-                prompt=rendered[k // n].text,
-                prompt_token_ids=rendered[k // n].token_ids,
-                token_ids=tuple(c.token_ids),
-                text=c.text,
-                logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
-                role=self._role,
-                weights_version=version,
-                finish_reason=c.finish_reason or "length",
-                source=records[k // n],
-            )
-            for k, c in enumerate(samples)
+        logprobs = [[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)] for c in samples]
+        finished = [
+            (c.token_ids, c.text, lps, c.finish_reason or "length") for c, lps in zip(samples, logprobs, strict=True)
         ]
+        return self._completions(ids, records, rendered, n, finished)
 
     def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
         self._weights.load(as_weight_update(update))  # a FlatUpdate's tensors are views of the object-store buffer
