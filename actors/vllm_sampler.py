@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from actors.checkpoint_files import checkpoint_dir, checkpoint_specs
 from actors.lora_adapter import AdapterSpec
 from actors.sampling import SamplerBase, SamplingSettings, check_prompt_lengths, check_scoring, checked_request
-from actors.vllm_engine import sleep_engine, start_engine, wake_engine, worker_in_process
+from actors.vllm_engine import engine_on_cpu, start_engine, worker_in_process
 from actors.vllm_weights import AdapterWeights, FullWeights
 from actors.weight_broadcast import GroupAddress
 from actors.weight_flat import FlatUpdate, as_weight_update
@@ -140,11 +142,24 @@ class VllmSampler(SamplerBase):
 
     def sleep(self) -> int:
         """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes freed
-        (actors.vllm_engine.sleep_engine says how, on CPU and on GPU)."""
-        return sleep_engine(self.llm)
+        (CPU: the drop of the worker's RSS; GPU: the rise of the device's free memory).
+
+        GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
+        CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),
+        the weights stay."""
+        if engine_on_cpu():
+            from actors.kv_cache_release import release_kv_cache
+
+            self.llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
+            return sum(self.llm.collective_rpc(release_kv_cache))
+        free_before = torch.cuda.mem_get_info()[0]
+        self.llm.sleep(level=1)
+        return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
 
     def wake_up(self) -> None:
-        wake_engine(self.llm)
+        if not engine_on_cpu():
+            self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted
 
     # --- scoring ------------------------------------------------------------------------------------
 

@@ -160,8 +160,7 @@ class WeightReceiver:
                 if self.rank == 0:  # type: ignore[attr-defined]
                     spec.write(Path(directory), tensors, base_model)
 
-        version, _ = group.receive_push(staging, apply)
-        return version
+        return group.receive_push(staging, apply)
 
     def packed_modules(self) -> dict[str, list[str]]:
         """The model's fused layers, e.g. {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} (see weight_staging)."""

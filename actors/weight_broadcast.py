@@ -112,12 +112,10 @@ class WeightGroup:
         self._broadcast(flat)
         return header, flat
 
-    def receive_push(
-        self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
-    ) -> tuple[int, dict[str, torch.Tensor]]:
+    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]) -> int:
         """Receive a whole push; stage every bucket, `apply` them together after the last one.
 
-        Returns (version now held, the tensors applied). A refused bucket raises ValueError, after the
+        Returns the version now held. A refused bucket raises ValueError, after the
         rest of the push was drained, with the live model untouched.
         """
         error: Exception | None = None
@@ -140,4 +138,4 @@ class WeightGroup:
         assert ready is not None  # the last bucket of a staged push releases it
         apply(ready)
         staging.applied(ready, update.version)
-        return staging.version, ready
+        return staging.version

@@ -23,9 +23,6 @@ class RewardServiceError(Exception):
         # (the default Exception pickling would call __init__ with the message only).
         return type(self), (self.message, self.reason)
 
-    def __str__(self) -> str:
-        return self.message
-
 
 class BadRequestError(RewardServiceError):
     """The request itself is malformed (bad JSON, a missing field, wrong types, lengths that differ)."""
