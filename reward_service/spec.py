@@ -163,22 +163,15 @@ def is_loopback(host: str) -> bool:
 
 def build_reward_model(spec: RewardSpec) -> RewardModel:
     """The in-process RewardModel a spec names (imports torch/transformers only for the model kinds)."""
+    classifier = {"device": spec.device, "max_length": spec.max_length_tokens, "batch_size": spec.forward_batch_size}
     if spec.kind is RewardKind.LEARNED:
         from reward_service.learned import LearnedRewardModel
 
-        return LearnedRewardModel(
-            spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens, batch_size=spec.forward_batch_size
-        )
+        return LearnedRewardModel(spec.path_or_name, **classifier)
     if spec.kind is RewardKind.ENTAILMENT:
         from reward_service.entailment import EntailmentReward
 
-        return EntailmentReward(
-            spec.path_or_name,
-            device=spec.device,
-            max_length=spec.max_length_tokens,
-            batch_size=spec.forward_batch_size,
-            premise_pattern=spec.premise_pattern,
-        )
+        return EntailmentReward(spec.path_or_name, premise_pattern=spec.premise_pattern, **classifier)
     from reward_service.function import FunctionReward
 
     return FunctionReward(spec.path_or_name)
