@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.sampling import SamplerBase, SamplingSettings, check_scoring, checked_request
+from actors.sampling import SamplerBase, SamplingSettings, check_scoring
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
@@ -54,7 +54,7 @@ class HfSampler(SamplerBase):
         settings: SamplingSettings,
         prompt_ids: Sequence[int] | None = None,
     ) -> list[Completion]:
-        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
+        ids, records, rendered = self._checked_request(prompts, n, settings, prompt_ids)
         token_ids = [list(r.token_ids) for r in rendered]
         # One batch per token budget, so no sequence runs past the context (usually a single batch).
         budgets = [min(settings.max_new_tokens, self.max_model_len - len(t)) for t in token_ids]

@@ -17,7 +17,7 @@ import torch
 
 from actors.checkpoint_files import checkpoint_dir, checkpoint_specs
 from actors.lora_adapter import AdapterSpec
-from actors.sampling import SamplerBase, SamplingSettings, check_prompt_lengths, check_scoring, checked_request
+from actors.sampling import SamplerBase, SamplingSettings, check_prompt_lengths, check_scoring
 from actors.vllm_engine import engine_on_cpu, start_engine, worker_in_process
 from actors.vllm_weights import AdapterWeights, FullWeights
 from actors.weight_broadcast import GroupAddress
@@ -121,7 +121,7 @@ class VllmSampler(SamplerBase):
     def generate(
         self, prompts: Sequence[str], n: int, settings: SamplingSettings, prompt_ids: Sequence[int] | None = None
     ) -> list[Completion]:
-        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
+        ids, records, rendered = self._checked_request(prompts, n, settings, prompt_ids)
         token_ids = [list(r.token_ids) for r in rendered]
         requests, sampling = _engine_requests(token_ids, ids, n, settings, self.max_model_len)
         if not requests:
