@@ -124,10 +124,9 @@ class HfSampler(SamplerBase):
 
     def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
         tensors = self._staging.stage(as_weight_update(update))
-        if tensors is None:
-            return self.weights_version
-        self._copy_in(tensors)
-        self._staging.applied(tensors, update.version)
+        if tensors is not None:  # the push's last bucket: all of it is applied now
+            self._copy_in(tensors)
+            self._staging.applied(tensors, update.version)
         return self.weights_version
 
     @torch.no_grad()
@@ -147,8 +146,7 @@ class HfSampler(SamplerBase):
         group = getattr(self, "_group", None)
         if group is None:
             raise RuntimeError("receive_weights before join_weight_group")
-        group.receive_push(self._staging, self._copy_in)
-        return self.weights_version
+        return group.receive_push(self._staging, self._copy_in)
 
     @torch.no_grad()
     def token_logprobs(
@@ -160,7 +158,6 @@ class HfSampler(SamplerBase):
         for p, y in zip(self.encode(prompts), completions_token_ids, strict=True):
             seq = torch.tensor([p + [int(t) for t in y]], device=self.model.device)
             logprobs = self.model(input_ids=seq).logits[0, :-1].float().log_softmax(-1)
-            targets = seq[0, 1:]
-            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
+            chosen = logprobs.gather(-1, seq[0, 1:].unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
             result.append(tuple(chosen.tolist()))
         return result

@@ -184,11 +184,10 @@ class VllmSampler(SamplerBase):
             # sequence per call is correct (equal to the learner's to 1e-4, tests/component/test_vllm_lora.py).
             lora_request = self._weights.lora_request
             outs = [self.llm.generate([r], params, use_tqdm=False, lora_request=lora_request)[0] for r in requests]
-        result = []
-        for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
-            lps = out.prompt_logprobs  # [len(s)], None for the first token
-            result.append(tuple(lps[t][s[t]].logprob for t in range(len(p), len(s))))
-        return result
+        return [  # prompt_logprobs: [len(s)], None for the first token
+            tuple(out.prompt_logprobs[t][s[t]].logprob for t in range(len(p), len(s)))
+            for p, s, out in zip(prompt_tokens, seqs, outs, strict=True)
+        ]
 
     # --- the collective push (actors/weight_broadcast.py) ---------------------------------------------
 

@@ -88,16 +88,13 @@ class WeightGroup:
             "offsets": offsets,
             "nbytes": end,
         }
-        self._send_header(header)
+        raw = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8).to(self.device)
+        self._broadcast(torch.tensor([raw.numel()], dtype=torch.int64, device=self.device))
+        self._broadcast(raw)
         flat = torch.empty(end, dtype=torch.uint8, device=self.device)
         for t, off in zip(tensors, offsets, strict=True):
             flat[off : off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
         self._broadcast(flat)
-
-    def _send_header(self, header: dict) -> None:
-        raw = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8).to(self.device)
-        self._broadcast(torch.tensor([raw.numel()], dtype=torch.int64, device=self.device))
-        self._broadcast(raw)
 
     # ---- receivers -----------------------------------------------------------------------------------
 
