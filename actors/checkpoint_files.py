@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -22,16 +24,19 @@ def checkpoint_dir(model: str) -> Path:
     return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
 
 
-def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec]:
-    """Parameter names and shapes from the safetensors headers (nothing is loaded); dtype is the served one."""
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{directory}: no *.safetensors checkpoint (only safetensors checkpoints are served)")
-    specs: dict[str, ParamSpec] = {}
-    for f in files:
+def _stored(directory: Path) -> Iterator[tuple[str, Any]]:
+    """(name, its open safetensors file) for every tensor of the checkpoint, file by file."""
+    for f in sorted(directory.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                specs[name] = ParamSpec(tuple(st.get_slice(name).get_shape()), dtype)
+                yield name, st
+
+
+def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec]:
+    """Parameter names and shapes from the safetensors headers (nothing is loaded); dtype is the served one."""
+    if not any(directory.glob("*.safetensors")):
+        raise ValueError(f"{directory}: no *.safetensors checkpoint (only safetensors checkpoints are served)")
+    specs = {name: ParamSpec(tuple(st.get_slice(name).get_shape()), dtype) for name, st in _stored(directory)}
     config = json.loads((directory / "config.json").read_text())
     # A tied checkpoint stores only the embedding; a learner's state_dict still names lm_head.
     if config.get("tie_word_embeddings") and _LM_HEAD not in specs and _EMBEDDING in specs:
@@ -40,9 +45,4 @@ def checkpoint_specs(directory: Path, dtype: torch.dtype) -> dict[str, ParamSpec
 
 
 def checkpoint_tensors(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():  # noqa: SIM118
-                out[name] = st.get_tensor(name).to(dtype).contiguous()
-    return out
+    return {name: st.get_tensor(name).to(dtype).contiguous() for name, st in _stored(directory)}

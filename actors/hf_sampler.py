@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.sampling import SamplerBase, SamplingSettings, check_scoring, checked_request
+from actors.sampling import SamplerBase, SamplingSettings, check_scoring
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate, as_weight_update
 from actors.weight_staging import ParamSpec, WeightStaging
@@ -40,11 +40,10 @@ class HfSampler(SamplerBase):
         eos = self.model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos))
-        state = self.model.state_dict()
-        self._params = state
+        self._params = self.model.state_dict()
         # No fused layers and no host copy needed: HF modules take any subset of parameters as they are.
         self._staging = WeightStaging(
-            {k: ParamSpec(tuple(v.shape), v.dtype) for k, v in state.items()}, role, initial_version
+            {k: ParamSpec(tuple(v.shape), v.dtype) for k, v in self._params.items()}, role, initial_version
         )
 
     @torch.no_grad()
@@ -55,11 +54,11 @@ class HfSampler(SamplerBase):
         settings: SamplingSettings,
         prompt_ids: Sequence[int] | None = None,
     ) -> list[Completion]:
-        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
+        ids, records, rendered = self._checked_request(prompts, n, settings, prompt_ids)
         token_ids = [list(r.token_ids) for r in rendered]
         # One batch per token budget, so no sequence runs past the context (usually a single batch).
         budgets = [min(settings.max_new_tokens, self.max_model_len - len(t)) for t in token_ids]
-        results: dict[int, list[Completion]] = {}
+        results: dict[int, list[tuple[list[int], str, list[float], str]]] = {}
         with torch.random.fork_rng(devices=[]):
             if settings.seed is not None:
                 # One stream per call, keyed by its first prompt id: actors sharing a step's prompts get
@@ -70,11 +69,8 @@ class HfSampler(SamplerBase):
                 for i, samples in zip(
                     group, self._generate_group([token_ids[i] for i in group], n, budget, settings), strict=True
                 ):
-                    results[i] = [
-                        self._completion(ids[i], records[i], rendered[i].text, token_ids[i], toks, lps, settings)
-                        for toks, lps in samples
-                    ]
-        return [c for i in range(len(prompts)) for c in results[i]]
+                    results[i] = [self._finish(token_ids[i], toks, lps, settings) for toks, lps in samples]
+        return self._completions(ids, records, rendered, n, [s for i in range(len(prompts)) for s in results[i]])
 
     def _generate_group(
         self, token_ids: list[list[int]], n: int, budget: int, settings: SamplingSettings
@@ -99,26 +95,16 @@ class HfSampler(SamplerBase):
         new = out.sequences[:, width:]  # [len(token_ids) * n, T], prompt i's samples at rows i*n .. i*n+n-1
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [rows, T, V] raw, untempered
         chosen = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        grouped = []
-        for i in range(len(token_ids)):
-            samples = []
-            for row in range(i * n, (i + 1) * n):
-                toks = new[row].tolist()
-                end = next((t + 1 for t, tok in enumerate(toks) if tok in self._eos), len(toks))
-                samples.append((toks[:end], chosen[row, :end].tolist()))
-            grouped.append(samples)
-        return grouped
+        rows = []
+        for row, toks in enumerate(new.tolist()):
+            end = next((t + 1 for t, tok in enumerate(toks) if tok in self._eos), len(toks))
+            rows.append((toks[:end], chosen[row, :end].tolist()))
+        return [rows[i * n : (i + 1) * n] for i in range(len(token_ids))]
 
-    def _completion(
-        self,
-        prompt_id: int,
-        source: Prompt,
-        prompt: str,
-        prompt_tokens: list[int],
-        toks: list[int],
-        lps: list[float],
-        settings: SamplingSettings,
-    ) -> Completion:
+    def _finish(
+        self, prompt_tokens: list[int], toks: list[int], lps: list[float], settings: SamplingSettings
+    ) -> tuple[list[int], str, list[float], str]:
+        """A sample cut at its first stop string, as (token ids, text, token log-probs, finish reason)."""
         finish = "stop" if toks and toks[-1] in self._eos else "length"
         text = self._text(prompt_tokens, toks)
         if settings.stop:
@@ -129,18 +115,7 @@ class HfSampler(SamplerBase):
                 if hit >= 0:
                     toks, lps, text, finish = toks[:t], lps[:t], partial[:hit], "stop"
                     break
-        return Completion(
-            prompt_id=prompt_id,
-            prompt=prompt,
-            prompt_token_ids=tuple(prompt_tokens),
-            token_ids=tuple(toks),
-            text=text,
-            logprobs=tuple(lps),
-            role=self._role,
-            weights_version=self.weights_version,
-            finish_reason=finish,
-            source=source,
-        )
+        return toks, text, lps, finish
 
     def _text(self, prompt_tokens: list[int], toks: list[int]) -> str:
         # Decoding prompt + completion keeps the completion's leading space, as vLLM's detokeniser does.
@@ -149,10 +124,9 @@ class HfSampler(SamplerBase):
 
     def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
         tensors = self._staging.stage(as_weight_update(update))
-        if tensors is None:
-            return self.weights_version
-        self._copy_in(tensors)
-        self._staging.applied(tensors, update.version)
+        if tensors is not None:  # the push's last bucket: all of it is applied now
+            self._copy_in(tensors)
+            self._staging.applied(tensors, update.version)
         return self.weights_version
 
     @torch.no_grad()
@@ -172,8 +146,7 @@ class HfSampler(SamplerBase):
         group = getattr(self, "_group", None)
         if group is None:
             raise RuntimeError("receive_weights before join_weight_group")
-        group.receive_push(self._staging, self._copy_in)
-        return self.weights_version
+        return group.receive_push(self._staging, self._copy_in)
 
     @torch.no_grad()
     def token_logprobs(
@@ -185,7 +158,6 @@ class HfSampler(SamplerBase):
         for p, y in zip(self.encode(prompts), completions_token_ids, strict=True):
             seq = torch.tensor([p + [int(t) for t in y]], device=self.model.device)
             logprobs = self.model(input_ids=seq).logits[0, :-1].float().log_softmax(-1)
-            targets = seq[0, 1:]
-            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
+            chosen = logprobs.gather(-1, seq[0, 1:].unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
             result.append(tuple(chosen.tolist()))
         return result

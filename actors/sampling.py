@@ -134,25 +134,6 @@ def check_prompt_lengths(token_ids: Sequence[Sequence[int]], max_model_len: int)
             )
 
 
-def checked_request(
-    tokenizer,
-    prompts: Sequence[Prompt | str],
-    n: int,
-    settings: SamplingSettings,
-    prompt_ids: Sequence[int] | None,
-    max_model_len: int,
-) -> tuple[list[int], list[Prompt], list[RenderedPrompt]]:
-    """A generate() call checked and rendered as every sampler does it: (prompt ids, Prompt records, each prompt
-    as the model reads it); raises ValueError for a request no sampler can serve."""
-    ids = check_request(prompts, n, prompt_ids)
-    if not isinstance(settings, SamplingSettings):
-        raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
-    records = [as_prompt(p) for p in prompts]
-    rendered = [render(tokenizer, p) for p in records]
-    check_prompt_lengths([r.token_ids for r in rendered], max_model_len)
-    return ids, records, rendered
-
-
 def check_scoring(prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]) -> None:
     """Raise ValueError for a scoring request (one completion per prompt) no sampler can serve."""
     check_request(prompts, 1, None)
@@ -166,6 +147,7 @@ class SamplerBase:
     token log-probs (the subclass's token_logprobs)."""
 
     tokenizer: Any
+    max_model_len: int
     _staging: WeightStaging
 
     def __init__(self, role: Role, dtype: str) -> None:
@@ -187,9 +169,49 @@ class SamplerBase:
         """Each prompt as the model reads it: chat template applied, BOS exactly once (actors.prompt_rendering)."""
         return [render(self.tokenizer, p) for p in prompts]
 
+    def _checked_request(
+        self, prompts: Sequence[Prompt | str], n: int, settings: SamplingSettings, prompt_ids: Sequence[int] | None
+    ) -> tuple[list[int], list[Prompt], list[RenderedPrompt]]:
+        """A generate() call checked and rendered as every sampler does it: (prompt ids, Prompt records, each prompt
+        as the model reads it); raises ValueError for a request no sampler can serve."""
+        ids = check_request(prompts, n, prompt_ids)
+        if not isinstance(settings, SamplingSettings):
+            raise ValueError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+        records = [as_prompt(p) for p in prompts]
+        rendered = self.render(records)
+        check_prompt_lengths([r.token_ids for r in rendered], self.max_model_len)
+        return ids, records, rendered
+
     def encode(self, prompts: Sequence[Prompt | str]) -> list[list[int]]:
         """Prompt token ids exactly as the model sees them."""
         return [list(r.token_ids) for r in self.render(prompts)]
+
+    def _completions(
+        self,
+        ids: list[int],
+        records: list[Prompt],
+        rendered: list[RenderedPrompt],
+        n: int,
+        samples: Sequence[tuple[Sequence[int], str, Sequence[float], str]],
+    ) -> list[Completion]:
+        """The Completions of a checked request (checked_request's ids, records, rendered) from its samples, n per
+        prompt in prompt order, each (token ids, text, token log-probs, finish reason)."""
+        version = self.weights_version
+        return [
+            Completion(
+                prompt_id=ids[k // n],
+                prompt=rendered[k // n].text,
+                prompt_token_ids=rendered[k // n].token_ids,
+                token_ids=tuple(toks),
+                text=text,
+                logprobs=tuple(lps),
+                role=self._role,
+                weights_version=version,
+                finish_reason=finish,
+                source=records[k // n],
+            )
+            for k, (toks, text, lps, finish) in enumerate(samples)
+        ]
 
     def token_logprobs(
         self, prompts: Sequence[Prompt | str], completions_token_ids: Sequence[Sequence[int]]

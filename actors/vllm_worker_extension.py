@@ -79,14 +79,9 @@ class WeightReceiver:
             tensors = load_safetensors(bytes(tensors))
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "cpu_linear")]
-        other = sorted(
-            {
-                type(m.quant_method).__name__
-                for _, m in model.named_modules()
-                if getattr(m, "quant_method", None) is not None
-                and not isinstance(m.quant_method, UnquantizedLinearMethod | UnquantizedEmbeddingMethod)
-            }
-        )
+        plain = UnquantizedLinearMethod | UnquantizedEmbeddingMethod
+        methods = {type(m.quant_method) for m in model.modules() if getattr(m, "quant_method", None) is not None}
+        other = sorted({t.__name__ for t in methods if not issubclass(t, plain)})
         if other or any(m.weight.ndim != 2 and m.weight.numel() > 0 for _, m in layers):
             raise ValueError(f"plain weights: the model has layers this cannot unpack ({other or 'non-2D weights'})")
         unpacked = []
@@ -160,8 +155,7 @@ class WeightReceiver:
                 if self.rank == 0:  # type: ignore[attr-defined]
                     spec.write(Path(directory), tensors, base_model)
 
-        version, _ = group.receive_push(staging, apply)
-        return version
+        return group.receive_push(staging, apply)
 
     def packed_modules(self) -> dict[str, list[str]]:
         """The model's fused layers, e.g. {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} (see weight_staging)."""

@@ -88,16 +88,13 @@ class WeightGroup:
             "offsets": offsets,
             "nbytes": end,
         }
-        self._send_header(header)
+        raw = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8).to(self.device)
+        self._broadcast(torch.tensor([raw.numel()], dtype=torch.int64, device=self.device))
+        self._broadcast(raw)
         flat = torch.empty(end, dtype=torch.uint8, device=self.device)
         for t, off in zip(tensors, offsets, strict=True):
             flat[off : off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
         self._broadcast(flat)
-
-    def _send_header(self, header: dict) -> None:
-        raw = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8).to(self.device)
-        self._broadcast(torch.tensor([raw.numel()], dtype=torch.int64, device=self.device))
-        self._broadcast(raw)
 
     # ---- receivers -----------------------------------------------------------------------------------
 
@@ -112,12 +109,10 @@ class WeightGroup:
         self._broadcast(flat)
         return header, flat
 
-    def receive_push(
-        self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]
-    ) -> tuple[int, dict[str, torch.Tensor]]:
+    def receive_push(self, staging: WeightStaging, apply: Callable[[dict[str, torch.Tensor]], object]) -> int:
         """Receive a whole push; stage every bucket, `apply` them together after the last one.
 
-        Returns (version now held, the tensors applied). A refused bucket raises ValueError, after the
+        Returns the version now held. A refused bucket raises ValueError, after the
         rest of the push was drained, with the live model untouched.
         """
         error: Exception | None = None
@@ -140,4 +135,4 @@ class WeightGroup:
         assert ready is not None  # the last bucket of a staged push releases it
         apply(ready)
         staging.applied(ready, update.version)
-        return staging.version, ready
+        return staging.version

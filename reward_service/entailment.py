@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -59,15 +60,10 @@ class EntailmentReward:
     """An NLI sequence classifier as a RewardModel; rewards are log-probabilities, so always <= 0."""
 
     def __init__(
-        self,
-        path: str,
-        device: str = "cpu",
-        max_length: int | None = None,
-        batch_size: int = 64,
-        premise_pattern: str | None = None,
-        entailment_label: str = "entailment",
+        self, path: str, *, premise_pattern: str | None = None, entailment_label: str = "entailment", **classifier: Any
     ) -> None:
-        self._classifier = SequenceClassifier(path, device=device, max_length=max_length, batch_size=batch_size)
+        """classifier: the SequenceClassifier's device, max_length and batch_size."""
+        self._classifier = SequenceClassifier(path, **classifier)
         try:
             self.label_index = entailment_index(self._classifier.config.id2label, entailment_label)
         except ValueError as exc:

@@ -11,6 +11,7 @@ class RewardServiceError(Exception):
     """Base class: scoring failed; `reason` says why in one word."""
 
     default_reason = "error"
+    http_status = 500  # a failing model or a timeout is the service's (5xx); bad requests the caller's to fix (4xx)
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -22,14 +23,12 @@ class RewardServiceError(Exception):
         # (the default Exception pickling would call __init__ with the message only).
         return type(self), (self.message, self.reason)
 
-    def __str__(self) -> str:
-        return self.message
-
 
 class BadRequestError(RewardServiceError):
     """The request itself is malformed (bad JSON, a missing field, wrong types, lengths that differ)."""
 
     default_reason = "bad_request"
+    http_status = 400
 
 
 class RewardModelError(RewardServiceError):
@@ -48,15 +47,18 @@ class RewardTimeoutError(RewardServiceError):
     """Scoring took longer than the service's request timeout."""
 
     default_reason = "timeout"
+    http_status = 504
 
 
 class PayloadTooLargeError(BadRequestError):
     """The HTTP body is larger than the service's max_request_bytes (HTTP 413)."""
 
     default_reason = "too_large"
+    http_status = 413
 
 
 class UnauthorizedError(BadRequestError):
     """The HTTP request lacks the service's bearer token, or carries a wrong one (HTTP 401)."""
 
     default_reason = "unauthorized"
+    http_status = 401

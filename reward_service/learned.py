@@ -14,6 +14,7 @@ the last token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from reward_service.reward_model import PromptLike, chat, check_pairs, checked_rewards, plain_text
 from reward_service.sequence_classifier import SequenceClassifier
@@ -33,12 +34,9 @@ def join_text(prompt: str, completion: str) -> str:
 class LearnedRewardModel:
     """Any Hugging Face AutoModelForSequenceClassification with one output logit, as a RewardModel."""
 
-    def __init__(
-        self, path_or_hub_id: str, device: str = "cpu", max_length: int | None = None, batch_size: int = 64
-    ) -> None:
-        self._classifier = SequenceClassifier(
-            path_or_hub_id, device=device, max_length=max_length, batch_size=batch_size, truncation_side="left"
-        )
+    def __init__(self, path_or_hub_id: str, **classifier: Any) -> None:
+        """classifier: the SequenceClassifier's device, max_length and batch_size."""
+        self._classifier = SequenceClassifier(path_or_hub_id, truncation_side="left", **classifier)
         if self._classifier.num_labels != 1:
             labels = self._classifier.config.id2label
             raise ValueError(

@@ -53,19 +53,6 @@ HEALTH_CHECK_PERIOD_S = 2.0
 DRAIN_LIMIT_BYTES = 256 * 2**20
 
 
-def http_status(error: RewardServiceError) -> int:
-    """Bad requests are the caller's to fix (4xx); a failing model or a timeout is the service's (5xx)."""
-    if isinstance(error, UnauthorizedError):
-        return 401
-    if isinstance(error, PayloadTooLargeError):
-        return 413
-    if isinstance(error, BadRequestError):
-        return 400
-    if isinstance(error, RewardTimeoutError):
-        return 504
-    return 500
-
-
 @dataclass(frozen=True)
 class ErrorBody:
     error: str  # the RewardServiceError's reason, e.g. bad_json, too_large, non_finite
@@ -111,6 +98,10 @@ async def _drain(http_request: Request, seen: int) -> None:
             return
 
 
+def _histogram(name: str, description: str, boundaries: list[float]) -> metrics.Histogram:
+    return metrics.Histogram(name, description, boundaries=boundaries, tag_keys=("app", "reward_model"))
+
+
 # Everything a route uses is defined above: @serve.ingress pickles the routes as the class is made.
 @serve.deployment
 @serve.ingress(app)
@@ -127,24 +118,9 @@ class RewardDeployment:
         self._errors = metrics.Counter(
             "reward_errors", "Scoring requests that failed, by reason.", tag_keys=("app", "reward_model", "reason")
         )
-        self._latency = metrics.Histogram(
-            "reward_request_latency_s",
-            "Seconds from request to reply.",
-            boundaries=_LATENCY_BOUNDARIES_S,
-            tag_keys=("app", "reward_model"),
-        )
-        self._batch_samples = metrics.Histogram(
-            "reward_batch_samples",
-            "Samples scored per model call.",
-            boundaries=_BATCH_BOUNDARIES,
-            tag_keys=("app", "reward_model"),
-        )
-        self._batch_requests = metrics.Histogram(
-            "reward_batch_requests",
-            "Requests merged per model call.",
-            boundaries=_BATCH_BOUNDARIES,
-            tag_keys=("app", "reward_model"),
-        )
+        self._latency = _histogram("reward_request_latency_s", "Seconds from request to reply.", _LATENCY_BOUNDARIES_S)
+        self._batch_samples = _histogram("reward_batch_samples", "Samples scored per model call.", _BATCH_BOUNDARIES)
+        self._batch_requests = _histogram("reward_batch_requests", "Requests merged per model call.", _BATCH_BOUNDARIES)
         for metric in (self._errors, self._latency, self._batch_samples, self._batch_requests):
             metric.set_default_tags(tags)
         self._score_batch.set_max_batch_size(spec.max_batch_size)
@@ -184,7 +160,7 @@ class RewardDeployment:
                 self._errors.inc(1, tags={"reason": error.reason})  # refused before _serve counts anything
                 headers["Connection"] = "close"  # past DRAIN_LIMIT_BYTES the body was cut off mid-way
             return JSONResponse(
-                {"error": error.reason, "message": error.message}, status_code=http_status(error), headers=headers
+                {"error": error.reason, "message": error.message}, status_code=error.http_status, headers=headers
             )
 
     def _check_token(self, authorization: str) -> None:
@@ -221,7 +197,7 @@ class RewardDeployment:
         try:
             request = parse()
             if request.size == 0:
-                return RewardReply((), self._model.model_id, self._replica, 0, 0)
+                return self._reply((), 0, 0)
             outcome = await asyncio.wait_for(self._score_batch(request), self._spec.request_timeout_s)
             if isinstance(outcome, Exception):
                 raise outcome
@@ -256,15 +232,7 @@ class RewardDeployment:
             return [await self._score_alone(r) for r in requests]
         replies, offset = [], 0
         for r in requests:
-            replies.append(
-                RewardReply(
-                    tuple(rewards[offset : offset + r.size]),
-                    self._model.model_id,
-                    self._replica,
-                    len(requests),
-                    len(prompts),
-                )
-            )
+            replies.append(self._reply(rewards[offset : offset + r.size], len(requests), len(prompts)))
             offset += r.size
         return replies
 
@@ -273,7 +241,10 @@ class RewardDeployment:
             rewards = await self._run_model(list(request.prompts), list(request.completions))
         except Exception as exc:
             return exc
-        return RewardReply(tuple(rewards), self._model.model_id, self._replica, 1, request.size)
+        return self._reply(rewards, 1, request.size)
+
+    def _reply(self, rewards: Sequence[float], batch_requests: int, batch_samples: int) -> RewardReply:
+        return RewardReply(tuple(rewards), self._model.model_id, self._replica, batch_requests, batch_samples)
 
     async def _run_model(self, prompts: list[str], completions: list[str]) -> list[float]:
         # In a worker thread: a long forward pass must not stall the replica's event loop, which keeps

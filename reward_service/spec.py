@@ -73,14 +73,9 @@ class RewardSpec:
         self._check_http()
 
     def _check_model(self) -> None:
-        if isinstance(self.kind, str) and not isinstance(self.kind, RewardKind):
-            require(
-                self.kind in {k.value for k in RewardKind},
-                "kind",
-                f"expected one of {[k.value for k in RewardKind]}, got {self.kind!r}",
-            )
+        if isinstance(self.kind, str) and self.kind in {k.value for k in RewardKind}:
             object.__setattr__(self, "kind", RewardKind(self.kind))
-        check_types(self)
+        check_types(self)  # refuses any other kind, naming the valid ones
         require(bool(self.path_or_name), "path_or_name", "must not be empty")
         if self.kind is RewardKind.FUNCTION:
             module, sep, attr = self.path_or_name.partition(":")
@@ -120,19 +115,15 @@ class RewardSpec:
             self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", f"must be >= 0, got {self.batch_wait_timeout_s}"
         )
         require(self.forward_batch_size >= 1, "forward_batch_size", f"must be >= 1, got {self.forward_batch_size}")
-        if self.max_length_tokens is not None:
-            require(
-                isinstance(self.max_length_tokens, int) and self.max_length_tokens >= 1,
-                "max_length_tokens",
-                f"must be a positive integer, got {self.max_length_tokens!r}",
-            )
+        # check_types (in _check_model) already refused a max_length_tokens that is not an int, a premise_pattern
+        # that is not a string
+        require(
+            self.max_length_tokens is None or self.max_length_tokens >= 1,
+            "max_length_tokens",
+            f"must be a positive integer, got {self.max_length_tokens!r}",
+        )
         if self.premise_pattern is not None:
             require(self.kind is RewardKind.ENTAILMENT, "premise_pattern", "only applies to the entailment kind")
-            require(
-                isinstance(self.premise_pattern, str),
-                "premise_pattern",
-                f"expected a string, got {self.premise_pattern!r}",
-            )
 
     def _check_http(self) -> None:
         require(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
@@ -172,22 +163,15 @@ def is_loopback(host: str) -> bool:
 
 def build_reward_model(spec: RewardSpec) -> RewardModel:
     """The in-process RewardModel a spec names (imports torch/transformers only for the model kinds)."""
+    classifier = {"device": spec.device, "max_length": spec.max_length_tokens, "batch_size": spec.forward_batch_size}
     if spec.kind is RewardKind.LEARNED:
         from reward_service.learned import LearnedRewardModel
 
-        return LearnedRewardModel(
-            spec.path_or_name, device=spec.device, max_length=spec.max_length_tokens, batch_size=spec.forward_batch_size
-        )
+        return LearnedRewardModel(spec.path_or_name, **classifier)
     if spec.kind is RewardKind.ENTAILMENT:
         from reward_service.entailment import EntailmentReward
 
-        return EntailmentReward(
-            spec.path_or_name,
-            device=spec.device,
-            max_length=spec.max_length_tokens,
-            batch_size=spec.forward_batch_size,
-            premise_pattern=spec.premise_pattern,
-        )
+        return EntailmentReward(spec.path_or_name, premise_pattern=spec.premise_pattern, **classifier)
     from reward_service.function import FunctionReward
 
     return FunctionReward(spec.path_or_name)
