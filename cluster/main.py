@@ -77,7 +77,9 @@ def parse_config(argv: list[str] | None = None) -> JobConfig:
 
 
 def will_build_tiny(job: JobConfig, path: str) -> bool:
-    return job.models.build_tiny and _under(Path(path), TINY_ROOT) and not Path(path).exists()
+    return (
+        job.models.build_tiny and Path(path).resolve().is_relative_to(TINY_ROOT.resolve()) and not Path(path).exists()
+    )
 
 
 def ensure_tiny_models(job: JobConfig) -> None:
@@ -85,14 +87,6 @@ def ensure_tiny_models(job: JobConfig) -> None:
         from demo.tiny import build
 
         build(TINY_ROOT)
-
-
-def _under(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
