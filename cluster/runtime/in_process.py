@@ -92,10 +92,9 @@ class InProcessLearner(Learner):
         for update in self.weights(role):
             versions = [actor.load_weights(update) for actor in self.samplers.actors[role]]
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
-        expected = self.policy_version if role is Role.POLICY else self.anchor_version
         return SyncReport(
             role=role,
-            version=confirmed_version(role, versions, expected, buckets),
+            version=confirmed_version(role, versions, self.version(role), buckets),
             buckets=buckets,
             num_bytes=num_bytes,
             seconds=time.perf_counter() - t0,

@@ -99,9 +99,6 @@ class LearnerRank(Learner):
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
         return buckets, num_bytes
 
-    def version(self, role: Role) -> int:
-        return self.policy_version if role is Role.POLICY else self.anchor_version
-
 
 def node_port() -> tuple[str, int]:
     """This node's address and a port free on every interface (one the other nodes connect to)."""
