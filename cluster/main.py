@@ -77,7 +77,9 @@ def parse_config(argv: list[str] | None = None) -> JobConfig:
 
 
 def will_build_tiny(job: JobConfig, path: str) -> bool:
-    return job.models.build_tiny and _under(Path(path), TINY_ROOT) and not Path(path).exists()
+    return (
+        job.models.build_tiny and Path(path).resolve().is_relative_to(TINY_ROOT.resolve()) and not Path(path).exists()
+    )
 
 
 def ensure_tiny_models(job: JobConfig) -> None:
@@ -85,14 +87,6 @@ def ensure_tiny_models(job: JobConfig) -> None:
         from demo.tiny import build
 
         build(TINY_ROOT)
-
-
-def _under(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
@@ -262,19 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     (one line)."""
     try:
         job, args = parse_args(argv)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.print_config:
-        print(yaml.safe_dump(loading.to_dict(job), sort_keys=False), end="")
-        return
-    try:
+        if args.print_config:
+            print(yaml.safe_dump(loading.to_dict(job), sort_keys=False), end="")
+            return
         run_with_auto_resume(job, run)
-    except ConfigError as e:  # found at start-up, after parsing (model paths, ports, the Ray address)
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except CheckpointError as e:
-        print(f"checkpoint error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError) as e:  # a ConfigError also at start-up (model paths, ports, Ray address)
+        print(f"{'config' if isinstance(e, ConfigError) else 'checkpoint'} error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Preempted as e:
         print(str(e), flush=True)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from bond.config import BondConfig
 from learner.config import Dtype, LearnerConfig
+from learner.torch_engine import adamw
 
 _TAG = "zero"  # DeepSpeed checkpoint tag: one subfolder per checkpoint directory
 
@@ -135,13 +136,7 @@ class DeepSpeedEngine:
         # A LoRA module's base is frozen: the optimizer (and its ZeRO partitions) hold the adapters only,
         # and checkpoints leave the frozen base out (it is the model the learner was built from).
         self._frozen = any(not p.requires_grad for p in module.parameters())
-        self.torch_optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad],
-            lr=bond.lr,
-            betas=(bond.adam_beta1, bond.adam_beta2),
-            eps=bond.adam_eps,
-            weight_decay=bond.weight_decay,
-        )
+        self.torch_optimizer = adamw(module, bond)
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
         config = deepspeed_config(bond, cfg, world_size, micro_batches, trainable_elements=trainable)
         self.engine, _, _, _ = deepspeed.initialize(

@@ -53,7 +53,7 @@ class Learner:
         rendezvous.join(rank, world_size, master_addr, master_port, config.device.value, config.timeout_s)
         torch.manual_seed(config.seed)
         on_gpu = config.device.value == "cuda"
-        self._device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self._dtype = torch.bfloat16 if config.dtype is Dtype.BF16 else torch.float32
         self._model_dir, self.reference_id = build.local_model_dir(model), str(model)
         self.engine, pad_id = build.policy_engine(self._model_dir, self.reference_id, bond, config, rank, world_size)
@@ -65,19 +65,15 @@ class Learner:
             self.engine, self._names, self._params, shadows, self._lora, self._dtype, config.bucket_bytes, rank
         )
         self._checkpoints = Checkpoints(self._export, self.engine, self._anchor, self.reference_id, rank)
-        reference_bf16 = build.reference_bf16(self._model_dir, config, self._dtype, self._device)
+        reference_bf16 = build.reference_bf16(self._model_dir, config, self._dtype, self.device)
         chunk, cap = 2 * config.micro_batch_prompts, bond.max_importance_weight
-        self._scorer = Scorer(self.engine, shadows, reference_bf16, pad_id, self._device, chunk, cap)
+        self._scorer = Scorer(self.engine, shadows, reference_bf16, pad_id, self.device, chunk, cap)
         teacher = None
         if bond.algorithm is Algorithm.GKD:
             vocab = self.engine.full_shape(self.engine.module.get_output_embeddings().weight)[0]
-            teacher = Teacher(build.local_model_dir(bond.gkd_teacher), self._dtype, self._device, vocab)
+            teacher = Teacher(build.local_model_dir(bond.gkd_teacher), self._dtype, self.device, vocab)
         self._objective = objective_for(bond, teacher, world_size)
         self._step = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     @property
     def model_bytes(self) -> int:
@@ -97,6 +93,10 @@ class Learner:
         with anchor_copy_every = M, the last multiple of M)."""
         every = self.bond.anchor_copy_every
         return self._step - self._step % every if every else self._step
+
+    def version(self, role: Role) -> int:
+        """The version of `role`'s weights: policy_version, anchor_version, 0 for the reference."""
+        return {Role.POLICY: self.policy_version, Role.ANCHOR: self.anchor_version, Role.REFERENCE: 0}[role]
 
     def _anchor_rate(self, step: int) -> float:
         """How far the anchor moves toward the policy after optimizer step `step` (0-based): eta every step, or
@@ -149,7 +149,7 @@ class Learner:
         logp, w_policy, w_target = outcome.logp, outcome.w_policy, scored.w_target
         terms = {f: getattr(outcome.terms, f) for f in ("loss", "loss_fw", "loss_bw", "loss_reg", "frac_penalised")}
         means = rendezvous.rank_means(
-            self._device,
+            self.device,
             **terms,
             kl_ref=(logp - scored.logp_ref).mean().item(),
             kl_anchor=(logp - scored.logp_anchor).mean().item(),
@@ -191,11 +191,10 @@ class Learner:
         """The role's weights in buckets of at most bucket_bytes, with the checkpoint's parameter names.
 
         Every rank must drain the iterator (each bucket is a collective under ZeRO-3); every rank gets the
-        full tensors, on the learner's device, in the model dtype. version = the role's version (policy_version,
-        anchor_version, 0 for the reference); the last bucket has last_bucket=True.
+        full tensors, on the learner's device, in the model dtype. version = the role's version (`version`); the
+        last bucket has last_bucket=True.
         """
-        version = {Role.POLICY: self.policy_version, Role.ANCHOR: self.anchor_version, Role.REFERENCE: 0}[role]
-        return self._export.updates(role, version)
+        return self._export.updates(role, self.version(role))
 
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict | None = None, sha256: bool = True) -> None:

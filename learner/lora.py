@@ -19,8 +19,7 @@ import torch
 from learner.config import LoraConfig
 
 ADAPTER = "default"  # peft's adapter name; dropped from the saved names, as peft's save_pretrained does
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file names: what PeftModel.from_pretrained and vLLM read
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file name: what PeftModel.from_pretrained and vLLM read
 
 
 def wrap(module: torch.nn.Module, cfg: LoraConfig, base_model: str) -> torch.nn.Module:

@@ -13,6 +13,17 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from bond.config import BondConfig
 
 
+def adamw(module: torch.nn.Module, bond: BondConfig) -> torch.optim.AdamW:
+    """The optimizer of both engines: AdamW over the parameters that train (with LoRA: the adapters)."""
+    return torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad],
+        lr=bond.lr,
+        betas=(bond.adam_beta1, bond.adam_beta2),
+        eps=bond.adam_eps,
+        weight_decay=bond.weight_decay,
+    )
+
+
 class TorchEngine:
     """Every rank holds the whole model and optimizer; gradients are averaged by all_reduce before the step."""
 
@@ -22,13 +33,7 @@ class TorchEngine:
         # LoRA: only the adapters train; None when every parameter does (the checkpoint then holds the whole model)
         self._trained = trained if len(trained) < len(list(module.parameters())) else None
         self.max_grad_norm = bond.max_grad_norm
-        self.optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad],
-            lr=bond.lr,
-            betas=(bond.adam_beta1, bond.adam_beta2),
-            eps=bond.adam_eps,
-            weight_decay=bond.weight_decay,
-        )
+        self.optimizer = adamw(module, bond)
         if world_size > 1:  # start identical on every rank, whatever each rank loaded
             for p in module.parameters():
                 dist.broadcast(p.data, src=0)

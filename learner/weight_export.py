@@ -54,9 +54,8 @@ class WeightExport:
     ) -> None:
         self.engine, self.names, self.params, self.shadows = engine, list(names), list(params), dict(shadows)
         self.lora, self.dtype, self.bucket_bytes, self.rank = layout, dtype, bucket_bytes, rank
-        size = _element_size(dtype)
         largest = max(range(len(self.params)), key=lambda i: self._numel(self.params[i]))
-        nbytes = self._numel(self.params[largest]) * size
+        nbytes = self._numel(self.params[largest]) * dtype.itemsize
         if nbytes > bucket_bytes:
             raise ValueError(
                 f"bucket_bytes={bucket_bytes} is smaller than parameter {self.names[largest]} "
@@ -66,7 +65,7 @@ class WeightExport:
     @property
     def model_bytes(self) -> int:
         """Bytes of one copy of the pushed weights in the export dtype (what a weight push moves)."""
-        return sum(self._numel(p) for p in self.params) * _element_size(self.dtype)
+        return sum(self._numel(p) for p in self.params) * self.dtype.itemsize
 
     def updates(self, role: Role, version: int) -> Iterator[WeightUpdate]:
         """The role's weights in buckets of at most bucket_bytes, full tensors on every rank, the last bucket
@@ -90,11 +89,10 @@ class WeightExport:
 
     def bucket_plan(self, dtype: torch.dtype, params: Sequence[torch.nn.Parameter] | None = None) -> list[list[int]]:
         """Indices of `params` (default: the pushed ones) grouped in order into buckets of <= bucket_bytes."""
-        size = _element_size(dtype)
         plan: list[list[int]] = [[]]
         used = 0
         for i, p in enumerate(self.params if params is None else params):
-            nbytes = self._numel(p) * size
+            nbytes = self._numel(p) * dtype.itemsize
             if plan[-1] and used + nbytes > self.bucket_bytes:
                 plan.append([])
                 used = 0
@@ -109,7 +107,10 @@ class WeightExport:
         if self.lora is not None:
             self._write_adapter(role, dtype, out)
             return
-        buckets = (self.gather(role, indices, dtype) for indices in self.bucket_plan(dtype))
+        self._write_shards((self.gather(role, indices, dtype) for indices in self.bucket_plan(dtype)), out)
+
+    def _write_shards(self, buckets: Iterator[dict[str, torch.Tensor]], out: Path) -> None:
+        """Rank 0 writes the buckets as sharded safetensors."""
         if self.rank == 0:
             safetensors_shards.write_shards(buckets, out)
         else:
@@ -139,12 +140,7 @@ class WeightExport:
         if self.lora is None:
             self.write(Role.POLICY, self.dtype, partial)
         else:
-            merged = self._merged_buckets(self.dtype)
-            if self.rank == 0:
-                safetensors_shards.write_shards(merged, partial)
-            else:
-                for _ in merged:  # collective gathers: take part, write nothing
-                    pass
+            self._write_shards(self._merged_buckets(self.dtype), partial)
             self._write_adapter(Role.POLICY, self.dtype, partial / "adapter")
         if self.rank == 0:
             self.engine.module.config.save_pretrained(partial)
@@ -188,7 +184,3 @@ class WeightExport:
 
     def _numel(self, p: torch.nn.Parameter) -> int:
         return math.prod(self.engine.full_shape(p))
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.tensor([], dtype=dtype).element_size()

@@ -138,7 +138,7 @@ class RunLog:
         self.end_progress()
         self.trackers.close()
         rows = report.read_stats(self.stats_path)
-        evals = read_eval(self.eval_path)
+        evals = report.read_stats(self.eval_path)  # the same JSON-lines layout, keyed by step
         (self.run_dir / "plots").mkdir(exist_ok=True)
         report.plot(rows, self.run_dir / "plots")
         tables = [report.summary_table(rows)] + ([eval_table(evals)] if evals else [])
@@ -167,10 +167,6 @@ def _truncate(path: Path, start_step: int) -> None:
         path.unlink(missing_ok=True)
     elif path.exists():
         report.rewrite_stats(path, report.read_stats(path, up_to_step=start_step))
-
-
-def read_eval(path: Path) -> list[dict]:
-    return report.read_stats(path)  # the same JSON-lines layout, keyed by step
 
 
 def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from actors.sampling import SamplingSettings
-from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Prompt, Role, ScoredCompletion, StepStats
 from bond.sampling_plan import SamplingPlan
 from cluster.config.job import JobConfig
@@ -77,40 +75,30 @@ class InProcessScorer:
         pass
 
 
-class InProcessLearner:
+class InProcessLearner(Learner):
     """The one learner rank; sync hands its buckets straight to the samplers' engines."""
 
-    def __init__(self, rank: Learner, samplers: InProcessSamplers):
-        self.rank, self.samplers = rank, samplers
+    def __init__(self, job: JobConfig, samplers: InProcessSamplers):
+        # its one-rank process group (a TCP store) on a free port: several in-process systems (bench.pareto's
+        # parallel runs, other jobs on the machine) must not all claim the default 29500
+        super().__init__(job.models.policy, job.algorithm, job.learner, master_port=free_port())
+        self.samplers = samplers
 
     def learn(self, batch: Batch) -> StepStats:
-        return self.rank.step(batch)
-
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        return self.rank.kl_to_reference(completions)
+        return self.step(batch)
 
     def sync(self, role: Role) -> SyncReport:
         t0, buckets, num_bytes, versions = time.perf_counter(), 0, 0, []
-        for update in self.rank.weights(role):
+        for update in self.weights(role):
             versions = [actor.load_weights(update) for actor in self.samplers.actors[role]]
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
-        expected = self.rank.policy_version if role is Role.POLICY else self.rank.anchor_version
         return SyncReport(
             role=role,
-            version=confirmed_version(role, versions, expected, buckets),
+            version=confirmed_version(role, versions, self.version(role), buckets),
             buckets=buckets,
             num_bytes=num_bytes,
             seconds=time.perf_counter() - t0,
         )
-
-    def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:
-        self.rank.save(directory, extra=extra, sha256=sha256)
-
-    def restore(self, directory: Path) -> dict:
-        return self.rank.restore(directory)
-
-    def export_hf(self, directory: Path) -> None:
-        self.rank.export_hf(directory)
 
     def close(self) -> None:
         pass
@@ -127,8 +115,4 @@ def in_process_system(job: JobConfig, roles: Sequence[Role] | None = None) -> Sy
             for role in dict.fromkeys(roles or job.actor_roles)
         }
     )
-    reward = build_reward_model(job.reward)
-    # its one-rank process group (a TCP store) on a free port: several in-process systems (bench.pareto's
-    # parallel runs, other jobs on the machine) must not all claim the default 29500
-    rank = Learner(job.models.policy, job.algorithm, job.learner, master_port=free_port())
-    return System(samplers, InProcessScorer(reward), InProcessLearner(rank, samplers))
+    return System(samplers, InProcessScorer(build_reward_model(job.reward)), InProcessLearner(job, samplers))

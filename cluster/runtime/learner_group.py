@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import ray
+import torch
 from ray.exceptions import RayActorError
 
 from actors.weight_broadcast import GroupAddress, WeightGroup
@@ -27,9 +28,10 @@ from cluster.runtime.weight_sync import (
     push_weights_collective,
 )
 from cluster.training.failures import CheckpointWriteError, LearnerDiedError, first_line
+from learner.learner import Learner
 
 
-class LearnerRank:
+class LearnerRank(Learner):
     """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
 
     def __init__(
@@ -42,14 +44,9 @@ class LearnerRank:
         master_port: int,
         threads: int | None = None,
     ):
-        import torch
-
-        from learner.learner import Learner
-
         if threads is not None:  # Ray's default for a fractional num_cpus is one thread (cluster/runtime/threads.py)
             torch.set_num_threads(threads)
-        self.rank = rank
-        self.learner = Learner(
+        super().__init__(
             reference,
             job.algorithm,
             job.learner,
@@ -61,14 +58,11 @@ class LearnerRank:
         self._export_bytes = 0
         self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
 
-    def step(self, batch: Batch) -> StepStats:
-        return self.learner.step(batch)
-
     def weights(self, role: Role) -> Iterator[FlatUpdate]:
         """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store,
         each as one flat buffer that every reader maps without a copy (actors/weight_flat.py)."""
         self._export_bytes = 0
-        for update in self.learner.weights(role):
+        for update in super().weights(role):
             self._export_bytes += update.num_bytes
             if self.rank == 0:
                 yield FlatUpdate.pack(update)
@@ -76,14 +70,12 @@ class LearnerRank:
     def last_export_bytes(self) -> int:
         return self._export_bytes
 
-    def model_bytes(self) -> int:
-        return self.learner.model_bytes
+    def model_bytes(self) -> int:  # a method: a Ray actor's properties cannot be read remotely
+        return self._export.model_bytes
 
     @staticmethod
     def threads() -> int:
         """torch intra-op threads of this rank (what resources.threads gave it)."""
-        import torch
-
         return torch.get_num_threads()
 
     @staticmethod
@@ -92,7 +84,7 @@ class LearnerRank:
 
     def join_weight_group(self, role: Role, address: GroupAddress) -> None:
         """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
-        self._weight_groups[role] = WeightGroup(address, 0, self.learner.device)
+        self._weight_groups[role] = WeightGroup(address, 0, self.device)
 
     def send_weights(self, role: Role) -> tuple[int, int]:
         """Every rank walks the buckets (gathers are collective); rank 0 broadcasts them. Returns (buckets, bytes)."""
@@ -100,27 +92,11 @@ class LearnerRank:
         if self.rank == 0 and group is None:
             raise RuntimeError(f"send_weights({role}) before join_weight_group")
         buckets = num_bytes = 0
-        for update in self.learner.weights(role):
+        for update in super().weights(role):
             if group is not None:
                 group.send(update)
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
         return buckets, num_bytes
-
-    def version(self, role: Role) -> int:
-        return self.learner.policy_version if role is Role.POLICY else self.learner.anchor_version
-
-    def kl_to_reference(self, completions: list[Completion]) -> KlEstimates:
-        """Every rank computes them (a collective under ZeRO-3); the driver keeps rank 0's."""
-        return self.learner.kl_to_reference(completions)
-
-    def save(self, directory: str, extra: dict, sha256: bool = True) -> None:
-        self.learner.save(directory, extra=extra, sha256=sha256)
-
-    def restore(self, directory: str) -> dict:
-        return self.learner.restore(directory)
-
-    def export_hf(self, directory: str) -> None:
-        self.learner.export_hf(directory)
 
 
 def node_port() -> tuple[str, int]:

@@ -183,7 +183,7 @@ class EarlyScoring:
 @dataclass(frozen=True)
 class PendingSamples:
     shares: tuple[Share, ...]
-    early: EarlyScoring | None = None  # scoring as each share arrives (None: the scorer does it all)
+    early: EarlyScoring  # scoring as each share arrives
 
 
 class RaySamplerPool:
@@ -203,10 +203,8 @@ class RaySamplerPool:
 
     def finish(self, pending: PendingSamples) -> Samples:
         parts: dict[Role, list[Completion]] = {}
-        early = {}
-        if pending.early is not None:
-            pending.early.join()
-            early = pending.early.results
+        pending.early.join()
+        early = pending.early.results
         requests = []  # only the latest samples' requests: the scorer matches them by identity
         for i, share in enumerate(pending.shares):
             if i in early:

@@ -59,9 +59,7 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
         # k1 from kl_to_reference is exactly the learner's log pi - log ref on the same completions
         completions = system.samplers.sample(Role.POLICY, [p.text for p in split.heldout], 2, job.sampling)
         est = system.learner.kl_to_reference(completions)
-        k1 = system.learner.rank.logprobs(completions, Role.POLICY) - system.learner.rank.logprobs(
-            completions, Role.REFERENCE
-        )
+        k1 = system.learner.logprobs(completions, Role.POLICY) - system.learner.logprobs(completions, Role.REFERENCE)
         torch.testing.assert_close(est.sampled, k1, atol=1e-4, rtol=0)
         assert bool((est.tokenwise >= 0).all())
     finally:
