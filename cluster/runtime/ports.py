@@ -1,13 +1,38 @@
-"""A free TCP port: the kernel's pick of one nobody listens on right now, so concurrent jobs, tests and
-benchmarks on one machine (a process group's store, a Serve proxy, a Ray head) never claim the same one."""
+"""A free TCP port: one nobody listens on right now, so concurrent jobs, tests and benchmarks on one machine (a
+process group's store, a Serve proxy, a Ray head) never claim the same one.
+
+Picked below the kernel's ephemeral range (where outgoing connections get their local ports) and above Ray's
+worker ports (10002-19999): a port handed out there can be taken by one of Ray's many gRPC connections between
+the pick and the bind, and a Serve proxy that binds it minutes later then fails with 'Address already in use'.
+"""
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
+
+LOWEST = 20000  # above Ray's default worker ports
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """host "" : free on every interface (a port other nodes connect to)."""
-    with socket.socket() as s:
+    top = _ephemeral_start()
+    # The OS's randomness: neither disturbs nor follows a seeded `random` (two processes seeded alike would collide).
+    for port in random.SystemRandom().sample(range(LOWEST, top), min(200, max(0, top - LOWEST))):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the ephemeral range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
