@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from bond.config import BondConfig
+from bond.config import BondConfig, require
 from learner import lora, safetensors_shards
 from learner.config import Dtype, LearnerConfig
 from learner.engine import Engine
@@ -62,7 +62,7 @@ def trained(
         layout = lora.LoraLayout.of(engine.module, config.lora)
         return layout, layout.adapter_names, layout.adapter_params
     names = [n for n, _ in engine.module.named_parameters()]
-    _check_names(names, model_dir)
+    check_names(names, model_dir)
     return None, names, [p for _, p in engine.module.named_parameters()]
 
 
@@ -75,31 +75,37 @@ def reference_bf16(model_dir: Path, config: LearnerConfig, dtype: torch.dtype, d
     return module.to(device).eval().requires_grad_(False)
 
 
-def _check_names(names: list[str], model_dir: Path) -> None:
-    """Exported names must be the checkpoint's, or a vLLM worker cannot load them."""
+def check_names(names: list[str], model_dir: Path) -> None:
+    """Exported names must be the checkpoint's, or a vLLM worker cannot load them (also a start-up check)."""
     try:
         on_disk = set(safetensors_shards.file_of_each(model_dir))
     except FileNotFoundError:
         return  # not a safetensors checkpoint (e.g. .bin): nothing to compare against
     ours = set(names)
-    if not ours <= on_disk:
-        raise ValueError(
-            f"parameter names differ from the checkpoint in {model_dir}: "
-            f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}"
-        )
+    require(
+        ours <= on_disk,
+        "models.policy",
+        f"parameter names differ from the checkpoint in {model_dir}: "
+        f"not on disk {sorted(ours - on_disk)[:5]}, only on disk {sorted(on_disk - ours)[:5]}",
+    )
+
+
+def checkpointable_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers HF gradient checkpointing recomputes (also a start-up check, on a weightless module)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    name = type(module).__name__
+    require(module.supports_gradient_checkpointing, "learner.gradient_checkpointing", f"{name} does not support it")
+    layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
+    require(bool(layers), "learner.gradient_checkpointing", f"{name} has no checkpointable layers")
+    return layers
 
 
 def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
     """HF checkpointing, but only `self.training` of the decoder layers turned on: HF checkpoints a layer only
     in training mode, and the layers' submodules (attention, MLP: where dropout lives) stay in eval mode."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    if not module.supports_gradient_checkpointing:
-        raise ValueError(f"learner.gradient_checkpointing: {type(module).__name__} does not support it")
+    layers = checkpointable_layers(module)
     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
-        raise ValueError(f"learner.gradient_checkpointing: {type(module).__name__} has no checkpointable layers")
     module.eval()  # gradient_checkpointing_enable may have switched the module to train mode
     for layer in layers:
         layer.training = True

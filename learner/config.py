@@ -113,3 +113,19 @@ class LearnerConfig:
             "dtype",
             "bf16 is for device cuda; use fp32 on cpu (DeepSpeed's CPU bf16 path is untested here)",
         )
+
+
+def check_split(prompts_per_step: int, ranks: int, micro_batch_prompts: int) -> None:
+    """The global batch splits evenly over the learner ranks, and each rank's share into micro-batches (checked at
+    start-up by cluster/config/job.py, and by each Learner)."""
+    require(
+        prompts_per_step % ranks == 0,
+        "algorithm.prompts_per_step",
+        f"{prompts_per_step} prompts do not split evenly over {ranks} learner ranks",
+    )
+    require(
+        prompts_per_step // ranks % micro_batch_prompts == 0,
+        "learner.micro_batch_prompts",
+        f"{micro_batch_prompts} does not divide each learner rank's share of {prompts_per_step // ranks} prompts "
+        "(algorithm.prompts_per_step / resources.learner_ranks)",
+    )

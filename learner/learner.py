@@ -16,7 +16,7 @@ from bond.records import Batch, Completion, Role, StepStats, WeightUpdate
 from bond.sampling_plan import sampling_plan
 from learner import build, rendezvous
 from learner.checkpoints import Checkpoints
-from learner.config import Dtype, LearnerConfig
+from learner.config import Dtype, LearnerConfig, check_split
 from learner.objectives import Outcome, Scored, best_target, check_batch, objective_for
 from learner.scoring import Scorer
 from learner.shadow_weights import ShadowWeights
@@ -41,14 +41,8 @@ class Learner:
     ) -> None:
         config = config or LearnerConfig()
         self._plan = sampling_plan(bond)  # the shape every Batch must have
-        if bond.prompts_per_step % world_size:
-            raise ValueError(f"prompts_per_step={bond.prompts_per_step} must be divisible by world_size={world_size}")
+        check_split(bond.prompts_per_step, world_size, config.micro_batch_prompts)
         self._share = bond.prompts_per_step // world_size
-        if self._share % config.micro_batch_prompts:
-            raise ValueError(
-                f"micro_batch_prompts={config.micro_batch_prompts} must divide each rank's share of "
-                f"{self._share} prompts (prompts_per_step / world_size)"
-            )
         self.bond, self.config, self.rank, self.world_size = bond, config, rank, world_size
         rendezvous.join(rank, world_size, master_addr, master_port, config.device.value, config.timeout_s)
         torch.manual_seed(config.seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bond.config import require
 from learner.config import LoraConfig
 
 ADAPTER = "default"  # peft's adapter name; dropped from the saved names, as peft's save_pretrained does
@@ -29,11 +30,11 @@ def wrap(module: torch.nn.Module, cfg: LoraConfig, base_model: str) -> torch.nn.
 
     found = {name.rpartition(".")[2] for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = sorted(set(cfg.target_modules) - found)
-    if missing:
-        raise ValueError(
-            f"learner.lora.target_modules: {missing} are not linear layers of "
-            f"{type(module).__name__} (its linear layers: {sorted(found)})"
-        )
+    require(
+        not missing,
+        "learner.lora.target_modules",
+        f"{missing} are not linear layers of {type(module).__name__} (its linear layers: {sorted(found)})",
+    )
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

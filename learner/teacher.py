@@ -8,19 +8,25 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from bond.config import require
 from learner.sequences import Packed
+
+
+def check_vocab(model_dir: Path, teacher_vocab: int, vocab_size: int) -> None:
+    """GKD compares the two next-token distributions index by index (also a start-up check)."""
+    require(
+        teacher_vocab == vocab_size,
+        "algorithm.gkd_teacher",
+        f"{model_dir} predicts {teacher_vocab} tokens, the policy {vocab_size}; the teacher needs the policy's "
+        "tokenizer and vocabulary",
+    )
 
 
 class Teacher:
     def __init__(self, model_dir: Path, dtype: torch.dtype, device: torch.device, vocab_size: int) -> None:
         self.module = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
         self.module.eval().requires_grad_(False)
-        teacher_vocab = self.module.get_output_embeddings().weight.shape[0]
-        if teacher_vocab != vocab_size:
-            raise ValueError(
-                f"algorithm.gkd_teacher: {model_dir} predicts {teacher_vocab} tokens, the policy "
-                f"{vocab_size}; the teacher needs the policy's tokenizer and vocabulary"
-            )
+        check_vocab(model_dir, self.module.get_output_embeddings().weight.shape[0], vocab_size)
 
     @torch.no_grad()
     def logits(self, packed: Packed, keep: torch.Tensor) -> torch.Tensor:

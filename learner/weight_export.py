@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bond.config import require
 from bond.lora import merged_weight
 from bond.records import Role, WeightUpdate
 from learner import checkpoint_dir, lora, rendezvous, safetensors_shards
@@ -33,6 +34,17 @@ SIDE_FILES = (
     "chat_template*",
     "generation_config.json",
 )
+
+
+def check_bucket(bucket_bytes: int, names: Sequence[str], numels: Sequence[int], itemsize: int) -> None:
+    """A bucket holds whole parameters, so the largest pushed one must fit (also a start-up check)."""
+    largest = max(range(len(numels)), key=numels.__getitem__)
+    nbytes = numels[largest] * itemsize
+    require(
+        nbytes <= bucket_bytes,
+        "learner.bucket_bytes",
+        f"{bucket_bytes} is smaller than parameter {names[largest]} ({nbytes} bytes); raise it to at least {nbytes}",
+    )
 
 
 class WeightExport:
@@ -54,13 +66,7 @@ class WeightExport:
     ) -> None:
         self.engine, self.names, self.params, self.shadows = engine, list(names), list(params), dict(shadows)
         self.lora, self.dtype, self.bucket_bytes, self.rank = layout, dtype, bucket_bytes, rank
-        largest = max(range(len(self.params)), key=lambda i: self._numel(self.params[i]))
-        nbytes = self._numel(self.params[largest]) * dtype.itemsize
-        if nbytes > bucket_bytes:
-            raise ValueError(
-                f"bucket_bytes={bucket_bytes} is smaller than parameter {self.names[largest]} "
-                f"({nbytes} bytes); raise bucket_bytes to at least {nbytes}"
-            )
+        check_bucket(bucket_bytes, self.names, [self._numel(p) for p in self.params], dtype.itemsize)
 
     @property
     def model_bytes(self) -> int:

@@ -31,19 +31,22 @@ def join_text(prompt: str, completion: str) -> str:
     return f"{prompt} {completion}"
 
 
+def check_one_logit(path_or_hub_id: str, config) -> None:
+    """A reward model has one output logit (also a start-up check, on the model's config)."""
+    if config.num_labels != 1:
+        raise ValueError(
+            f"LearnedRewardModel({path_or_hub_id!r}): a reward model has 1 output logit, this classifier has "
+            f"{config.num_labels} (labels {config.id2label}); for an NLI classifier use the entailment reward"
+        )
+
+
 class LearnedRewardModel:
     """Any Hugging Face AutoModelForSequenceClassification with one output logit, as a RewardModel."""
 
     def __init__(self, path_or_hub_id: str, **classifier: Any) -> None:
         """classifier: the SequenceClassifier's device, max_length and batch_size."""
         self._classifier = SequenceClassifier(path_or_hub_id, truncation_side="left", **classifier)
-        if self._classifier.num_labels != 1:
-            labels = self._classifier.config.id2label
-            raise ValueError(
-                f"LearnedRewardModel({path_or_hub_id!r}): a reward model has 1 output logit, this "
-                f"classifier has {self._classifier.num_labels} (labels {labels}); "
-                "for an NLI classifier use the entailment reward"
-            )
+        check_one_logit(path_or_hub_id, self._classifier.config)
         self.model_id = f"learned:{path_or_hub_id}@{self._classifier.fingerprint}"
 
     @property

@@ -20,7 +20,7 @@ from bond.config import Algorithm, BondConfig, check_types, require
 from bond.records import Role
 from bond.sampling_plan import sampling_plan
 from cluster.config.prompts import PromptSource
-from learner.config import Dtype, LearnerConfig
+from learner.config import Dtype, LearnerConfig, check_split
 from reward_service.spec import RewardSpec
 
 
@@ -248,7 +248,8 @@ class RunConfig:
     """Pipelined mode: samples from weights more than this many versions old are dropped and redrawn."""
     pipeline_depth: int = 1
     """Pipelined mode: steps the actors sample ahead of the learner; samples are then up to this many versions
-    old (importance-weighted, algorithm.max_importance_weight). Above max_staleness, such samples are redrawn."""
+    old (importance-weighted, algorithm.max_importance_weight). At most max_staleness: deeper samples would all
+    be redrawn."""
     seed: int = 0
     """Seed of the per-step sampling requests (each step's seed derives from it, so a resume repeats them)."""
     show_samples: int = 6
@@ -292,6 +293,13 @@ class RunConfig:
             "pipelined mode samples at least one version behind the learner: needs max_staleness >= 1",
         )
         require(self.pipeline_depth >= 1, "pipeline_depth", f"must be >= 1, got {self.pipeline_depth}")
+        require(
+            self.mode is Mode.SYNC or self.pipeline_depth <= self.max_staleness,
+            "pipeline_depth",
+            f"{self.pipeline_depth} steps ahead makes every step's samples {self.pipeline_depth} versions old, "
+            f"beyond max_staleness {self.max_staleness}: all would be dropped and redrawn; set pipeline_depth <= "
+            "max_staleness",
+        )
         require(
             not self.storage_path or Path(self.storage_path).expanduser().is_absolute(),
             "storage_path",
@@ -353,6 +361,12 @@ class EvalConfig:
         )
 
 
+# Algorithms that cannot take pipelined mode's samples from older weights, and why.
+_SYNC_ONLY = {
+    Algorithm.REST: "rest alternates whole Grow and Improve phases, so nothing is pipelined",
+    Algorithm.GKD: "gkd has no off-policy correction (importance weights) for samples drawn by older weights",
+}
+
 _HELD_OUT_IN_ORDER = (
     "not read: the held-out prompts are evaluated in file order, the same first eval.num_prompts each time"
 )
@@ -388,17 +402,9 @@ class JobConfig:
     )
 
     def __post_init__(self) -> None:
-        require(
-            self.algorithm.algorithm is not Algorithm.REST or self.run.mode is Mode.SYNC,
-            "run.mode",
-            "rest alternates whole Grow and Improve phases, so nothing is pipelined: use sync",
-        )
-        require(
-            self.algorithm.prompts_per_step % self.resources.learner_ranks == 0,
-            "algorithm.prompts_per_step",
-            f"{self.algorithm.prompts_per_step} prompts do not split evenly over "
-            f"{self.resources.learner_ranks} learner ranks",
-        )
+        sync_only = _SYNC_ONLY.get(self.algorithm.algorithm)
+        require(sync_only is None or self.run.mode is Mode.SYNC, "run.mode", f"{sync_only}: use sync")
+        check_split(self.algorithm.prompts_per_step, self.resources.learner_ranks, self.learner.micro_batch_prompts)
         self._check_engine()
 
     def _check_engine(self) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bond.config import Algorithm, ConfigError
-from cluster.config.job import JobConfig
+from cluster.config.job import JobConfig, SamplerBackend
 from cluster.config.prompts import PromptSet, PromptSource, fit_to_policy
+from learner.config import Dtype
 from reward_service.spec import RewardKind, RewardSpec
 
 CONNECT_TIMEOUT_S = 5.0
@@ -39,6 +41,8 @@ def check(
         check_reward(job.reward)
     if job.algorithm.algorithm is Algorithm.GKD:
         check_teacher(job.algorithm.gkd_teacher, job.models.policy)
+    if not built_later(job.models.policy):
+        check_policy(job)
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)
@@ -46,7 +50,19 @@ def check(
         check_port_free("reward.http_port", job.reward.http_host, job.reward.http_port)
 
 
+def _as_config_error(field: str, check: Callable, *args) -> None:
+    """Run a check of the part that uses the value (learner/, reward_service/, actors/), its ValueError named as
+    the field's config error: one rule and one message, at start-up and where the part starts."""
+    try:
+        check(*args)
+    except ConfigError:
+        raise
+    except (ValueError, re.error) as e:
+        raise ConfigError(f"{field}: {e}") from None
+
+
 def check_reward(spec: RewardSpec) -> None:
+    """The module and callable of a function reward; the directory, tokenizer and labels of a local model."""
     if spec.kind is RewardKind.FUNCTION:
         module = spec.path_or_name.partition(":")[0]
         try:
@@ -55,8 +71,70 @@ def check_reward(spec: RewardSpec) -> None:
             raise ConfigError(f"reward.path_or_name: cannot import {module!r}: {e}") from None
         if not found:
             raise ConfigError(f"reward.path_or_name: no module {module!r} on the Python path")
+        from reward_service.function import load_function
+
+        _as_config_error("reward.path_or_name", load_function, spec.path_or_name)
         return
     check_model("reward.path_or_name", spec.path_or_name, need_pad=True)
+    if spec.premise_pattern is not None:
+        _as_config_error("reward.premise_pattern", re.compile, spec.premise_pattern)
+    if Path(spec.path_or_name).expanduser().is_dir():
+        from transformers import AutoConfig
+
+        from reward_service.entailment import entailment_index
+        from reward_service.learned import check_one_logit
+
+        config = AutoConfig.from_pretrained(Path(spec.path_or_name).expanduser())
+        if spec.kind is RewardKind.LEARNED:
+            _as_config_error("reward.path_or_name", check_one_logit, spec.path_or_name, config)
+        else:
+            _as_config_error("reward.path_or_name", entailment_index, config.id2label)
+
+
+def check_policy(job: JobConfig) -> None:
+    """The actors' and the learner's own checks of a local policy, the learner's on a weightless (meta-device) copy:
+    safetensors weights for vLLM, parameter names against the checkpoint, gradient checkpointing, LoRA's target
+    modules, bucket_bytes against the largest pushed parameter, a local GKD teacher's vocabulary against the
+    policy's."""
+    path, cfg = Path(job.models.policy).expanduser(), job.learner
+    if not path.is_dir():
+        return  # a hub id: the actors and the learner check it once downloaded
+    from actors.checkpoint_files import checkpoint_specs
+    from learner import build, lora
+    from learner.teacher import check_vocab
+    from learner.weight_export import check_bucket
+
+    if job.models.sampler_backend is SamplerBackend.VLLM:
+        _as_config_error("models.policy", checkpoint_specs, path, None)
+    module = _weightless("models.policy", path)
+    vocab = module.get_output_embeddings().weight.shape[0]
+    if cfg.gradient_checkpointing:
+        build.checkpointable_layers(module)
+    if cfg.lora is None:
+        named = list(module.named_parameters())
+        build.check_names([n for n, _ in named], path)
+    else:
+        layout = lora.LoraLayout.of(lora.wrap(module, cfg.lora, job.models.policy), cfg.lora)
+        named = list(zip(layout.adapter_names, layout.adapter_params, strict=True))
+    check_bucket(
+        cfg.bucket_bytes, [n for n, _ in named], [p.numel() for _, p in named], 2 if cfg.dtype is Dtype.BF16 else 4
+    )
+    teacher = Path(job.algorithm.gkd_teacher).expanduser()
+    if job.algorithm.algorithm is Algorithm.GKD and teacher.is_dir():
+        teacher_vocab = _weightless("algorithm.gkd_teacher", teacher).get_output_embeddings().weight.shape[0]
+        check_vocab(teacher, teacher_vocab, vocab)
+
+
+def _weightless(field: str, path: Path):
+    """The causal LM its config.json describes, on the meta device: shapes and names, no memory, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    except (ValueError, KeyError) as e:  # an unknown model_type or architecture
+        raise ConfigError(f"{field}: cannot build a causal LM from {path / 'config.json'}: {e}") from None
 
 
 def check_teacher(teacher: str, policy: str) -> None:
@@ -172,10 +250,11 @@ def check_ray_address(field: str, address: str) -> None:
 
 
 def fit_prompts(job: JobConfig, prompt_set: PromptSet, source: PromptSource | None = None) -> PromptSet:
-    """The prompts the policy can take, rendered as the actors will (chat template, BOS once): longer than
-    max_prompt_length (source's, e.g. eval.prompts, else prompts'), or than the context minus one token (the sampler
-    refuses a prompt that leaves no room for a completion), are skipped and counted. The context comes from
-    engine.max_model_len or a local policy's config.json; a hub id without either is checked by the engine itself."""
+    """The prompts the policy can take, rendered as the actors will (chat template, BOS once): those that render to
+    no tokens, or longer than max_prompt_length (source's, e.g. eval.prompts, else prompts'), or than the context
+    minus one token (the sampler refuses a prompt that leaves no room for a completion), are skipped and counted.
+    The context comes from engine.max_model_len or a local policy's config.json; a hub id's plain-text prompts
+    without either are checked by the engine itself."""
     own = source.max_prompt_length if source is not None else None
     limits = [job.prompts.max_prompt_length if own is None else own]
     context = job.engine.max_model_len
@@ -185,7 +264,7 @@ def fit_prompts(job: JobConfig, prompt_set: PromptSet, source: PromptSource | No
     if isinstance(context, int):
         limits.append(context - 1)
     limit = min((n for n in limits if n is not None), default=None)
-    if limit is None and not any(p.is_chat for p in prompt_set.prompts):
+    if limit is None and not path.is_dir() and not any(p.is_chat for p in prompt_set.prompts):
         return prompt_set  # nothing to check: no tokenizer load
     from transformers import AutoTokenizer
 

@@ -3,7 +3,7 @@
 The data contract: the prompt column (`field`) of a row holds either a string or a list of chat messages
 {"role": ..., "content": ...}; every other column of the row (e.g. ground_truth) travels with the prompt as
 `extras` to the reward (bond.records.Prompt). Bad rows (not UTF-8, invalid JSON, not an object, missing
-field, wrong type, empty, a malformed message, a duplicate, longer than the policy allows) are skipped and
+field, wrong type, empty, a malformed message, a duplicate, no tokens or more than the policy allows) are skipped and
 counted by reason, never silently dropped. A source that cannot be read at all, or has no usable prompt, is
 a ConfigError naming the field.
 """
@@ -179,9 +179,9 @@ def load_prompts(source: PromptSource) -> PromptSet:
 
 
 def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> PromptSet:
-    """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those longer than
-    max_tokens tokens (the sampler would refuse them mid-run). Chat prompts with a tokenizer that has no chat
-    template are a config error."""
+    """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those that render to no
+    tokens or to more than max_tokens (the sampler would refuse them mid-run). Chat prompts with a tokenizer that
+    has no chat template are a config error."""
     from actors.prompt_rendering import render
 
     kept, skipped = [], Counter(prompt_set.skipped)
@@ -190,7 +190,9 @@ def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> P
             length = len(render(tokenizer, prompt).token_ids)
         except ValueError as e:
             raise ConfigError(f"models.policy: {e}") from None
-        if max_tokens is not None and length > max_tokens:
+        if length == 0:
+            skipped["renders to no tokens"] += 1
+        elif max_tokens is not None and length > max_tokens:
             skipped[f"longer than {max_tokens} tokens"] += 1
         else:
             kept.append(prompt)

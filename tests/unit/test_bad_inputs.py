@@ -18,7 +18,7 @@ from bond.config import ConfigError
 from cluster.config import loading, preflight
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptFormat, PromptSource, fit_to_policy, load_prompts
-from cluster.main import main
+from cluster.main import main, parse_config
 from cluster.runtime.ports import free_port
 from cluster.training import loop
 from cluster.training.checkpoints import newest_valid
@@ -157,9 +157,79 @@ def start_fails(capsys, *sets: str) -> str:
     return err.removeprefix("config error: ")
 
 
+def chat_policy_dropping_system_turns(tiny_dir, tmp_path) -> Path:
+    """The tiny policy with a chat template that renders only the user turns (as some templates do), so a prompt of
+    only a system message renders to no text, hence no token ids: vLLM would refuse it mid-run."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_dir / "policy", policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
+    tokenizer.save_pretrained(policy)
+    return policy
+
+
+SYSTEM_ONLY = json.dumps({"prompt": [{"role": "system", "content": "the movie"}]}).encode()
+USER = json.dumps({"prompt": [{"role": "user", "content": "the movie"}]}).encode()
+
+
+@pytest.mark.bad_input(
+    "prompt that renders to zero tokens with the policy's tokenizer (chat template drops its turns)",
+    "skipped, counted as `renders to no tokens`; none left: config error: prompts.path",
+)
+def test_prompts_rendering_to_no_tokens_are_skipped(tiny_dir, tmp_path, capsys):
+    policy = chat_policy_dropping_system_turns(tiny_dir, tmp_path)
+    job = loading.build(JobConfig, {"models": {"policy": str(policy)}})
+    got = preflight.fit_prompts(job, load_prompts(jsonl(tmp_path, USER, SYSTEM_ONLY)))
+    assert [p.messages[0].role for p in got.prompts] == ["user"] and got.skipped == {"renders to no tokens": 1}
+    only = jsonl(tmp_path, SYSTEM_ONLY).path
+    err = start_fails(
+        capsys,
+        f"models.policy={policy}",
+        f"prompts.path={only}",
+        f"reward.http_port={free_port()}",
+        f"run.run_dir={tmp_path}/run",
+    )
+    assert err.startswith("prompts.path: no usable prompt (skipped: {'renders to no tokens': 1})"), err
+
+
 @pytest.mark.bad_input("out-of-range value (`algorithm.beta=1.5`)", "config error: algorithm.beta")
 def test_out_of_range_value(capsys):
     assert start_fails(capsys, "algorithm.beta=1.5").startswith("algorithm.beta: must be in [0, 1]")
+
+
+@pytest.mark.bad_input(
+    "learner.micro_batch_prompts that does not divide a rank's share (16 of 8 prompts)",
+    "config error: learner.micro_batch_prompts",
+)
+def test_micro_batch_that_does_not_divide_the_share(capsys):
+    err = start_fails(capsys, "learner.micro_batch_prompts=16")
+    assert err.startswith("learner.micro_batch_prompts: 16 does not divide each learner rank's share of 8 prompts")
+    err = start_fails(capsys, "resources.learner_ranks=2", "learner.micro_batch_prompts=3")
+    assert err.startswith("learner.micro_batch_prompts: 3 does not divide each learner rank's share of 4 prompts")
+
+
+@pytest.mark.bad_input(
+    "pipelined run.pipeline_depth beyond run.max_staleness (every step's samples redrawn)",
+    "config error: run.pipeline_depth",
+)
+def test_pipeline_deeper_than_max_staleness(capsys):
+    err = start_fails(capsys, "run.mode=pipelined", "run.pipeline_depth=2", "run.max_staleness=1")
+    assert err.startswith("run.pipeline_depth: 2 steps ahead makes every step's samples 2 versions old"), err
+    for sets in (["run.max_staleness=2"], ["run.mode=sync", "run.max_staleness=0"]):
+        argv = ["--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "run.pipeline_depth=2"]
+        assert parse_config(argv + [a for s in sets for a in ("--set", s)]).run.pipeline_depth == 2
+
+
+@pytest.mark.bad_input("algorithm gkd in pipelined mode (no off-policy correction)", "config error: run.mode")
+def test_gkd_needs_sync_mode(capsys):
+    err = start_fails(capsys, "algorithm.algorithm=gkd", "algorithm.gkd_teacher=t", "run.mode=pipelined")
+    assert err.startswith("run.mode: gkd has no off-policy correction"), err
 
 
 @pytest.mark.bad_input("misspelt field (`run.stepz`)", "config error: run.stepz: unknown field")

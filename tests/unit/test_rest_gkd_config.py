@@ -87,6 +87,8 @@ def rest_job(**fields):
         "--set",
         "algorithm.prompts_per_step=4",
         "--set",
+        "learner.micro_batch_prompts=4",
+        "--set",
         "algorithm.rest_grow_prompts=4",
         "--set",
         "algorithm.rest_samples_per_prompt=2",
