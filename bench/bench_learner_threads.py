@@ -22,7 +22,7 @@ def _job(model: Path):
     from learner.config import LearnerConfig
 
     return JobConfig(
-        models=ModelsConfig(policy=str(model), build_tiny=False),
+        models=ModelsConfig(policy=str(model)),
         algorithm=BondConfig(prompts_per_step=32, lr=1e-4, warmup_steps=0),
         learner=LearnerConfig(zero_stage=2, micro_batch_prompts=16, bucket_bytes=64 << 20),
         resources=ResourcesConfig(cpus_per_learner=0.5, cpus_per_actor=0.5),

@@ -82,7 +82,7 @@ def _one_model(model_dir: Path, label: str) -> None:
     from learner.config import LearnerConfig
 
     job = JobConfig(
-        models=ModelsConfig(policy=str(model_dir), build_tiny=False),
+        models=ModelsConfig(policy=str(model_dir)),
         learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20),
     )
     addr, port = node_port()
@@ -181,7 +181,7 @@ def _lora_model(model_dir: Path, label: str) -> None:
 
     adapters = LoraConfig(r=8, alpha=16.0)
     job = JobConfig(
-        models=ModelsConfig(policy=str(model_dir), build_tiny=False),
+        models=ModelsConfig(policy=str(model_dir)),
         learner=LearnerConfig(zero_stage=0, micro_batch_prompts=8, bucket_bytes=64 << 20, lora=adapters),
     )
     addr, port = node_port()

@@ -35,8 +35,6 @@ from cluster.training.loop import train
 from cluster.training.preemption import Preempted, StopRequest, stop_on_sigterm
 from learner.checkpoint_dir import CheckpointError
 
-TINY_ROOT = Path("artifacts/tiny")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -76,19 +74,6 @@ def parse_config(argv: list[str] | None = None) -> JobConfig:
     return parse_args(argv)[0]
 
 
-def will_build_tiny(job: JobConfig, path: str) -> bool:
-    return (
-        job.models.build_tiny and Path(path).resolve().is_relative_to(TINY_ROOT.resolve()) and not Path(path).exists()
-    )
-
-
-def ensure_tiny_models(job: JobConfig) -> None:
-    if any(will_build_tiny(job, p) for p in (job.models.policy, job.reward.path_or_name)):
-        from demo.tiny import build
-
-        build(TINY_ROOT)
-
-
 def resume_point(job: JobConfig, run_dir: Path) -> Path | None:
     """The checkpoint to resume from (None: start at step 0), refused early if its layout differs from the job's."""
     if not job.run.resume:
@@ -118,8 +103,7 @@ def run(job: JobConfig) -> dict:
 
     run_dir = Path(job.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    preflight.check(job, ray_running=ray.is_initialized(), built_later=lambda path: will_build_tiny(job, path))
-    ensure_tiny_models(job)
+    preflight.check(job, ray_running=ray.is_initialized())
     prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():
         print(f"prompts: skipped {count} rows ({reason})", flush=True)

@@ -51,11 +51,9 @@ class ThreadPolicy(enum.StrEnum):
 class ModelsConfig:
     policy: str = "artifacts/tiny/policy"
     """Starting policy pi_ref: a local HF directory or a hub id. The anchor starts equal to it. Its tokenizer
-    (and chat template) renders the prompts."""
+    (and chat template) renders the prompts. The default is where `make tiny` writes the demo policy."""
     sampler_backend: SamplerBackend = SamplerBackend.VLLM
     """Which engine the actors sample with (engine.dtype is their precision)."""
-    build_tiny: bool = True
-    """If the policy/reward paths lie under artifacts/tiny and are missing, build the tiny models first."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -398,6 +396,8 @@ class JobConfig:
             "learner.lora.dropout": "removed (always 0): log pi(y) must be a deterministic function of the weights",
             "eval.prompts.shuffle": _HELD_OUT_IN_ORDER,
             "eval.prompts.seed": _HELD_OUT_IN_ORDER,
+            "models.build_tiny": "removed: the job loads models, it does not build them; the demo models are "
+            "built by `make tiny` (python -m demo.tiny artifacts/tiny)",
         }
     )
 

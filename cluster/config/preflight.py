@@ -26,23 +26,14 @@ from reward_service.spec import RewardKind, RewardSpec
 CONNECT_TIMEOUT_S = 5.0
 
 
-def check(
-    job: JobConfig,
-    *,
-    ray_running: bool = False,
-    built_later: Callable[[str], bool] = lambda path: False,
-) -> None:
+def check(job: JobConfig, *, ray_running: bool = False) -> None:
     """Raise ConfigError naming the first field that cannot work. ray_running: the caller already holds a Ray
-    session (its Serve proxy may own reward.http_port), so the port is not checked. built_later(path): a missing
-    model the job builds itself (the tiny demo models), not checked."""
-    if not built_later(job.models.policy):
-        check_model("models.policy", job.models.policy, need_pad=False)
-    if not built_later(job.reward.path_or_name):
-        check_reward(job.reward)
+    session (its Serve proxy may own reward.http_port), so the port is not checked."""
+    check_model("models.policy", job.models.policy, need_pad=False)
+    check_reward(job.reward)
     if job.algorithm.algorithm is Algorithm.GKD:
         check_teacher(job.algorithm.gkd_teacher, job.models.policy)
-    if not built_later(job.models.policy):
-        check_policy(job)
+    check_policy(job)
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)

@@ -120,7 +120,7 @@ def test_heldout_file_is_fitted_to_the_policy_like_the_training_prompts(tiny_dir
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("\n".join(json.dumps({"prompt": p}) for p in ["the movie", "the plot " * 40, "the cast"]))
     job = JobConfig(
-        models=ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False),
+        models=ModelsConfig(policy=str(tiny_dir / "policy")),
         prompts=PromptSource(max_prompt_length=16),
         eval=EvalConfig(every_steps=5, prompts=PromptSource(path=str(heldout))),
     )
@@ -145,7 +145,7 @@ def test_heldout_file_takes_its_own_max_prompt_length(tiny_dir, tmp_path):
 
     rows = ["the movie", "the plot was fine " * 3, "the cast"]
     loaded = PromptSet(tuple(Prompt(text=p.strip()) for p in rows))
-    models = ModelsConfig(policy=str(tiny_dir / "policy"), build_tiny=False)
+    models = ModelsConfig(policy=str(tiny_dir / "policy"))
 
     def kept(train_limit, eval_limit):
         heldout = PromptSource(path="heldout.jsonl", max_prompt_length=eval_limit)
