@@ -41,11 +41,23 @@ class Panel:
     description: str = ""
 
 
+def or_since_start(windowed: str, since_start: str) -> str:
+    """The windowed value, else (a NaN: no observation in the window) the value since the process started.
+
+    A run shorter than the rate window, or whose few observations reached Ray's endpoint in one report, has
+    buckets that never grow inside a window: rate() is 0 and quantiles and means are 0/0 = NaN. `> -Inf`
+    drops NaN samples (every comparison with NaN is false), and `or` fills them with the cumulative value."""
+    return f"{windowed} > -Inf or {since_start}"
+
+
 def quantiles(metric: str, by: str, selector: str, qs=(0.5, 0.95)) -> tuple[tuple[str, str], ...]:
     """p50/p95 of a Ray histogram: rate of the buckets, summed over Ray's per-worker labels, keeping `le`."""
     return tuple(
         (
-            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{selector}{RATE})))",
+            or_since_start(
+                f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{selector}{RATE})))",
+                f"histogram_quantile({q}, sum by (le, {by}) ({metric}_bucket{selector}))",
+            ),
             f"p{round(q * 100)} {{{{{by}}}}}",
         )
         for q in qs
@@ -54,7 +66,10 @@ def quantiles(metric: str, by: str, selector: str, qs=(0.5, 0.95)) -> tuple[tupl
 
 def mean_of(metric: str, by: str, selector: str) -> str:
     """Mean observation of a histogram over the rate window: rate(sum) / rate(count)."""
-    return f"sum by ({by}) (rate({metric}_sum{selector}{RATE})) / sum by ({by}) (rate({metric}_count{selector}{RATE}))"
+    return or_since_start(
+        f"sum by ({by}) (rate({metric}_sum{selector}{RATE})) / sum by ({by}) (rate({metric}_count{selector}{RATE}))",
+        f"sum by ({by}) ({metric}_sum{selector}) / sum by ({by}) ({metric}_count{selector})",
+    )
 
 
 ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
@@ -112,7 +127,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Loop phase seconds, p50 / p95",
                 quantiles("ray_jbond_phase_seconds", "phase", RUN),
                 "s",
-                "sample / score / learn / sync wall-clock per step, from the jbond_phase_seconds histogram.",
+                "sample / score / learn / sync wall-clock per step, from the jbond_phase_seconds histogram; "
+                "over the whole run where the rate window saw no step.",
             ),
             Panel("Mean seconds per phase", ((mean_of("ray_jbond_phase_seconds", "phase", RUN), "{{phase}}"),), "s"),
             Panel(

@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "jbond.json"
 ALERT_RULES = ROOT / "monitoring" / "alerts.yml"
 STEPS = 4
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval stands for here (>= 4 scrapes of 1 s)
+SCRAPES = 2  # samples a rate() needs inside its window
 
 # Counters that exist only once the event happened: a clean run has no series for them. Their queries must
 # still parse, and their names are checked against the code that defines them (test_dashboard_matches_code).
@@ -146,28 +148,62 @@ def monitored_run(tiny_dir, tmp_path_factory):
             start,
             time.time(),
         )
-        _wait_for_last_step(run)
+        _wait_for_the_run_in_prometheus(run)
         yield run
     finally:
         stack.stop()
 
 
-def _wait_for_last_step(run: MonitoredRun, timeout_s: float = 30) -> None:
-    """The driver's final values reach Prometheus a scrape or two after the job ends."""
+def wait_for(what: str, probe, *args, timeout_s: float = 60):
+    """probe(*args) until it returns something true, or fail saying what never arrived. Nothing here assumes a
+    pace: scrapes, Ray's metric reports and rule evaluations come late on a loaded machine."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run.end = time.time()
-        result = run.prometheus.query_range(f'max(ray_jbond_step{{run="{run.run}"}})', run.start, run.end)
-        if result and max(float(v) for _, v in result[0]["values"]) == STEPS:
-            return
-        time.sleep(1)
-    raise TimeoutError(f"Prometheus never saw step {STEPS} of run {run.run}; targets: {run.prometheus.api('targets')}")
+    while not (got := probe(*args)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not seen after {timeout_s:.0f} s (last answer: {got!r})")
+        time.sleep(0.5)
+    return got
+
+
+def instant(prom: LocalPrometheus, query: str) -> list[dict]:
+    return prom.api("query", query=query)["result"]
+
+
+def rules_evaluated_after(prom: LocalPrometheus, t: float) -> list[dict]:
+    """The loaded rules if each has been evaluated after time t, else []."""
+    rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    return rules if all(datetime.fromisoformat(r["lastEvaluation"]).timestamp() > t for r in rules) else []
+
+
+def our_target(head: LocalRayHead, prom: LocalPrometheus) -> list[dict]:
+    """The head's metrics endpoint among Prometheus's targets, once a scrape of it succeeded."""
+    targets = prom.api("targets")["activeTargets"]
+    return [t for t in targets if t["scrapeUrl"].endswith(f":{head.metrics_port}/metrics") and t["health"] == "up"]
+
+
+def _wait_for_the_run_in_prometheus(run: MonitoredRun) -> None:
+    """The driver's final values reach Prometheus a report and a scrape after the job ends; the dashboard's
+    rate() windows need SCRAPES samples of the run's histograms inside one window."""
+    prom, selector, span = run.prometheus, f'{{run="{run.run}"}}', f"{math.ceil(time.time() - run.start) + 60}s"
+    wait_for(
+        f"step {STEPS} of run {run.run}",
+        instant,
+        prom,
+        f"max(max_over_time(ray_jbond_step{selector}[{span}])) == {STEPS}",
+    )
+    run.end = time.time()
+    wait_for(
+        f"{SCRAPES} scrapes of run {run.run}'s phase histograms within {RATE_INTERVAL}",
+        instant,
+        prom,
+        f"min(max_over_time(count_over_time(ray_jbond_phase_seconds_count{selector}[{RATE_INTERVAL}])[{span}:1s]))"
+        f" >= {SCRAPES}",
+    )
 
 
 def test_prometheus_scrapes_the_cluster_through_file_sd(monitored_run):
-    targets = monitored_run.prometheus.api("targets")["activeTargets"]
-    ours = [t for t in targets if t["scrapeUrl"].endswith(f":{monitored_run.head.metrics_port}/metrics")]
-    assert ours and ours[0]["health"] == "up", targets
+    head, prom = monitored_run.head, monitored_run.prometheus
+    wait_for(f"a successful scrape of the head's metrics port {head.metrics_port}", our_target, head, prom)
 
 
 def test_every_dashboard_query_returns_data(monitored_run):
@@ -261,12 +297,14 @@ def test_ray_dashboard_reaches_its_prometheus_and_lists_where_the_series_came_fr
 def test_prometheus_loaded_every_alert_rule_and_a_healthy_run_fires_none(monitored_run):
     prom = monitored_run.prometheus
     shipped = {r["alert"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
-    loaded = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    # each rule has been evaluated against the run's real series without an error, once after its last step
+    after = f"an evaluation of every rule after run {monitored_run.run}'s last step"
+    loaded = wait_for(after, rules_evaluated_after, prom, monitored_run.end)
     assert {r["name"] for r in loaded} == shipped
-    # each rule has been evaluated against the run's real series (1 s evaluation interval) without an error
-    never = "0001-01-01T00:00:00Z"  # Prometheus's lastEvaluation of a rule not evaluated yet
-    assert all(r["health"] == "ok" and r["lastEvaluation"] != never for r in loaded), loaded
-    # this Prometheus scrapes only this stack: any pending or firing alert is about the healthy run
+    assert all(r["health"] == "ok" for r in loaded), loaded
+    # this Prometheus scrapes only this stack: no alert was pending or firing at any evaluation since the run began
+    since_start = f"{math.ceil(time.time() - monitored_run.start)}s"
+    assert instant(prom, f"count_over_time(ALERTS[{since_start}])") == []
     assert prom.api("alerts")["alerts"] == []
 
 

@@ -5,11 +5,14 @@ A stock Grafana started with GF_PATHS_PROVISIONING=monitoring/grafana/provisioni
 with data only if: the provider's path (after Grafana's $VARIABLE expansion) holds the JSON, every panel's and
 every query's data source resolves to the provisioned uid, and the JSON is a dashboard Grafana accepts (uid,
 schemaVersion, unique panel ids, a gridPos that fits the 24-column grid, a PromQL expr in every target).
-The queries themselves are sent to a real Prometheus in tests/integration/test_monitoring.py.
+The queries themselves are sent to a real Prometheus in tests/integration/test_monitoring.py, and the phase
+panels to promtool's PromQL engine here, on a run too short for their rate window.
 """
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,37 @@ def test_dashboard_is_a_valid_grafana_dashboard(dashboards):
                 assert len(ref_ids) == len(set(ref_ids)), f"{panel['title']}: duplicate refId"
                 for target in panel["targets"]:
                     assert target.get("expr", "").strip(), f"{panel['title']}: a target without expr"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not on PATH: install Debian's prometheus")
+def test_phase_panels_show_a_run_whose_histograms_never_grew_inside_a_rate_window(tmp_path):
+    """A short run whose steps all reached Ray's endpoint in one report: its phase histogram is flat from its first
+    scrape, so rate() is 0 and a windowed quantile or mean is 0/0. The panels still show its values (promtool)."""
+    panels = {p.title: p for _, row in build_dashboard.ROWS for p in row}
+    targets = [*panels["Loop phase seconds, p50 / p95"].targets, *panels["Mean seconds per phase"].targets]
+    run = 'run="r", phase="learn", WorkerId="w"'
+    flat = (
+        ("sum", "", 3),
+        ("count", "", 4),
+        ("bucket", ', le="0.5"', 0),
+        ("bucket", ', le="1"', 4),
+        ("bucket", ', le="+Inf"', 4),
+    )
+    inputs = [{"series": f"ray_jbond_phase_seconds_{name}{{{run}{le}}}", "values": f"{n}x60"} for name, le, n in flat]
+    expected = [0.75, 0.975, 0.75]  # p50, p95 by linear interpolation in (0.5, 1]; mean = 3 s / 4 steps
+    cases = [
+        {
+            "expr": expr.replace("$run", "r").replace("$__rate_interval", "1m"),
+            "eval_time": "1m",
+            "exp_samples": [{"labels": '{phase="learn"}', "value": value}],
+        }
+        for (expr, _), value in zip(targets, expected, strict=True)
+    ]
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    test = {
+        "rule_files": ["none.yml"],
+        "tests": [{"interval": "1s", "input_series": inputs, "promql_expr_test": cases}],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    out = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
