@@ -189,15 +189,16 @@ def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:
         steps = steps[:1] + steps[-(max_rows - 1) :]
     prompts = max(r["prompts"] for r in evals)
     lines = [
-        f"held-out evaluation ({prompts} prompts); effective N and BoN gap: the sampled policy at its tokenwise KL"
-        " against the reference's Best-of-N curve ('-': beyond it), docs/algorithm.md",
-        f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}{'effective N':>13}{'BoN gap':>10}",
+        f"held-out evaluation ({prompts} prompts)",
+        "effective N and BoN gap: at the tokenwise KL, against the reference's Best-of-N curve ('-': beyond it)",
+        f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}{'tokenwise':>11}"
+        f"{'effective N':>13}{'BoN gap':>10}",
     ]
     for step in steps:
         g, s = by_step[step].get("greedy"), by_step[step].get("sampled")
         lines.append(
             f"{step:>6}{_fmt(g, 'reward'):>16}{_fmt(s, 'reward'):>17}{_fmt(s, 'kl_ref'):>14}"
-            f"{_fmt(s, 'effective_n', '.2f'):>13}{_fmt(s, 'bon_gap', '+.3f'):>10}"
+            f"{_fmt(s, 'kl_ref_tokenwise'):>11}{_fmt(s, 'effective_n', '.2f'):>13}{_fmt(s, 'bon_gap', '+.3f'):>10}"
         )
     return "\n".join(lines)
 
