@@ -190,7 +190,7 @@ def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:
     prompts = max(r["prompts"] for r in evals)
     lines = [
         f"held-out evaluation ({prompts} prompts)",
-        "effective N and BoN gap: at the tokenwise KL, against the reference's Best-of-N curve ('-': beyond it)",
+        "effective N and BoN gap: at the tokenwise KL, against the reference's Best-of-N curve ('-': none or beyond)",
         f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}{'tokenwise':>11}"
         f"{'effective N':>13}{'BoN gap':>10}",
     ]
