@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 
 def effective_n(kl: float) -> float:
-    """The N >= 1 with log N - (N-1)/N = kl (1 for kl <= 0, nan for nan).
+    """The N >= 1 with log N - (N-1)/N = kl (1 for kl <= 0, nan for nan, inf past float's range).
 
     f(N) = log N + 1/N - 1 rises strictly on N > 1 (f' = (N-1)/N^2), and log N < kl + 1 there, so bisection on
     log N over [0, kl + 1] converges; it stops when the interval no longer shrinks (machine precision).
@@ -28,7 +28,7 @@ def effective_n(kl: float) -> float:
     while True:
         mid = 0.5 * (lo + hi)
         if mid in (lo, hi):
-            return math.exp(mid)
+            return math.exp(mid) if mid < 709.0 else math.inf  # e^709.8 is float's largest
         if mid + math.exp(-mid) - 1.0 < kl:
             lo = mid
         else:

@@ -148,6 +148,6 @@ class EvalResult:
     reward_length_corr: float | None = None  # Pearson correlation of reward with length in tokens (nan: constant)
 
     def row(self) -> dict:
-        """The eval.jsonl row (samples left out: they go to the trackers' tables; nan written as null)."""
+        """The eval.jsonl row (samples left out: they go to the trackers' tables; nan and inf written as null)."""
         row = {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

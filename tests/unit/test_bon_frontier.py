@@ -74,6 +74,7 @@ def test_effective_n_edges():
     assert effective_n(0.0) == 1.0 and effective_n(-0.3) == 1.0
     assert math.isnan(effective_n(math.nan))
     assert effective_n(kl_bound(1_000_000)) == pytest.approx(1_000_000, rel=1e-9)
+    assert effective_n(1000.0) == math.inf and effective_n(math.inf) == math.inf  # a diverged run: no overflow
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
