@@ -11,6 +11,7 @@ cluster/runtime/ has a Ray implementation of each role (actors, Serve, DeepSpeed
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,13 @@ class EvalResult:
     tokens: float  # mean completion length in tokens
     seconds: float
     samples: tuple[tuple[str, str, float], ...]  # the first SAMPLE_ROWS (prompt, completion, reward)
+    effective_n: float | None = None  # the N whose Best-of-N KL bound is kl_ref_tokenwise (bond.bon_frontier)
+    bon_gap: float | None = None  # reward - the reference's Best-of-N curve at that KL (nan: beyond the curve)
+    distinct_1: float | None = None  # distinct token 1-grams / all of them, over the completions
+    distinct_2: float | None = None  # the same for 2-grams within each completion
+    reward_length_corr: float | None = None  # Pearson correlation of reward with length in tokens (nan: constant)
 
     def row(self) -> dict:
-        """The eval.jsonl row (samples left out: they go to the trackers' tables)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
+        """The eval.jsonl row (samples left out: they go to the trackers' tables; nan and inf written as null)."""
+        row = {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

@@ -160,7 +160,7 @@ def _train(
         if shown and start.step == 0:
             log.samples("samples before training (greedy):", greedy_samples(system, shown, job))
         if start.step == 0 and evaluation.due(0, job.eval, job.run.steps):
-            log.evaluation(evaluation.evaluate(system, job, split.heldout, 0))
+            log.evaluation(evaluation.evaluate(system, job, split.heldout, 0, run_dir))
 
         def on_step(rec: StepRecord) -> None:
             log.step(rec)
@@ -205,7 +205,7 @@ def after_step(
     checkpoint and the stop (Preempted)."""
     step = rec.stats.step
     if evaluation.due(step, job.eval, job.run.steps):
-        log.evaluation(evaluation.evaluate(system, job, split.heldout, step))
+        log.evaluation(evaluation.evaluate(system, job, split.heldout, step, run_dir))
     checkpoint = checkpoints.checkpoint_path(run_dir, step)
     if checkpoints.checkpoint_due(step, job.run.checkpoint_every, job.run.steps) or stop.requested:
         system.learner.save(

@@ -337,6 +337,10 @@ class EvalConfig:
     sampled: bool = True
     """Evaluate sampled completions (reward and KL(pi || ref) = mean over completions of the summed
     log pi - log pi_ref of their tokens, computed by the learner)."""
+    bon_samples: int = 32
+    """Reference samples m per held-out prompt for the reference's Best-of-N curve (N = 1 .. m/2), drawn once at
+    the first evaluation and kept in the run dir: each sampled evaluation is placed against it (effective N, the
+    Best-of-N gap). 0: no curve."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -346,6 +350,9 @@ class EvalConfig:
         )
         require(self.num_prompts >= 1, "num_prompts", f"must be >= 1, got {self.num_prompts}")
         require(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        require(
+            self.bon_samples == 0 or self.bon_samples >= 2, "bon_samples", f"must be 0 or >= 2, got {self.bon_samples}"
+        )
         require(self.greedy or self.sampled, "greedy", "greedy and sampled are both off: nothing to evaluate")
         require(
             self.prompts is None or self.holdout_fraction == 0.0,

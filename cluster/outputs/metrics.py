@@ -7,11 +7,13 @@ dashboard whose every query is tested against a real Prometheus scraping a real 
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from bond.records import StepStats
+from cluster.core import EvalResult
 
 # StepStats field -> gauge name (all per-step values, nats where applicable)
 _STEP_GAUGES = {
@@ -32,6 +34,20 @@ _STEP_GAUGES = {
 }
 assert set(_STEP_GAUGES) <= {f.name for f in fields(StepStats)}
 
+# EvalResult field -> gauge name, tagged by mode (greedy | sampled): where the policy stands against the
+# reference's Best-of-N curve, and the reward-hacking monitors (docs/monitoring.md)
+_EVAL_GAUGES = {
+    "reward": "jbond_eval_reward",
+    "kl_ref_tokenwise": "jbond_eval_kl_ref",
+    "effective_n": "jbond_eval_effective_n",
+    "bon_gap": "jbond_eval_bon_gap",
+    "tokens": "jbond_eval_tokens",
+    "distinct_1": "jbond_eval_distinct_1",
+    "distinct_2": "jbond_eval_distinct_2",
+    "reward_length_corr": "jbond_eval_reward_length_corr",
+}
+assert set(_EVAL_GAUGES) <= {f.name for f in fields(EvalResult)}
+
 STEP_SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
 
 
@@ -46,6 +62,11 @@ class JobMetrics:
             field: Gauge(name, description=f"StepStats.{field} of the latest learner step", tag_keys=tags)
             for field, name in _STEP_GAUGES.items()
         }
+        self.eval_gauges = {
+            field: Gauge(name, description=f"EvalResult.{field} of the latest evaluation", tag_keys=("run", "mode"))
+            for field, name in _EVAL_GAUGES.items()
+        }
+        self._eval_values: dict[tuple[str, str], float] = {}  # (field, mode) -> the latest evaluation's value
         self.reward_quantile = Gauge(
             "jbond_reward_policy_quantile", "Quantiles of policy-sample rewards", tag_keys=("run", "quantile")
         )
@@ -90,6 +111,17 @@ class JobMetrics:
         for q in (0.1, 0.5, 0.9):
             value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
             self.reward_quantile.set(value, tags={**self._tags, "quantile": str(q)})
+        for (field, mode), value in self._eval_values.items():  # set again each step: Ray drops idle gauges
+            self.eval_gauges[field].set(value, tags={**self._tags, "mode": mode})
+
+    def record_eval(self, result: EvalResult) -> None:
+        """The evaluation's values (a non-finite or missing one, e.g. the gap beyond the curve, is not exported)."""
+        for field in self.eval_gauges:
+            self._eval_values.pop((field, result.mode), None)
+            value = getattr(result, field)
+            if value is not None and math.isfinite(value):
+                self._eval_values[field, result.mode] = value
+                self.eval_gauges[field].set(value, tags={**self._tags, "mode": result.mode})
 
     def record_phase(self, phase: str, seconds: float) -> None:
         self.phase_seconds.observe(seconds, tags={**self._tags, "phase": phase})

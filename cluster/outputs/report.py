@@ -9,6 +9,8 @@ from pathlib import Path
 
 from bond.records import StepStats
 
+BON_CURVE_FILE = "bon_curve.json"  # the reference's Best-of-N curve, drawn once per run (training/evaluation.py)
+
 
 def append_stats(
     path: Path, stats: StepStats, seconds: dict[str, float], sync_bytes: dict[str, int] | None = None
@@ -79,6 +81,39 @@ def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     fig.savefig(pareto, dpi=110)
     plt.close(fig)
     return [curves, pareto]
+
+
+def plot_bon(evals: Sequence[dict], curve: Sequence[dict], out_dir: Path) -> list[Path]:
+    """The sampled evaluations, reward vs KL(pi || ref) (tokenwise), over the reference's Best-of-N curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sampled = [r for r in evals if r["mode"] == "sampled" and r.get("kl_ref_tokenwise") is not None]
+    if not curve or not sampled:
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([p["kl_ref"] for p in curve], [p["reward"] for p in curve], ".-", color="C7", label="Best-of-N of ref")
+    for p in curve:
+        if p["n"] & (p["n"] - 1) == 0:  # label N = 1, 2, 4, ... only
+            ax.annotate(
+                f"N={p['n']}", (p["kl_ref"], p["reward"]), fontsize=7, xytext=(2, -9), textcoords="offset points"
+            )
+    points = ax.scatter(
+        [r["kl_ref_tokenwise"] for r in sampled], [r["reward"] for r in sampled], c=[r["step"] for r in sampled], s=20
+    )
+    fig.colorbar(points, label="step of the evaluation")
+    ax.set_xlabel("KL(pi || ref), nats (BoN: log N - (N-1)/N)")
+    ax.set_ylabel("held-out reward (sampled)")
+    ax.set_title("policy vs Best-of-N of the reference")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "bon_frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def smooth(values: Sequence[float], width: int = 10) -> list[float]:

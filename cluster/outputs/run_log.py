@@ -23,6 +23,15 @@ from cluster.outputs import report
 from cluster.outputs.episodes import EpisodeWriter
 from cluster.outputs.tracking import Trackers
 
+_EVAL_SCALARS = (
+    "kl_ref",
+    "kl_ref_tokenwise",
+    "effective_n",
+    "bon_gap",
+    "distinct_1",
+    "distinct_2",
+    "reward_length_corr",
+)
 _NOT_SCALARS = {"step"}  # StepStats fields that are the x axis, not a curve
 _NAMES = {
     Algorithm.JBOND: "J-BOND",
@@ -127,10 +136,9 @@ class RunLog:
                 f"eval/{r.mode}/reward_std": r.reward_std,
                 f"eval/{r.mode}/tokens": r.tokens,
             }
-            if r.kl_ref is not None:
-                values[f"eval/{r.mode}/kl_ref"] = r.kl_ref
-                values[f"eval/{r.mode}/kl_ref_tokenwise"] = r.kl_ref_tokenwise
+            values.update({f"eval/{r.mode}/{k}": getattr(r, k) for k in _EVAL_SCALARS if _finite(getattr(r, k))})
             self.trackers.scalars(r.step, values)
+            self.metrics.record_eval(r)
             self.trackers.table(r.step, f"eval_samples/{r.mode}", ("prompt", "completion", "reward"), r.samples)
 
     def finish(self) -> dict:
@@ -141,6 +149,8 @@ class RunLog:
         evals = report.read_stats(self.eval_path)  # the same JSON-lines layout, keyed by step
         (self.run_dir / "plots").mkdir(exist_ok=True)
         report.plot(rows, self.run_dir / "plots")
+        if (curve := self.run_dir / report.BON_CURVE_FILE).exists():
+            report.plot_bon(evals, json.loads(curve.read_text()), self.run_dir / "plots")
         tables = [report.summary_table(rows)] + ([eval_table(evals)] if evals else [])
         (self.run_dir / "summary.txt").write_text("\n\n".join(self._shown + tables) + "\n")
         print("\n" + "\n\n".join(tables), flush=True)
@@ -180,13 +190,22 @@ def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:
     prompts = max(r["prompts"] for r in evals)
     lines = [
         f"held-out evaluation ({prompts} prompts)",
-        f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}",
+        "effective N and BoN gap: at the tokenwise KL, against the reference's Best-of-N curve ('-': none or beyond)",
+        f"{'step':>6}{'greedy reward':>16}{'sampled reward':>17}{'KL(pi||ref)':>14}{'tokenwise':>11}"
+        f"{'effective N':>13}{'BoN gap':>10}",
     ]
     for step in steps:
         g, s = by_step[step].get("greedy"), by_step[step].get("sampled")
-        lines.append(f"{step:>6}{_fmt(g, 'reward'):>16}{_fmt(s, 'reward'):>17}{_fmt(s, 'kl_ref'):>14}")
+        lines.append(
+            f"{step:>6}{_fmt(g, 'reward'):>16}{_fmt(s, 'reward'):>17}{_fmt(s, 'kl_ref'):>14}"
+            f"{_fmt(s, 'kl_ref_tokenwise'):>11}{_fmt(s, 'effective_n', '.2f'):>13}{_fmt(s, 'bon_gap', '+.3f'):>10}"
+        )
     return "\n".join(lines)
 
 
-def _fmt(row: dict | None, key: str) -> str:
-    return "-" if row is None or row.get(key) is None else f"{row[key]:.4f}"
+def _fmt(row: dict | None, key: str, spec: str = ".4f") -> str:
+    return "-" if row is None or row.get(key) is None else f"{row[key]:{spec}}"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,5 +1,7 @@
 """Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref),
-and the Best-of-N curve of the reference that every trained policy is compared with.
+and the Best-of-N curve of the reference that every trained policy is compared with: drawn once per run, each
+sampled evaluation reports its effective N and Best-of-N gap (bond.bon_frontier), beside reward-hacking
+monitors (completion length, distinct-1/2 over token ids, the reward-length correlation).
 
 KL(pi || ref) is estimated on the sampled completions as the mean over completions of
 sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)] (`kl_ref`: k1, the estimator of every method's
@@ -17,20 +19,25 @@ no-grad, so a run with evaluation trains exactly as one without.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from bond.bon import kl_bound
+from bond.bon_frontier import bon_gap, effective_n
 from bond.divergence import expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.config.job import EvalConfig, JobConfig
 from cluster.config.prompts import PromptSet, load_prompts
 from cluster.core import EvalResult
+from cluster.outputs.report import BON_CURVE_FILE
 from cluster.training.seeds import bon_curve_seed, eval_seed
 
 SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
@@ -71,10 +78,14 @@ def split_prompts(
     return PromptSplit(tuple(p for p in prompts if p not in held), tuple(p for p in distinct if p in held), 0)
 
 
-def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[EvalResult]:
-    """One evaluation of the policy the actors hold now (after the sync of `step`), one result per mode."""
+def evaluate(
+    system, job: JobConfig, heldout: Sequence[str], step: int, run_dir: Path | None = None
+) -> list[EvalResult]:
+    """One evaluation of the policy the actors hold now (after the sync of `step`), one result per mode; with a
+    run dir, sampled results are placed against the reference's Best-of-N curve (`reference_curve`)."""
     cfg, prompts = job.eval, list(heldout[: job.eval.num_prompts])
     seed = eval_seed(job.run.seed, step)
+    curve = reference_curve(system, job, heldout, run_dir, step)
     modes = [m for m, on in (("greedy", cfg.greedy), ("sampled", cfg.sampled)) if on]
     results = []
     for mode in modes:
@@ -85,15 +96,11 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
         scored = system.scorer.score(completions)
         rewards = [s.reward for s in scored]
         kl = dict.fromkeys(("kl_ref", "kl_ref_tokenwise", "kl_ref_k3", "kl_ref_sem", "kl_ref_tokenwise_sem"))
+        frontier = {}
         if not greedy:
-            est = system.learner.kl_to_reference(completions)
-            kl = {
-                "kl_ref": est.sampled.mean().item(),
-                "kl_ref_tokenwise": est.tokenwise.mean().item(),
-                "kl_ref_k3": est.k3.mean().item(),
-                "kl_ref_sem": _sem(est.sampled.tolist()),
-                "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist()),
-            }
+            kl = _kl_fields(system.learner.kl_to_reference(completions))
+            frontier = _frontier(statistics.fmean(rewards), kl["kl_ref_tokenwise"], curve)
+        lengths = [len(c.token_ids) for c in completions]
         results.append(
             EvalResult(
                 step=step,
@@ -103,14 +110,49 @@ def evaluate(system, job: JobConfig, heldout: Sequence[str], step: int) -> list[
                 reward=statistics.fmean(rewards),
                 reward_std=statistics.pstdev(rewards),
                 **kl,
-                tokens=statistics.fmean(len(c.token_ids) for c in completions),
+                tokens=statistics.fmean(lengths),
                 seconds=time.perf_counter() - t0,
                 samples=tuple(
                     (s.completion.prompt_text, s.completion.text.strip(), s.reward) for s in scored[:SAMPLE_ROWS]
                 ),
+                **frontier,
+                distinct_1=distinct_n([c.token_ids for c in completions], 1),
+                distinct_2=distinct_n([c.token_ids for c in completions], 2),
+                reward_length_corr=_correlation(rewards, lengths),
             )
         )
     return results
+
+
+def _kl_fields(est) -> dict[str, float]:
+    return {
+        "kl_ref": est.sampled.mean().item(),
+        "kl_ref_tokenwise": est.tokenwise.mean().item(),
+        "kl_ref_k3": est.k3.mean().item(),
+        "kl_ref_sem": _sem(est.sampled.tolist()),
+        "kl_ref_tokenwise_sem": _sem(est.tokenwise.tolist()),
+    }
+
+
+def _frontier(reward: float, kl: float, curve: Sequence[BonPoint] | None) -> dict[str, float]:
+    """Effective N of the policy's KL (the lower-variance tokenwise estimate) and, with a curve, its Best-of-N gap."""
+    gap = bon_gap(reward, kl, [p.kl_ref for p in curve], [p.reward for p in curve]) if curve else None
+    return {"effective_n": effective_n(kl), "bon_gap": gap}
+
+
+def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
+    """Distinct n-grams / all n-grams over the sequences (n-grams within each sequence; nan when there are none):
+    a policy that collapses onto a few phrases, a common reward hack, drives it down."""
+    grams = [tuple(seq[i : i + n]) for seq in sequences for i in range(len(seq) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson correlation (nan when either side is constant): reward rising with length hints at a length hack."""
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:
+        return math.nan
 
 
 def _sem(values: Sequence[float]) -> float:
@@ -152,6 +194,22 @@ def bon_curve(
         points.append(
             BonPoint(n=n, kl_ref=kl_bound(n), reward=statistics.fmean(per_prompt), reward_sem=_sem(per_prompt))
         )
+    return points
+
+
+def reference_curve(system, job: JobConfig, heldout: Sequence[str], run_dir: Path | None, step: int):
+    """The reference's Best-of-N curve (eval.bon_samples per prompt, N up to half of them), drawn at the
+    evaluation before the first update (the policy actors hold the reference then) into the run dir, and read
+    back at the later ones and after a resume. None when off, without a run dir, or when a resumed run's dir has
+    none (its policy actors no longer hold the reference)."""
+    m = job.eval.bon_samples
+    if m == 0 or not job.eval.sampled or run_dir is None:
+        return None
+    path = Path(run_dir) / BON_CURVE_FILE
+    if step > 0:
+        return [BonPoint(**p) for p in json.loads(path.read_text())] if path.exists() else None
+    points = bon_curve(system, job, heldout, Role.POLICY, max_n=m // 2, samples_per_prompt=m, seed=job.run.seed)
+    path.write_text(json.dumps([dataclasses.asdict(p) for p in points], indent=1) + "\n")
     return points
 
 

@@ -1,17 +1,20 @@
 """training/evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
 the KL estimators against the learner's own log-probabilities (HF sampler, plain-torch learner: no Ray, no vLLM)."""
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from bond.bon_frontier import bon_gap, effective_n
 from bond.records import Role
 from cluster.config import loading
 from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState
+from cluster.outputs.report import BON_CURVE_FILE
 from cluster.runtime.in_process import in_process_system
 from cluster.training import evaluation
 from cluster.training.loop import train
@@ -20,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(300)
-def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
+def test_bon_curve_then_kl_estimators_after_training(tiny_dir, tmp_path):
     data = loading.load_document(ROOT / "configs" / "smoke.yaml")
     for a in (
         f"models.policy={tiny_dir / 'policy'}",
@@ -35,6 +38,7 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
         "eval.holdout_fraction=0.25",
         "eval.samples_per_prompt=4",
         "eval.greedy=false",
+        "eval.bon_samples=8",
     ):
         loading.apply_override(data, a)
     job = loading.build(JobConfig, data)
@@ -50,11 +54,24 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir):
         with pytest.raises(ValueError, match="must be >= max_n"):
             evaluation.bon_curve(system, job, split.heldout, Role.POLICY, max_n=8, samples_per_prompt=4)
 
-        (before,) = evaluation.evaluate(system, job, split.heldout, 0)
+        (before,) = evaluation.evaluate(system, job, split.heldout, 0, tmp_path)
         assert before.kl_ref == pytest.approx(0.0, abs=1e-5) and before.kl_ref_tokenwise == pytest.approx(0.0, abs=1e-5)
+        # the reference's curve, drawn at step 0 into the run dir: at KL 0 the policy is Best-of-1 of itself
+        drawn = json.loads((tmp_path / BON_CURVE_FILE).read_text())
+        assert [p["n"] for p in drawn] == [1, 2, 3, 4]
+        assert before.effective_n == pytest.approx(1.0, abs=1e-3)
+        assert before.bon_gap == pytest.approx(before.reward - drawn[0]["reward"], abs=1e-4)
+        assert 0 < before.distinct_1 <= 1 and 0 < before.distinct_2 <= 1
         train(job, system, split.train, LoopState(0, PromptCursor()), lambda rec: None)
-        (after,) = evaluation.evaluate(system, job, split.heldout, 2)
+        (after,) = evaluation.evaluate(system, job, split.heldout, 2, tmp_path)
         assert after.kl_ref_tokenwise > 1e-3 and after.kl_ref_k3 >= 0.0
+        assert json.loads((tmp_path / BON_CURVE_FILE).read_text()) == drawn  # read back, never redrawn after step 0
+        assert after.effective_n == pytest.approx(effective_n(after.kl_ref_tokenwise)) and after.effective_n > 1
+        curve = ([p["kl_ref"] for p in drawn], [p["reward"] for p in drawn])
+        assert after.bon_gap == pytest.approx(bon_gap(after.reward, after.kl_ref_tokenwise, *curve), nan_ok=True)
+        (tmp_path / BON_CURVE_FILE).unlink()  # a resumed run whose dir has no curve: no gap, never a redraw
+        assert evaluation.evaluate(system, job, split.heldout, 2, tmp_path)[0].bon_gap is None
+        assert not (tmp_path / BON_CURVE_FILE).exists()
         assert after.kl_ref_tokenwise_sem <= after.kl_ref_sem  # the Rao-Blackwellised estimator is the steadier
         # k1 from kl_to_reference is exactly the learner's log pi - log ref on the same completions
         completions = system.samplers.sample(Role.POLICY, [p.text for p in split.heldout], 2, job.sampling)

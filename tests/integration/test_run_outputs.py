@@ -41,6 +41,11 @@ def test_tensorboard_eval_exports_and_retention(local_ray, tiny_dir, tmp_path): 
     assert all(r["kl_ref"] is None for r in rows if r["mode"] == "greedy")
     assert summary["eval_last"]["sampled"]["step"] == 3
     assert "held-out evaluation (4 prompts)" in (tmp_path / "summary.txt").read_text()
+    # against the reference's Best-of-N curve, drawn once (32 samples per prompt: N = 1 .. 16) into the run dir
+    assert [p["n"] for p in json.loads((tmp_path / "bon_curve.json").read_text())] == list(range(1, 17))
+    assert sampled[0]["effective_n"] == pytest.approx(1.0, abs=1e-3) and sampled[3]["effective_n"] > 1.0
+    assert all(r["bon_gap"] is not None and 0 < r["distinct_2"] <= 1 for r in sampled.values())
+    assert (tmp_path / "plots" / "bon_frontier.png").exists()
 
     # TensorBoard: the stats.jsonl scalars per step, the eval scalars per evaluation, the sample tables
     events = EventAccumulator(str(tmp_path / "tensorboard"))
@@ -53,6 +58,7 @@ def test_tensorboard_eval_exports_and_retention(local_ray, tiny_dir, tmp_path): 
         assert [p.value for p in points] == pytest.approx([r[key] for r in stats], rel=1e-6)
     assert {"time/sample_s", "time/learn_s", "eval/greedy/reward", "eval/sampled/kl_ref"} <= set(scalars)
     assert [p.step for p in events.Scalars("eval/sampled/kl_ref")] == [0, 2, 3]
+    assert [p.step for p in events.Scalars("eval/sampled/bon_gap")] == [0, 2, 3]
     assert any(t.startswith("eval_samples/greedy") for t in events.Tags()["tensors"])
 
     # exports every 2 steps (a loadable HF directory), the newest 2 checkpoints kept

@@ -38,6 +38,7 @@ def test_yaml_and_overrides(tmp_path):
         ("algorithm.n=3", "algorithm.n"),
         ("sampling.temperature=0.7", "sampling.temperature"),
         ("sampling.top_p=0.9", "sampling.top_p"),
+        ("eval.bon_samples=1", "eval.bon_samples"),
     ],
 )
 def test_bad_values_fail_naming_the_field(assignment, field):
