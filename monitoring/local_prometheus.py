@@ -46,6 +46,16 @@ def render_config(service_discovery_file: Path, scrape_interval: str = "1s") -> 
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LocalPrometheus:
     def __init__(self, directory: Path, config_text: str, port: int = 0):
         self.directory = Path(directory)
@@ -100,12 +110,7 @@ class LocalPrometheus:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc)
             self._proc = None
 
     def __enter__(self) -> LocalPrometheus:
