@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster.runtime.ports import free_port
+from monitoring.local_prometheus import answers
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -95,7 +96,7 @@ class LocalRayHead:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self._proc.returncode}:\n{self.log.read_text()[-3000:]}")
             # Up = the dashboard answers and the node's metrics endpoint is listed for Prometheus.
-            if self._lists_metrics_port() and self._answers(self.dashboard_url + "/api/version"):
+            if self._lists_metrics_port() and answers(self._request(self.dashboard_url + "/api/version")):
                 return self
             time.sleep(0.5)
         self.stop()
@@ -104,13 +105,6 @@ class LocalRayHead:
     def _lists_metrics_port(self) -> bool:
         try:
             return f':{self.metrics_port}"' in self.service_discovery_file.read_text()
-        except OSError:
-            return False
-
-    def _answers(self, url: str) -> bool:
-        try:
-            with urllib.request.urlopen(self._request(url), timeout=2) as response:
-                return response.status == 200
         except OSError:
             return False
 
