@@ -57,22 +57,22 @@ def check_types(obj: object, prefix: str = "") -> None:
             require(isinstance(value, kind), name, f"expected one of {[m.value for m in kind]}, got {value!r}")
 
 
-def check_bounds(obj: object, bounds: tuple[tuple[str, Callable[[float], bool], str], ...]) -> None:
-    """Each (condition as the error states it, its test, the fields it holds for) of `bounds`, field by field."""
-    for condition, holds, names in bounds:
+# The plain range conditions a field can be held to, as an error message states them.
+CONDITIONS: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_bounds(obj: object, bounds: dict[str, str]) -> None:
+    """Hold the fields of `obj` to CONDITIONS: `bounds` maps a condition to the (space-separated) fields it is for."""
+    for condition, names in bounds.items():
         for name in names.split():
             value = getattr(obj, name)
-            require(holds(value), name, f"must be {condition}, got {value}")
-
-
-# The fields whose only check is a range.
-BOUNDS = (
-    ("in [0, 1]", lambda v: 0 <= v <= 1, "beta eta gkd_beta"),
-    (">= 0", lambda v: v >= 0, "gamma anchor_copy_every beta_rl warmup_steps weight_decay max_grad_norm"),
-    (">= 1", lambda v: v >= 1, "k_quantile prompts_per_step rest_grow_prompts rest_samples_per_prompt"),
-    ("> 0", lambda v: v > 0, "lr adam_eps"),
-    ("in [0, 1)", lambda v: 0 <= v < 1, "adam_beta1 adam_beta2"),
-)
+            require(CONDITIONS[condition](value), name, f"must be {condition}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,16 @@ class BondConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        check_bounds(self, BOUNDS)
+        check_bounds(
+            self,
+            {
+                "in [0, 1]": "beta eta gkd_beta",
+                ">= 0": "gamma anchor_copy_every beta_rl warmup_steps weight_decay max_grad_norm",
+                ">= 1": "k_quantile prompts_per_step rest_grow_prompts rest_samples_per_prompt",
+                "> 0": "lr adam_eps",
+                "in [0, 1)": "adam_beta1 adam_beta2",
+            },
+        )
         require(self.n >= 2, "n", f"needs at least 2 samples per prompt, got {self.n}")
         # J-BOND's backward reward and its -log(16) penalty are derived for Best-of-2 of the anchor; with more
         # anchor samples the loss would silently distil a different, unnamed target.
