@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from learner.sequences import Packed
+from learner.sequences import Packed, hf_forward
 
 
 class Teacher:
@@ -25,6 +25,4 @@ class Teacher:
     @torch.no_grad()
     def logits(self, packed: Packed, keep: torch.Tensor) -> torch.Tensor:
         """[S, K, V] logits at positions `keep` of the packed sequences (no graph is built)."""
-        return self.module(
-            input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False, logits_to_keep=keep
-        ).logits
+        return hf_forward(self.module, packed.input_ids, packed.attention_mask, keep)
