@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from bond.records import StepStats
+from bond.records import ScoredCompletion, StepStats
 
 
 def append_stats(
@@ -113,7 +113,7 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def samples_table(title: str, prompts: Sequence[str], texts: Sequence[str], rewards: Sequence[float]) -> str:
-    lines = [title]
-    lines += [f"  {r:+6.2f}  {p} | {t.strip()}" for p, t, r in zip(prompts, texts, rewards, strict=True)]
-    return "\n".join(lines)
+def samples_table(title: str, scored: Sequence[ScoredCompletion]) -> str:
+    """One line per sample: its reward, the prompt as a reader sees it, the completion."""
+    rows = [f"  {s.reward:+6.2f}  {s.completion.prompt_text} | {s.completion.text.strip()}" for s in scored]
+    return "\n".join([title, *rows])
