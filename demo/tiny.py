@@ -161,6 +161,16 @@ def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
     )
 
 
+def classifier_config(vocab_size: int, labels: tuple[str, ...]) -> LlamaConfig:
+    """A classifier of `labels` (their order: the logits' order)."""
+    return llama_config(
+        vocab_size,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+
+
 def encode(tokenizer, texts: list[str], pairs: list[str] | None = None) -> dict:
     """A right-padded batch (the builders' training batches; the samplers pad left at inference)."""
     return tokenizer(texts, pairs, padding=True, return_tensors="pt", padding_side="right")
@@ -244,7 +254,7 @@ def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: 
     return model
 
 
-NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
+NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def nli_pair(rng: random.Random) -> tuple[str, str, int]:
@@ -268,7 +278,7 @@ def nli_pair(rng: random.Random) -> tuple[str, str, int]:
 def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
     torch.manual_seed(rng.randrange(2**31))
     model = LlamaForSequenceClassification(
-        llama_config(len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()})
+        classifier_config(len(tokenizer), ("entailment", "neutral", "contradiction"))
     )
 
     def batch():
