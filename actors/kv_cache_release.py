@@ -18,7 +18,6 @@ import os
 
 import torch
 
-_MADV_DONTNEED = 4  # linux/mman.h
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
@@ -50,7 +49,7 @@ def release_kv_cache(worker) -> int:
         end = (ptr + size) // mmap.PAGESIZE * mmap.PAGESIZE
         if end <= start:
             continue
-        if _libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
+        if _libc.madvise(start, end - start, mmap.MADV_DONTNEED) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"madvise(MADV_DONTNEED) on the KV cache failed: {os.strerror(err)}")
     return max(0, rss_before - _rss_bytes())

@@ -7,6 +7,7 @@ import enum
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -54,6 +55,24 @@ def check_types(obj: object, prefix: str = "") -> None:
             require(isinstance(value, str), name, f"expected a string, got {value!r}")
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             require(isinstance(value, kind), name, f"expected one of {[m.value for m in kind]}, got {value!r}")
+
+
+# The plain range conditions a field can be held to, as an error message states them.
+CONDITIONS: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_bounds(obj: object, bounds: dict[str, str]) -> None:
+    """Hold the fields of `obj` to CONDITIONS: `bounds` maps a condition to the (space-separated) fields it is for."""
+    for condition, names in bounds.items():
+        for name in names.split():
+            value = getattr(obj, name)
+            require(CONDITIONS[condition](value), name, f"must be {condition}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,16 @@ class BondConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        check_bounds(
+            self,
+            {
+                "in [0, 1]": "beta eta gkd_beta",
+                ">= 0": "gamma anchor_copy_every beta_rl warmup_steps weight_decay max_grad_norm",
+                ">= 1": "k_quantile prompts_per_step rest_grow_prompts rest_samples_per_prompt",
+                "> 0": "lr adam_eps",
+                "in [0, 1)": "adam_beta1 adam_beta2",
+            },
+        )
         require(self.n >= 2, "n", f"needs at least 2 samples per prompt, got {self.n}")
         # J-BOND's backward reward and its -log(16) penalty are derived for Best-of-2 of the anchor; with more
         # anchor samples the loss would silently distil a different, unnamed target.
@@ -129,15 +158,11 @@ class BondConfig:
             f"J-BOND (Algorithm 2) draws exactly 2 anchor samples per prompt, got {self.n}; "
             "for Best-of-n with n > 2 use algorithm=bond",
         )
-        require(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
-        require(self.gamma >= 0.0, "gamma", f"must be >= 0, got {self.gamma}")
         require(
             self.gamma == 0.0 or self.algorithm is Algorithm.JBOND,
             "gamma",
             f"the KL(pi || anchor) regulariser is J-BOND's; {self.algorithm.value} has none, got {self.gamma}",
         )
-        require(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
-        require(self.k_quantile >= 1, "k_quantile", f"must be >= 1, got {self.k_quantile}")
         require(
             self.algorithm is not Algorithm.BOND or self.k_quantile >= self.n,
             "k_quantile",
@@ -149,28 +174,17 @@ class BondConfig:
             "iterated",
             f"iterated BOND is a variant of algorithm=bond, got algorithm={self.algorithm.value}",
         )
-        require(self.anchor_copy_every >= 0, "anchor_copy_every", f"must be >= 0, got {self.anchor_copy_every}")
         require(
             self.rloo_k >= 2,
             "rloo_k",
             f"the leave-one-out baseline needs at least 2 samples per prompt, got {self.rloo_k}",
         )
-        require(self.beta_rl >= 0.0, "beta_rl", f"must be >= 0, got {self.beta_rl}")
-        require(self.lr > 0.0, "lr", f"must be > 0, got {self.lr}")
-        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        require(0.0 <= self.adam_beta1 < 1.0, "adam_beta1", f"must be in [0, 1), got {self.adam_beta1}")
-        require(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"must be in [0, 1), got {self.adam_beta2}")
-        require(self.adam_eps > 0.0, "adam_eps", f"must be > 0, got {self.adam_eps}")
-        require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(self.max_grad_norm >= 0.0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
-        require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
         require(
             self.max_importance_weight >= 1.0,
             "max_importance_weight",
             f"must be >= 1 (a cap below 1 would down-weight fresh samples too), got {self.max_importance_weight}",
         )
         self._check_rest()
-        require(0.0 <= self.gkd_beta <= 1.0, "gkd_beta", f"must be in [0, 1], got {self.gkd_beta}")
         require(
             self.algorithm is not Algorithm.GKD or bool(self.gkd_teacher.strip()),
             "gkd_teacher",
@@ -178,12 +192,6 @@ class BondConfig:
         )
 
     def _check_rest(self) -> None:
-        require(self.rest_grow_prompts >= 1, "rest_grow_prompts", f"must be >= 1, got {self.rest_grow_prompts}")
-        require(
-            self.rest_samples_per_prompt >= 1,
-            "rest_samples_per_prompt",
-            f"must be >= 1, got {self.rest_samples_per_prompt}",
-        )
         q = self.rest_quantiles
         require(isinstance(q, tuple) and len(q) >= 1, "rest_quantiles", f"expected a non-empty list, got {q!r}")
         require(

@@ -77,9 +77,7 @@ class LossTerms:
     loss_fw: float  # forward-KL (SFT) half; 0 where the loss has none
     loss_bw: float  # backward-KL / policy-gradient half
     loss_reg: float  # KL-to-anchor regulariser
-    kl: float  # mean of log pi(y) - log pi_other(y) on policy samples (other = anchor or reference)
     frac_penalised: float  # J-BOND: fraction with r_J = -log 16
-    mean_return: float  # mean of R(y), the quantity the policy gradient ascends
 
 
 def jbond_reward(policy_reward: torch.Tensor, anchor_rewards: torch.Tensor) -> torch.Tensor:
@@ -119,9 +117,7 @@ def jbond_loss(
         loss_fw=loss_fw.item(),
         loss_bw=loss_bw.item(),
         loss_reg=loss_reg.item(),
-        kl=log_ratio.mean().item(),
         frac_penalised=(r_j < 0).float().mean().item(),
-        mean_return=ret.mean().item(),
     )
     return loss, terms
 
@@ -162,9 +158,7 @@ def bond_jeffreys_loss(
         loss_fw=loss_fw.item(),
         loss_bw=loss_bw.item(),
         loss_reg=0.0,
-        kl=log_ratio.mean().item(),
         frac_penalised=0.0,
-        mean_return=ret.mean().item(),
     )
     return loss, terms
 
@@ -198,8 +192,6 @@ def rloo_kl_loss(
         loss_fw=0.0,
         loss_bw=loss.item(),
         loss_reg=0.0,
-        kl=log_ratio.mean().item(),
         frac_penalised=0.0,
-        mean_return=ret.mean().item(),
     )
     return loss, terms

@@ -9,18 +9,7 @@ from __future__ import annotations
 
 import random
 
-SUBJECTS = (
-    "the movie",
-    "the film",
-    "the plot",
-    "the acting",
-    "the music",
-    "the ending",
-    "the story",
-    "the cast",
-    "the script",
-    "the director",
-)
+SUBJECTS = tuple(f"the {w}" for w in "movie film plot acting music ending story cast script director".split())
 LINKS = ("was", "felt", "seemed")
 ADVERBS = ("very", "really", "quite", "truly")
 POSITIVE = ("great", "wonderful", "brilliant", "fun", "moving", "beautiful", "clever", "charming")
@@ -31,20 +20,7 @@ LIKE = ("loved", "liked", "enjoyed")
 DISLIKE = ("hated", "disliked", "regretted")
 END = "."
 
-PROMPTS = (
-    "the movie",
-    "the film",
-    "the plot",
-    "the acting",
-    "the music",
-    "the ending",
-    "the story",
-    "the cast",
-    "i thought the movie",
-    "i thought the film",
-    "honestly the script",
-    "overall the director",
-)
+PROMPTS = SUBJECTS[:8] + ("i thought the movie", "i thought the film", "honestly the script", "overall the director")
 _PROMPT_PREFIXES = ("i thought", "honestly", "overall")
 
 VOCABULARY = tuple(
@@ -119,17 +95,18 @@ def is_well_formed(text: str) -> bool:
 def _clauses(words: list[str]) -> bool:
     for i, w in enumerate(words):
         if w in CONJUNCTIONS:
-            return _clause_ok(words[:i]) and _clause_ok(words[i + 1 :])
-    return _clause_ok(words)
+            return clause_adjective(words[:i]) is not None and clause_adjective(words[i + 1 :]) is not None
+    return clause_adjective(words) is not None
 
 
-def _clause_ok(words: list[str]) -> bool:
+def clause_adjective(words: list[str]) -> str | None:
+    """The adjective of a clause "subject link [adverb] adjective" of this grammar; None if `words` are not one."""
     if len(words) < 4 or " ".join(words[:2]) not in SUBJECTS or words[2] not in LINKS:
-        return False
+        return None
     rest = words[3:]
     if len(rest) == 2 and rest[0] in ADVERBS:
         rest = rest[1:]
-    return len(rest) == 1 and rest[0] in POSITIVE + NEGATIVE + NEUTRAL
+    return rest[0] if len(rest) == 1 and rest[0] in POSITIVE + NEGATIVE + NEUTRAL else None
 
 
 def sentiment(text: str) -> int:

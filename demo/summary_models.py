@@ -53,15 +53,7 @@ def pretrain_policy(tokenizer, rng: random.Random, steps: int) -> LlamaForCausal
 
 def train_nli(tokenizer, rng: random.Random, steps: int) -> LlamaForSequenceClassification:
     torch.manual_seed(rng.randrange(2**31))
-    id2label = dict(enumerate(world.LABELS))
-    model = LlamaForSequenceClassification(
-        tiny.llama_config(
-            len(tokenizer),
-            num_labels=len(world.LABELS),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-        )
-    )
+    model = LlamaForSequenceClassification(tiny.classifier_config(len(tokenizer), world.LABELS))
 
     def batch():
         return tiny.pair_batch(tokenizer, [world.nli_example(rng) for _ in range(32)])

@@ -118,14 +118,10 @@ def parse(text: str) -> tuple[Claim, ...] | None:
     clauses.append(current)
     claims = []
     for c in clauses:
-        if len(c) < 4 or " ".join(c[:2]) not in grammar.SUBJECTS or c[2] not in grammar.LINKS:
+        adjective = grammar.clause_adjective(c)
+        if adjective not in POLARITY:  # not a clause, or a neutral adjective: no claim
             return None
-        rest = c[3:]
-        if len(rest) == 2 and rest[0] in grammar.ADVERBS:
-            rest = rest[1:]
-        if len(rest) != 1 or rest[0] not in POLARITY:
-            return None
-        claims.append(Claim(" ".join(c[:2]), rest[0]))
+        claims.append(Claim(" ".join(c[:2]), adjective))
     return tuple(claims)
 
 

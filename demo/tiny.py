@@ -39,6 +39,8 @@ from demo import review_grammar as grammar
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<sep>")
 PAD, BOS, EOS, UNK, SEP = range(len(SPECIALS))
 MAX_POSITIONS = 64
+# Every offline model's size: ~0.5 M parameters besides the embeddings.
+SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=2, torch_dtype="float32")
 
 
 def build_tokenizer(vocabulary: tuple[str, ...] = grammar.VOCABULARY) -> PreTrainedTokenizerFast:
@@ -114,18 +116,14 @@ def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForC
     im_end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model = Qwen2ForCausalLM(
         Qwen2Config(
+            **SHAPE,
             vocab_size=len(tokenizer),
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=2,
-            num_attention_heads=2,
             num_key_value_heads=1,
             max_position_embeddings=CHAT_MAX_POSITIONS,
             bos_token_id=None,
             eos_token_id=im_end,
             pad_token_id=pad,
             tie_word_embeddings=True,
-            torch_dtype="float32",
         )
     )
 
@@ -148,22 +146,28 @@ def pretrain_chat_policy(tokenizer, rng: random.Random, steps: int) -> Qwen2ForC
 def llama_config(vocab_size: int, **overrides) -> LlamaConfig:
     return LlamaConfig(
         **{
+            **SHAPE,
             **dict(
                 vocab_size=vocab_size,
-                hidden_size=128,
-                intermediate_size=384,
-                num_hidden_layers=2,
-                num_attention_heads=2,
                 num_key_value_heads=2,
                 max_position_embeddings=MAX_POSITIONS,
                 bos_token_id=BOS,
                 eos_token_id=EOS,
                 pad_token_id=PAD,
                 tie_word_embeddings=False,
-                torch_dtype="float32",
             ),
             **overrides,
         }
+    )
+
+
+def classifier_config(vocab_size: int, labels: tuple[str, ...]) -> LlamaConfig:
+    """A classifier of `labels` (their order: the logits' order)."""
+    return llama_config(
+        vocab_size,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
 
 
@@ -250,7 +254,7 @@ def train_reward(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: 
     return model
 
 
-NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
+NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def nli_pair(rng: random.Random) -> tuple[str, str, int]:
@@ -274,7 +278,7 @@ def nli_pair(rng: random.Random) -> tuple[str, str, int]:
 def train_nli(tokenizer: PreTrainedTokenizerFast, rng: random.Random, steps: int):
     torch.manual_seed(rng.randrange(2**31))
     model = LlamaForSequenceClassification(
-        llama_config(len(tokenizer), num_labels=3, id2label=NLI_LABELS, label2id={v: k for k, v in NLI_LABELS.items()})
+        classifier_config(len(tokenizer), ("entailment", "neutral", "contradiction"))
     )
 
     def batch():

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bond.config import check_types, require
+from bond.config import check_bounds, check_types, require
 
 
 class Dtype(enum.StrEnum):
@@ -100,9 +100,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         check_types(self)
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
-        require(self.micro_batch_prompts >= 1, "micro_batch_prompts", f"must be >= 1, got {self.micro_batch_prompts}")
-        require(self.bucket_bytes >= 1, "bucket_bytes", f"must be >= 1, got {self.bucket_bytes}")
-        require(self.timeout_s >= 1, "timeout_s", f"must be >= 1, got {self.timeout_s}")
+        check_bounds(self, {">= 1": "micro_batch_prompts bucket_bytes timeout_s"})
         require(
             self.reference_dtype is Dtype.FP32 or self.zero_stage != 3,
             "reference_dtype",

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from bond.config import BondConfig
 from learner.config import Dtype, LearnerConfig
+from learner.sequences import hf_forward
 from learner.torch_engine import adamw
 
 _TAG = "zero"  # DeepSpeed checkpoint tag: one subfolder per checkpoint directory
@@ -147,9 +148,7 @@ class DeepSpeedEngine:
         self._pending = 0  # backward calls since the last optimizer step
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.engine(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
-        ).logits
+        return hf_forward(self.engine, input_ids, attention_mask, keep)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._pending == self.micro_batches:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -141,10 +142,9 @@ class Learner:
         self, batch: Batch, scored: Scored, outcome: Outcome, lr: float, grad_norm: float, t0: float
     ) -> StepStats:
         logp, w_policy, w_target = outcome.logp, outcome.w_policy, scored.w_target
-        terms = {f: getattr(outcome.terms, f) for f in ("loss", "loss_fw", "loss_bw", "loss_reg", "frac_penalised")}
         means = rendezvous.rank_means(
             self.device,
-            **terms,
+            **dataclasses.asdict(outcome.terms),  # loss, loss_fw, loss_bw, loss_reg, frac_penalised
             kl_ref=(logp - scored.logp_ref).mean().item(),
             kl_anchor=(logp - scored.logp_anchor).mean().item(),
             importance_weight_policy=1.0 if w_policy is None else w_policy.mean().item(),

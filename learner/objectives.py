@@ -4,7 +4,6 @@ the loss terms it reports, by bond/'s maths (docs/learner.md: the pre-pass of th
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -161,7 +160,7 @@ class Sft:
         return -logp.sum(), logp.detach()
 
     def terms(self, loss: float) -> LossTerms:
-        return LossTerms(loss, loss, 0.0, 0.0, math.nan, 0.0, math.nan)  # all of it the forward-KL (SFT) half
+        return LossTerms(loss, loss, 0.0, 0.0, 0.0)  # all of it the forward-KL (SFT) half
 
 
 class Gkd(Sft):
@@ -183,7 +182,7 @@ class Gkd(Sft):
         return part, sequence_logprobs(logits.detach(), targets, mask)
 
     def terms(self, loss: float) -> LossTerms:
-        return LossTerms(loss, 0.0, 0.0, 0.0, math.nan, 0.0, math.nan)
+        return LossTerms(loss, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)

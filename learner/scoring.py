@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from bond.records import Batch, Completion, Role
 from learner import rendezvous
 from learner.engine import Engine
 from learner.objectives import Scored
-from learner.sequences import Packed, completion_logprobs, pack
+from learner.sequences import Packed, completion_logprobs, hf_forward, pack
 from learner.shadow_weights import ShadowWeights
 
 
@@ -72,12 +73,9 @@ class Scorer:
         if self.reference_bf16 is None:
             with self.shadows[Role.REFERENCE].swapped_in():
                 return torch.cat([self.logprobs(p) for p in packs])
+        forward = functools.partial(hf_forward, self.reference_bf16)
         with torch.no_grad():
-            return torch.cat([completion_logprobs(self._bf16_forward, p) for p in packs]).float()
-
-    def _bf16_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        model = self.reference_bf16
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+            return torch.cat([completion_logprobs(forward, p) for p in packs]).float()
 
     def role_logprobs(self, completions: Sequence[Completion], role: Role) -> torch.Tensor:
         """[len] log pi_role(y | x) of each completion, fp32 on CPU."""

@@ -15,6 +15,11 @@ from bond.records import Completion
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def hf_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A Hugging Face causal LM as a Forward (no KV cache): logits at the positions `keep` only."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+
+
 @dataclass(frozen=True)
 class Packed:
     """S sequences of prompt + completion, right-padded to length L."""

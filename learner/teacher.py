@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bond.config import require
-from learner.sequences import Packed
+from learner.sequences import Packed, hf_forward
 
 
 def check_vocab(model_dir: Path, teacher_vocab: int, vocab_size: int) -> None:
@@ -31,6 +31,4 @@ class Teacher:
     @torch.no_grad()
     def logits(self, packed: Packed, keep: torch.Tensor) -> torch.Tensor:
         """[S, K, V] logits at positions `keep` of the packed sequences (no graph is built)."""
-        return self.module(
-            input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False, logits_to_keep=keep
-        ).logits
+        return hf_forward(self.module, packed.input_ids, packed.attention_mask, keep)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from bond.config import BondConfig
+from learner.sequences import hf_forward
 
 
 def adamw(module: torch.nn.Module, bond: BondConfig) -> torch.optim.AdamW:
@@ -39,9 +40,7 @@ class TorchEngine:
                 dist.broadcast(p.data, src=0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.module(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
-        ).logits
+        return hf_forward(self.module, input_ids, attention_mask, keep)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

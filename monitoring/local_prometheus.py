@@ -46,6 +46,25 @@ def render_config(service_discovery_file: Path, scrape_interval: str = "1s") -> 
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def answers(request: str | urllib.request.Request) -> bool:
+    """Whether the URL answers 200 (within 2 s)."""
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LocalPrometheus:
     def __init__(self, directory: Path, config_text: str, port: int = 0):
         self.directory = Path(directory)
@@ -73,12 +92,8 @@ class LocalPrometheus:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited with {self._proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
+            if answers(self.url + "/-/ready"):
+                return self
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"prometheus not ready after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
@@ -100,12 +115,7 @@ class LocalPrometheus:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc)
             self._proc = None
 
     def __enter__(self) -> LocalPrometheus:

@@ -7,6 +7,7 @@ session, so signalling its process group ends exactly the processes it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster.runtime.ports import free_port
+from monitoring.local_prometheus import answers
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -72,37 +74,17 @@ class LocalRayHead:
         return self.temp_dir / "ray" / "prom_metrics_service_discovery.json"
 
     def start(self, timeout_s: float = 90) -> LocalRayHead:
+        # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
+        # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
+        own_ports = (
+            "dashboard-agent-listen-port dashboard-agent-grpc-port runtime-env-agent-port ray-client-server-port"
+        )
         cmd = [
             str(RAY),
-            "start",
-            "--head",
-            "--block",
-            "--port",
-            str(self.port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(self.dashboard_port),
-            "--metrics-export-port",
-            str(self.metrics_port),
-            "--temp-dir",
-            str(self.temp_dir / "ray"),
-            "--num-cpus",
-            str(self.num_cpus),
-            "--include-dashboard",
-            "true",
-            "--disable-usage-stats",
-            # Fixed defaults (agent HTTP 52365, Ray client 10001, ...) would clash with any other head on
-            # this machine: the job agent then never comes up and `ray job submit` gets "No available agent".
-            *(
-                f"--{flag}={free_port()}"
-                for flag in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "runtime-env-agent-port",
-                    "ray-client-server-port",
-                )
-            ),
+            *f"start --head --block --port {self.port} --dashboard-host 127.0.0.1 --dashboard-port "
+            f"{self.dashboard_port} --metrics-export-port {self.metrics_port} --temp-dir {self.temp_dir / 'ray'} "
+            f"--num-cpus {self.num_cpus} --include-dashboard true --disable-usage-stats".split(),
+            *(f"--{flag}={free_port()}" for flag in own_ports.split()),
             *self.extra_args,
         ]
         with open(self.log, "w") as log:
@@ -114,7 +96,7 @@ class LocalRayHead:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self._proc.returncode}:\n{self.log.read_text()[-3000:]}")
             # Up = the dashboard answers and the node's metrics endpoint is listed for Prometheus.
-            if self._lists_metrics_port() and self._answers(self.dashboard_url + "/api/version"):
+            if self._lists_metrics_port() and answers(self._request(self.dashboard_url + "/api/version")):
                 return self
             time.sleep(0.5)
         self.stop()
@@ -123,13 +105,6 @@ class LocalRayHead:
     def _lists_metrics_port(self) -> bool:
         try:
             return f':{self.metrics_port}"' in self.service_discovery_file.read_text()
-        except OSError:
-            return False
-
-    def _answers(self, url: str) -> bool:
-        try:
-            with urllib.request.urlopen(self._request(url), timeout=2) as response:
-                return response.status == 200
         except OSError:
             return False
 
@@ -143,20 +118,8 @@ class LocalRayHead:
 
     def submit(self, entrypoint: str, submission_id: str, timeout_s: float = 120) -> None:
         """`ray job submit --no-wait` through the CLI, as a user would (RAY_AUTH_MODE=token + our token)."""
-        cmd = [
-            str(RAY),
-            "job",
-            "submit",
-            "--address",
-            self.dashboard_url,
-            "--no-wait",
-            "--submission-id",
-            submission_id,
-            "--",
-            "bash",
-            "-c",
-            entrypoint,
-        ]
+        address = f"--address {self.dashboard_url} --no-wait --submission-id {submission_id}"
+        cmd = [str(RAY), "job", "submit", *address.split(), "--", "bash", "-c", entrypoint]
         deadline = time.monotonic() + timeout_s
         while True:
             out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
@@ -209,10 +172,8 @@ class LocalRayHead:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster.runtime.ports import free_port
-from monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus
+from monitoring.local_prometheus import LocalPrometheus, find_or_install_prometheus, terminate
 from monitoring.local_ray_head import LocalRayHead
 from monitoring.monitor import prometheus_graph_url
 from monitoring.monitored_stack import MonitoredStack
@@ -38,18 +38,11 @@ from monitoring.smoke_job import ROOT, smoke_entrypoint
 
 COOKIE = "ray-authentication-token"  # the cookie name Ray's token authentication sets
 # No network chatter, no first-run UI, no GPU (none here), no sandbox (root in a container).
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-]
+CHROMIUM_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
+    "--disable-sync --disable-component-update --disable-dev-shm-usage --hide-scrollbars"
+    " --remote-debugging-address=127.0.0.1"
+).split()
 
 
 def find_or_install_chromium() -> str:
@@ -70,16 +63,9 @@ async def capture(url: str, token: str | None, out: Path, width: int, height: in
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:  # a fresh, empty profile each time
+        window = [f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--remote-debugging-port={port}"]
         proc = subprocess.Popen(
-            [
-                find_or_install_chromium(),
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                f"--window-size={width},{height}",
-                "--remote-debugging-address=127.0.0.1",
-                f"--remote-debugging-port={port}",
-                "about:blank",
-            ],
+            [find_or_install_chromium(), *CHROMIUM_FLAGS, *window, "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -112,12 +98,7 @@ async def capture(url: str, token: str | None, out: Path, width: int, height: in
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(shot["data"]))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
 
 
 async def _page_websocket(port: int, timeout_s: float = 30) -> str:
@@ -169,10 +150,7 @@ def main() -> None:
         "--capture-after-steps", type=int, default=12, help="learner steps Prometheus must hold before the capture"
     )
     parser.add_argument(
-        "--steps",
-        type=int,
-        default=200,
-        help="learner steps of the run: enough to outlive the capture (it is stopped after)",
+        "--steps", type=int, default=200, help="learner steps of the run: it outlives the capture, stopped after it"
     )
     args = parser.parse_args()
     find_or_install_chromium()  # before the cluster: a failed install should cost nothing
@@ -185,12 +163,8 @@ def main() -> None:
         head, prometheus = stack.head, stack.prometheus
         run_dir = Path(tmp) / "dashboard-screenshot"
         submission_id = f"jbond-screenshot-{int(time.time())}"
-        head.submit(
-            smoke_entrypoint(
-                run_dir, args.steps, {"run.show_samples": 0, "run.checkpoint_every": 0, "reward.http_port": free_port()}
-            ),
-            submission_id,
-        )
+        overrides = {"run.show_samples": 0, "run.checkpoint_every": 0, "reward.http_port": free_port()}
+        head.submit(smoke_entrypoint(run_dir, args.steps, overrides), submission_id)
         try:
             print(
                 f"job {submission_id} submitted to {head.dashboard_url}; waiting for "
@@ -203,16 +177,8 @@ def main() -> None:
             asyncio.run(capture(f"{head.dashboard_url}/{args.page}", head.token, args.out, 1400, 1000, settle_s=15))
             print(f"saved {args.out}", flush=True)
             window_s = int(time.time() - first_step) + 10  # the run's steps across the whole graph
-            asyncio.run(
-                capture(
-                    prometheus_graph_url(prometheus.url, range_input=f"{window_s}s"),
-                    None,
-                    args.prometheus_out,
-                    1400,
-                    1350,
-                    settle_s=5,
-                )
-            )
+            graph = prometheus_graph_url(prometheus.url, range_input=f"{window_s}s")
+            asyncio.run(capture(graph, None, args.prometheus_out, 1400, 1350, settle_s=5))
             print(f"saved {args.prometheus_out}", flush=True)
         finally:
             status = head.stop_job(submission_id)["status"]

@@ -13,8 +13,8 @@ row does not have is an error naming it, never a silent default.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
+import pkgutil
 from collections.abc import Sequence
 
 from reward_service.errors import RewardModelError
@@ -27,13 +27,11 @@ def load_function(import_path: str):
     if not sep or not module_name or not attr_path:
         raise ValueError(f"function reward {import_path!r}: expected 'package.module:function'")
     try:
-        obj = importlib.import_module(module_name)
+        obj = pkgutil.resolve_name(import_path)
     except ImportError as exc:
         raise ValueError(f"function reward {import_path!r}: cannot import {module_name!r}: {exc}") from exc
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"function reward {import_path!r}: {obj.__name__!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
+    except (AttributeError, ValueError) as exc:  # "module 'm' has no attribute 'f'", or not an identifier
+        raise ValueError(f"function reward {import_path!r}: {exc}") from exc
     if not callable(obj):
         raise ValueError(f"function reward {import_path!r}: {type(obj).__name__} is not callable")
     return obj

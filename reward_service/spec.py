@@ -11,7 +11,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from bond.config import check_types, require
+from bond.config import check_bounds, check_types, require
 from reward_service.reward_model import RewardModel
 
 TOKEN_ENV = "JBOND_REWARD_HTTP_TOKEN"
@@ -101,20 +101,16 @@ class RewardSpec:
                 f"the initial {self.replicas} replicas must lie within [min_replicas, max_replicas] = "
                 f"[{self.min_replicas}, {self.max_replicas}]",
             )
-        require(
-            self.target_ongoing_requests > 0,
-            "target_ongoing_requests",
-            f"must be > 0, got {self.target_ongoing_requests}",
-        )
+        check_bounds(self, {"> 0": "target_ongoing_requests"})
 
     def _check_serving(self) -> None:
-        require(self.cpus_per_replica >= 0, "cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
-        require(self.gpus_per_replica >= 0, "gpus_per_replica", f"must be >= 0, got {self.gpus_per_replica}")
-        require(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
-        require(
-            self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", f"must be >= 0, got {self.batch_wait_timeout_s}"
+        check_bounds(
+            self,
+            {
+                ">= 0": "cpus_per_replica gpus_per_replica batch_wait_timeout_s",
+                ">= 1": "max_batch_size forward_batch_size",
+            },
         )
-        require(self.forward_batch_size >= 1, "forward_batch_size", f"must be >= 1, got {self.forward_batch_size}")
         # check_types (in _check_model) already refused a max_length_tokens that is not an int, a premise_pattern
         # that is not a string
         require(

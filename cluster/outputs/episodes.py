@@ -42,32 +42,32 @@ SCHEMA = pa.schema(
 
 
 def episode_table(train_step: int, samples: Sequence[ScoredCompletion]) -> pa.Table:
-    rows = {name: [] for name in SCHEMA.names}
-    for j, s in enumerate(samples):
-        c = s.completion
-        values = {
-            "episode_id": f"{train_step}-{c.role.value}-{c.prompt_id}-{j}",
-            "step": 0,
-            "is_first": True,
-            "is_last": True,
-            "is_terminal": c.finish_reason == "stop",
-            "observation": c.prompt,
-            "action": c.text,
-            "reward": s.reward,
-            "discount": 1.0,
-            "train_step": train_step,
-            "prompt_id": c.prompt_id,
-            "role": c.role.value,
-            "weights_version": c.weights_version,
-            "reward_model_id": s.reward_model_id,
-            "finish_reason": c.finish_reason,
-            "token_ids": list(c.token_ids),
-            "logprobs": list(c.logprobs),
-            "prompt_token_ids": list(c.prompt_token_ids),
-        }
-        for name, value in values.items():
-            rows[name].append(value)
-    return pa.Table.from_pydict(rows, schema=SCHEMA)
+    return pa.Table.from_pylist([_row(train_step, j, s) for j, s in enumerate(samples)], schema=SCHEMA)
+
+
+def _row(train_step: int, j: int, s: ScoredCompletion) -> dict:
+    """Sample j of the step as a one-step episode."""
+    c = s.completion
+    return {
+        "episode_id": f"{train_step}-{c.role.value}-{c.prompt_id}-{j}",
+        "step": 0,
+        "is_first": True,
+        "is_last": True,
+        "is_terminal": c.finish_reason == "stop",
+        "observation": c.prompt,
+        "action": c.text,
+        "reward": s.reward,
+        "discount": 1.0,
+        "train_step": train_step,
+        "prompt_id": c.prompt_id,
+        "role": c.role.value,
+        "weights_version": c.weights_version,
+        "reward_model_id": s.reward_model_id,
+        "finish_reason": c.finish_reason,
+        "token_ids": list(c.token_ids),
+        "logprobs": list(c.logprobs),
+        "prompt_token_ids": list(c.prompt_token_ids),
+    }
 
 
 class EpisodeWriter:

@@ -55,7 +55,7 @@ class JobMetrics:
     """All the metrics of one run, created in the driver (the training loop's process)."""
 
     def __init__(self, run: str, max_staleness: int = 0):
-        tags = ("run",)
+        tags, by_role = ("run",), ("run", "role")
         self._tags = {"run": run}
         self._max_staleness = max_staleness
         self.step_gauges = {
@@ -77,16 +77,12 @@ class JobMetrics:
             tag_keys=("run", "phase"),
         )
         self.tokens_per_second = Gauge(
-            "jbond_actor_tokens_per_second", "Completion tokens/s of each actor group", tag_keys=("run", "role")
+            "jbond_actor_tokens_per_second", "Completion tokens/s of each actor group", tag_keys=by_role
         )
-        self.sync_seconds = Gauge(
-            "jbond_weight_sync_seconds", "Seconds of the latest weight push", tag_keys=("run", "role")
-        )
-        self.sync_bytes = Counter(
-            "jbond_weight_sync_bytes", "Bytes of weights pushed to actors", tag_keys=("run", "role")
-        )
+        self.sync_seconds = Gauge("jbond_weight_sync_seconds", "Seconds of the latest weight push", tag_keys=by_role)
+        self.sync_bytes = Counter("jbond_weight_sync_bytes", "Bytes of weights pushed to actors", tag_keys=by_role)
         self.staleness = Gauge(
-            "jbond_sample_staleness", "Learner version minus the version that sampled", tag_keys=("run", "role")
+            "jbond_sample_staleness", "Learner version minus the version that sampled", tag_keys=by_role
         )
         # The bound beside the value, so an alert rule can compare them per run (monitoring/alerts.yml).
         self.max_staleness = Gauge(
@@ -96,12 +92,10 @@ class JobMetrics:
         self.errors = Counter(
             "jbond_errors", "Errors, by component and reason", tag_keys=("run", "component", "reason")
         )
-        self.queue_depth = Gauge(
-            "jbond_queue_depth", "Sampling batches in flight ahead of the learner", tag_keys=("run",)
-        )
+        self.queue_depth = Gauge("jbond_queue_depth", "Sampling batches in flight ahead of the learner", tag_keys=tags)
         # ray_jbond_actor_restarts_total on the Prometheus side (an alert rule watches it)
         self.actor_restarts = Counter(
-            "jbond_actor_restarts", "Sampler actors that died and were restarted", tag_keys=("run", "role")
+            "jbond_actor_restarts", "Sampler actors that died and were restarted", tag_keys=by_role
         )
 
     def record_step(self, stats: StepStats, policy_rewards: list[float]) -> None:

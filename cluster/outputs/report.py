@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from bond.records import StepStats
+from bond.records import ScoredCompletion, StepStats
 
 BON_CURVE_FILE = "bon_curve.json"  # the reference's Best-of-N curve, drawn once per run (training/evaluation.py)
 
@@ -54,33 +54,30 @@ def plot(rows: Sequence[dict], out_dir: Path) -> list[Path]:
     ax1.plot(steps, reward, label="policy reward", alpha=0.35, color="C0")
     ax1.plot(steps, smooth(reward), label="policy reward (10-step mean)", color="C0")
     ax1.plot(steps, smooth([r["reward_anchor"] for r in rows]), label="anchor reward (10-step mean)", color="C1")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("reward")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
+    ax1.set(xlabel="step", ylabel="reward")
     ax2.plot(steps, kl_ref, label="KL(pi || ref)")
     ax2.plot(steps, kl_anchor, label="KL(pi || anchor)")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("nats")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    curves = out_dir / "reward_kl_vs_step.png"
-    fig.savefig(curves, dpi=110)
-    plt.close(fig)
+    ax2.set(xlabel="step", ylabel="nats")
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    curves = _save(fig, out_dir / "reward_kl_vs_step.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     points = ax.scatter(kl_ref, reward, c=steps, cmap="viridis", s=12)
     fig.colorbar(points, label="step")
-    ax.set_xlabel("KL(pi || ref), nats")
-    ax.set_ylabel("policy reward")
-    ax.set_title("reward vs KL")
+    ax.set(xlabel="KL(pi || ref), nats", ylabel="policy reward", title="reward vs KL")
     ax.grid(alpha=0.3)
+    return [curves, _save(fig, out_dir / "reward_vs_kl.png")]
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    pareto = out_dir / "reward_vs_kl.png"
-    fig.savefig(pareto, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [curves, pareto]
+    return path
 
 
 def plot_bon(evals: Sequence[dict], curve: Sequence[dict], out_dir: Path) -> list[Path]:
@@ -151,7 +148,7 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def samples_table(title: str, prompts: Sequence[str], texts: Sequence[str], rewards: Sequence[float]) -> str:
-    lines = [title]
-    lines += [f"  {r:+6.2f}  {p} | {t.strip()}" for p, t, r in zip(prompts, texts, rewards, strict=True)]
-    return "\n".join(lines)
+def samples_table(title: str, scored: Sequence[ScoredCompletion]) -> str:
+    """One line per sample: its reward, the prompt as a reader sees it, the completion."""
+    rows = [f"  {s.reward:+6.2f}  {s.completion.prompt_text} | {s.completion.text.strip()}" for s in scored]
+    return "\n".join([title, *rows])

@@ -78,12 +78,7 @@ class RunLog:
             print(text, flush=True)
 
     def samples(self, title: str, scored: Sequence[ScoredCompletion]) -> None:
-        table = report.samples_table(
-            title,
-            [s.completion.prompt_text for s in scored],
-            [s.completion.text for s in scored],
-            [s.reward for s in scored],
-        )
+        table = report.samples_table(title, scored)
         self.note(("\n" if self._shown else "") + table)
         self._shown.append(table)
 
