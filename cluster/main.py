@@ -117,7 +117,7 @@ def run(job: JobConfig) -> dict:
     from cluster.runtime.ray_system import init_ray, start_system
 
     run_dir = Path(job.run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage.make_run_dir(run_dir)
     preflight.check(job, ray_running=ray.is_initialized(), built_later=lambda path: will_build_tiny(job, path))
     ensure_tiny_models(job)
     prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
