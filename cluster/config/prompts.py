@@ -99,10 +99,12 @@ def _rows(source: PromptSource) -> list[object]:
             if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except UnicodeDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+                json.dumps(row, ensure_ascii=False).encode("utf-8")  # an escaped lone surrogate ("\\ud800") is no text
+                rows.append(row)
+            except UnicodeError:
                 rows.append(_NOT_UTF8)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON; an integer of over 4300 digits; nesting too deep
                 rows.append(_BAD_JSON)
         return rows
     if source.format is PromptFormat.PARQUET:
