@@ -182,8 +182,10 @@ def load_prompts(source: PromptSource) -> PromptSet:
 
 def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> PromptSet:
     """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those longer than
-    max_tokens tokens (the sampler would refuse them mid-run). Chat prompts with a tokenizer that has no chat
-    template are a config error."""
+    max_tokens tokens (the sampler would refuse them mid-run) and those the chat template refuses. Chat prompts
+    with a tokenizer that has no chat template are a config error."""
+    from jinja2 import TemplateError
+
     from actors.prompt_rendering import render
 
     kept, skipped = [], Counter(prompt_set.skipped)
@@ -192,6 +194,9 @@ def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> P
             length = len(render(tokenizer, prompt).token_ids)
         except ValueError as e:
             raise ConfigError(f"models.policy: {e}") from None
+        except TemplateError as e:  # the template refuses the messages (a role it does not know, an order)
+            skipped[f"refused by the chat template ({e})"] += 1
+            continue
         if max_tokens is not None and length > max_tokens:
             skipped[f"longer than {max_tokens} tokens"] += 1
         else:

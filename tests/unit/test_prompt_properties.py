@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bond.config import ConfigError
-from cluster.config.prompts import PromptFormat, PromptSource, load_prompts
+from bond.records import ChatMessage, Prompt
+from cluster.config.prompts import PromptFormat, PromptSet, PromptSource, fit_to_policy, load_prompts
+from demo.tiny import build_tokenizer
 
 PROPERTY = settings(
     max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -94,7 +96,7 @@ COLUMN = st.sampled_from(
             ),
             max_size=2,
         ),
-        st.none() | st.fixed_dictionaries({"a": st.integers()}),
+        st.none() | st.fixed_dictionaries({"a": st.integers(-(2**63), 2**63 - 1)}),
     ]
 )
 
@@ -129,3 +131,56 @@ def test_unparsable_json_numbers_and_nesting_are_skipped(tmp_path):
 def test_lone_surrogate_escapes_are_skipped(tmp_path):
     got = load_prompts(jsonl(tmp_path, b'{"prompt": "caf\\udce9"}', b'{"prompt": "a", "gt": ["\\ud800"]}'))
     assert [p.text for p in got.prompts] == ["the movie"] and got.skipped == {"not UTF-8": 2}
+
+
+# A template in the manner of many instruct models': roles it does not know, and a conversation that does not
+# alternate user/assistant after an optional system turn, are refused with raise_exception.
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}"
+    "{% if m['role'] == 'system' and not loop.first %}{{ raise_exception('system turn not first') }}{% endif %}"
+    "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+)
+
+
+@pytest.fixture(scope="module")
+def strict_tokenizer():
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = STRICT_TEMPLATE
+    return tokenizer
+
+
+MESSAGES = st.lists(
+    st.builds(
+        ChatMessage, st.sampled_from(["system", "user", "assistant", "bogus", "tool", "User"]), st.text(max_size=8)
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@PROPERTY
+@given(messages=st.lists(MESSAGES, max_size=6), max_tokens=st.none() | st.integers(1, 30))
+def test_chat_rows_are_fitted_or_counted_skips(strict_tokenizer, messages, max_tokens):
+    prompts = tuple(dict.fromkeys(Prompt(messages=tuple(m)) for m in messages)) + (Prompt(text="the movie"),)
+    try:
+        got = fit_to_policy(PromptSet(prompts, {"duplicate": 2}), strict_tokenizer, max_tokens)
+    except ConfigError as e:
+        assert str(e).startswith("prompts.path: no usable prompt"), e
+        return
+    assert len(got.prompts) + sum(got.skipped.values()) == len(prompts) + 2, got.skipped
+
+
+@pytest.mark.bad_input(
+    "chat prompt the policy's chat template refuses (a role it does not know, turns out of order)",
+    "skipped, counted as `refused by the chat template (<its message>)`",
+)
+def test_chat_rows_the_template_refuses_are_skipped(strict_tokenizer):
+    bogus, late_system = (ChatMessage("bogus", "hi"),), (ChatMessage("user", "a"), ChatMessage("system", "b"))
+    prompts = (Prompt(text="the movie"), Prompt(messages=bogus), Prompt(messages=late_system))
+    got = fit_to_policy(PromptSet(prompts), strict_tokenizer, None)
+    assert got.prompts == (Prompt(text="the movie"),)
+    assert got.skipped == {
+        "refused by the chat template (unknown role bogus)": 1,
+        "refused by the chat template (system turn not first)": 1,
+    }
