@@ -102,7 +102,7 @@ def run(job: JobConfig) -> dict:
     from cluster.runtime.ray_system import init_ray, start_system
 
     run_dir = Path(job.run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage.make_run_dir(run_dir)
     preflight.check(job, ray_running=ray.is_initialized())
     prompt_set = preflight.fit_prompts(job, load_prompts(job.prompts))
     for reason, count in prompt_set.skipped.items():

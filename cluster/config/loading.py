@@ -29,8 +29,16 @@ def load_document(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: no such file {path}")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"config: {path} is not valid {kind}: {_one_line(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -49,7 +57,15 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except (RecursionError, yaml.YAMLError) as e:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML: {_one_line(e)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """A parser's multi-line message (YAML marks the place under the line) as one line: the CLI prints one."""
+    return " ".join(str(error).split())
 
 
 def _parse(kind: Any, value: Any, name: str) -> Any:
@@ -78,7 +94,9 @@ def _parse(kind: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected one of {[m.value for m in kind]}, got {value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is Path and isinstance(value, str):
+    if kind is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a path, got {value!r}")
         return Path(value)
     return value  # the dataclass's own validation checks the type and range
 
@@ -92,7 +110,7 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             raise ConfigError(f"{prefix}{dotted}: not a setting: {reason}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
     kwargs = {name: _parse(hints[name], value, prefix + name) for name, value in data.items()}

@@ -99,10 +99,12 @@ def _rows(source: PromptSource) -> list[object]:
             if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except UnicodeDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+                json.dumps(row, ensure_ascii=False).encode("utf-8")  # an escaped lone surrogate ("\\ud800") is no text
+                rows.append(row)
+            except UnicodeError:
                 rows.append(_NOT_UTF8)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON; an integer of over 4300 digits; nesting too deep
                 rows.append(_BAD_JSON)
         return rows
     if source.format is PromptFormat.PARQUET:
@@ -180,8 +182,10 @@ def load_prompts(source: PromptSource) -> PromptSet:
 
 def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> PromptSet:
     """Render every prompt with the policy tokenizer (as the actors will) and skip, counted, those that render to no
-    tokens or to more than max_tokens (the sampler would refuse them mid-run). Chat prompts with a tokenizer that
-    has no chat template are a config error."""
+    tokens or to more than max_tokens (the sampler would refuse them mid-run) and those the chat template refuses.
+    Chat prompts with a tokenizer that has no chat template are a config error."""
+    from jinja2 import TemplateError
+
     from actors.prompt_rendering import render
 
     kept, skipped = [], Counter(prompt_set.skipped)
@@ -190,6 +194,9 @@ def fit_to_policy(prompt_set: PromptSet, tokenizer, max_tokens: int | None) -> P
             length = len(render(tokenizer, prompt).token_ids)
         except ValueError as e:
             raise ConfigError(f"models.policy: {e}") from None
+        except TemplateError as e:  # the template refuses the messages (a role it does not know, an order)
+            skipped[f"refused by the chat template ({e})"] += 1
+            continue
         if length == 0:
             skipped["renders to no tokens"] += 1
         elif max_tokens is not None and length > max_tokens:

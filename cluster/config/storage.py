@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -84,6 +85,17 @@ def with_resolved_run_dir(
 ) -> JobConfig:
     """The same job with run.run_dir absolute (so every later message and config.yaml name the real place)."""
     return dataclasses.replace(job, run=dataclasses.replace(job.run, run_dir=resolve_run_dir(job, environ, cwd)))
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create run.run_dir and write a probe file there: a place the run cannot write (a read-only or virtual
+    file system, a path under a regular file) is refused at start-up, not at the first output after Ray started."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"run.run_dir: cannot write to {run_dir}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def outputs_report(run_dir: Path) -> str:
