@@ -112,7 +112,8 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
+        key = unknown[0] if unknown[0].isidentifier() else repr(unknown[0])  # a key of '\n' stays on the line
+        raise ConfigError(f"{prefix}{key}: unknown field (known: {', '.join(sorted(fields))})")
     kwargs = {name: _parse(hints[name], value, prefix + name) for name, value in data.items()}
     try:
         return cls(**kwargs)

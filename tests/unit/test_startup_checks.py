@@ -131,6 +131,8 @@ def test_entailment_reward_checks(tiny_dir):
 def test_function_reward_that_is_not_there(tiny_dir):
     module = "tests.component.tiny_reward_functions"
     err = refused(tiny_dir, "reward.kind=function", f"reward.path_or_name={module}:nope")
-    assert err == f"reward.path_or_name: function reward '{module}:nope': module '{module}' has no attribute 'nope'", err
+    assert err == f"reward.path_or_name: function reward '{module}:nope': module '{module}' has no attribute 'nope'", (
+        err
+    )
     err = refused(tiny_dir, "reward.kind=function", "reward.path_or_name=json:__name__")
     assert err.endswith("str is not callable"), err
