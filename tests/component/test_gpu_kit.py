@@ -1,22 +1,33 @@
 """bench/gpu_kit.py at tiny sizes on CPU: every measurement is in its JSON with sane values, and the plain torch
-decoder it builds where transformers does not import has Qwen2's parameters (Qwen2.5-0.5B's count at full size)."""
+decoder it builds where transformers does not import has Qwen2's parameters (Qwen2.5-0.5B's count at full size), and
+bench/cost_model.py takes a GPU run's rates from that JSON (and refuses a CPU run's)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+import pytest
 import torch
 
-from bench import gpu_kit
+from bench import cost_model, gpu_kit
 
 QWEN25_05B_PARAMS = 494_032_768  # Qwen/Qwen2.5-0.5B's published parameter count (tied embeddings)
 
 
-def test_cpu_run_reports_every_measurement(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path even on a GPU machine
-    report = gpu_kit.main(["--quick", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "gpu_kit.json").read_text())
+@pytest.fixture(scope="module")
+def kit_run(tmp_path_factory):
+    """(the report main returned, the JSON it wrote) of one tiny CPU run."""
+    out = tmp_path_factory.mktemp("gpu_kit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)  # the CPU path even on a GPU machine
+        report = gpu_kit.main(["--quick", "--out", str(out)])
+    return report, out / "gpu_kit.json"
+
+
+def test_cpu_run_reports_every_measurement(kit_run):
+    report, path = kit_run
+    saved = json.loads(path.read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["device"] == "cpu" and saved["peak_flops"] == 989e12 and "Qwen2ForCausalLM" in saved["model"]
     learner = saved["learner"]
@@ -53,3 +64,26 @@ def test_plain_decoder_has_qwen2_shape(monkeypatch):
     assert tiny_plain(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, gpu_kit.TINY.vocab)
     step = gpu_kit.learner(tiny_plain, gpu_kit.TINY, cpu)
     assert step["tokens_per_s"] > 0 and step["params"] == _params(tiny_hf)
+
+
+def test_cost_model_takes_a_gpu_runs_rates(kit_run, tmp_path, capsys):
+    kit = json.loads(kit_run[1].read_text())
+    kit["device"], kit["learner"]["mfu"], kit["transfer"]["ipc_copy_gbps"] = "NVIDIA H100 80GB HBM3", 0.4, 1500.0
+    path = tmp_path / "gpu_kit.json"
+    path.write_text(json.dumps(kit))
+    hw, note = cost_model.kit_rates(path, cost_model.Hardware())
+    assert hw == cost_model.Hardware(train_mfu=0.4, copy_bytes_per_s=1.5e12)
+    assert "NVIDIA H100" in note and "0.400" in note and "1500 GB/s" in note
+    cost_model.main(["--rates", str(path)])
+    measured = capsys.readouterr().out
+    cost_model.main([])
+    assert measured.startswith(note) and measured.removeprefix(note + "\n") != capsys.readouterr().out
+
+
+@pytest.mark.bad_input("cost_model --rates names a CPU run's JSON or a file that is not the kit's", "exits naming why")
+def test_cost_model_refuses_cpu_or_foreign_rates(kit_run, tmp_path):
+    with pytest.raises(SystemExit, match="measured on CPU"):
+        cost_model.main(["--rates", str(kit_run[1])])
+    (tmp_path / "other.json").write_text('{"learner": {}}')
+    with pytest.raises(SystemExit, match="not a JSON written by bench/gpu_kit.py"):
+        cost_model.main(["--rates", str(tmp_path / "other.json")])
