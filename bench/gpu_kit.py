@@ -3,13 +3,14 @@
 1. learner: forward + backward + AdamW steps of a random Qwen2-0.5B-shaped model (transformers' Qwen2 when it
    imports, else a plain torch decoder of the same shape), bf16 on CUDA: tokens/s and MFU = 6 * params *
    tokens/s over the H100's dense bf16 peak; a 1-rank ZeRO-3 step through learner/deepspeed_engine.py when
-   DeepSpeed and transformers import and CUDA is there, else "not measured".
+   DeepSpeed and transformers import, else "not measured" and why.
 2. transfer: the model's bytes copied on the device (tensor.copy_), a two-process torch.distributed broadcast
    (NCCL on CUDA, which may refuse two ranks on one GPU; gloo on CPU), and a copy by a second process of a
    tensor shared through torch.multiprocessing (CUDA IPC on a GPU, shared memory on CPU), in GB/s.
 3. logprobs: extra peak memory (CUDA) of the project's chunked log-probs (bond.objective.sequence_logprobs)
    against a full-vocabulary fp32 log_softmax over the same logits, and their max abs difference.
-Needs torch only; without CUDA it runs at tiny sizes (as --quick). Prints each result, writes DIR/gpu_kit.json.
+Needs torch only; without CUDA it runs at tiny sizes (as --quick). Prints each result and rewrites
+DIR/gpu_kit.json after each one (a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -276,8 +277,11 @@ def zero3(s: Sizes, device: torch.device, dtype: torch.dtype) -> dict:
     return {"measured": True, "step_s": seconds, "tokens_per_s": s.batch * s.seq / seconds}
 
 
-def _show(name: str, values: dict) -> None:
-    print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+def _record(report: dict, out: Path, key: str, values: dict) -> None:
+    report[key] = values
+    print(f"{key}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_kit.json").write_text(json.dumps(report, indent=1))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -295,20 +299,15 @@ def main(argv: list[str] | None = None) -> dict:
     model, built = build_model(s, device, dtype)
     report: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
                     "dtype": str(dtype).removeprefix("torch."), "model": built, "peak_flops": PEAK_FLOPS}  # fmt: skip
-    _show("kit", report)
-    report["learner"] = learner(model, s, device)
-    _show("learner (single device, AdamW)", report["learner"])
-    report["transfer"] = transfer(model, s, device)
-    _show("transfer", report["transfer"])
+    print(f"kit: {report['device']}, torch {report['torch']}, {report['dtype']}, {built}, peak {PEAK_FLOPS:.3g} FLOP/s")
+    _record(report, args.out, "sizes", asdict(s))
+    _record(report, args.out, "learner", learner(model, s, device))
+    _record(report, args.out, "transfer", transfer(model, s, device))
     del model
-    report["zero3"] = zero3(s, device, dtype)
-    _show("zero3 (1 rank, learner/deepspeed_engine.py)", report["zero3"])
-    report["logprobs"] = logprobs(s, device, dtype)
-    _show("logprobs (chunked vs full log_softmax)", report["logprobs"])
-    report["sizes"], report["seconds"] = asdict(s), time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_kit.json").write_text(json.dumps(report, indent=1))
-    print(f"{args.out / 'gpu_kit.json'} written in {report['seconds']:.1f} s")
+    _record(report, args.out, "logprobs", logprobs(s, device, dtype))
+    _record(report, args.out, "zero3", zero3(s, device, dtype))
+    _record(report, args.out, "done", {"seconds": time.perf_counter() - t0})
+    print(f"wrote {args.out / 'gpu_kit.json'}")
     return report
 
 
