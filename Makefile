@@ -19,7 +19,7 @@ CPU_VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_ENABLE_V1_MULTIPROCESSING=$${VLLM_ENABLE_V1_MULTIPROCESSING:-0} \
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 
-.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-quick test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model
+.PHONY: shape compare pareto summary summary-world install install-gpu run test test-unit test-quick test-gpu bench bench-system bench-trl lint tiny clean prometheus grafana-dashboard dashboard-screenshot test-monitoring monitor soak topology cost-model gpu-kit
 
 install: $(STAMP)
 
@@ -99,6 +99,13 @@ $(TRL_STAMP):
 # GPU cluster planning: seconds per phase and prompts/s for 0.5B/7B layouts (bench/cost_model.py)
 cost-model: install
 	$(BIN)/python -m bench.cost_model
+
+# The GPU kit (bench/gpu_kit.py, docs/gpu.md 5): learner MFU, weight copy/broadcast GB/s, chunked log-prob memory
+# -> runs/gpu_kit/gpu_kit.json (GPU_KIT_ARGS: e.g. --out DIR). Installs nothing (a lent GPU machine has torch and
+# no network): .venv-gpu's python if it is built, else the system one. Tiny sizes without CUDA.
+GPU_KIT_ARGS ?=
+gpu-kit:
+	$(if $(wildcard $(GPU_BIN)/python),$(GPU_BIN)/python,$(PY)) -m bench.gpu_kit $(GPU_KIT_ARGS)
 
 # 20-minute pipelined run watching every process's RSS and the object store: runs/soak/soak.{csv,png}
 soak: install tiny

@@ -17,6 +17,10 @@ the policy, Python overheads. It is a planning tool, not a promise.
 `--check stats.jsonl [pipelined-stats.jsonl]`: the overlap rule checked against measured phases. From a
 sync run's per-phase seconds it predicts the pipelined step time as max(sample + score, learn + sync) and,
 given a pipelined run of the same job, prints the measured step time beside it.
+
+`--rates gpu_kit.json`: the rates a `python -m bench.gpu_kit` run measured on a GPU replace the guesses: the
+learner's MFU (a 0.5 B model on one device) and the device-local copy rate (CUDA IPC) of the colocated sync.
+The other rates stay the documented estimates above.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Hardware:
     train_mfu: float = 0.35
     prefill_mfu: float = 0.5
     decode_bandwidth_efficiency: float = 0.6
+    copy_bytes_per_s: float | None = None  # device-local weight copy (colocated sync); None: the HBM rate
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,9 @@ def phase_seconds(model: Model, work: Workload, hw: Hardware, lay: Layout) -> di
     # network between nodes. Colocated: a device-local copy (CUDA IPC), plus putting the engines to sleep and
     # waking them (weights out to the host and back over PCIe; the KV cache is dropped, not copied).
     if lay.colocated:
-        sync = 2 * weight_bytes / hw.hbm_bytes_per_s + 2 * weight_bytes / (lay.tensor_parallel * hw.pcie_bytes_per_s)
+        sync = 2 * weight_bytes / (hw.copy_bytes_per_s or hw.hbm_bytes_per_s) + 2 * weight_bytes / (
+            lay.tensor_parallel * hw.pcie_bytes_per_s
+        )
     else:
         crosses_nodes = lay.gpus > hw.gpus_per_node
         link = hw.network_bytes_per_s if crosses_nodes else hw.nvlink_bytes_per_s
@@ -213,6 +220,22 @@ def check(sync_stats: Path, pipelined_stats: Path | None, skip: int) -> str:
     return "\n".join(out)
 
 
+def kit_rates(path: Path, hw: Hardware) -> tuple[Hardware, str]:
+    """hw with the learner MFU and device-local copy rate a bench/gpu_kit.py run measured on a GPU."""
+    try:
+        kit = json.loads(path.read_text())
+        device, mfu, transfer = kit["device"], float(kit["learner"]["mfu"]), kit["transfer"]
+        copy = float(transfer["ipc_copy_gbps"] or transfer["device_copy_gbps"]) * 1e9
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--rates {path}: not a JSON written by bench/gpu_kit.py ({type(e).__name__}: {e})") from None
+    if device == "cpu":
+        raise SystemExit(
+            f"--rates {path}: measured on CPU (the kit's tiny run); the cost model needs a GPU run's rates"
+        )
+    note = f"rates measured on {device} ({path}): train MFU {mfu:.3f}, device-local copy {copy / 1e9:.0f} GB/s"
+    return replace(hw, train_mfu=mfu, copy_bytes_per_s=copy), note
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.cost_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="STATS_JSONL",
         help="a sync run's stats.jsonl [and a pipelined run's]: check the overlap rule",
     )
+    parser.add_argument(
+        "--rates", type=Path, metavar="GPU_KIT_JSON", help="bench/gpu_kit.py's JSON from a GPU (overrides --train-mfu)"
+    )
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps to ignore with --check")
     args = parser.parse_args(argv)
     if args.check:
@@ -237,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     hw = Hardware(train_mfu=args.train_mfu)
     if args.gpu == "h200":
         hw = replace(hw, hbm_bytes_per_s=4.8e12)
+    if args.rates:
+        hw, note = kit_rates(args.rates, hw)
+        print(note)
     print(table(Workload(args.prompts, prompt_tokens=args.prompt_tokens, completion_tokens=args.completion_tokens), hw))
 
 
