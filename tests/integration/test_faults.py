@@ -94,11 +94,12 @@ def main_argv(tmp_path: Path, tiny_dir: Path, **overrides) -> list[str]:
 
 class KillInside(threading.Thread):
     """SIGKILLs the process of the live actor matched while the driver's main thread is inside `function` for
-    the `nth` time: the stack is polled every millisecond, so the kill lands in the middle of that call."""
+    the `nth` time: the stack is polled every millisecond, so the kill lands in the middle of that call. With
+    `pause`, the process of the actor it matches is SIGSTOPped just before (and left so)."""
 
-    def __init__(self, function: str, nth: int, match):
+    def __init__(self, function: str, nth: int, match, pause=None):
         super().__init__(daemon=True)
-        self.function, self.nth, self.match, self.killed, self.at = function, nth, match, [], None
+        self.function, self.nth, self.match, self.pause, self.killed, self.at = function, nth, match, pause, [], None
 
     def inside(self) -> bool:
         frame = sys._current_frames().get(threading.main_thread().ident)
@@ -107,10 +108,10 @@ class KillInside(threading.Thread):
         return frame is not None
 
     def run(self) -> None:
-        deadline, target = time.monotonic() + 240, None
+        deadline, target, paused = time.monotonic() + 240, None, None
         while target is None and time.monotonic() < deadline:  # the state API takes too long to ask mid-call
             try:
-                target = alive_pid(self.match)
+                target, paused = alive_pid(self.match), self.pause and alive_pid(self.pause)
             except AssertionError:  # not started yet
                 time.sleep(0.5)
         entries, was_inside = 0, False
@@ -120,6 +121,8 @@ class KillInside(threading.Thread):
             was_inside = now
             time.sleep(0.001)
         if target and entries == self.nth:
+            if paused:
+                os.kill(paused[1], signal.SIGSTOP)
             os.kill(target[1], signal.SIGKILL)
             self.killed.append(target[0])
             self.at = time.monotonic()
@@ -223,13 +226,15 @@ def exit_code(argv: list[str]) -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_learner_rank_killed_mid_push_stops_the_job_in_seconds(metrics_ray, tiny_dir, tmp_path, capfd, transport):
-    """Rank 1 of a ZeRO-3 learner dies while rank 0 gathers the buckets the driver is pushing (on GPU rank 0 would
-    wait in its collective until learner.timeout_s, 30 min): the job ends within seconds, in one line. Over the
-    collective, the engines are left waiting in their broadcast for rank 0; they must not hold up the exit."""
+    """Rank 1 of a ZeRO-3 learner dies while rank 0 gathers the buckets the driver is pushing: the job ends within
+    seconds, in one line. Rank 0 is paused (SIGSTOP) as it is, from the driver's side, when it waits in an NCCL
+    collective for the dead rank until learner.timeout_s (30 min), where gloo fails at once. Over the collective,
+    the engines are left waiting in their broadcast for rank 0; they must not hold up the exit."""
     sets = {"run.steps": 4, "run.checkpoint_every": 1, "resources.learner_ranks": 2, "learner.zero_stage": 3}
     sets["run.weight_sync"] = transport
     push = "push_weights_collective" if transport == "collective" else "push_weights"
-    killer = KillInside(push, 2, lambda a: (a.name or "").endswith("-learner-1"))
+    rank_0, rank_1 = (lambda a, r=r: (a.name or "").endswith(f"-learner-{r}") for r in (0, 1))
+    killer = KillInside(push, 2, rank_1, pause=rank_0)
     killer.start()
     code, ended = exit_code(main_argv(tmp_path, tiny_dir, **sets)), time.monotonic()
     err = error_lines(capfd)
