@@ -230,7 +230,7 @@ class RayLearnerGroup:
         surviving rank failing first in a collective with the dead one: gloo's 'Connection reset by peer'), a rank
         Ray's state API reports not alive within DEATH_GRACE_S."""
         ids = [r._actor_id.hex() for r in self.ranks]
-        named = getattr(error, "actor_id", None)  # only a RayActorError names its actor
+        named = getattr(error, "actor_id", None) or getattr(error.__cause__, "actor_id", None)  # a RayActorError
         if named:
             return (
                 LearnerDiedError(ids.index(named), first_line(error), self._last_checkpoint) if named in ids else None
