@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from actors.weight_broadcast import GroupAddress, WeightGroup
 from actors.weight_flat import FlatUpdate
@@ -18,6 +18,7 @@ from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Role, StepStats
 from cluster.config.job import JobConfig, SamplerBackend
 from cluster.core import SyncReport
+from cluster.runtime.components import WeightSyncError
 from cluster.runtime.ports import free_port
 from cluster.runtime.samplers import Fleet, actor_state
 from cluster.runtime.weight_sync import (
@@ -29,6 +30,9 @@ from cluster.runtime.weight_sync import (
 )
 from cluster.training.failures import CheckpointWriteError, LearnerDiedError, first_line
 from learner.learner import Learner
+
+# A surviving rank's collective fails as its peer dies, and Ray may mark the dead actor only after that failure.
+DEATH_GRACE_S = 5.0
 
 
 class LearnerRank(Learner):
@@ -192,8 +196,9 @@ class RayLearnerGroup:
                 report = push_weights(self.ranks, targets, role)
                 for j in followers:
                     held[Role.ANCHOR][j] = report.version
-        except RayActorError as e:
-            self._raise_if_learner(e)
+        except (RayError, WeightSyncError) as e:
+            if (death := self._learner_death(e)) is not None:
+                raise death from None
             raise
         for i in indices:
             held[role][i] = report.version
@@ -220,17 +225,25 @@ class RayLearnerGroup:
             self.ranks, self.fleet.actors[role], role, self._group_backend, self.job.run.weight_sync_timeout_s
         )
 
-    def _raise_if_learner(self, error: RayActorError) -> None:
+    def _learner_death(self, error: Exception) -> LearnerDiedError | None:
+        """The learner death behind a failure, if any: the rank the error names, or, where it names no actor (a
+        surviving rank failing first in a collective with the dead one: gloo's 'Connection reset by peer'), a rank
+        Ray's state API reports not alive within DEATH_GRACE_S."""
         ids = [r._actor_id.hex() for r in self.ranks]
-        dead = (
-            [ids.index(error.actor_id)]
-            if error.actor_id in ids
-            else []
-            if error.actor_id
-            else [r for r, actor_id in enumerate(ids) if getattr(actor_state(actor_id), "state", None) != "ALIVE"]
-        )
-        if dead:
-            raise LearnerDiedError(dead[0], first_line(error), self._last_checkpoint) from None
+        named = getattr(error, "actor_id", None) or getattr(error.__cause__, "actor_id", None)  # a RayActorError
+        if named:
+            return (
+                LearnerDiedError(ids.index(named), first_line(error), self._last_checkpoint) if named in ids else None
+            )
+        deadline = time.monotonic() + DEATH_GRACE_S
+        while True:
+            states = [getattr(actor_state(actor_id), "state", None) for actor_id in ids]
+            dead = [r for r, state in enumerate(states) if state != "ALIVE"]
+            if dead:
+                return LearnerDiedError(dead[0], f"Ray reports its actor {states[dead[0]]}", self._last_checkpoint)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
 
     def _on_learner(self, refs: list) -> list:
         """The ranks' results. A rank that dies stops the job at once: the others may be blocked in a collective
@@ -242,6 +255,10 @@ class RayLearnerGroup:
                 ray.get(done[0])
             except RayActorError as e:
                 raise LearnerDiedError(refs.index(done[0]), first_line(e), self._last_checkpoint) from None
+            except RayError as e:
+                if (death := self._learner_death(e)) is not None:
+                    raise death from None
+                raise
         return ray.get(refs)
 
     def save(self, directory: Path, extra: dict, sha256: bool = True) -> None:

@@ -18,7 +18,7 @@ partial update), and so is a peer that is gone (a clear WeightSyncError within t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ray
 
@@ -49,17 +49,30 @@ def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncR
     t0 = time.perf_counter()
     streams = [rank.weights.options(num_returns="streaming").remote(role) for rank in learner_ranks]
     buckets, confirmed = 0, []
-    for bucket_ref in streams[0]:  # rank 0 yields (WeightUpdate) buckets; other ranks join the gathers
+    for bucket_ref in _buckets(streams):
         confirmed = ray.get([actor.load_weights.remote(bucket_ref) for actor in actors])
         buckets += 1
-    for stream in streams[1:]:
-        for ref in stream:
-            ray.get(ref)  # surface errors of the other ranks
     num_bytes = ray.get(learner_ranks[0].last_export_bytes.remote())
     version = confirmed_version(role, confirmed, ray.get(learner_ranks[0].version.remote(role)), buckets)
     return SyncReport(
         role=role, version=version, buckets=buckets, num_bytes=num_bytes, seconds=time.perf_counter() - t0
     )
+
+
+def _buckets(streams: list) -> Iterator[ray.ObjectRef]:
+    """Rank 0's buckets as they come, every rank's stream watched meanwhile: a rank that dies fails its own stream
+    at once, while the ranks waiting for it in a collective (a ZeRO-3 gather) would fail only at learner.timeout_s
+    (30 min). The other ranks yield nothing (they join the gathers); an error of theirs is raised here."""
+    waiting = list(streams)
+    while waiting:
+        for stream in ray.wait(waiting, num_returns=1, fetch_local=False)[0]:  # the driver never holds a bucket
+            ref = next(stream, None)
+            if ref is None:
+                waiting.remove(stream)
+            elif stream is streams[0]:
+                yield ref
+            else:
+                ray.get(ref)
 
 
 def open_weight_group(learner_ranks: Sequence, actors: Sequence, role: Role, backend: str, timeout_s: float) -> None:

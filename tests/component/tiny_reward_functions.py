@@ -34,3 +34,9 @@ def matches_ground_truth(prompt: str, completion: str, ground_truth: str) -> flo
 def counts_columns(prompt: str, completion: str, **columns) -> float:
     """Takes every extra column of the row: the reward is how many there are."""
     return float(len(columns))
+
+
+def slow_review(prompt: str, completion: str) -> float:
+    """The tiny task's label, 0.1 s a sample: a scoring call long enough to be interrupted (tests/integration)."""
+    time.sleep(0.1)
+    return review_score(f"{prompt} {completion}")
