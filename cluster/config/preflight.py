@@ -34,6 +34,7 @@ def check(job: JobConfig, *, ray_running: bool = False) -> None:
     if job.algorithm.algorithm is Algorithm.GKD:
         check_teacher(job.algorithm.gkd_teacher, job.models.policy)
     check_policy(job)
+    check_context(job.engine.max_model_len, Path(job.models.policy).expanduser() / "config.json")
     address = job.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_ray_address("run.ray_address" if job.run.ray_address else "RAY_ADDRESS", address)
@@ -80,6 +81,27 @@ def check_reward(spec: RewardSpec) -> None:
             _as_config_error("reward.path_or_name", check_one_logit, spec.path_or_name, config)
         else:
             _as_config_error("reward.path_or_name", entailment_index, config.id2label)
+
+
+# The keys vLLM derives a model's context from (the smallest present wins), as its engine does at start-up.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+
+
+def check_context(max_model_len: int | None, config_file: Path) -> None:
+    """engine.max_model_len within a local policy's context: vLLM refuses a longer one once the engines start (the
+    hf backend would index past learned positions). A RoPE-scaled context, model_max_length and vLLM's
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN override are the engine's to judge."""
+    if max_model_len is None or not config_file.is_file() or os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        return
+    config = json.loads(config_file.read_text())
+    lengths = [config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int)]
+    if config.get("rope_scaling") or "model_max_length" in config or not lengths:
+        return
+    if max_model_len > min(lengths):
+        raise ConfigError(
+            f"engine.max_model_len: {max_model_len} is longer than the policy's context ({min(lengths)} positions "
+            f"in {config_file})"
+        )
 
 
 def check_policy(job: JobConfig) -> None:

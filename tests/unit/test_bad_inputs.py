@@ -215,6 +215,17 @@ def test_micro_batch_that_does_not_divide_the_share(capsys):
 
 
 @pytest.mark.bad_input(
+    "engine.max_model_len longer than the policy's context (its config.json's positions)",
+    "config error: engine.max_model_len",
+)
+def test_max_model_len_beyond_the_policy_context(capsys, tiny_dir):
+    positions = json.loads((tiny_dir / "policy" / "config.json").read_text())["max_position_embeddings"]
+    policy = f"models.policy={tiny_dir / 'policy'}"
+    err = start_fails(capsys, policy, f"engine.max_model_len={positions + 1}")
+    assert err.startswith(f"engine.max_model_len: {positions + 1} is longer than the policy's context ({positions} ")
+
+
+@pytest.mark.bad_input(
     "pipelined run.pipeline_depth beyond run.max_staleness (every step's samples redrawn)",
     "config error: run.pipeline_depth",
 )
