@@ -58,6 +58,23 @@ def test_the_sampled_rows_are_read_and_the_summary_names_when_each_flag_fired():
     ]
 
 
+# The default job's sampled evaluations (step, reward, tokens, corr(reward, length)): runs/local/eval.jsonl of
+# `python -m cluster.main --config configs/local.yaml` (80 steps, deterministic). It trains honestly (reward up,
+# length 6.6 -> 7.5 tokens, correlation at most 0.35) and must raise no flag; its run printed no warning.
+DEFAULT_JOB = [
+    row(0, -0.4329, 6.5833, -0.3023),
+    row(20, -0.0420, 6.1806, -0.1136),
+    row(40, 0.0259, 6.7500, 0.1841),
+    row(60, 0.6922, 6.3750, 0.3525),
+    row(80, 0.7673, 7.5000, 0.2994),
+]
+
+
+def test_quiet_on_the_default_job():
+    for k in range(1, len(DEFAULT_JOB) + 1):
+        assert hacking.hack_flags(DEFAULT_JOB[:k]) == {}, k
+
+
 def test_faithfulness_is_the_worlds_literal_label():
     prompt = summary_world.prompt("the plot was dull and the music was great .")
     assert summary_world.faithfulness(prompt, "the plot was dull .") == 1.0
