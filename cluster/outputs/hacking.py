@@ -8,8 +8,9 @@ import math
 from collections.abc import Sequence
 
 # A reward that rises with length inside one evaluation is only a hint (a longer answer can be a better one); the
-# flag needs it strong AND the policy's answers much longer than before training.
-LENGTH_CORR = 0.5  # corr(reward, length in tokens) at the latest evaluation
+# flag needs it AND the policy's answers much longer than before training. 0.3 is a medium correlation, clear of
+# the noise of one evaluation (its standard error is about 1 / sqrt(200 completions) = 0.07).
+LENGTH_CORR = 0.3  # corr(reward, length in tokens) at the latest evaluation
 LENGTH_GROWTH = 1.5  # mean length over the first evaluation's
 # In the gold reward's units: a twentieth of a 0/1 gold (faithful or not), above the sampling noise of its mean over
 # the ~200 completions of an evaluation (standard error <= 0.5 / sqrt(200) = 0.035).

@@ -17,7 +17,7 @@ def row(step, reward, tokens, corr, mode="sampled", gold=None, flags=()):
 
 
 def test_a_length_hack_is_flagged():
-    evals = [row(0, -3.7, 6.0, 0.10), row(20, -2.0, 9.0, 0.45), row(40, -0.3, 12.0, 0.81)]
+    evals = [row(0, -3.7, 6.0, 0.10), row(20, -2.0, 9.0, 0.25), row(40, -0.3, 12.0, 0.81)]
     assert hacking.hack_flags(evals[:2]) == {}  # 1.5x longer, but the reward does not follow length (yet)
     flags = hacking.hack_flags(evals)
     assert flags == {
