@@ -22,12 +22,14 @@ from pathlib import Path
 
 from bench.pareto import build_job
 from bench.pareto_report import mean_se
+from cluster.outputs import hacking
 
 METRICS = ("reward", "kl_ref", "faithful", "contradiction", "neutral", "malformed", "copy_rate", "words")
 
 
 def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dict, list[tuple[str, str]]]:
     from bond.records import Role
+    from cluster.training.evaluation import correlation
     from demo.summary_world import summary_stats
 
     settings = dataclasses.replace(job.sampling, seed=(1 << 41) + seed * 1_000_003 + step)  # apart from training's
@@ -37,8 +39,13 @@ def evaluate(system, job, prompts: list[str], step: int, seed: int) -> tuple[dic
     kl = system.learner.kl_to_reference(completions)
     texts = [c.text.strip() for c in completions]
     stats = summary_stats([p for p in prompts for _ in range(k)], texts)
+    lengths = [len(c.token_ids) for c in completions]
     row = {
         "step": step,
+        "mode": "sampled",  # the columns cluster/outputs/hacking.py reads, as in eval.jsonl
+        "tokens": statistics.fmean(lengths),
+        "reward_length_corr": correlation(rewards, lengths),
+        "gold_reward": stats.faithful,  # the mean of eval.gold_reward (demo.summary_world:faithfulness)
         "reward": statistics.fmean(rewards),
         "kl_ref": kl.sampled.mean().item(),
         "kl_ref_tokenwise": kl.tokenwise.mean().item(),
@@ -69,7 +76,11 @@ def run_seed(config: Path, overrides: list[str], seed: int) -> dict:
         def on_step(rec) -> None:
             if evaluation.due(rec.state.step, job.eval, job.run.steps):
                 row, shown["after"] = evaluate(system, job, heldout, rec.state.step, seed)
-                rows.append(row)
+                flags = hacking.hack_flags([*rows, row])
+                fired = {f for r in rows for f in r.get("flags", ())}
+                for warning in (w for name, w in flags.items() if name not in fired):
+                    print(f"  seed {seed} step {row['step']:3d}: warning: {warning}", flush=True)
+                rows.append({**row, "flags": sorted(flags)})
                 print(
                     f"  seed {seed} step {row['step']:3d}: reward {row['reward']:+.3f}  faithful "
                     f"{row['faithful']:.2f}  copy {row['copy_rate']:.2f}  words {row['words']:.1f}  "
@@ -98,6 +109,7 @@ def markdown(results: list[dict], command: str, minutes: float) -> str:
     for key in METRICS:
         (b, bs), (a, as_) = mean_se([r[key] for r in first]), mean_se([r[key] for r in last])
         out.append(f"| {key} | {b:.3f} ± {bs:.3f} | {a:.3f} ± {as_:.3f} |")
+    out += ["", *(f"seed {r['seed']}: {w}" for r in results for w in hacking.summary(r["eval"]))]
     shown = results[0]["shown"]
     out += ["", "Samples (seed 0, one per source):", ""]
     for when in ("before", "after"):

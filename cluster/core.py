@@ -146,6 +146,8 @@ class EvalResult:
     distinct_1: float | None = None  # distinct token 1-grams / all of them, over the completions
     distinct_2: float | None = None  # the same for 2-grams within each completion
     reward_length_corr: float | None = None  # Pearson correlation of reward with length in tokens (nan: constant)
+    gold_reward: float | None = None  # eval.gold_reward's mean over the completions (never trained on)
+    proxy_minus_gold: float | None = None  # reward - gold_reward: a widening gap is the proxy being hacked
 
     def row(self) -> dict:
         """The eval.jsonl row (samples left out: they go to the trackers' tables; nan and inf written as null)."""

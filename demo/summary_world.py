@@ -191,3 +191,9 @@ def summary_stats(prompts: Sequence[str], summaries: Sequence[str]) -> SummarySt
         copy_rate=copies / n,
         words=sum(len(s.split()) for s in summaries) / n,
     )
+
+
+def faithfulness(prompt: str, completion: str) -> float:
+    """A function reward (eval.gold_reward "demo.summary_world:faithfulness"): 1 for a summary the source entails
+    literally, else 0; the truth the learned NLI reward stands in for."""
+    return float(label(parse(source_of(prompt)) or (), completion) == "entailment")

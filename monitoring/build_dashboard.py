@@ -22,6 +22,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 RUN = '{run=~"$run"}'
 APP = '{app=~"$reward_app"}'  # the reward service's own metrics
 SERVE = '{application=~"$reward_app"}'  # Ray Serve's built-in metrics name the same thing `application`
+SAMPLED = '{run=~"$run", mode="sampled"}'  # the evaluation's sampled completions (KL and hacking monitors)
 RATE = "[$__rate_interval]"
 # Ray drops a gauge from its endpoint two report intervals (default 2 x 10 s) after its last set(), even while
 # the process lives; a J-BOND step can take longer, so raw gauges would show gaps between steps. Holding the
@@ -118,6 +119,47 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
             Panel("Gradient norm (before clipping)", ((f"avg by (run) ({held('ray_jbond_grad_norm')})", "{{run}}"),)),
             Panel("Learning rate", ((f"avg by (run) ({held('ray_jbond_lr')})", "{{run}}"),)),
+        ),
+    ),
+    (
+        "Against Best-of-N, and reward hacking (at each evaluation)",
+        (
+            Panel("Held-out reward", ((f"avg by (run, mode) ({held('ray_jbond_eval_reward')})", "{{run}} {{mode}}"),)),
+            Panel(
+                "Effective N",
+                ((f"avg by (run) ({held('ray_jbond_eval_effective_n', SAMPLED)})", "{{run}}"),),
+                description="The N whose Best-of-N KL bound log N − (N−1)/N is the policy's KL(π ‖ ref).",
+            ),
+            Panel(
+                "Best-of-N gap",
+                ((f"avg by (run) ({held('ray_jbond_eval_bon_gap', SAMPLED)})", "{{run}}"),),
+                description="Held-out reward minus the reference's Best-of-N curve at the policy's KL (alert "
+                "JBondBelowBestOfN). Missing beyond the curve's last N.",
+            ),
+            Panel(
+                "Completion length (tokens) and distinct-n",
+                (
+                    (f"avg by (run, mode) ({held('ray_jbond_eval_tokens')})", "{{run}} {{mode}} tokens"),
+                    (f"avg by (run) ({held('ray_jbond_eval_distinct_1', SAMPLED)})", "{{run}} distinct-1"),
+                    (f"avg by (run) ({held('ray_jbond_eval_distinct_2', SAMPLED)})", "{{run}} distinct-2"),
+                ),
+                description="Length growing and distinct-n falling are the usual shapes of a reward hack.",
+            ),
+            Panel(
+                "corr(reward, length)",
+                ((f"avg by (run) ({held('ray_jbond_eval_reward_length_corr', SAMPLED)})", "{{run}}"),),
+                "none",
+                "Pearson correlation of reward with completion length inside one evaluation.",
+            ),
+            Panel(
+                "Gold reward (eval.gold_reward)",
+                (
+                    (f"avg by (run) ({held('ray_jbond_eval_gold_reward', SAMPLED)})", "{{run}} gold"),
+                    (f"avg by (run) ({held('ray_jbond_eval_proxy_minus_gold', SAMPLED)})", "{{run}} proxy − gold"),
+                ),
+                description="A reward never trained on; gold falling while the proxy rises is a hack (alert "
+                "JBondGoldFallingWhileProxyRises). Empty without eval.gold_reward.",
+            ),
         ),
     ),
     (

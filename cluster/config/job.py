@@ -341,6 +341,10 @@ class EvalConfig:
     """Reference samples m per held-out prompt for the reference's Best-of-N curve (N = 1 .. m/2), drawn once at
     the first evaluation and kept in the run dir: each sampled evaluation is placed against it (effective N, the
     Best-of-N gap). 0: no curve."""
+    gold_reward: RewardSpec | None = None
+    """A second reward (kind, path_or_name as in `reward`) scored on the evaluation completions only, in the driver,
+    never trained on: eval.jsonl reports gold_reward and proxy_minus_gold, and a gold that falls while the
+    trained-on (proxy) reward rises is flagged as reward hacking."""
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -31,6 +31,8 @@ def check(job: JobConfig, *, ray_running: bool = False) -> None:
     session (its Serve proxy may own reward.http_port), so the port is not checked."""
     check_model("models.policy", job.models.policy, need_pad=False)
     check_reward(job.reward)
+    if job.eval.gold_reward is not None:
+        check_reward(job.eval.gold_reward, "eval.gold_reward")
     if job.algorithm.algorithm is Algorithm.GKD:
         check_teacher(job.algorithm.gkd_teacher, job.models.policy)
     check_policy(job)
@@ -53,23 +55,23 @@ def _as_config_error(field: str, check: Callable, *args) -> None:
         raise ConfigError(f"{field}: {e}") from None
 
 
-def check_reward(spec: RewardSpec) -> None:
+def check_reward(spec: RewardSpec, section: str = "reward") -> None:
     """The module and callable of a function reward; the directory, tokenizer and labels of a local model."""
     if spec.kind is RewardKind.FUNCTION:
         module = spec.path_or_name.partition(":")[0]
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError) as e:  # a parent package that is missing or broken
-            raise ConfigError(f"reward.path_or_name: cannot import {module!r}: {e}") from None
+            raise ConfigError(f"{section}.path_or_name: cannot import {module!r}: {e}") from None
         if not found:
-            raise ConfigError(f"reward.path_or_name: no module {module!r} on the Python path")
+            raise ConfigError(f"{section}.path_or_name: no module {module!r} on the Python path")
         from reward_service.function import load_function
 
-        _as_config_error("reward.path_or_name", load_function, spec.path_or_name)
+        _as_config_error(f"{section}.path_or_name", load_function, spec.path_or_name)
         return
-    check_model("reward.path_or_name", spec.path_or_name, need_pad=True)
+    check_model(f"{section}.path_or_name", spec.path_or_name, need_pad=True)
     if spec.premise_pattern is not None:
-        _as_config_error("reward.premise_pattern", re.compile, spec.premise_pattern)
+        _as_config_error(f"{section}.premise_pattern", re.compile, spec.premise_pattern)
     if Path(spec.path_or_name).expanduser().is_dir():
         from transformers import AutoConfig
 
@@ -78,9 +80,9 @@ def check_reward(spec: RewardSpec) -> None:
 
         config = AutoConfig.from_pretrained(Path(spec.path_or_name).expanduser())
         if spec.kind is RewardKind.LEARNED:
-            _as_config_error("reward.path_or_name", check_one_logit, spec.path_or_name, config)
+            _as_config_error(f"{section}.path_or_name", check_one_logit, spec.path_or_name, config)
         else:
-            _as_config_error("reward.path_or_name", entailment_index, config.id2label)
+            _as_config_error(f"{section}.path_or_name", entailment_index, config.id2label)
 
 
 # The keys vLLM derives a model's context from (the smallest present wins), as its engine does at start-up.

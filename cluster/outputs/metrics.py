@@ -45,6 +45,8 @@ _EVAL_GAUGES = {
     "distinct_1": "jbond_eval_distinct_1",
     "distinct_2": "jbond_eval_distinct_2",
     "reward_length_corr": "jbond_eval_reward_length_corr",
+    "gold_reward": "jbond_eval_gold_reward",
+    "proxy_minus_gold": "jbond_eval_proxy_minus_gold",
 }
 assert set(_EVAL_GAUGES) <= {f.name for f in fields(EvalResult)}
 

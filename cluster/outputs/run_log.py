@@ -19,7 +19,7 @@ from bond.records import Role, ScoredCompletion
 from cluster.config import loading, storage
 from cluster.config.job import JobConfig
 from cluster.core import EvalResult, StepRecord
-from cluster.outputs import report
+from cluster.outputs import hacking, report
 from cluster.outputs.episodes import EpisodeWriter
 from cluster.outputs.tracking import Trackers
 
@@ -31,6 +31,8 @@ _EVAL_SCALARS = (
     "distinct_1",
     "distinct_2",
     "reward_length_corr",
+    "gold_reward",
+    "proxy_minus_gold",
 )
 _NOT_SCALARS = {"step"}  # StepStats fields that are the x axis, not a curve
 _NAMES = {
@@ -122,9 +124,17 @@ class RunLog:
             self._bar = None
 
     def evaluation(self, results: Sequence[EvalResult]) -> None:
+        """eval.jsonl rows with the hacking flags they raise (a `warning:` line the first time each fires)."""
+        earlier = report.read_stats(self.eval_path)
+        rows = [r.row() for r in results]
+        flags = hacking.hack_flags([*earlier, *rows])
         with open(self.eval_path, "a") as f:
-            for r in results:
-                f.write(json.dumps(r.row()) + "\n")
+            for row in rows:
+                f.write(json.dumps({**row, "flags": sorted(flags)}) + "\n")
+        fired = {name for r in earlier for name in r.get("flags", ())}
+        for name, warning in flags.items():
+            if name not in fired:
+                self.note(f"warning: {warning}")
         for r in results:
             values = {
                 f"eval/{r.mode}/reward": r.reward,
@@ -147,6 +157,7 @@ class RunLog:
         if (curve := self.run_dir / report.BON_CURVE_FILE).exists():
             report.plot_bon(evals, json.loads(curve.read_text()), self.run_dir / "plots")
         tables = [report.summary_table(rows)] + ([eval_table(evals)] if evals else [])
+        tables += ["\n".join(warnings)] if (warnings := hacking.summary(evals)) else []
         (self.run_dir / "summary.txt").write_text("\n\n".join(self._shown + tables) + "\n")
         print("\n" + "\n\n".join(tables), flush=True)
         print("\n" + storage.outputs_report(self.run_dir), flush=True)

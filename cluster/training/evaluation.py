@@ -1,7 +1,8 @@
 """Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref),
 and the Best-of-N curve of the reference that every trained policy is compared with: drawn once per run, each
 sampled evaluation reports its effective N and Best-of-N gap (bond.bon_frontier), beside reward-hacking
-monitors (completion length, distinct-1/2 over token ids, the reward-length correlation).
+monitors (completion length, distinct-1/2 over token ids, the reward-length correlation) and, with
+eval.gold_reward, a second reward the policy never trains on (cluster/outputs/hacking.py reads them).
 
 KL(pi || ref) is estimated on the sampled completions as the mean over completions of
 sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)] (`kl_ref`: k1, the estimator of every method's
@@ -19,6 +20,7 @@ no-grad, so a run with evaluation trains exactly as one without.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -38,7 +40,9 @@ from cluster.config.job import EvalConfig, JobConfig
 from cluster.config.prompts import PromptSet, load_prompts
 from cluster.core import EvalResult
 from cluster.outputs.report import BON_CURVE_FILE
+from cluster.runtime.components import reward_prompts
 from cluster.training.seeds import bon_curve_seed, eval_seed
+from reward_service.spec import RewardSpec, build_reward_model
 
 SAMPLE_ROWS = 8  # (prompt, completion, reward) rows kept per mode for the trackers' sample tables
 
@@ -118,7 +122,8 @@ def evaluate(
                 **frontier,
                 distinct_1=distinct_n([c.token_ids for c in completions], 1),
                 distinct_2=distinct_n([c.token_ids for c in completions], 2),
-                reward_length_corr=_correlation(rewards, lengths),
+                reward_length_corr=correlation(rewards, lengths),
+                **_gold(cfg.gold_reward, completions, rewards),
             )
         )
     return results
@@ -134,6 +139,19 @@ def _kl_fields(est) -> dict[str, float]:
     }
 
 
+def _gold(spec: RewardSpec | None, completions: Sequence, rewards: Sequence[float]) -> dict[str, float]:
+    """The gold reward's mean over the completions and the trained-on reward's lead over it (none without one)."""
+    if spec is None:
+        return {}
+    gold = statistics.fmean(_gold_model(spec).score(reward_prompts(completions), [c.text for c in completions]))
+    return {"gold_reward": gold, "proxy_minus_gold": statistics.fmean(rewards) - gold}
+
+
+@functools.cache  # built once per run in the driver: evaluation samples are few, no service needed
+def _gold_model(spec: RewardSpec):
+    return build_reward_model(spec)
+
+
 def _frontier(reward: float, kl: float, curve: Sequence[BonPoint] | None) -> dict[str, float]:
     """Effective N of the policy's KL (the lower-variance tokenwise estimate) and, with a curve, its Best-of-N gap."""
     gap = bon_gap(reward, kl, [p.kl_ref for p in curve], [p.reward for p in curve]) if curve else None
@@ -147,7 +165,7 @@ def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else math.nan
 
 
-def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Pearson correlation (nan when either side is constant): reward rising with length hints at a length hack."""
     try:
         return statistics.correlation(xs, ys)

@@ -126,6 +126,13 @@ def monitored_run(tiny_dir, tmp_path_factory):
         "reward.path_or_name": tiny_dir / "reward",
         "run.show_samples": 0,
         "reward.http_port": free_port(),
+        # evaluations before the first step and after the last, small and cheap, for the Best-of-N and hacking
+        # panels; the gold is the trained-on reward itself (gold never falls while the proxy rises: no alert)
+        "eval.every_steps": STEPS,
+        "eval.holdout_fraction": 0.1,
+        "eval.num_prompts": 2,
+        "eval.bon_samples": 4,
+        "eval.gold_reward": f"{{kind: learned, path_or_name: '{tiny_dir / 'reward'}'}}",
     }
     stack = MonitoredStack(tmp / "prometheus", num_cpus=4)  # smoke.yaml asks for 3.5 CPUs
     stack.head.env.pop(STORAGE_ENV, None)  # the refusal below must not depend on the caller's environment

@@ -136,3 +136,16 @@ def test_function_reward_that_is_not_there(tiny_dir):
     )
     err = refused(tiny_dir, "reward.kind=function", "reward.path_or_name=json:__name__")
     assert err.endswith("str is not callable"), err
+
+
+@pytest.mark.bad_input(
+    "eval.gold_reward naming a function or model that is not there", "config error: eval.gold_reward.path_or_name"
+)
+def test_gold_reward_is_checked_as_the_reward_is(tiny_dir):
+    err = refused(tiny_dir, "eval.gold_reward={kind: function, path_or_name: 'demo.summary_world:nope'}")
+    assert err == (
+        "eval.gold_reward.path_or_name: function reward 'demo.summary_world:nope': "
+        "module 'demo.summary_world' has no attribute 'nope'"
+    ), err
+    err = refused(tiny_dir, f"eval.gold_reward={{kind: learned, path_or_name: '{tiny_dir / 'missing'}'}}")
+    assert err.startswith("eval.gold_reward.path_or_name: "), err
