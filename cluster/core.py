@@ -73,8 +73,8 @@ class LearnerGroup(Protocol):
 
     def learn(self, batch: Batch) -> StepStats: ...
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        """Per-completion KL(pi || pi_ref) estimates from the learner's policy and reference (evaluation)."""
+    def kl_to_reference(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> KlEstimates:
+        """Per-completion KL(pi_role || pi_ref) estimates from the learner's policy or anchor and reference."""
 
     def sync(self, role: Role) -> SyncReport:
         """Push `role`'s weights from the learner to its actors; every actor confirms the version."""
@@ -143,6 +143,8 @@ class EvalResult:
     samples: tuple[tuple[str, str, float], ...]  # the first SAMPLE_ROWS (prompt, completion, reward)
     effective_n: float | None = None  # the N whose Best-of-N KL bound is kl_ref_tokenwise (bond.bon_frontier)
     bon_gap: float | None = None  # reward - the reference's Best-of-N curve at that KL (nan: beyond the curve)
+    anchor_effective_n: float | None = None  # J-BOND: the anchor's, from KL(anchor || ref) tokenwise on its samples
+    anchor_effective_n_predicted: float | None = None  # 2 ** (eta * step), the EMA's idealisation (nan: hard copies)
     distinct_1: float | None = None  # distinct token 1-grams / all of them, over the completions
     distinct_2: float | None = None  # the same for 2-grams within each completion
     reward_length_corr: float | None = None  # Pearson correlation of reward with length in tokens (nan: constant)

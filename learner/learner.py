@@ -175,10 +175,10 @@ class Learner:
         ZeRO-3: every rank calls it with the same number of completions."""
         return self._scorer.role_logprobs(completions, role)
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        """Per-completion estimates of KL(pi || pi_ref) (bond.divergence) from both models' full logits, fp32 CPU.
-        A collective under ZeRO-3, like `logprobs`."""
-        return self._scorer.kl_to_reference(completions)
+    def kl_to_reference(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> KlEstimates:
+        """Per-completion estimates of KL(pi_role || pi_ref) (bond.divergence) from both models' full logits, fp32
+        CPU. A collective under ZeRO-3, like `logprobs`."""
+        return self._scorer.kl_to_reference(completions, role)
 
     # ---- weights out ---------------------------------------------------------------------------------------
     def weights(self, role: Role) -> Iterator[WeightUpdate]:

@@ -84,12 +84,14 @@ class Scorer:
         with torch.no_grad(), swap:
             return torch.cat([self.logprobs(p) for p in packs]).float().cpu()
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        """The policy's logits for every chunk first, then the reference swapped in once (a swap copies the whole
-        local model)."""
+    def kl_to_reference(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> KlEstimates:
+        """KL(pi_role || ref): the role's logits for every chunk first (the anchor's shadow swapped in), then the
+        reference swapped in once (a swap copies the whole local model)."""
         packs = self.chunks(completions)
+        swap = contextlib.nullcontext() if role is Role.POLICY else self.shadows[role].swapped_in()
         with torch.no_grad():
-            policy = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
+            with swap:
+                policy = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
             with self.shadows[Role.REFERENCE].swapped_in():
                 reference = [self.engine.forward(p.input_ids, p.attention_mask, p.logit_positions) for p in packs]
         parts = [

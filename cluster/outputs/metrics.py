@@ -41,6 +41,8 @@ _EVAL_GAUGES = {
     "kl_ref_tokenwise": "jbond_eval_kl_ref",
     "effective_n": "jbond_eval_effective_n",
     "bon_gap": "jbond_eval_bon_gap",
+    "anchor_effective_n": "jbond_eval_anchor_effective_n",
+    "anchor_effective_n_predicted": "jbond_eval_anchor_effective_n_predicted",
     "tokens": "jbond_eval_tokens",
     "distinct_1": "jbond_eval_distinct_1",
     "distinct_2": "jbond_eval_distinct_2",

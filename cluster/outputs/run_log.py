@@ -28,6 +28,8 @@ _EVAL_SCALARS = (
     "kl_ref_tokenwise",
     "effective_n",
     "bon_gap",
+    "anchor_effective_n",
+    "anchor_effective_n_predicted",
     "distinct_1",
     "distinct_2",
     "reward_length_corr",
@@ -206,6 +208,12 @@ def eval_table(evals: Sequence[dict], max_rows: int = 10) -> str:
             f"{step:>6}{_fmt(g, 'reward'):>16}{_fmt(s, 'reward'):>17}{_fmt(s, 'kl_ref'):>14}"
             f"{_fmt(s, 'kl_ref_tokenwise'):>11}{_fmt(s, 'effective_n', '.2f'):>13}{_fmt(s, 'bon_gap', '+.3f'):>10}"
         )
+    anchor = [by_step[t]["sampled"] for t in steps if by_step[t].get("sampled", {}).get("anchor_effective_n")]
+    lines += [
+        f"anchor effective N at step {s['step']}: {_fmt(s, 'anchor_effective_n', '.2f')} (the EMA schedule's "
+        f"2^(eta t): {_fmt(s, 'anchor_effective_n_predicted', '.2f')})"
+        for s in anchor
+    ]
     return "\n".join(lines)
 
 

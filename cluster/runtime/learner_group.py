@@ -157,10 +157,10 @@ class RayLearnerGroup:
             if self._sleeps:  # awake before the weight push that follows
                 self.fleet.wake_up()
 
-    def kl_to_reference(self, completions: Sequence[Completion]) -> KlEstimates:
-        """KL(pi || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
+    def kl_to_reference(self, completions: Sequence[Completion], role: Role = Role.POLICY) -> KlEstimates:
+        """KL(pi_role || pi_ref) estimates per completion (bond.divergence), from the learner (every rank computes)."""
         ref = ray.put(list(completions))
-        return self._on_learner([rank.kl_to_reference.remote(ref) for rank in self.ranks])[0]
+        return self._on_learner([rank.kl_to_reference.remote(ref, role) for rank in self.ranks])[0]
 
     def sync(self, role: Role) -> SyncReport:
         """Push `role`'s weights to all its actors; an actor that dies meanwhile is restarted and the push redone.

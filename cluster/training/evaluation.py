@@ -1,8 +1,9 @@
 """Evaluation during training: the policy's reward on held-out prompts (greedy and sampled) and KL(pi || ref),
 and the Best-of-N curve of the reference that every trained policy is compared with: drawn once per run, each
-sampled evaluation reports its effective N and Best-of-N gap (bond.bon_frontier), beside reward-hacking
-monitors (completion length, distinct-1/2 over token ids, the reward-length correlation) and, with
-eval.gold_reward, a second reward the policy never trains on (cluster/outputs/hacking.py reads them).
+sampled evaluation reports its effective N and Best-of-N gap (bond.bon_frontier) and, for J-BOND, the anchor's
+effective N (from the anchor actors' samples), beside reward-hacking monitors (completion length, distinct-1/2
+over token ids, the reward-length correlation) and, with eval.gold_reward, a second reward the policy never
+trains on (cluster/outputs/hacking.py reads them).
 
 KL(pi || ref) is estimated on the sampled completions as the mean over completions of
 sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)] (`kl_ref`: k1, the estimator of every method's
@@ -32,8 +33,10 @@ from pathlib import Path
 
 import torch
 
+from actors.sampling import SamplingSettings
 from bond.bon import kl_bound
 from bond.bon_frontier import bon_gap, effective_n
+from bond.config import Algorithm
 from bond.divergence import expected_max_of_n
 from bond.records import Prompt, Role
 from cluster.config.job import EvalConfig, JobConfig
@@ -104,6 +107,7 @@ def evaluate(
         if not greedy:
             kl = _kl_fields(system.learner.kl_to_reference(completions))
             frontier = _frontier(statistics.fmean(rewards), kl["kl_ref_tokenwise"], curve)
+            frontier |= _anchor_n(system, job, prompts, settings, step)
         lengths = [len(c.token_ids) for c in completions]
         results.append(
             EvalResult(
@@ -156,6 +160,21 @@ def _frontier(reward: float, kl: float, curve: Sequence[BonPoint] | None) -> dic
     """Effective N of the policy's KL (the lower-variance tokenwise estimate) and, with a curve, its Best-of-N gap."""
     gap = bon_gap(reward, kl, [p.kl_ref for p in curve], [p.reward for p in curve]) if curve else None
     return {"effective_n": effective_n(kl), "bon_gap": gap}
+
+
+def _anchor_n(
+    system, job: JobConfig, prompts: Sequence[Prompt], settings: SamplingSettings, step: int
+) -> dict[str, float]:
+    """J-BOND: the anchor's effective N (its actors' samples on the evaluation's seeds, the tokenwise KL), beside
+    the EMA schedule's idealised 2 ** (eta * step) (docs/algorithm.md section 9); a hard copy
+    (algorithm.anchor_copy_every) jumps instead of walking, so it has no such prediction."""
+    algo = job.algorithm
+    if algo.algorithm is not Algorithm.JBOND:
+        return {}
+    completions = system.samplers.sample(Role.ANCHOR, prompts, job.eval.samples_per_prompt, settings)
+    kl = system.learner.kl_to_reference(completions, Role.ANCHOR).tokenwise.mean().item()
+    predicted = math.nan if algo.anchor_copy_every else 2.0 ** (algo.eta * step)
+    return {"anchor_effective_n": effective_n(kl), "anchor_effective_n_predicted": predicted}
 
 
 def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:

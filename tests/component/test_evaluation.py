@@ -1,5 +1,6 @@
 """training/evaluation on the in-process system: the Best-of-N curve of the reference, and after two J-BOND steps
-the KL estimators against the learner's own log-probabilities (HF sampler, plain-torch learner: no Ray, no vLLM)."""
+the KL estimators against the learner's own log-probabilities and the anchor's effective N (HF sampler, plain-torch
+learner: no Ray, no vLLM)."""
 
 import json
 import math
@@ -62,11 +63,19 @@ def test_bon_curve_then_kl_estimators_after_training(tiny_dir, tmp_path):
         assert before.effective_n == pytest.approx(1.0, abs=1e-3)
         assert before.bon_gap == pytest.approx(before.reward - drawn[0]["reward"], abs=1e-4)
         assert 0 < before.distinct_1 <= 1 and 0 < before.distinct_2 <= 1
+        anchor_samples = system.samplers.sample(Role.ANCHOR, [p.text for p in split.heldout], 2, job.sampling)
+        anchor_kl = system.learner.kl_to_reference(anchor_samples, Role.ANCHOR)
+        assert anchor_kl.tokenwise.abs().max().item() < 1e-5 and anchor_kl.sampled.abs().max().item() < 1e-5
+        assert before.anchor_effective_n == pytest.approx(1.0, abs=1e-3) and before.anchor_effective_n_predicted == 1
         train(job, system, split.train, LoopState(0, PromptCursor()), lambda rec: None)
         (after,) = evaluation.evaluate(system, job, split.heldout, 2, tmp_path)
         assert after.kl_ref_tokenwise > 1e-3 and after.kl_ref_k3 >= 0.0
         assert json.loads((tmp_path / BON_CURVE_FILE).read_text()) == drawn  # read back, never redrawn after step 0
         assert after.effective_n == pytest.approx(effective_n(after.kl_ref_tokenwise)) and after.effective_n > 1
+        # the anchor moved off the reference by eta of each step: KL(anchor || ref) > 0, but below the policy's
+        anchor_kl = system.learner.kl_to_reference(anchor_samples, Role.ANCHOR).tokenwise.mean().item()
+        assert 0 < anchor_kl < after.kl_ref_tokenwise and after.anchor_effective_n >= 1
+        assert after.anchor_effective_n_predicted == pytest.approx(2 ** (job.algorithm.eta * 2))
         curve = ([p["kl_ref"] for p in drawn], [p["reward"] for p in drawn])
         assert after.bon_gap == pytest.approx(bon_gap(after.reward, after.kl_ref_tokenwise, *curve), nan_ok=True)
         (tmp_path / BON_CURVE_FILE).unlink()  # a resumed run whose dir has no curve: no gap, never a redraw

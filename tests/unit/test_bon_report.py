@@ -31,6 +31,16 @@ def test_eval_rows_write_nan_as_null_and_the_summary_shows_effective_n_and_the_g
     assert first.split()[-2:] == ["1.00", "-0.020"] and last.split()[-2:] == ["3.25", "-"]
 
 
+def test_the_summary_shows_the_anchors_effective_n_beside_the_prediction():
+    rows = [result(0, anchor_effective_n=1.0, anchor_effective_n_predicted=1.0).row()]
+    rows.append(result(20, anchor_effective_n=1.5, anchor_effective_n_predicted=math.nan).row())  # hard copies
+    assert rows[1]["anchor_effective_n_predicted"] is None
+    lines = eval_table(rows).splitlines()[-2:]
+    assert lines[0] == "anchor effective N at step 0: 1.00 (the EMA schedule's 2^(eta t): 1.00)"
+    assert lines[1] == "anchor effective N at step 20: 1.50 (the EMA schedule's 2^(eta t): -)"
+    assert "anchor" not in eval_table([result(0).row()])  # not J-BOND: no anchor lines
+
+
 def test_the_bon_plot_puts_the_evaluations_over_the_curve(tmp_path):
     curve = [{"n": n, "kl_ref": math.log(n) - (n - 1) / n, "reward": 0.1 * n, "reward_sem": 0.0} for n in (1, 2, 3, 4)]
     evals = [result(0).row(), result(20).row(), {**result(20).row(), "mode": "greedy", "kl_ref_tokenwise": None}]
