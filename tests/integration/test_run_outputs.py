@@ -45,6 +45,10 @@ def test_tensorboard_eval_exports_and_retention(local_ray, tiny_dir, tmp_path): 
     assert [p["n"] for p in json.loads((tmp_path / "bon_curve.json").read_text())] == list(range(1, 17))
     assert sampled[0]["effective_n"] == pytest.approx(1.0, abs=1e-3) and sampled[3]["effective_n"] > 1.0
     assert all(r["bon_gap"] is not None and 0 < r["distinct_2"] <= 1 for r in sampled.values())
+    # J-BOND's anchor (its actors' samples, its KL from the learner group): the reference at first, then moving
+    assert sampled[0]["anchor_effective_n"] == pytest.approx(1.0, abs=1e-3) and sampled[3]["anchor_effective_n"] >= 1
+    assert sampled[3]["anchor_effective_n_predicted"] == pytest.approx(2 ** (job.algorithm.eta * 3))
+    assert "anchor effective N at step 3" in (tmp_path / "summary.txt").read_text()
     assert (tmp_path / "plots" / "bon_frontier.png").exists()
 
     # TensorBoard: the stats.jsonl scalars per step, the eval scalars per evaluation, the sample tables
@@ -59,6 +63,7 @@ def test_tensorboard_eval_exports_and_retention(local_ray, tiny_dir, tmp_path): 
     assert {"time/sample_s", "time/learn_s", "eval/greedy/reward", "eval/sampled/kl_ref"} <= set(scalars)
     assert [p.step for p in events.Scalars("eval/sampled/kl_ref")] == [0, 2, 3]
     assert [p.step for p in events.Scalars("eval/sampled/bon_gap")] == [0, 2, 3]
+    assert [p.step for p in events.Scalars("eval/sampled/anchor_effective_n")] == [0, 2, 3]
     assert any(t.startswith("eval_samples/greedy") for t in events.Tags()["tensors"])
 
     # exports every 2 steps (a loadable HF directory), the newest 2 checkpoints kept
