@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -264,12 +265,34 @@ def check_ray_address(field: str, address: str) -> None:
         ) from None
 
 
+def with_premise(pattern: str | None, prompt_set: PromptSet) -> PromptSet:
+    """Prompts an entailment reward's premise_pattern does not match are skipped and counted here, by the reward
+    service's own extractor: the service would refuse each of them at scoring time, mid-run."""
+    if pattern is None:
+        return prompt_set
+    from reward_service.entailment import PremiseExtractor
+    from reward_service.errors import BadRequestError
+    from reward_service.reward_model import plain_text
+
+    extract, kept, skipped = PremiseExtractor(pattern), [], Counter(prompt_set.skipped)
+    for i, prompt in enumerate(prompt_set.prompts):
+        try:
+            extract(plain_text(prompt), i)
+            kept.append(prompt)
+        except BadRequestError:
+            skipped["does not match reward.premise_pattern"] += 1
+    if not kept:
+        raise ConfigError(f"reward.premise_pattern: matches no prompt (skipped: {dict(skipped)})")
+    return PromptSet(prompts=tuple(kept), skipped=dict(skipped))
+
+
 def fit_prompts(job: JobConfig, prompt_set: PromptSet, source: PromptSource | None = None) -> PromptSet:
     """The prompts the policy can take, rendered as the actors will (chat template, BOS once): those that render to
     no tokens, or longer than max_prompt_length (source's, e.g. eval.prompts, else prompts'), or than the context
     minus one token (the sampler refuses a prompt that leaves no room for a completion), are skipped and counted.
     The context comes from engine.max_model_len or a local policy's config.json; a hub id's plain-text prompts
     without either are checked by the engine itself."""
+    prompt_set = with_premise(job.reward.premise_pattern, prompt_set)
     own = source.max_prompt_length if source is not None else None
     limits = [job.prompts.max_prompt_length if own is None else own]
     context = job.engine.max_model_len

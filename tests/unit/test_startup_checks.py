@@ -149,3 +149,27 @@ def test_gold_reward_is_checked_as_the_reward_is(tiny_dir):
     ), err
     err = refused(tiny_dir, f"eval.gold_reward={{kind: learned, path_or_name: '{tiny_dir / 'missing'}'}}")
     assert err.startswith("eval.gold_reward.path_or_name: "), err
+
+
+@pytest.mark.bad_input(
+    "prompt an entailment reward's premise_pattern does not match",
+    "skipped, counted as `does not match reward.premise_pattern`; none matching: config error: reward.premise_pattern",
+)
+def test_prompts_the_premise_pattern_does_not_match_are_counted_skips(tiny_dir, tmp_path):
+    from cluster.config.prompts import load_prompts
+
+    rows = ["review : the cast was fun . summary :", "tell me a story", "review : the plot was dull . summary :"]
+    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "{r}"}}\n' for r in rows))
+    sets = (
+        f"models.policy={tiny_dir / 'policy'}",
+        "reward.kind=entailment",
+        f"reward.path_or_name={tiny_dir / 'nli'}",
+        "reward.premise_pattern='review : (?P<premise>.*) summary :'",
+        f"prompts.path={tmp_path / 'prompts.jsonl'}",
+    )
+    job = parse_config(["--config", str(ROOT / "configs" / "smoke.yaml")] + [a for s in sets for a in ("--set", s)])
+    fitted = preflight.fit_prompts(job, load_prompts(job.prompts))
+    assert [p.text for p in fitted.prompts] == [rows[0], rows[2]]
+    assert fitted.skipped == {"does not match reward.premise_pattern": 1}
+    with pytest.raises(ConfigError, match=r"^reward.premise_pattern: matches no prompt"):
+        preflight.with_premise("nothing like (this)", fitted)
