@@ -28,6 +28,7 @@ from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState, StepRecord
 from cluster.outputs.run_log import RunLog
+from cluster.runtime import mode
 from cluster.training import checkpoints, evaluation, rest
 from cluster.training.evaluation import PromptSplit
 from cluster.training.failures import EXIT_FAILURE, JobFailure, run_with_auto_resume
@@ -118,6 +119,7 @@ def run(job: JobConfig) -> dict:
         )
     resume_from = resume_point(job, run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(loading.to_dict(job), sort_keys=False))
+    job = mode.resolve(job)  # after config.yaml (it keeps what was asked), before any process starts
 
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
     ray_logs = init_ray(job) if owns_ray else None
@@ -195,7 +197,7 @@ def train_algorithm(
     bench.pareto's in-process runs both drive training through here."""
     if job.algorithm.algorithm is Algorithm.REST:
         return rest.train(job, system, prompts, start, on_step, run_dir, note=note, metrics=metrics)
-    return train(job, system, prompts, start, on_step, metrics)
+    return train(job, system, prompts, start, on_step, metrics, note)
 
 
 def after_step(

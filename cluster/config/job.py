@@ -27,6 +27,7 @@ from reward_service.spec import RewardSpec
 class Mode(enum.StrEnum):
     SYNC = "sync"  # on-policy, exactly Algorithm 2: sample, score, learn, push weights, repeat
     PIPELINED = "pipelined"  # actors sample step t+1 while the learner trains on step t (staleness <= max)
+    AUTO = "auto"  # sync or pipelined, whichever is faster here (cluster/runtime/mode.py)
 
 
 class SamplerBackend(enum.StrEnum):
@@ -240,8 +241,10 @@ class RunConfig:
     """Steps between Hugging Face exports of the policy to run_dir/exports/step_N (0: only final_policy/)."""
     resume: bool = False
     """Continue from the newest valid checkpoint in run_dir (same learner_ranks, zero_stage and dtype)."""
-    mode: Mode = Mode.SYNC
-    """sync or pipelined (see Mode)."""
+    mode: Mode = Mode.AUTO
+    """sync, pipelined (see Mode) or auto: sync where pipelining cannot add compute (every process on the same CPU
+    cores) or cannot run (the algorithm, max_staleness 0, colocated or sleeping engines); otherwise the first steps
+    are timed in each mode and the faster one runs the rest (one log line gives the numbers)."""
     max_staleness: int = 1
     """Pipelined mode: samples from weights more than this many versions old are dropped and redrawn."""
     pipeline_depth: int = 1
@@ -286,13 +289,13 @@ class RunConfig:
         for name in ("checkpoint_every", "keep_checkpoints", "export_every", "max_staleness", "show_samples"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(
-            self.mode is Mode.SYNC or self.max_staleness >= 1,
+            self.mode is not Mode.PIPELINED or self.max_staleness >= 1,
             "max_staleness",
             "pipelined mode samples at least one version behind the learner: needs max_staleness >= 1",
         )
         require(self.pipeline_depth >= 1, "pipeline_depth", f"must be >= 1, got {self.pipeline_depth}")
         require(
-            self.mode is Mode.SYNC or self.pipeline_depth <= self.max_staleness,
+            self.mode is not Mode.PIPELINED or self.pipeline_depth <= self.max_staleness,
             "pipeline_depth",
             f"{self.pipeline_depth} steps ahead makes every step's samples {self.pipeline_depth} versions old, "
             f"beyond max_staleness {self.max_staleness}: all would be dropped and redrawn; set pipeline_depth <= "
@@ -414,7 +417,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         sync_only = _SYNC_ONLY.get(self.algorithm.algorithm)
-        require(sync_only is None or self.run.mode is Mode.SYNC, "run.mode", f"{sync_only}: use sync")
+        require(sync_only is None or self.run.mode is not Mode.PIPELINED, "run.mode", f"{sync_only}: use sync")
         check_split(self.algorithm.prompts_per_step, self.resources.learner_ranks, self.learner.micro_batch_prompts)
         self._check_engine()
 
@@ -468,7 +471,7 @@ class JobConfig:
         """Colocated actors and engines that sleep: both take turns with the learner, so sync mode only."""
         if res.colocate:
             require(
-                self.run.mode is Mode.SYNC,
+                self.run.mode is not Mode.PIPELINED,
                 "resources.colocate",
                 "colocated actors and learner take turns on the same resources; pipelined mode samples while "
                 "the learner trains: use run.mode: sync",
@@ -492,10 +495,26 @@ class JobConfig:
                 "frees GPU memory of vLLM engines: needs resources.gpus_per_actor > 0 and the vllm backend",
             )
             require(
-                self.run.mode is Mode.SYNC,
+                self.run.mode is not Mode.PIPELINED,
                 "engine.enable_sleep_mode",
                 "in pipelined mode the actors sample while the learner trains, so they cannot sleep; use sync",
             )
+
+    @property
+    def sync_only(self) -> str | None:
+        """Why this job cannot run pipelined (None: it can): what the checks above refuse in pipelined mode, and
+        run.mode auto resolves to sync for."""
+        run = self.run
+        reasons = (
+            _SYNC_ONLY.get(self.algorithm.algorithm),
+            run.max_staleness == 0 and "run.max_staleness 0 takes no sample from older weights",
+            run.pipeline_depth > run.max_staleness
+            and f"run.pipeline_depth {run.pipeline_depth} > run.max_staleness {run.max_staleness}: every sample "
+            "drawn ahead would be redrawn",
+            self.resources.colocate and "resources.colocate: the actors and the learner take turns on the same devices",
+            self.engine.enable_sleep_mode and "engine.enable_sleep_mode: the engines sleep while the learner trains",
+        )
+        return next((r for r in reasons if r), None)
 
     @property
     def actor_roles(self) -> tuple[Role, ...]:

@@ -6,7 +6,8 @@ Synchronous mode is exactly on-policy. Pipelined mode only changes *when* sampli
 sample steps t+1 .. t+run.pipeline_depth while the learner trains on step t, so a sample is up to
 pipeline_depth versions behind; the learner importance-weights such samples with their recorded sampler
 log-probabilities (bond/off_policy.py), and anything older than run.max_staleness is dropped (counted) and
-redrawn with the current weights.
+redrawn with the current weights. run.mode auto (cluster/runtime/mode.py) runs sync, pipelined, or both in turn
+then the faster: a switch back to sync first takes the steps already in flight (within max_staleness, as pipelined).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bond.sampling_plan import SamplingPlan, sampling_plan
 from cluster.config.job import JobConfig, Mode
 from cluster.config.prompts import PromptCursor, take
 from cluster.core import LoopState, SamplerPool, Scorer, StepRecord, System
+from cluster.runtime.mode import ModeSchedule
 from cluster.training.failures import ScoringFailedError, first_line
 from cluster.training.seeds import step_seed
 from reward_service.errors import RewardServiceError, RewardTimeoutError
@@ -103,12 +105,14 @@ class Requests:
             self.next_step, self.next_cursor = self.next_step + 1, self.in_flight[-1][1]
 
 
-def fresh_samples(job: JobConfig, requests: Requests, state: LoopState, version: dict[Role, int], metrics=None):
+def fresh_samples(
+    job: JobConfig, requests: Requests, state: LoopState, version: dict[Role, int], mode: Mode, metrics=None
+):
     """The oldest request's samples (each role's, version-tagged) and the cursor after its prompts; never samples
     older than run.max_staleness: those are counted and redrawn with the current weights."""
     pending, cursor_after = requests.in_flight.popleft()
     samples = requests.samplers.finish(pending)
-    if job.run.mode is Mode.PIPELINED:  # the actors sample ahead while we learn on step t
+    if mode is Mode.PIPELINED:  # the actors sample ahead while we learn on step t
         requests.up_to(state.step + job.run.pipeline_depth)
     if metrics:
         metrics.record_queue_depth(len(requests.in_flight))
@@ -129,14 +133,16 @@ def train(
     start: LoopState,
     on_step: Callable[[StepRecord], None],
     metrics=None,
+    note: Callable[[str], None] = print,
 ) -> LoopState:
     requests, state = Requests(job, system.samplers, prompts, start), start
-    plan = requests.plan
+    plan, schedule = requests.plan, ModeSchedule(job.run.mode, start.step, note)
     version: dict[Role, int] = {}  # each pushed role's version after the last step (unknown before the first)
-    requests.up_to(state.step)
     while state.step < job.run.steps:
+        t_begin = time.perf_counter()
+        requests.up_to(state.step)  # sync mode: this step's request (pipelined: already in flight)
         t0 = time.perf_counter()
-        samples, cursor_after = fresh_samples(job, requests, state, version, metrics)
+        samples, cursor_after = fresh_samples(job, requests, state, version, schedule.mode_at(state.step), metrics)
         t_sampled = time.perf_counter()
         scored = score_with_retries(system.scorer, samples.all(), metrics)
         t_scored = time.perf_counter()
@@ -147,6 +153,7 @@ def train(
         }
         version.update({role: learner_version(stats, role) for role in plan.pushed})
         t_synced = time.perf_counter()
+        schedule.record(state.step, t_synced - t_begin)
         state = LoopState(step=state.step + 1, cursor=cursor_after)
         seconds = {
             "sample": t_sampled - t0,
@@ -155,6 +162,4 @@ def train(
             "sync": t_synced - t_learned,
         }
         on_step(StepRecord(stats=stats, samples=tuple(scored), seconds=seconds, syncs=syncs, state=state))
-        if job.run.mode is not Mode.PIPELINED:
-            requests.up_to(state.step)
     return state

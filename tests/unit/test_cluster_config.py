@@ -54,6 +54,17 @@ def test_pipelined_needs_staleness():
         parse_config(["--set", "run.mode=pipelined", "--set", "run.max_staleness=0"])
 
 
+def test_auto_is_the_default_and_takes_what_pipelined_refuses():
+    assert JobConfig().run.mode is Mode.AUTO and parse_config([]).run.mode is Mode.AUTO
+    for sets in (
+        ["run.max_staleness=0"],
+        ["run.pipeline_depth=2"],
+        ["algorithm.algorithm=gkd", "algorithm.gkd_teacher=t"],
+    ):
+        job = parse_config([a for s in sets for a in ("--set", s)])
+        assert job.run.mode is Mode.AUTO and job.sync_only
+
+
 def test_missing_file_and_bad_override():
     with pytest.raises(ConfigError, match="no such file"):
         parse_config(["--config", "/nonexistent.yaml"])

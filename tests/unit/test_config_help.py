@@ -44,7 +44,7 @@ def test_help_names_every_field_with_type_default_and_doc(capsys):
         assert " ".join(doc).strip(), f"{name} has no doc: write a docstring under the field"
     assert "algorithm.beta: float = 0.5" in text
     assert "reward.path_or_name: str = artifacts/tiny/reward" in text  # JobConfig's default, not the class's
-    assert "run.mode: {sync,pipelined} = sync" in text
+    assert "run.mode: {sync,pipelined,auto} = auto" in text
     assert "pipelined: actors sample step t+1" in text  # enum values are explained by their comments
 
 
