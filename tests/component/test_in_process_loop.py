@@ -3,6 +3,7 @@ the same loop.train as the Ray system, so its bookkeeping is checked here withou
 sampling plan (bond/sampling_plan.py)."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from cluster.config.job import JobConfig
 from cluster.config.prompts import PromptCursor, load_prompts
 from cluster.core import LoopState
 from cluster.runtime.in_process import in_process_system
+from cluster.runtime.mode import PROBE_STEPS
 from cluster.training import evaluation
 from cluster.training.loop import train
 
@@ -108,3 +110,36 @@ def test_each_algorithm_trains_in_process(tiny_dir, overrides):
         assert [c.n for c in curve] == [1, 2, 3, 4] and curve[0].kl_ref == 0.0  # E[max of n] rises with n:
         assert all(a.reward <= b.reward + 1e-9 for a, b in zip(curve, curve[1:], strict=False))
         assert curve[3].kl_ref == pytest.approx(math.log(4) - 0.75)
+
+
+class QueueDepths:
+    """The loop's metrics calls, keeping the requests in flight after each step's samples came back."""
+
+    def __init__(self):
+        self.depths: list[int] = []
+
+    def record_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+    def record_skip(self, reason: str, count: int) -> None:
+        raise AssertionError(f"no sample may be redrawn here: {count} {reason}")
+
+
+@pytest.mark.timeout(300)
+def test_auto_mode_probes_both_modes_then_keeps_one(tiny_dir):
+    """run.mode auto reaching the loop (cluster.main resolved it to a probe): PROBE_STEPS steps sync, PROBE_STEPS
+    pipelined, one line with the medians, then the faster; every step trains exactly once, in prompt order, and a
+    switch back to sync first takes the step already requested."""
+    job = in_process_job(tiny_dir, "run.mode=auto", "run.steps=8")
+    system, records, lines, metrics = in_process_system(job), [], [], QueueDepths()
+    prompts = load_prompts(job.prompts).prompts
+    final = train(job, system, prompts, LoopState(0, PromptCursor()), records.append, metrics, lines.append)
+    assert [r.stats.step for r in records] == list(range(1, 9)) and final.step == 8
+    assert final.cursor == PromptCursor(*divmod(8 * job.algorithm.prompts_per_step, len(prompts)))
+    assert len(lines) == 1 and re.fullmatch(
+        rf"run.mode auto: median s/step sync \d+\.\d{{3}}, pipelined \d+\.\d{{3}}: (sync|pipelined) from step "
+        rf"{2 * PROBE_STEPS + 1}",
+        lines[0],
+    ), lines
+    kept = [1, 0] if lines[0].endswith(f"pipelined from step {2 * PROBE_STEPS + 1}") else [0, 0]
+    assert metrics.depths == [0] * PROBE_STEPS + [1] * PROBE_STEPS + kept  # pipelined: the next step in flight
