@@ -18,7 +18,7 @@ STEPS, WARMUP = 4, 1
 
 def _job(model: Path):
     from bond.config import BondConfig
-    from cluster.config.job import JobConfig, ModelsConfig, ResourcesConfig
+    from cluster.config.job import JobConfig, Mode, ModelsConfig, ResourcesConfig, RunConfig
     from learner.config import LearnerConfig
 
     return JobConfig(
@@ -26,6 +26,7 @@ def _job(model: Path):
         algorithm=BondConfig(prompts_per_step=32, lr=1e-4, warmup_steps=0),
         learner=LearnerConfig(zero_stage=2, micro_batch_prompts=16, bucket_bytes=64 << 20),
         resources=ResourcesConfig(cpus_per_learner=0.5, cpus_per_actor=0.5),
+        run=RunConfig(mode=Mode.SYNC),  # the phase policy's counts are sync mode's
     )
 
 
