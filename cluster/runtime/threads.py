@@ -74,7 +74,9 @@ def job_threads(job) -> ThreadCounts:
     res = job.resources
     return thread_counts(
         res.threads,
-        job.run.mode is Mode.SYNC,  # auto still here is to be probed: pipelined steps need their reserved cores
+        # auto left by cluster.main (mode.resolve) is probed and may keep pipelined: the counts fixed at start-up
+        # must be pipelined's, what overlapping processes can run side by side
+        job.run.mode is Mode.SYNC,
         node_cores(),
         learner_ranks=res.learner_ranks,
         actors=sum(map(res.actors, job.actor_roles)),
