@@ -9,14 +9,13 @@ auto job decides, and probes, again from the step it resumes at.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cluster.config.job import JobConfig, Mode
-from cluster.runtime.threads import node_cores
+from cluster.runtime.threads import node_cores, reserved_threads
 
 PROBE_STEPS = 3  # steps per mode; the first of each is a warm-up (caches, the pipeline filling) and is not timed
 
@@ -33,11 +32,11 @@ def decide(job: JobConfig, cores: int | None) -> Decision:
         return Decision(Mode.SYNC, job.sync_only)
     res, reward = job.resources, job.reward
     if cores is not None and job.actor_gpus == 0 and res.gpus_per_learner == 0:
-        # pipelined, each process runs its reserved cores' threads (cluster/runtime/threads.py) at the same time
+        # pipelined, every process runs its reserved threads at the same time
         needed = (
-            sum(map(res.actors, job.actor_roles)) * _whole(res.cpus_per_actor)
-            + res.learner_ranks * _whole(res.cpus_per_learner)
-            + reward.replicas * _whole(reward.cpus_per_replica)
+            sum(map(res.actors, job.actor_roles)) * reserved_threads(res.cpus_per_actor)
+            + res.learner_ranks * reserved_threads(res.cpus_per_learner)
+            + reward.replicas * reserved_threads(reward.cpus_per_replica)
         )
         if needed > cores:
             return Decision(
@@ -48,10 +47,6 @@ def decide(job: JobConfig, cores: int | None) -> Decision:
         return Decision(Mode.AUTO, f"the roles' {needed} reserved cores fit the node's {cores}: timing both modes")
     where = "run on a Ray cluster's nodes (cores unknown here)" if cores is None else "compute on GPUs"
     return Decision(Mode.AUTO, f"the roles {where}: timing both modes")
-
-
-def _whole(cpus: float) -> int:
-    return max(1, math.ceil(cpus - 1e-9))
 
 
 def resolve(job: JobConfig) -> JobConfig:

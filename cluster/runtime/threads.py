@@ -56,11 +56,13 @@ def thread_counts(
             reward=max(1, cores // reward_replicas),
         )
     return ThreadCounts(
-        learner=_reserved(cpus_per_learner), actor=_reserved(cpus_per_actor), reward=_reserved(cpus_per_replica)
+        learner=reserved_threads(cpus_per_learner),
+        actor=reserved_threads(cpus_per_actor),
+        reward=reserved_threads(cpus_per_replica),
     )
 
 
-def _reserved(cpus: float) -> int:
+def reserved_threads(cpus: float) -> int:
     return max(1, math.ceil(cpus - 1e-9))
 
 
