@@ -27,6 +27,16 @@ def spread(seconds: Sequence[float]) -> float:
     return max(seconds) / min(seconds) if len(seconds) > 1 else 1.0
 
 
+def uneven(seconds: Sequence[float], what: str) -> str | None:
+    """None when the steps' spread is within SPREAD_MAX, else the warning to print."""
+    if spread(seconds) <= SPREAD_MAX:
+        return None
+    return (
+        f"warning: {what} spread {spread(seconds):.2f}x (slowest / fastest, above {SPREAD_MAX}): other work took "
+        "the cores mid-run; these ratios are not an idle-machine measurement"
+    )
+
+
 def wait_for_idle() -> str | None:
     """Wait up to WAIT_S for the machine to be idle; None when it is, else the warning to print."""
     cores = len(os.sched_getaffinity(0))

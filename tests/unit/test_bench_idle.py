@@ -24,3 +24,9 @@ def test_spread_is_slowest_over_fastest():
 
 def test_spread_of_one_step_is_even():
     assert idle.spread([4.0]) == 1.0
+
+
+def test_uneven_steps_warn_and_even_ones_do_not():
+    assert idle.uneven([2.0, 2.1, 2.05, 2.2], "steps") is None
+    warning = idle.uneven([2.0, 2.1, 2.05, 3.0], "the naive loop's steps")
+    assert warning.startswith("warning: the naive loop's steps spread 1.50x")
