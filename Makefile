@@ -79,8 +79,8 @@ test-gpu: install-gpu
 bench: install tiny bench-trl
 	$(CPU_VLLM_ENV) $(BIN)/python -m bench
 
-# Only bench/bench_system.py: full system (sync, pipelined) vs naive loop vs TRL RLOO, tiny and ~27 M policies
-# (JBOND_BENCH_SIZES=tiny or medium for one of them)
+# Only bench/bench_system.py: full system (every run.mode) vs naive loop vs TRL RLOO on two ~27 M policies, one
+# pre-trained and one random (JBOND_BENCH_POLICIES=medium, medium_random or tiny for one); waits for an idle machine
 bench-system: install tiny bench-trl
 	$(CPU_VLLM_ENV) $(BIN)/python -m bench system
 

@@ -5,13 +5,27 @@
 """
 
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 import time
 from pathlib import Path
 
+# The benches print their tables only: no progress bars, no libraries' INFO lines (set before they are imported;
+# the Ray workers and subprocesses a bench starts inherit them)
+QUIET_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
 
 def main() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     if sys.argv[1:2] == ["soak"]:
         from bench import soak
 

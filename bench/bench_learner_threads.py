@@ -7,6 +7,7 @@ Same model, batch and learner config in all three; medians of the timed steps.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
 import time
@@ -63,7 +64,13 @@ def main() -> None:
             flush=True,
         )
         inproc = LearnerRank(job, str(model), 0, 1, "127.0.0.1", free_port())
-        ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init(  # as the job does: the workers' logs stay in Ray's files
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
         try:
             steps, got = {"in-process": inproc.step}, {"in-process": torch.get_num_threads()}
             for label, n in (("Ray, Ray's default", None), ("Ray, resources.threads", threads.learner)):

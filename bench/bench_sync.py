@@ -22,6 +22,7 @@ JBOND_BENCH_SIZES=tiny or =medium (the random 27 M Llama) runs one size.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -239,8 +240,12 @@ def main() -> None:
     if set(sizes) - {"tiny", "medium"}:
         sys.exit(f"JBOND_BENCH_SIZES: unknown size(s) {sorted(set(sizes) - {'tiny', 'medium'})}; tiny, medium")
     tiny = build(ROOT / "artifacts" / "tiny") / "policy"
-    ray.init(
-        num_cpus=6, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}}
+    ray.init(  # as the job does: the workers' logs stay in Ray's files
+        num_cpus=6,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **SERVE_PROXY_ENV}},
     )
     try:
         print(

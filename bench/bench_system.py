@@ -1,18 +1,24 @@
-"""Prompts/s of the full system (Ray: vLLM actors, Serve reward service, DeepSpeed learner; sync and pipelined)
-vs a naive single-process loop (HF generate, in-process reward model, plain-torch learner) vs TRL's
-RLOOTrainer, on the same policy, reward model, prompts, samples per prompt (3) and token budget, one after the
-other in one run; plus each phase's seconds per step. Two policies: the tiny one (0.5 M) and the medium one
-(~27 M, bench/medium_model.py); JBOND_BENCH_SIZES=tiny or =medium runs one of them.
+"""Prompts/s of the full system (Ray: vLLM actors, Serve reward service, DeepSpeed learner; every run.mode) vs a
+naive single-process loop (HF generate, in-process reward model, plain-torch learner) vs TRL's RLOOTrainer, on the
+same policy, reward model, prompts, samples per prompt (3) and token budget, one after the other in one run; plus
+each phase's seconds per step and the mean completion length.
 
-The full system and the naive loop both run `cluster.training.loop.train` unchanged; only the placement differs. TRL
-runs in its own venv (.venv-trl, `make bench-trl`) as a subprocess (bench/trl_rloo.py); without that venv
-its row says so. Steps after the warm-up are timed. Phases: sample (waiting for the samples), score,
-learn, sync (weight push); TRL's "learn" is the rest of its step.
+Two ~27 M policies (bench/medium_model.py): "medium", pre-trained, whose completions stop at EOS, and
+"medium_random", the same shape untrained and never sampling EOS, whose completions all run to the budget.
+"tiny" (0.5 M) is an option. JBOND_BENCH_POLICIES=medium (or a comma-separated list) runs a subset.
+
+The full system and the naive loop both run `cluster.training.loop.train` unchanged; only the placement differs;
+the full system starts Ray as the job does (cluster/runtime/ray_system.py's init_ray). TRL runs in its own venv
+(.venv-trl, `make bench-trl`) as a subprocess (bench/trl_rloo.py); without that venv its row says so. Steps after
+the warm-up are timed. Phases: sample (waiting for the samples), score, learn, sync (weight push); TRL's "learn"
+is the rest of its step. Before each policy bench/idle.py waits for an idle machine; a table measured on a loaded
+one, or whose naive steps spread too far, says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -21,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import idle
 from cluster.config import loading
 from cluster.config.job import JobConfig, Mode, SamplerBackend
 from cluster.config.prompts import PromptCursor, load_prompts
@@ -31,7 +38,12 @@ from demo.tiny import build
 ROOT = Path(__file__).resolve().parents[1]
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
 PROMPTS_PER_STEP, MAX_NEW_TOKENS = 32, 32
-STEPS = {"tiny": (2, 8), "medium": (1, 4)}  # (warm-up, timed) steps per system
+NAIVE, TRL = "naive single process (HF, torch)", "TRL RLOOTrainer (HF, torch)"
+POLICIES = {  # name: (description, warm-up steps, timed steps per system)
+    "medium": ("~27 M, pre-trained: completions stop at EOS", 1, 4),
+    "medium_random": ("~27 M, random init: completions run to the budget", 1, 4),
+    "tiny": ("0.5 M, pre-trained", 2, 8),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +51,16 @@ class Row:
     name: str
     rate: float | None  # prompts/s over the timed steps (None: not run)
     split: dict[str, float]  # seconds per step by phase
+    tokens: float | None = None  # mean completion length in tokens
+    steps: tuple[float, ...] = ()  # each timed step's seconds
     note: str = ""
+
+
+def policy_dir(name: str) -> Path:
+    from bench.medium_model import build_medium, build_medium_random
+
+    builders = {"medium": build_medium, "medium_random": build_medium_random}
+    return builders[name]() / "policy" if name in builders else build(ROOT / "artifacts" / "tiny") / "policy"
 
 
 def job_config(policy: Path, reward: Path, warmup: int, timed: int) -> JobConfig:
@@ -59,7 +80,7 @@ def job_config(policy: Path, reward: Path, warmup: int, timed: int) -> JobConfig
     return loading.build(JobConfig, data)
 
 
-def measure(name: str, job: JobConfig, system, warmup: int, timed: int) -> Row:
+def measure(name: str, job: JobConfig, system, warmup: int) -> Row:
     records: list[StepRecord] = []
     stamps: list[float] = []
 
@@ -68,12 +89,13 @@ def measure(name: str, job: JobConfig, system, warmup: int, timed: int) -> Row:
         stamps.append(time.perf_counter())
 
     train(job, system, load_prompts(job.prompts).prompts, LoopState(0, PromptCursor()), on_step)
-    seconds = stamps[-1] - stamps[warmup - 1]
+    steps = tuple(b - a for a, b in itertools.pairwise(stamps[warmup - 1 :]))
     split = {phase: statistics.mean(r.seconds[phase] for r in records[warmup:]) for phase in records[0].seconds}
-    return Row(name, timed * PROMPTS_PER_STEP / seconds, split)
+    tokens = statistics.mean(len(s.completion.token_ids) for r in records[warmup:] for s in r.samples)
+    return Row(name, len(steps) * PROMPTS_PER_STEP / sum(steps), split, tokens, steps)
 
 
-def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
+def naive_row(job: JobConfig, warmup: int) -> Row:
     from cluster.runtime.in_process import in_process_system
 
     naive_job = dataclasses.replace(
@@ -83,26 +105,24 @@ def naive_row(job: JobConfig, warmup: int, timed: int) -> Row:
     )
     naive = in_process_system(naive_job)
     try:
-        return measure("naive single process (HF, torch)", naive_job, naive, warmup, timed)
+        return measure(NAIVE, naive_job, naive, warmup)
     finally:
         naive.shutdown()
 
 
-def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
+def full_rows(job: JobConfig, warmup: int) -> list[Row]:
     import ray
 
-    from cluster.runtime.ray_system import start_system
+    from cluster.runtime.ray_system import init_ray, start_system
 
     rows = []
-    ray.init(
-        num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}
-    )
+    init_ray(job)  # as the job starts it: workers' logs stay in Ray's files
     try:
-        for mode in (Mode.SYNC, Mode.PIPELINED):
+        for mode in Mode:
             mode_job = dataclasses.replace(job, run=dataclasses.replace(job.run, mode=mode))
             system = start_system(mode_job)
             try:
-                rows.append(measure(f"full system, {mode.value}", mode_job, system, warmup, timed))
+                rows.append(measure(f"full system, {mode.value}", mode_job, system, warmup))
             finally:
                 system.shutdown()
     finally:
@@ -111,29 +131,19 @@ def full_rows(job: JobConfig, warmup: int, timed: int) -> list[Row]:
 
 
 def trl_row(policy: Path, reward: Path, warmup: int, timed: int, log: Path) -> Row:
-    name = "TRL RLOOTrainer (HF, torch)"
     if not TRL_PYTHON.exists():
-        return Row(name, None, {}, "not run: no .venv-trl (`make bench-trl` builds it)")
-    cmd = [
-        str(TRL_PYTHON),
-        str(ROOT / "bench" / "trl_rloo.py"),
-        "--model",
-        str(policy),
-        "--reward",
-        str(reward),
-        "--prompts",
-        str(ROOT / "configs" / "review_prompts.jsonl"),
-        "--prompts-per-step",
-        str(PROMPTS_PER_STEP),
-        "--samples",
-        "3",
-        "--max-new-tokens",
-        str(MAX_NEW_TOKENS),
-        "--warmup",
-        str(warmup),
-        "--timed",
-        str(timed),
-    ]
+        return Row(TRL, None, {}, note="not run: no .venv-trl (`make bench-trl` builds it)")
+    args = {
+        "--model": policy,
+        "--reward": reward,
+        "--prompts": ROOT / "configs" / "review_prompts.jsonl",
+        "--prompts-per-step": PROMPTS_PER_STEP,
+        "--samples": 3,
+        "--max-new-tokens": MAX_NEW_TOKENS,
+        "--warmup": warmup,
+        "--timed": timed,
+    }
+    cmd = [str(TRL_PYTHON), str(ROOT / "bench" / "trl_rloo.py"), *(str(x) for kv in args.items() for x in kv)]
     # nothing of this process leaks in: not its venv's PYTHONPATH, nor the torch.distributed rendezvous variables
     # the in-process learner set (accelerate would join that process group)
     leaks = {"PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
@@ -142,67 +152,72 @@ def trl_row(policy: Path, reward: Path, warmup: int, timed: int, log: Path) -> R
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return Row(name, None, {}, f"failed (exit {done.returncode}); see {log}")
+        return Row(TRL, None, {}, note=f"failed (exit {done.returncode}); see {log}")
     result = json.loads(lines[-1])
-    return Row(name, result["prompts_per_s"], result["seconds"], f"trl {result['trl']}")
+    return Row(TRL, result["prompts_per_s"], result["seconds"], result["tokens"], note=f"trl {result['trl']}")
 
 
-def run_size(size: str) -> list[Row]:
-    warmup, timed = STEPS[size]
-    tiny = build(ROOT / "artifacts" / "tiny")
-    if size == "medium":
-        from bench.medium_model import build_medium
-
-        policy = build_medium() / "policy"
-    else:
-        policy = tiny / "policy"
-    job = job_config(policy, tiny / "reward", warmup, timed)
-    log = ROOT / "runs" / "bench" / f"trl_{size}.log"
+def run_policy(name: str, policy: Path) -> list[Row]:
+    _, warmup, timed = POLICIES[name]
+    reward = build(ROOT / "artifacts" / "tiny") / "reward"
+    job = job_config(policy, reward, warmup, timed)
+    log = ROOT / "runs" / "bench" / f"trl_{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return [
-        naive_row(job, warmup, timed),
-        *full_rows(job, warmup, timed),
-        trl_row(policy, tiny / "reward", warmup, timed, log),
-    ]
+    return [naive_row(job, warmup), *full_rows(job, warmup), trl_row(policy, reward, warmup, timed, log)]
 
 
-def report(size: str, rows: list[Row]) -> None:  # flushed per size: a long run shows each table as it ends
-    warmup, timed = STEPS[size]
+def ratios(rows: list[Row]) -> list[str]:
+    rate = {row.name: row.rate for row in rows if row.rate}
+    naive, trl = rate.get(NAIVE), rate.get(TRL)
+    full = {m.value: rate[f"full system, {m.value}"] for m in Mode if f"full system, {m.value}" in rate}
+    lines = []
+    for mode, r in full.items():
+        vs = ([f"full {mode} / naive {r / naive:.2f}x"] if naive else []) + (
+            [f"full {mode} / TRL RLOO {r / trl:.2f}x"] if trl else []
+        )
+        lines += ["   ".join(vs)] if vs else []
+    fixed = [full[m] for m in ("sync", "pipelined") if m in full]
+    if "auto" in full and fixed:
+        lines.append(f"full auto / better of sync, pipelined {full['auto'] / max(fixed):.2f}x")
+    if naive and trl:
+        lines.append(f"naive / TRL RLOO {naive / trl:.2f}x")
+    return lines
+
+
+def report(name: str, rows: list[Row], loaded: str | None) -> None:  # flushed per policy: each table as it ends
+    description, warmup, timed = POLICIES[name]
+    naive = next((row.steps for row in rows if row.name == NAIVE), ())
+    warnings = [w for w in (loaded, idle.uneven(naive, "the naive loop's timed steps")) if w]
     print(
-        f"\n{size} policy: {PROMPTS_PER_STEP} prompts/step x 3 samples (J-BOND: 1 policy + 2 anchor; "
-        f"RLOO: 3), <= {MAX_NEW_TOKENS} tokens, {timed} timed steps after {warmup}"
+        f"\n{'[LOADED] ' if warnings else ''}{name} policy ({description}): {PROMPTS_PER_STEP} prompts/step "
+        f"x 3 samples (J-BOND: 1 policy + 2 anchor; RLOO: 3), <= {MAX_NEW_TOKENS} tokens, "
+        f"{timed} timed steps after {warmup}"
     )
+    for line in warnings:
+        print(f"  {line}")
     for row in rows:
         if row.rate is None:
             print(f"  {row.name:<36} {'-':>7}            {row.note}")
             continue
         parts = "  ".join(f"{k} {v:.2f}s" for k, v in row.split.items())
-        print(
-            f"  {row.name:<36} {row.rate:7.2f} prompts/s   per step: {parts}" + (f"   ({row.note})" if row.note else "")
-        )
-    rate = {row.name: row.rate for row in rows if row.rate}
-    naive, trl = rate.get("naive single process (HF, torch)"), rate.get("TRL RLOOTrainer (HF, torch)")
-    for mode in ("sync", "pipelined"):
-        full = rate.get(f"full system, {mode}")
-        if full and naive:
-            print(f"  full {mode} / naive: {full / naive:.2f}x", end="")
-        if full and trl:
-            print(f"   full {mode} / TRL RLOO: {full / trl:.2f}x", end="")
-        print()
-    if naive and trl:
-        print(f"  naive / TRL RLOO: {naive / trl:.2f}x")
+        note = f"   ({row.note})" if row.note else ""
+        print(f"  {row.name:<36} {row.rate:7.2f} prompts/s  {row.tokens:5.1f} tokens   per step: {parts}{note}")
+    for line in ratios(rows):
+        print(f"  {line}")
     sys.stdout.flush()
 
 
 def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    sizes = [s for s in os.environ.get("JBOND_BENCH_SIZES", "tiny,medium").split(",") if s]
-    unknown = set(sizes) - set(STEPS)
+    names = [s for s in os.environ.get("JBOND_BENCH_POLICIES", "medium,medium_random").split(",") if s]
+    unknown = set(names) - set(POLICIES)
     if unknown:
-        sys.exit(f"JBOND_BENCH_SIZES: unknown size(s) {sorted(unknown)}; choose from {sorted(STEPS)}")
-    for size in sizes:
-        report(size, run_size(size))
+        sys.exit(f"JBOND_BENCH_POLICIES: unknown policy(ies) {sorted(unknown)}; choose from {sorted(POLICIES)}")
+    for name in names:
+        policy = policy_dir(name)  # a first build loads the machine: before the idle check
+        warning = idle.wait_for_idle()
+        report(name, run_policy(name, policy), warning)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""TRL's RLOOTrainer on the benchmark's model, reward model and prompts: prompts/s and per-step phase seconds.
+"""TRL's RLOOTrainer on the benchmark's model, reward model and prompts: prompts/s, per-step phase seconds and
+the mean completion length.
 
 Runs in its own venv (.venv-trl, `make bench-trl`: torch 2.13 CPU + trl, no Ray/vLLM/DeepSpeed), started by
 bench/bench_system.py as a subprocess; imports nothing from this project. Same batch as the J-BOND loop:
@@ -44,6 +45,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     stamps: list[float] = []
     phases: list[dict[str, float]] = []
+    lengths: list[float] = []  # each step's mean completion length (TRL's own metric)
 
     class Stamps(TrainerCallback):
         def on_step_begin(self, *_, **__):
@@ -52,6 +54,10 @@ def main() -> None:
 
         def on_step_end(self, *_, **__):
             stamps.append(time.perf_counter())
+
+        def on_log(self, *_, logs=None, **__):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
 
     with tempfile.TemporaryDirectory() as out:
         config = RLOOConfig(
@@ -104,6 +110,7 @@ def main() -> None:
             {
                 "prompts_per_s": args.timed * args.prompts_per_step / seconds,
                 "seconds": split,
+                "tokens": sum(lengths[args.warmup :]) / max(len(lengths[args.warmup :]), 1),
                 "trl": __import__("trl").__version__,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
