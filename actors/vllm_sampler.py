@@ -61,7 +61,8 @@ class VllmSampler(SamplerBase):
     """Sampler role on a vLLM engine; weights are replaced in place, never by rebuilding the engine.
 
     keep_host_copy: hold the served weights on the host (one model's bytes of RAM) so a partial update
-    touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused.
+    touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused. Plain
+    weights need no copy (they load any subset in place), so they keep none.
     anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its own fp32 anchor
     toward them (actors/weight_ema.py); with an fp32 engine that copy is the host copy, no extra RAM.
     plain_weights: (CPU, fp32, full weights) serve the linear layers from plain weight parameters instead of vLLM's

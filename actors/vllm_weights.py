@@ -61,8 +61,10 @@ class FullWeights:
             self.follow = WeightStaging(specs, Role.POLICY, version)  # checks the policy pushes it follows
             # fp32 engine: the EMA's tensors are the served ones, so they double as the host copy (no extra RAM)
             host = self.ema.tensors if dtype == torch.float32 else host if keep_host_copy else None
-        fused = llm.collective_rpc("packed_modules")[0]
-        self.staging = WeightStaging(specs, role, version, fused=fused, host_weights=host)
+        # Plain weights take any subset in place (each tensor copied into its rows of a fused layer): nothing to
+        # complete from a host copy, so none is kept or updated. Packed layers are re-processed whole.
+        fused = {} if plain else llm.collective_rpc("packed_modules")[0]
+        self.staging = WeightStaging(specs, role, version, fused=fused, host_weights=None if plain else host)
 
     def load(self, update: WeightUpdate) -> None:
         if self.ema is not None and update.role is Role.POLICY:

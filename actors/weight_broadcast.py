@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from actors.weight_flat import aligned_offsets, split
+from actors.weight_flat import aligned_offsets, backing_buffer, split
 from actors.weight_staging import WeightStaging
 from bond.records import Role, WeightUpdate
 
@@ -91,9 +91,11 @@ class WeightGroup:
         raw = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8).to(self.device)
         self._broadcast(torch.tensor([raw.numel()], dtype=torch.int64, device=self.device))
         self._broadcast(raw)
-        flat = torch.empty(end, dtype=torch.uint8, device=self.device)
-        for t, off in zip(tensors, offsets, strict=True):
-            flat[off : off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
+        flat = backing_buffer(tensors, offsets, end)  # the learner's export fills its buckets in this layout
+        if flat is None or flat.device != self.device:
+            flat = torch.empty(end, dtype=torch.uint8, device=self.device)
+            for t, off in zip(tensors, offsets, strict=True):
+                flat[off : off + t.numel() * t.element_size()].copy_(t.reshape(-1).view(torch.uint8))
         self._broadcast(flat)
 
     # ---- receivers -----------------------------------------------------------------------------------

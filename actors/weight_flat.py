@@ -10,7 +10,7 @@ safetensors; they are read-only (the engine's loaders and the EMA copy out of th
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,14 +41,17 @@ class FlatUpdate:
 
     @staticmethod
     def pack(update: WeightUpdate) -> FlatUpdate:
-        """One copy of every tensor into a fresh buffer (CPU tensors; a device tensor is copied to the host)."""
+        """The update's tensors in one host buffer: the buffer they already are views of (the learner's export fills
+        its buckets in this layout, `flat_views`), else one copy of every tensor into a fresh buffer."""
         names = tuple(update.tensors)
         tensors = [update.tensors[n].detach() for n in names]
         offsets, end = aligned_offsets(t.numel() * t.element_size() for t in tensors)
-        buffer = np.empty(end, dtype=np.uint8)
-        flat = torch.from_numpy(buffer)
-        for t, off in zip(tensors, offsets, strict=True):
-            flat[off : off + t.numel() * t.element_size()].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        flat = backing_buffer(tensors, offsets, end)
+        if flat is None or flat.device.type != "cpu":
+            flat = torch.from_numpy(np.empty(end, dtype=np.uint8))
+            for t, off in zip(tensors, offsets, strict=True):
+                flat[off : off + t.numel() * t.element_size()].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        buffer = flat.numpy()
         return FlatUpdate(
             role=update.role,
             version=update.version,
@@ -89,6 +92,28 @@ def split(
         n = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
         tensors[name] = flat[off : off + n].view(dtype).view(tuple(shape))
     return tensors
+
+
+def flat_views(specs: Sequence[tuple[torch.Size, torch.dtype]], device: torch.device) -> list[torch.Tensor]:
+    """Uninitialised tensors of these (shape, dtype)s on `device`, as views of one flat uint8 buffer at the offsets
+    `pack` uses: a bucket filled through them is packed (or broadcast) without another copy."""
+    offsets, end = aligned_offsets(shape.numel() * dtype.itemsize for shape, dtype in specs)
+    flat = torch.empty(end, dtype=torch.uint8, device=device)
+    return list(split(range(len(specs)), (str(d) for _, d in specs), (s for s, _ in specs), offsets, flat).values())
+
+
+def backing_buffer(tensors: Sequence[torch.Tensor], offsets: Sequence[int], end: int) -> torch.Tensor | None:
+    """The uint8 buffer of `end` bytes that `tensors` are contiguous views of at exactly `offsets`, or None."""
+    if not tensors:
+        return None
+    storage = tensors[0].untyped_storage()
+    base = storage.data_ptr()
+    if storage.nbytes() != end or any(
+        t.untyped_storage().data_ptr() != base or t.data_ptr() - base != off or not t.is_contiguous()
+        for t, off in zip(tensors, offsets, strict=True)
+    ):
+        return None
+    return torch.empty(0, dtype=torch.uint8, device=tensors[0].device).set_(storage)
 
 
 def aligned_offsets(sizes: Iterable[int]) -> tuple[list[int], int]:

@@ -13,7 +13,8 @@ includes: export (bucketing), transport, validation, in-place reload, version co
   `plain_weights=False` (vLLM's layerwise reload, which re-packs every linear layer for its oneDNN kernels).
 - ..., packed: the same pushes into actors built with plain_weights=False (what a push cost before).
 - actor breakdown: the pieces of an anchor-follows push measured inside the actors on the whole model: validation
-  (WeightStaging.check), the EMA step, the policy actor's host-copy update, the engine apply (plain / packed).
+  (WeightStaging.check), the EMA step, the engine apply (plain / packed). Plain weights keep no host copy (they load
+  any subset in place), so a policy actor's push is validation plus the apply.
 - LoRA rows: adapters only (learner.lora, r=8 on every projection) into an engine serving base + adapter as vLLM
   LoRA requests, by each transport, with the engine's sampling throughput with what it serves (LoRA adds the
   adapter matmuls to every layer; compare with the full model's row).
@@ -27,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,28 +38,31 @@ REPEATS = 5
 
 
 def _advance(learner_rank) -> None:
-    learner_rank.learner._step += 1
+    learner_rank._step += 1
 
 
-def _reload_only(sampler) -> float:
-    tensors = dict(sampler._staging.host_weights)
+def _served(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's weights as a push carries them (the engines serve them unchanged: pushes repeat the checkpoint)."""
+    from actors.checkpoint_files import checkpoint_tensors
+
+    return checkpoint_tensors(model_dir, torch.float32)
+
+
+def _reload_only(model_dir: Path, sampler) -> float:
+    tensors = _served(model_dir)
     t0 = time.perf_counter()
     sampler.llm.collective_rpc("load_checkpoint_weights", args=(tensors,))
     return time.perf_counter() - t0
 
 
-def _policy_pieces(sampler) -> dict[str, float]:
-    """Validation and the host-copy update of a whole-model push, inside a policy actor (seconds)."""
+def _validation(model_dir: Path, sampler) -> dict[str, float]:
+    """Validation of a whole-model push, inside a policy actor (seconds)."""
     from bond.records import WeightUpdate
 
-    host = sampler._staging.host_weights
-    update = WeightUpdate(sampler.role, sampler.weights_version + 1, {n: t.clone() for n, t in host.items()})
+    update = WeightUpdate(sampler.role, sampler.weights_version + 1, _served(model_dir))
     t0 = time.perf_counter()
     sampler._staging.check(update)
-    t1 = time.perf_counter()
-    for n, t in update.tensors.items():
-        host[n].copy_(t)
-    return {"validation": t1 - t0, "host copy update": time.perf_counter() - t1}
+    return {"validation": time.perf_counter() - t0}
 
 
 def _ema_step(sampler) -> float:
@@ -129,8 +134,8 @@ def _one_model(model_dir: Path, label: str) -> None:
         "step sync, anchor follows, packed": lambda: push_weights(
             [learner], [packed_policy, packed_follower], Role.POLICY
         ),
-        "reload only": lambda: in_actor(policy, _reload_only),
-        "reload only, packed": lambda: in_actor(packed_policy, _reload_only),
+        "reload only": lambda: in_actor(policy, partial(_reload_only, model_dir)),
+        "reload only, packed": lambda: in_actor(packed_policy, partial(_reload_only, model_dir)),
         "memcpy": lambda: dst.copy_(src),
     }
     inside = {"reload only", "reload only, packed"}  # timed in the actor
@@ -143,7 +148,10 @@ def _one_model(model_dir: Path, label: str) -> None:
             t0 = time.perf_counter()
             out = fn()
             best[name] = min(best[name], out if name in inside else time.perf_counter() - t0)
-        for name, seconds in {**in_actor(policy, _policy_pieces), "EMA step": in_actor(follower, _ema_step)}.items():
+        for name, seconds in {
+            **in_actor(policy, partial(_validation, model_dir)),
+            "EMA step": in_actor(follower, _ema_step),
+        }.items():
             pieces[name] = min(pieces.get(name, float("inf")), seconds)
     m = best["memcpy"]
     print(f"  {label}: {nbytes / 1e6:.1f} MB, memcpy {m * 1e3:.2f} ms", flush=True)

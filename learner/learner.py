@@ -181,14 +181,15 @@ class Learner:
         return self._scorer.kl_to_reference(completions, role)
 
     # ---- weights out ---------------------------------------------------------------------------------------
-    def weights(self, role: Role) -> Iterator[WeightUpdate]:
+    def weights(self, role: Role, reuse: bool = False) -> Iterator[WeightUpdate]:
         """The role's weights in buckets of at most bucket_bytes, with the checkpoint's parameter names.
 
         Every rank must drain the iterator (each bucket is a collective under ZeRO-3); every rank gets the
         full tensors, on the learner's device, in the model dtype. version = the role's version (`version`); the
-        last bucket has last_bucket=True.
+        last bucket has last_bucket=True. reuse: the buckets' memory is refilled by the next push (for a caller
+        that is done with each bucket by then; learner/weight_export.py).
         """
-        return self._export.updates(role, self.version(role))
+        return self._export.updates(role, self.version(role), reuse)
 
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict | None = None, sha256: bool = True) -> None:

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from actors.weight_flat import flat_views
 from bond.config import require
 from bond.lora import merged_weight
 from bond.records import Role, WeightUpdate
@@ -66,6 +67,7 @@ class WeightExport:
     ) -> None:
         self.engine, self.names, self.params, self.shadows = engine, list(names), list(params), dict(shadows)
         self.lora, self.dtype, self.bucket_bytes, self.rank = layout, dtype, bucket_bytes, rank
+        self._kept: dict[int, dict[str, torch.Tensor]] = {}  # bucket -> its tensors, refilled by `updates(reuse=True)`
         check_bucket(bucket_bytes, self.names, [self._numel(p) for p in self.params], dtype.itemsize)
 
     @property
@@ -73,25 +75,37 @@ class WeightExport:
         """Bytes of one copy of the pushed weights in the export dtype (what a weight push moves)."""
         return sum(self._numel(p) for p in self.params) * self.dtype.itemsize
 
-    def updates(self, role: Role, version: int) -> Iterator[WeightUpdate]:
+    def updates(self, role: Role, version: int, reuse: bool = False) -> Iterator[WeightUpdate]:
         """The role's weights in buckets of at most bucket_bytes, full tensors on every rank, the last bucket
-        marked last_bucket=True."""
+        marked last_bucket=True. reuse: refill the previous push's bucket tensors instead of fresh ones (no fresh
+        pages to fault in), for a caller done with each bucket before the next push (Ray copies a yielded bucket
+        into its object store at once); the tensors of an earlier push are then overwritten."""
         plan = self.bucket_plan(self.dtype)
         for b, indices in enumerate(plan):
-            yield WeightUpdate(
-                role=role,
-                version=version,
-                tensors=self.gather(role, indices, self.dtype),
-                last_bucket=b == len(plan) - 1,
-            )
+            tensors = self.gather(role, indices, self.dtype, self._kept.get(b) if reuse else None)
+            if reuse:
+                self._kept[b] = tensors
+            yield WeightUpdate(role=role, version=version, tensors=tensors, last_bucket=b == len(plan) - 1)
 
-    def gather(self, role: Role, indices: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def gather(
+        self, role: Role, indices: list[int], dtype: torch.dtype, into: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Full copies of the role's parameters `indices` in `dtype`: views of one flat buffer filled by one copy
+        (actors/weight_flat.py packs it for either transport without another), or `into`'s tensors refilled."""
         if role is Role.POLICY:
             params = [self.params[i] for i in indices]
             with self.engine.gathered(params):  # one bucket at a time under ZeRO-3, never the whole model
-                return {self.names[i]: self.params[i].data.detach().to(dtype=dtype, copy=True) for i in indices}
+                return self._copy_out([p.data for p in params], indices, dtype, into)
         shadow = self.shadows[role]
-        return {self.names[i]: shadow.full(i).to(dtype=dtype, copy=True) for i in indices}
+        return self._copy_out([shadow.full(i) for i in indices], indices, dtype, into)
+
+    def _copy_out(self, sources: list[torch.Tensor], indices: list[int], dtype: torch.dtype, into) -> dict:
+        names = [self.names[i] for i in indices]
+        if into is None or list(into) != names:
+            into = dict(zip(names, flat_views([(s.shape, dtype) for s in sources], sources[0].device), strict=True))
+        for name, source in zip(names, sources, strict=True):
+            into[name].copy_(source.detach())
+        return into
 
     def bucket_plan(self, dtype: torch.dtype, params: Sequence[torch.nn.Parameter] | None = None) -> list[list[int]]:
         """Indices of `params` (default: the pushed ones) grouped in order into buckets of <= bucket_bytes."""

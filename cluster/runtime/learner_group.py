@@ -64,9 +64,10 @@ class LearnerRank(Learner):
 
     def weights(self, role: Role) -> Iterator[FlatUpdate]:
         """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store,
-        each as one flat buffer that every reader maps without a copy (actors/weight_flat.py)."""
+        each as one flat buffer that every reader maps without a copy (actors/weight_flat.py). The buckets' memory is
+        reused from push to push: Ray copies each into the object store as it is yielded."""
         self._export_bytes = 0
-        for update in super().weights(role):
+        for update in super().weights(role, reuse=True):
             self._export_bytes += update.num_bytes
             if self.rank == 0:
                 yield FlatUpdate.pack(update)
@@ -96,7 +97,7 @@ class LearnerRank(Learner):
         if self.rank == 0 and group is None:
             raise RuntimeError(f"send_weights({role}) before join_weight_group")
         buckets = num_bytes = 0
-        for update in super().weights(role):
+        for update in super().weights(role, reuse=True):  # each bucket is broadcast before the next is filled
             if group is not None:
                 group.send(update)
             buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes

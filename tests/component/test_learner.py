@@ -379,8 +379,15 @@ def test_weight_buckets_respect_size_and_cover_the_checkpoint(tiny_dir):
         names = [k for u in updates for k in u.tensors]
         assert len(names) == len(set(names)) and set(names) == on_disk.keys()
         assert all(torch.equal(u.tensors[k], on_disk[k]) for u in updates for k in u.tensors)
+    kept = [{k: t.clone() for k, t in u.tensors.items()} for u in lrn.weights(Role.POLICY, reuse=True)]
     lrn.step(make_batch(0))
     assert {u.version for u in lrn.weights(Role.POLICY)} == {1}
     assert {u.version for u in lrn.weights(Role.REFERENCE)} == {0}
+    # reuse: the next push refills the same memory (no fresh pages), with the new weights
+    first = [u.tensors for u in lrn.weights(Role.POLICY, reuse=True)]
+    again = [u.tensors for u in lrn.weights(Role.POLICY, reuse=True)]
+    assert [t.data_ptr() for b in first for t in b.values()] == [t.data_ptr() for b in again for t in b.values()]
+    assert all(torch.equal(again[i][k], state(lrn)[k]) for i in range(len(again)) for k in again[i])
+    assert any(not torch.equal(kept[i][k], again[i][k]) for i in range(len(kept)) for k in kept[i])
     with pytest.raises(ValueError, match="bucket_bytes"):
         learner(tiny_dir, zero_stage=0, bucket_bytes=100_000)

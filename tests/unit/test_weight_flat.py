@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.weight_flat import ALIGN, FlatUpdate, as_weight_update, split
+from actors.weight_flat import ALIGN, FlatUpdate, as_weight_update, flat_views, split
 from bond.records import Role, WeightUpdate
 
 
@@ -34,3 +34,22 @@ def test_pack_unpack_is_exact_aligned_and_copy_free():
 def test_unknown_dtype_is_named():
     with pytest.raises(ValueError, match="'x' has unsupported dtype torch.int8"):
         split(["x"], ["torch.int8"], [[2]], [0], torch.zeros(16, dtype=torch.uint8))
+
+
+def test_a_bucket_filled_through_flat_views_is_packed_without_a_copy():
+    """The learner's export fills each bucket through flat_views: pack (and the broadcast) then ship that buffer as
+    it is; tensors not laid out so (a view of a larger buffer, another order) are copied, exactly."""
+    shapes = [(torch.Size([3, 5]), torch.float32), (torch.Size([7]), torch.bfloat16), (torch.Size([2]), torch.float32)]
+    views = flat_views(shapes, torch.device("cpu"))
+    for v in views:
+        v.copy_(torch.arange(v.numel()).reshape(v.shape))
+    tensors = dict(zip("abc", views, strict=True))
+    flat = FlatUpdate.pack(WeightUpdate(Role.POLICY, 1, tensors, last_bucket=True))
+    assert flat.buffer.ctypes.data == views[0].untyped_storage().data_ptr()  # the same memory: no copy
+    reordered = FlatUpdate.pack(WeightUpdate(Role.POLICY, 1, dict(zip("cba", views[::-1], strict=True)), True))
+    assert reordered.buffer.ctypes.data != views[0].untyped_storage().data_ptr()
+    partial = FlatUpdate.pack(WeightUpdate(Role.POLICY, 1, {"a": views[0]}, True))  # the buffer holds more
+    assert partial.buffer.ctypes.data != views[0].untyped_storage().data_ptr()
+    for packed, expected in ((flat, tensors), (reordered, tensors), (partial, {"a": views[0]})):
+        got = packed.unpack().tensors
+        assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in expected)
