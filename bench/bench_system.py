@@ -113,13 +113,15 @@ def naive_row(job: JobConfig, warmup: int) -> Row:
 def full_rows(job: JobConfig, warmup: int) -> list[Row]:
     import ray
 
+    from cluster.runtime.mode import resolve as resolve_mode
     from cluster.runtime.ray_system import init_ray, start_system
 
     rows = []
     init_ray(job)  # as the job starts it: workers' logs stay in Ray's files
     try:
         for mode in Mode:
-            mode_job = dataclasses.replace(job, run=dataclasses.replace(job.run, mode=mode))
+            # as the job does (cluster/main.py): auto is resolved before the system starts (its thread counts)
+            mode_job = resolve_mode(dataclasses.replace(job, run=dataclasses.replace(job.run, mode=mode)))
             system = start_system(mode_job)
             try:
                 rows.append(measure(f"full system, {mode.value}", mode_job, system, warmup))
