@@ -119,10 +119,10 @@ def run(job: JobConfig) -> dict:
         )
     resume_from = resume_point(job, run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(loading.to_dict(job), sort_keys=False))
-    job = mode.resolve(job)  # after config.yaml (it keeps what was asked), before any process starts
-
     owns_ray = not ray.is_initialized()  # a caller (a test, a notebook) may already hold a Ray session
     ray_logs = init_ray(job) if owns_ray else None
+    # after config.yaml (it keeps what was asked) and before any role starts; its nodes tell whose cores they share
+    job = mode.resolve(job, cluster_nodes=sum(1 for node in ray.nodes() if node["Alive"]))
     metrics = JobMetrics(run=run_dir.name, max_staleness=job.run.max_staleness)
     for reason, count in prompt_set.skipped.items():
         metrics.record_skip(f"prompt {reason}", count)

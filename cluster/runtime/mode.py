@@ -9,7 +9,6 @@ auto job decides, and probes, again from the step it resumes at.
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,13 +48,16 @@ def decide(job: JobConfig, cores: int | None) -> Decision:
     return Decision(Mode.AUTO, f"the roles {where}: timing both modes")
 
 
-def resolve(job: JobConfig) -> JobConfig:
+def resolve(job: JobConfig, cluster_nodes: int = 1) -> JobConfig:
     """An auto job as it will start: run.mode sync where the rule says so (before any process starts: their thread
-    counts follow the mode), else still auto, for the loop to probe. Other modes are returned as they are."""
+    counts follow the mode), else still auto, for the loop to probe. Other modes are returned as they are.
+
+    cluster_nodes: live nodes of the Ray cluster the job runs on. On one node (a local Ray, or `ray job submit` to a
+    one-machine head such as `make monitor`'s) every process shares the driver's cores; on several, cores are
+    unknown here."""
     if job.run.mode is not Mode.AUTO:
         return job
-    local = not (job.run.ray_address or os.environ.get("RAY_ADDRESS"))
-    decision = decide(job, node_cores() if local else None)
+    decision = decide(job, node_cores() if cluster_nodes == 1 else None)
     print(f"run.mode auto -> {'sync' if decision.mode is Mode.SYNC else 'probe'}: {decision.reason}", flush=True)
     return dataclasses.replace(job, run=dataclasses.replace(job.run, mode=decision.mode))
 

@@ -77,10 +77,12 @@ def test_schedule_of_a_set_mode_never_changes():
 
 
 def test_resolve_starts_an_auto_job_sync_or_probed_and_says_why(monkeypatch, capsys):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for cores, want, line in ((2, Mode.SYNC, "run.mode auto -> sync: the actors"), (4, Mode.AUTO, "-> probe: ")):
         monkeypatch.setattr(mode, "node_cores", lambda cores=cores: cores)
         assert mode.resolve(job()).run.mode is want
         assert line in capsys.readouterr().out
+    # a cluster of several nodes: their cores are unknown to the driver, so the loop times both modes
+    assert mode.resolve(job(), cluster_nodes=3).run.mode is Mode.AUTO
+    assert "-> probe: the roles run on a Ray cluster's nodes" in capsys.readouterr().out
     pipelined = job("run.mode=pipelined")
     assert mode.resolve(pipelined) is pipelined and capsys.readouterr().out == ""
