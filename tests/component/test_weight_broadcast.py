@@ -98,14 +98,24 @@ def _learner_main(
         buckets += 1
         if group is not None:
             group.send(update)
-    if rank == 0:
-        torch.save({"logprobs": logprobs, "buckets": buckets}, out / "learner.pt")
+    if rank == 0:  # written whole, then renamed: the test reads it as soon as the receivers are done
+        torch.save({"logprobs": logprobs, "buckets": buckets}, out / "learner.pt.partial")
+        os.replace(out / "learner.pt.partial", out / "learner.pt")
     with torch.no_grad():  # a learner that diverged: one parameter turns NaN on every rank
         lrn.engine.local(lrn._params[3]).fill_(float("nan"))
     for update in lrn.weights(Role.POLICY):
         if group is not None:
             group.send(update)
     os._exit(0)  # gone without closing anything: the receivers must notice, not hang
+
+
+def _when_written(path: Path, timeout_s: float = 60.0) -> Path:
+    """The learner writes its file after its last send, so the receivers may be done before it is there."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was not written within {timeout_s} s"
+        time.sleep(0.05)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +153,7 @@ def test_collective_push_equals_learner_refuses_bad_buckets_and_notices_a_dead_s
             list(pool.map(lambda a: a[0].join_weight_group(address, a[1]), [(engine, 1), (hf, 2)]))
             got = list(pool.map(lambda s: s.receive_weights(), [engine, hf]))
             assert got == [1, 1]  # the learner's version after one step
-            learner = torch.load(tmp_path / "learner.pt", weights_only=True)
+            learner = torch.load(_when_written(tmp_path / "learner.pt"), weights_only=True)
             assert learner["buckets"] > 2  # bucketed: one broadcast per bucket, several buckets
             served = torch.tensor([sum(t) for t in engine.token_logprobs(PROMPTS, COMPLETIONS)])
             torch.testing.assert_close(served, learner["logprobs"], atol=1e-4, rtol=0)
