@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -102,6 +102,7 @@ class System:
     scorer: Scorer
     learner: LearnerGroup
     reservation: Reservation | None = None
+    startup: dict[str, float] = field(default_factory=dict)  # seconds until each part was up (Ray's start_system)
 
     def shutdown(self) -> None:
         for part in (self.scorer, self.samplers, self.learner, self.reservation):

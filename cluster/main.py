@@ -135,6 +135,7 @@ def run(job: JobConfig) -> dict:
             f"{job.reward.replicas} reward replica(s), {job.resources.learner_ranks} learner rank(s)",
             flush=True,
         )
+        print("  up after: " + ", ".join(f"{part} {s:.1f} s" for part, s in system.startup.items()), flush=True)
         with stop_on_sigterm() as stop:  # after ray.init, which installs its own SIGTERM handler
             return _train(job, system, metrics, split, run_dir, resume_from, stop)
     finally:

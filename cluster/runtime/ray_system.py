@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -88,17 +90,27 @@ def start_system(job: JobConfig, metrics=None, roles: Sequence[Role] | None = No
     """Start every component of a job. roles: whose sampling workers to start (default job.actor_roles, what the
     algorithm samples); add Role.REFERENCE to evaluate Best-of-N of the reference (evaluation.bon_curve) in a job
     that trains without."""
-    res, threads = job.resources, job_threads(job)
+    t0, res, threads = time.perf_counter(), job.resources, job_threads(job)
     actor_roles = tuple(dict.fromkeys(roles or job.actor_roles))
     layout = placement.plan(res, job.actor_gpus, actor_roles)  # actor_gpus: a tensor-parallel engine's shards
     reservation = Reservation(layout)
+    startup = {"placement groups": time.perf_counter() - t0}
     tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
-    fleet = Fleet(_start_samplers(job, layout, reservation, threads, tag), res.max_actor_restarts, metrics)
+    samplers = _start_samplers(job, layout, reservation, threads, tag)
+    fleet = Fleet(samplers, res.max_actor_restarts, metrics)
     ranks = _start_ranks(job, layout, reservation, threads, tag)
     # Colocated: the engines give their memory back while the learner steps (RayLearnerGroup.learn).
     sleeps = job.engine.enable_sleep_mode or (res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
-    scorer = RayScorer(serve_app.deploy(job.reward, env_vars=thread_env(threads.reward)), job.reward.request_timeout_s)
-    ray.get([a.__ray_ready__.remote() for a in fleet.all()] + [r.__ray_ready__.remote() for r in ranks])
+    parts = {f"{role}-{i}": actor for role, group in samplers.items() for i, actor in enumerate(group)}
+    waiter = ThreadPoolExecutor(1)  # times the actors coming up while Serve deploys beside them
+    try:
+        ready = waiter.submit(_ready_seconds, parts | {f"learner-{r}": rank for r, rank in enumerate(ranks)}, t0)
+        deployed = serve_app.deploy(job.reward, env_vars=thread_env(threads.reward))  # returns once replicas are up
+        startup["reward service"] = time.perf_counter() - t0
+        startup = dict(sorted((startup | ready.result()).items(), key=lambda part: part[1]))
+    finally:
+        waiter.shutdown(wait=False)  # a failed deploy does not wait for the actors
+    scorer = RayScorer(deployed, job.reward.request_timeout_s)
     if res.colocate and sleeps and res.gpus_per_actor == 0:
         # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
         # it back at once and from then on hold only what a sampling round touches.
@@ -106,7 +118,19 @@ def start_system(job: JobConfig, metrics=None, roles: Sequence[Role] | None = No
         fleet.wake_up()
         print(f"colocated: engines released {released / 2**20:.0f} MiB of KV cache at start", flush=True)
     learner = RayLearnerGroup(job, ranks, fleet, sleeps)
-    return System(RaySamplerPool(fleet, learner, scorer), scorer, learner, reservation)
+    return System(RaySamplerPool(fleet, learner, scorer), scorer, learner, reservation, startup)
+
+
+def _ready_seconds(actors: dict, t0: float) -> dict[str, float]:
+    """Seconds from t0 until each named actor's constructor returned (its imports, model load, engine start),
+    in the order they came up; a constructor that raised raises here."""
+    pending = {actor.__ray_ready__.remote(): name for name, actor in actors.items()}
+    seconds = {}
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        ray.get(done)
+        seconds[pending.pop(done)] = time.perf_counter() - t0
+    return seconds
 
 
 def _start_samplers(
