@@ -167,6 +167,9 @@ def test_actor_weights_equal_the_learner_after_a_sync(local_ray, tiny_dir, tmp_p
     job = smoke_job(tmp_path, tiny_dir, run__steps=2, run__weight_sync="collective")
     system = start_system(job)
     try:
+        # when each part came up (printed by the job), in the order they did
+        assert set(system.startup) == {"placement groups", "policy-0", "anchor-0", "learner-0", "reward service"}
+        assert list(system.startup.values()) == sorted(system.startup.values())
         prompts = load_prompts(job.prompts).prompts
         reports = []
         train(job, system, prompts, LoopState(0, PromptCursor()), on_step=lambda rec: reports.append(rec.syncs))
