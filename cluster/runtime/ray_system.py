@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -40,6 +41,8 @@ SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 # A quiet console (run.verbose=false): Serve's log lines (with its per-request access log) go to its log
 # files only, not also to each worker's stderr.
 QUIET_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
+
+T = TypeVar("T")
 
 
 class Reservation:
@@ -96,21 +99,19 @@ def start_system(job: JobConfig, metrics=None, roles: Sequence[Role] | None = No
     reservation = Reservation(layout)
     startup = {"placement groups": time.perf_counter() - t0}
     tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
+    # Serve deploys from the start, beside everything else: it brings up its controller, then its HTTP proxy, then
+    # the replica, one after the other, and is the last part up.
+    deployed = _in_background(_deployed, job.reward, thread_env(threads.reward), t0)
     samplers = _start_samplers(job, layout, reservation, threads, tag)
-    fleet = Fleet(samplers, res.max_actor_restarts, metrics)
     ranks = _start_ranks(job, layout, reservation, threads, tag)
+    parts = {f"{role}-{i}": actor for role, group in samplers.items() for i, actor in enumerate(group)}
+    startup |= _ready_seconds(parts | {f"learner-{r}": rank for r, rank in enumerate(ranks)}, t0)
+    handle, startup["reward service"] = deployed()
+    startup = dict(sorted(startup.items(), key=lambda part: part[1]))  # in the order the parts came up
+    fleet = Fleet(samplers, res.max_actor_restarts, metrics)
     # Colocated: the engines give their memory back while the learner steps (RayLearnerGroup.learn).
     sleeps = job.engine.enable_sleep_mode or (res.colocate and job.models.sampler_backend is SamplerBackend.VLLM)
-    parts = {f"{role}-{i}": actor for role, group in samplers.items() for i, actor in enumerate(group)}
-    waiter = ThreadPoolExecutor(1)  # times the actors coming up while Serve deploys beside them
-    try:
-        ready = waiter.submit(_ready_seconds, parts | {f"learner-{r}": rank for r, rank in enumerate(ranks)}, t0)
-        deployed = serve_app.deploy(job.reward, env_vars=thread_env(threads.reward))  # returns once replicas are up
-        startup["reward service"] = time.perf_counter() - t0
-        startup = dict(sorted((startup | ready.result()).items(), key=lambda part: part[1]))
-    finally:
-        waiter.shutdown(wait=False)  # a failed deploy does not wait for the actors
-    scorer = RayScorer(deployed, job.reward.request_timeout_s)
+    scorer = RayScorer(handle, job.reward.request_timeout_s)
     if res.colocate and sleeps and res.gpus_per_actor == 0:
         # vLLM zero-fills the whole CPU KV cache at start, so all of it is resident; colocated engines give
         # it back at once and from then on hold only what a sampling round touches.
@@ -119,6 +120,35 @@ def start_system(job: JobConfig, metrics=None, roles: Sequence[Role] | None = No
         print(f"colocated: engines released {released / 2**20:.0f} MiB of KV cache at start", flush=True)
     learner = RayLearnerGroup(job, ranks, fleet, sleeps)
     return System(RaySamplerPool(fleet, learner, scorer), scorer, learner, reservation, startup)
+
+
+def _in_background(fn: Callable[..., T], *args) -> Callable[[], T]:
+    """Call fn(*args) on a daemon thread (one that never holds the process open: a start that fails elsewhere does
+    not wait for it); the returned function waits for its result, or raises its exception."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller of result()
+            outcome["error"] = e
+
+    thread = threading.Thread(target=call, name=getattr(fn, "__name__", "background"), daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
+
+
+def _deployed(spec, env: dict[str, str], t0: float):
+    """The reward service's handle once its replicas are up, and the seconds from t0 until then."""
+    handle = serve_app.deploy(spec, env_vars=env)
+    return handle, time.perf_counter() - t0
 
 
 def _ready_seconds(actors: dict, t0: float) -> dict[str, float]:
