@@ -100,7 +100,7 @@ def start_system(job: JobConfig, metrics=None, roles: Sequence[Role] | None = No
     startup = {"placement groups": time.perf_counter() - t0}
     tag = uuid.uuid4().hex[:8]  # names like jbond-1a2b3c4d-policy-0: findable in the dashboard and state API
     # Serve deploys from the start, beside everything else: it brings up its controller, then its HTTP proxy, then
-    # the replica, one after the other, and is the last part up.
+    # the replica, one after the other, and deployed after the engines and ranks it came up last, 6-7 s behind them.
     deployed = _in_background(_deployed, job.reward, thread_env(threads.reward), t0)
     samplers = _start_samplers(job, layout, reservation, threads, tag)
     ranks = _start_ranks(job, layout, reservation, threads, tag)
