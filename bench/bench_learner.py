@@ -10,7 +10,6 @@ steps.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
 import resource
 import statistics
@@ -21,6 +20,7 @@ import torch
 from bond.config import BondConfig
 from bond.records import Batch, Completion, Role, ScoredCompletion
 from cluster.runtime.ports import free_port
+from cluster.runtime.threads import node_cores
 
 PROMPTS, STEPS, WARMUP = 32, 6, 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,10 +115,9 @@ def main() -> None:
         medians, tokens = _measure(world_size, stages, model)
         for zero_stage, (seconds, _) in medians.items():
             times[world_size, zero_stage] = seconds
-            engine = "plain torch" if zero_stage == 0 else f"DeepSpeed ZeRO-{zero_stage}"
             print(
-                f"  {world_size} rank{'s' if world_size > 1 else ' '} {engine:18s} {seconds * 1e3:7.1f} ms/step  "
-                f"{tokens / seconds:8.0f} tokens/s",
+                f"  {world_size} rank{'s' if world_size > 1 else ' '} {_engine(zero_stage):18s} "
+                f"{seconds * 1e3:7.1f} ms/step  {tokens / seconds:8.0f} tokens/s",
                 flush=True,
             )
     t = times
@@ -130,10 +129,16 @@ def main() -> None:
 def _medium_one_rank() -> None:
     from bench.medium_model import build_medium_random
 
-    threads = len(os.sched_getaffinity(0))
+    threads = node_cores()
     print(f"medium_random policy (27 M), 1 rank, {threads} torch threads (a sync job's learner on this node)")
     medians, tokens = _measure(1, (0, 2), build_medium_random() / "policy", threads)
     for zero_stage, (seconds, faults) in medians.items():
-        engine = "plain torch" if zero_stage == 0 else f"DeepSpeed ZeRO-{zero_stage}"
-        print(f"  {engine:18s} {seconds:6.2f} s/step  {tokens / seconds:6.0f} tokens/s  {faults:8.0f} page faults/step")
+        print(
+            f"  {_engine(zero_stage):18s} {seconds:6.2f} s/step  {tokens / seconds:6.0f} tokens/s  "
+            f"{faults:8.0f} page faults/step"
+        )
     print(f"DeepSpeed ZeRO-2 / torch at one rank: {medians[2][0] / medians[0][0]:.2f}x")
+
+
+def _engine(zero_stage: int) -> str:
+    return "plain torch" if zero_stage == 0 else f"DeepSpeed ZeRO-{zero_stage}"
