@@ -49,7 +49,7 @@ def main() -> None:
     import torch
 
     from bench.bench_actors import _big_model
-    from cluster.runtime.learner_group import LearnerRank
+    from cluster.runtime.learner_rank import LearnerRank
     from cluster.runtime.ports import free_port
     from cluster.runtime.threads import job_threads, thread_env
 

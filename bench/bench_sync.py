@@ -82,7 +82,8 @@ def _one_model(model_dir: Path, label: str) -> None:
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
     from cluster.config.job import JobConfig, ModelsConfig
-    from cluster.runtime.learner_group import LearnerRank, node_port
+    from cluster.runtime.learner_rank import LearnerRank
+    from cluster.runtime.ports import node_port
     from cluster.runtime.samplers import SAMPLER_ENV
     from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig
@@ -183,7 +184,8 @@ def _lora_model(model_dir: Path, label: str) -> None:
     from actors.vllm_sampler import VllmSampler
     from bond.records import Role
     from cluster.config.job import JobConfig, ModelsConfig
-    from cluster.runtime.learner_group import LearnerRank, node_port
+    from cluster.runtime.learner_rank import LearnerRank
+    from cluster.runtime.ports import node_port
     from cluster.runtime.samplers import SAMPLER_ENV
     from cluster.runtime.weight_sync import open_weight_group, push_weights, push_weights_collective
     from learner.config import LearnerConfig, LoraConfig

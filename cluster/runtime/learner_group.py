@@ -1,25 +1,21 @@
-"""The learner on Ray (the LearnerGroup role): the data-parallel LearnerRank actors, the weight pushes that
-sync each role's actors from them (routed by transport, with the anchor actors following the policy push),
-and checkpoints. A rank that dies stops the job at once (LearnerDiedError, naming the newest checkpoint)."""
+"""The learner on Ray (the LearnerGroup role): the data-parallel LearnerRank actors (learner_rank.py), the weight
+pushes that sync each role's actors from them (routed by transport, with the anchor actors following the policy
+push), and checkpoints. A rank that dies stops the job at once (LearnerDiedError, naming the newest checkpoint)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ray
-import torch
 from ray.exceptions import RayActorError, RayError
 
-from actors.weight_broadcast import GroupAddress, WeightGroup
-from actors.weight_flat import FlatUpdate
 from bond.divergence import KlEstimates
 from bond.records import Batch, Completion, Role, StepStats
 from cluster.config.job import JobConfig, SamplerBackend
 from cluster.core import SyncReport
 from cluster.runtime.components import WeightSyncError
-from cluster.runtime.ports import free_port
 from cluster.runtime.samplers import Fleet, actor_state
 from cluster.runtime.weight_sync import (
     WeightSyncMethod,
@@ -29,84 +25,9 @@ from cluster.runtime.weight_sync import (
     push_weights_collective,
 )
 from cluster.training.failures import CheckpointWriteError, LearnerDiedError, first_line
-from learner.learner import Learner
 
 # A surviving rank's collective fails as its peer dies, and Ray may mark the dead actor only after that failure.
 DEATH_GRACE_S = 5.0
-
-
-class LearnerRank(Learner):
-    """One data-parallel learner rank as a Ray actor: the learner/ class plus what the driver needs remotely."""
-
-    def __init__(
-        self,
-        job: JobConfig,
-        reference: str,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        threads: int | None = None,
-    ):
-        if threads is not None:  # Ray's default for a fractional num_cpus is one thread (cluster/runtime/threads.py)
-            torch.set_num_threads(threads)
-        super().__init__(
-            reference,
-            job.algorithm,
-            job.learner,
-            rank=rank,
-            world_size=world_size,
-            master_addr=master_addr,
-            master_port=master_port,
-        )
-        self._export_bytes = 0
-        self._weight_groups: dict[Role, WeightGroup] = {}  # rank 0 only: the sender of each role's group
-
-    def weights(self, role: Role) -> Iterator[FlatUpdate]:
-        """Every rank walks the buckets (gathers are collective); only rank 0 yields them into the object store,
-        each as one flat buffer that every reader maps without a copy (actors/weight_flat.py). The buckets' memory is
-        reused from push to push: Ray copies each into the object store as it is yielded."""
-        self._export_bytes = 0
-        for update in super().weights(role, reuse=True):
-            self._export_bytes += update.num_bytes
-            if self.rank == 0:
-                yield FlatUpdate.pack(update)
-
-    def last_export_bytes(self) -> int:
-        return self._export_bytes
-
-    def model_bytes(self) -> int:  # a method: a Ray actor's properties cannot be read remotely
-        return self._export.model_bytes
-
-    @staticmethod
-    def threads() -> int:
-        """torch intra-op threads of this rank (what resources.threads gave it)."""
-        return torch.get_num_threads()
-
-    @staticmethod
-    def weight_group_port() -> tuple[str, int]:
-        return node_port()
-
-    def join_weight_group(self, role: Role, address: GroupAddress) -> None:
-        """Rank 0 hosts `role`'s weight group (its TCPStore) as group rank 0; blocks until every actor joined."""
-        self._weight_groups[role] = WeightGroup(address, 0, self.device)
-
-    def send_weights(self, role: Role) -> tuple[int, int]:
-        """Every rank walks the buckets (gathers are collective); rank 0 broadcasts them. Returns (buckets, bytes)."""
-        group = self._weight_groups.get(role) if self.rank == 0 else None
-        if self.rank == 0 and group is None:
-            raise RuntimeError(f"send_weights({role}) before join_weight_group")
-        buckets = num_bytes = 0
-        for update in super().weights(role, reuse=True):  # each bucket is broadcast before the next is filled
-            if group is not None:
-                group.send(update)
-            buckets, num_bytes = buckets + 1, num_bytes + update.num_bytes
-        return buckets, num_bytes
-
-
-def node_port() -> tuple[str, int]:
-    """This node's address and a port free on every interface (one the other nodes connect to)."""
-    return ray.util.get_node_ip_address(), free_port("")
 
 
 def sync_method(job: JobConfig) -> WeightSyncMethod:

@@ -36,3 +36,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:  # nothing free below the ephemeral range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def node_port() -> tuple[str, int]:
+    """This node's address and a port free on every interface (one the other nodes connect to).
+
+    Run as a Ray task on the learner's first node, so it lives in this module: a task's worker imports the
+    function's module, and this one imports nothing heavy (the learner's module would cost the worker torch and
+    transformers, seconds of start-up CPU on a small machine)."""
+    from ray.util import get_node_ip_address
+
+    return get_node_ip_address(), free_port("")

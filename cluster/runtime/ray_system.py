@@ -26,7 +26,9 @@ from cluster.config.job import JobConfig, SamplerBackend
 from cluster.core import System
 from cluster.runtime import placement
 from cluster.runtime.components import sampler_class, sampler_kwargs
-from cluster.runtime.learner_group import LearnerRank, RayLearnerGroup, anchor_follows, node_port
+from cluster.runtime.learner_group import RayLearnerGroup, anchor_follows
+from cluster.runtime.learner_rank import LearnerRank
+from cluster.runtime.ports import node_port
 from cluster.runtime.samplers import Fleet, RaySamplerPool, sampler_env
 from cluster.runtime.scorer import RayScorer
 from cluster.runtime.threads import ThreadCounts, job_threads, thread_env
@@ -64,6 +66,10 @@ class Reservation:
 
     def strategy(self, slot: placement.Slot) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(self.groups[slot.group], placement_group_bundle_index=slot.bundle)
+
+    def node_id(self, slot: placement.Slot) -> str:
+        """The id (hex) of the node that holds `slot`'s bundle."""
+        return ray.util.placement_group_table(self.groups[slot.group])["bundles_to_node_id"][slot.bundle]
 
     def close(self) -> None:
         for pg in self.groups.values():
@@ -198,8 +204,7 @@ def _start_ranks(
     job: JobConfig, layout: placement.Plan, reservation: Reservation, threads: ThreadCounts, tag: str
 ) -> list:
     """The learner ranks, their process group's store on a free port of the first rank's node."""
-    find_port = ray.remote(node_port).options(num_cpus=0, scheduling_strategy=reservation.strategy(layout.learner[0]))
-    addr, port = ray.get(find_port.remote())
+    addr, port = _free_port_on(reservation, layout.learner[0])
     ranks = job.resources.learner_ranks
     return [
         ray.remote(LearnerRank)
@@ -207,6 +212,14 @@ def _start_ranks(
         .remote(job, job.models.policy, r, ranks, addr, port, threads=slot.omp_threads or threads.learner)
         for r, slot in enumerate(layout.learner)
     ]
+
+
+def _free_port_on(reservation: Reservation, slot: placement.Slot) -> tuple[str, int]:
+    """A free port on the node of `slot`, and that node's address: found here when it is this driver's node (one
+    machine), else by a task there (which costs that node a worker process)."""
+    if reservation.node_id(slot) == ray.get_runtime_context().get_node_id():
+        return node_port()
+    return ray.get(ray.remote(node_port).options(num_cpus=0, scheduling_strategy=reservation.strategy(slot)).remote())
 
 
 def init_ray(job: JobConfig) -> Path | None:
