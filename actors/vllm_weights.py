@@ -56,8 +56,13 @@ class FullWeights:
             llm.collective_rpc("serve_plain_weights", args=(self.payload(loaded),))
         host = loaded if keep_host_copy or anchor_ema is not None else None
         self.ema = self.follow = None
+        # in process, plain fp32 weights: the EMA moves the engine's parameters themselves (no copy of the model
+        # kept beside them, none applied after each step)
+        served = llm.collective_rpc("parameter_views")[0] if plain and in_process else None
+        self.ema_in_engine = anchor_ema is not None and served is not None
         if anchor_ema is not None:
-            self.ema = AnchorEma(host, anchor_ema, version)
+            initial = served if self.ema_in_engine else host
+            self.ema = AnchorEma(initial, anchor_ema, version, in_place=self.ema_in_engine)
             self.follow = WeightStaging(specs, Role.POLICY, version)  # checks the policy pushes it follows
             # fp32 engine: the EMA's tensors are the served ones, so they double as the host copy (no extra RAM)
             host = self.ema.tensors if dtype == torch.float32 else host if keep_host_copy else None
@@ -87,7 +92,10 @@ class FullWeights:
             return
         anchor = self.ema.follow(policy, update.version)
         self.follow.applied({}, update.version)
-        if anchor is not None:  # None: the version already followed (a retried push)
+        if anchor is not None and self.ema_in_engine:  # the EMA step moved the served weights: nothing to apply
+            self.llm.reset_prefix_cache()
+            self.staging.applied({}, update.version)
+        elif anchor is not None:  # None: the version already followed (a retried push)
             # fp32 engine: these ARE the EMA tensors (no copy); the policy push was validated, and an EMA of
             # finite tensors is finite
             self.apply({n: t.to(self.dtype) for n, t in anchor.items()}, update.version)

@@ -31,6 +31,7 @@ needs nothing else (not testable on CPU, where vLLM runs one worker).
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -94,10 +95,19 @@ class WeightReceiver:
                 unpacked.append(f"{name}.weight")
             layer.cpu_linear = torch.nn.functional.linear  # drops the packed copy (the handler is freed with it)
         self._plain_weights = True
-        loaded = self._copy_into_parameters(list(tensors.items()))
+        traced = {name: _Traced.of(name, t) for name, t in tensors.items()}
+        loaded = self._copy_into_parameters(list(traced.items()))
         if missing := [n for n in unpacked if n not in loaded]:  # an unloaded weight is uninitialised memory
             raise ValueError(f"plain weights: {missing[:3]} were not loaded from the {len(tensors)} tensors given")
+        self._views = _parameter_views(model, tensors, _Traced.destinations(traced.values()))
         return len(layers)
+
+    def parameter_views(self) -> dict[str, torch.Tensor] | None:
+        """Plain weights: each checkpoint tensor's place in the served parameters (a view, in this process), where
+        every tensor was copied once, unchanged, into a slice of one parameter; else None. Writing into a view
+        changes what the engine serves: the anchor's EMA moves the engine's weights in place (actors/weight_ema.py).
+        """
+        return getattr(self, "_views", None)
 
     def _copy_into_parameters(self, items: list[tuple[str, torch.Tensor]]) -> set[str]:
         """The model's own weight loaders copy each tensor into its (fused) parameter in place."""
@@ -161,3 +171,61 @@ class WeightReceiver:
         """The model's fused layers, e.g. {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} (see weight_staging)."""
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         return {k: list(v) for k, v in getattr(model, "packed_modules_mapping", {}).items()}
+
+
+class _Traced(torch.Tensor):
+    """A pushed tensor that records where the model's weight loaders copy it: `Tensor.copy_(destination, self)`.
+
+    vLLM's loaders differ by layer (fused q/k/v rows, padded vocabularies) but each ends in a copy into a slice of a
+    parameter; recording that slice, rather than re-deriving each loader's arithmetic here, follows them exactly.
+    Anything derived from a traced tensor is traced under the same name, so a loader that reshapes or casts first
+    is seen too (and then refused by _parameter_views: that destination is not the tensor as pushed)."""
+
+    _name: str
+    _copies: list[torch.Tensor]
+
+    @staticmethod
+    def of(name: str, tensor: torch.Tensor) -> _Traced:
+        traced = tensor.as_subclass(_Traced)
+        traced._name, traced._copies = name, []
+        return traced
+
+    @staticmethod
+    def destinations(traced) -> dict[str, list[torch.Tensor]]:
+        return {t._name: t._copies for t in traced}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        source = next((a for a in args if isinstance(a, _Traced)), None)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.copy_ and len(args) > 1 and args[1] is source:
+            source._copies.append(args[0])
+            return args[0]
+        if isinstance(out, torch.Tensor) and source is not None and out is not args[0]:
+            derived = out.as_subclass(_Traced)
+            derived._name, derived._copies = source._name, source._copies
+            return derived
+        return out
+
+
+def _parameter_views(
+    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], copies: Mapping[str, list[torch.Tensor]]
+) -> dict[str, torch.Tensor] | None:
+    """Each tensor's one destination, if every tensor went, unchanged in shape and dtype, into a slice of exactly
+    one parameter's storage and no two slices overlap; else None (the caller then copies as before)."""
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    views, spans = {}, []
+    for name, tensor in tensors.items():
+        dest = copies.get(name, [])
+        if len(dest) != 1 or dest[0].shape != tensor.shape or dest[0].dtype != tensor.dtype:
+            return None
+        view = dest[0]
+        if view.untyped_storage().data_ptr() not in storages or not view.is_contiguous():
+            return None
+        views[name] = view
+        spans.append((view.data_ptr(), view.data_ptr() + view.numel() * view.element_size()))
+    spans.sort()
+    if any(end > start for (_, end), (start, _) in itertools.pairwise(spans)):  # two names write the same bytes
+        return None
+    return views

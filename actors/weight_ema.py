@@ -23,12 +23,18 @@ from bond.anchor import ema_update_
 
 
 class AnchorEma:
-    def __init__(self, initial: Mapping[str, torch.Tensor], eta: float, version: int = 0) -> None:
-        """initial: the checkpoint in the model (= served) dtype, as the learner loads it; widened to fp32 here."""
+    def __init__(
+        self, initial: Mapping[str, torch.Tensor], eta: float, version: int = 0, *, in_place: bool = False
+    ) -> None:
+        """initial: the checkpoint in the model (= served) dtype, as the learner loads it; widened to fp32 here.
+        in_place: `initial` are fp32 tensors the anchor moves in place, never copied: the engine's own parameters
+        (views where its layers fuse several checkpoint tensors), so each EMA step is what the engine serves."""
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"anchor EMA: eta must be in [0, 1], got {eta}")
+        if in_place and any(t.dtype != torch.float32 for t in initial.values()):
+            raise ValueError("anchor EMA: in place needs fp32 tensors (the EMA runs in fp32, as the learner's)")
         self.eta, self.version = eta, version
-        self.tensors = {n: t.to(torch.float32, copy=True) for n, t in initial.items()}
+        self.tensors = dict(initial) if in_place else {n: t.to(torch.float32, copy=True) for n, t in initial.items()}
 
     def follow(self, policy: Mapping[str, torch.Tensor], version: int) -> dict[str, torch.Tensor] | None:
         """Apply the EMA toward the whole policy push of `version`; returns the anchor (fp32), or None when

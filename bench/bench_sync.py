@@ -13,8 +13,10 @@ includes: export (bucketing), transport, validation, in-place reload, version co
   `plain_weights=False` (vLLM's layerwise reload, which re-packs every linear layer for its oneDNN kernels).
 - ..., packed: the same pushes into actors built with plain_weights=False (what a push cost before).
 - actor breakdown: the pieces of an anchor-follows push measured inside the actors on the whole model: validation
-  (WeightStaging.check), the EMA step, the engine apply (plain / packed). Plain weights keep no host copy (they load
-  any subset in place), so a policy actor's push is validation plus the apply.
+  (WeightStaging.check), the EMA step, the engine apply (plain / packed), and the learner's export (its buckets
+  filled and packed, without the object store's copy or Ray's round trips). Plain weights keep no host copy (they
+  load any subset in place), so a policy actor's push is validation plus the apply; an anchor actor's is validation
+  plus the EMA step, which moves the engine's parameters themselves (actors/vllm_weights.py).
 - LoRA rows: adapters only (learner.lora, r=8 on every projection) into an engine serving base + adapter as vLLM
   LoRA requests, by each transport, with the engine's sampling throughput with what it serves (LoRA adds the
   adapter matmuls to every layer; compare with the full model's row).
@@ -63,6 +65,19 @@ def _validation(model_dir: Path, sampler) -> dict[str, float]:
     t0 = time.perf_counter()
     sampler._staging.check(update)
     return {"validation": time.perf_counter() - t0}
+
+
+def _export(learner_rank) -> float:
+    """The learner's side of a policy push without Ray: every bucket filled from the parameters and packed as it is
+    shipped (LearnerRank.weights, less the object store's copy and the round trips)."""
+    from actors.weight_flat import FlatUpdate
+    from bond.records import Role
+    from learner.learner import Learner
+
+    t0 = time.perf_counter()
+    for update in Learner.weights(learner_rank, Role.POLICY, reuse=True):
+        FlatUpdate.pack(update)
+    return time.perf_counter() - t0
 
 
 def _ema_step(sampler) -> float:
@@ -152,6 +167,7 @@ def _one_model(model_dir: Path, label: str) -> None:
         for name, seconds in {
             **in_actor(policy, partial(_validation, model_dir)),
             "EMA step": in_actor(follower, _ema_step),
+            "learner export": in_actor(learner, _export),
         }.items():
             pieces[name] = min(pieces.get(name, float("inf")), seconds)
     m = best["memcpy"]

@@ -59,6 +59,11 @@ def test_actor_side_ema_equals_the_learners_anchor_bit_for_bit(tiny_dir):
         ema.follow(dict(list(whole(buckets).items())[:2]), STEPS + 1)
 
 
+def _parameter_storages(worker) -> set[int]:
+    """Run in the engine's worker: where the served parameters' memory starts."""
+    return {p.untyped_storage().data_ptr() for p in worker.model_runner.get_model().parameters()}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(tiny_dir):
@@ -69,6 +74,11 @@ def test_vllm_anchor_actor_follows_policy_pushes_and_serves_the_learners_anchor(
 
     lr = learner(tiny_dir, BOND, zero_stage=0, micro_batch_prompts=4, bucket_bytes=1 << 18)
     anchor = VllmSampler(str(tiny_dir / "policy"), Role.ANCHOR, max_model_len=64, anchor_ema=ETA)
+    # the EMA moves the engine's own parameters: nothing is applied after a step, so the served log-probs checked
+    # below are the EMA's (a copy kept beside the engine would leave them at the checkpoint's)
+    assert anchor._weights.ema_in_engine
+    served = anchor.llm.collective_rpc(_parameter_storages)[0]
+    assert all(t.untyped_storage().data_ptr() in served for t in anchor._weights.ema.tensors.values())
     try:
         for step in (1, 2):
             lr.step(make_batch(step))
