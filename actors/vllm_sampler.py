@@ -63,8 +63,9 @@ class VllmSampler(SamplerBase):
     keep_host_copy: hold the served weights on the host (one model's bytes of RAM) so a partial update
     touching part of a fused layer (q_proj alone) can be completed; without it such an update is refused. Plain
     weights need no copy (they load any subset in place), so they keep none.
-    anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its own fp32 anchor
-    toward them (actors/weight_ema.py); with an fp32 engine that copy is the host copy, no extra RAM.
+    anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its fp32 anchor toward
+    them (actors/weight_ema.py): the engine's own parameters where it serves plain weights in this process, else
+    an fp32 copy applied to the engine after each step (actors/vllm_weights.py).
     plain_weights: (CPU, fp32, full weights) serve the linear layers from plain weight parameters instead of vLLM's
     packed oneDNN copies, so a push is one copy into the parameters instead of a re-pack of every layer
     (actors/vllm_worker_extension.py; README "Weight sync" has the measurements). False, or bf16/fp16 (whose plain
