@@ -95,11 +95,14 @@ def main_argv(tmp_path: Path, tiny_dir: Path, **overrides) -> list[str]:
 class KillInside(threading.Thread):
     """SIGKILLs the process of the live actor matched while the driver's main thread is inside `function` for
     the `nth` time: the stack is polled every millisecond, so the kill lands in the middle of that call. With
-    `pause`, the process of the actor it matches is SIGSTOPped just before (and left so)."""
+    `pause`, the process of the actor it matches is SIGSTOPped just before (and left so). With `after_s`, the kill
+    waits that long into the call (and is skipped if the call returned meanwhile): for a target that must be busy
+    with the call's work when it dies, not merely about to receive it."""
 
-    def __init__(self, function: str, nth: int, match, pause=None):
+    def __init__(self, function: str, nth: int, match, pause=None, after_s: float = 0.0):
         super().__init__(daemon=True)
         self.function, self.nth, self.match, self.pause, self.killed, self.at = function, nth, match, pause, [], None
+        self.after_s = after_s
 
     def inside(self) -> bool:
         frame = sys._current_frames().get(threading.main_thread().ident)
@@ -120,6 +123,9 @@ class KillInside(threading.Thread):
             entries += now and not was_inside
             was_inside = now
             time.sleep(0.001)
+        if target and entries == self.nth and self.after_s:
+            time.sleep(self.after_s)
+            entries = entries if self.inside() else 0
         if target and entries == self.nth:
             if paused:
                 os.kill(paused[1], signal.SIGSTOP)
@@ -261,7 +267,9 @@ def slow_reward_job(tmp_path: Path, tiny_dir: Path, **overrides) -> JobConfig:
 def test_reward_replica_killed_mid_scoring_is_retried_and_the_step_trained_once(metrics_ray, tiny_dir, tmp_path):
     steps = 3
     job = slow_reward_job(tmp_path, tiny_dir, **{"run.steps": steps, "run.checkpoint_every": 0})
-    killer = KillInside("score_with_retries", 2, reward_replica)
+    # half a second in: the step's scoring requests are running on the replica then (a request Serve had only
+    # queued when its replica died goes to the replacement unseen, and no failed call is counted)
+    killer = KillInside("score_with_retries", 2, reward_replica, after_s=0.5)
     killer.start()
     summary = run(job)
     assert killer.killed and summary["steps"] == steps
