@@ -178,8 +178,9 @@ class _Traced(torch.Tensor):
 
     vLLM's loaders differ by layer (fused q/k/v rows, padded vocabularies) but each ends in a copy into a slice of a
     parameter; recording that slice, rather than re-deriving each loader's arithmetic here, follows them exactly.
-    Anything derived from a traced tensor is traced under the same name, so a loader that reshapes or casts first
-    is seen too (and then refused by _parameter_views: that destination is not the tensor as pushed)."""
+    Anything derived from a traced tensor is traced under the same name, so a loader that reshapes, casts or
+    reorders first is seen too (and then refused by _parameter_views: that destination is not the tensor as
+    pushed)."""
 
     _name: str
     _copies: list[torch.Tensor]
@@ -212,13 +213,16 @@ class _Traced(torch.Tensor):
 def _parameter_views(
     model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], copies: Mapping[str, list[torch.Tensor]]
 ) -> dict[str, torch.Tensor] | None:
-    """Each tensor's one destination, if every tensor went, unchanged in shape and dtype, into a slice of exactly
-    one parameter's storage and no two slices overlap; else None (the caller then copies as before)."""
+    """Each tensor's one destination, if every tensor went unchanged (shape, dtype and every element in place: an
+    elementwise EMA on the view must meet the pushed tensor's elements) into a slice of exactly one parameter's
+    storage and no two slices overlap; else None (the caller then copies as before)."""
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     views, spans = {}, []
     for name, tensor in tensors.items():
         dest = copies.get(name, [])
         if len(dest) != 1 or dest[0].shape != tensor.shape or dest[0].dtype != tensor.dtype:
+            return None
+        if not torch.equal(dest[0], tensor):  # a loader that reorders or rescales elements
             return None
         view = dest[0]
         if view.untyped_storage().data_ptr() not in storages or not view.is_contiguous():
