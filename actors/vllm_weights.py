@@ -58,8 +58,8 @@ class FullWeights:
         self.ema = self.follow = None
         # in process, plain fp32 weights: the EMA moves the engine's parameters themselves (no copy of the model
         # kept beside them, none applied after each step)
-        served = llm.collective_rpc("parameter_views")[0] if plain and in_process else None
-        self.ema_in_engine = anchor_ema is not None and served is not None
+        served = llm.collective_rpc("parameter_views")[0] if anchor_ema is not None and plain and in_process else None
+        self.ema_in_engine = served is not None
         if anchor_ema is not None:
             initial = served if self.ema_in_engine else host
             self.ema = AnchorEma(initial, anchor_ema, version, in_place=self.ema_in_engine)

@@ -41,9 +41,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def node_port() -> tuple[str, int]:
     """This node's address and a port free on every interface (one the other nodes connect to).
 
-    Run as a Ray task on the learner's first node, so it lives in this module: a task's worker imports the
-    function's module, and this one imports nothing heavy (the learner's module would cost the worker torch and
-    transformers, seconds of start-up CPU on a small machine)."""
+    Called on the learner's first node: by the driver when that is its own node, else as a Ray task there. It lives
+    in this module because a task's worker imports the function's module, and this one imports nothing heavy (the
+    learner's module would cost the worker torch and transformers, seconds of start-up CPU on a small machine)."""
     from ray.util import get_node_ip_address
 
     return get_node_ip_address(), free_port("")
