@@ -57,6 +57,7 @@ class WeightStaging:
         self.host_weights = host_weights  # HF name -> CPU tensor of the weights now served, or None
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_version: int | None = None
+        self._refused_version: int | None = None  # a push one of whose buckets was refused: its later ones are too
 
     def _group_key(self, name: str) -> str:
         module, _, _ = name.rpartition(".")
@@ -101,8 +102,22 @@ class WeightStaging:
                 raise ValueError(f"weight update: parameter {name!r} has non-finite values")
 
     def stage(self, update: WeightUpdate) -> dict[str, torch.Tensor] | None:
-        """Check and hold `update`; on its last bucket return every tensor to load now (else None)."""
-        self.check(update)
+        """Check and hold `update`; on its last bucket return every tensor to load now (else None).
+
+        A refused bucket refuses the rest of its push: the sender may have queued the later buckets already (the
+        object-store push keeps several in flight), and staging them would apply a push missing the refused one."""
+        if update.version == self._refused_version:
+            if update.last_bucket:
+                self._refused_version = None  # the push is over; a retried push of this version starts clean
+            raise ValueError(
+                f"weight update version {update.version}: an earlier bucket of this push was refused, so is the rest"
+            )
+        try:
+            self.check(update)
+        except ValueError:
+            self.discard()
+            self._refused_version = None if update.last_bucket else update.version
+            raise
         if self._pending_version is not None and update.version != self._pending_version:
             if update.version < self._pending_version:
                 raise ValueError(

@@ -2,8 +2,10 @@
 
 object_store: the learner's `weights(role)` is a streaming Ray generator: each bucket is put into the
 object store ONCE, by the learner rank that gathered it, and every actor of the role gets that same
-object (a local read on the same node). Buckets go one at a time, so neither the learner nor the driver
-holds the whole model, and the driver never touches the tensors.
+object (a local read on the same node). The learner refills the same bucket buffers from push to push and the
+driver never touches the tensors; it keeps a few buckets in flight to the actors (BUCKETS_IN_FLIGHT), so the
+round trips overlap. The generator is not throttled: if the actors take the buckets more slowly than the learner
+fills them, the object store holds the ones waiting (spilling to disk past its capacity, as Ray does).
 
 collective: learner rank 0 broadcasts each bucket over the role's weight group (actors/weight_broadcast.py:
 gloo on CPU, NCCL on CUDA) whose other members are every engine worker of every actor of the role. One
@@ -18,6 +20,7 @@ partial update), and so is a peer that is gone (a clear WeightSyncError within t
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import ray
@@ -37,6 +40,11 @@ from cluster.runtime.components import WeightSyncError, confirmed_version
 # collective on GPU (NCCL: no device -> host -> object store trip).
 
 
+# Buckets sent to the actors before the oldest is confirmed: enough to overlap the round trips, few enough that the
+# object store holds a handful of buckets, never the whole model.
+BUCKETS_IN_FLIGHT = 4
+
+
 def choose_method(requested: WeightSyncMethod, on_gpu: bool) -> WeightSyncMethod:
     """auto: collective on GPU, the object store on CPU (measured above)."""
     if requested is not WeightSyncMethod.AUTO:
@@ -45,18 +53,38 @@ def choose_method(requested: WeightSyncMethod, on_gpu: bool) -> WeightSyncMethod
 
 
 def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncReport:
-    """Stream `role`'s weights from the learner ranks (all take part: ZeRO-3 gathers are collective) to `actors`."""
+    """Stream `role`'s weights from the learner ranks (all take part: ZeRO-3 gathers are collective) to `actors`.
+
+    Up to BUCKETS_IN_FLIGHT buckets are sent before the oldest is confirmed: an actor runs one caller's tasks in the
+    order they were sent, so its loads keep their order, and the round trips overlap instead of adding up. If an
+    actor refuses a bucket it refuses the rest of that push too (actors/weight_staging.py), and the error is raised
+    here once the buckets already sent have been answered."""
     t0 = time.perf_counter()
     streams = [rank.weights.options(num_returns="streaming").remote(role) for rank in learner_ranks]
-    buckets, confirmed = 0, []
+    buckets, in_flight, confirmed = 0, deque(), []
     for bucket_ref in _buckets(streams):
-        confirmed = ray.get([actor.load_weights.remote(bucket_ref) for actor in actors])
+        in_flight.append([actor.load_weights.remote(bucket_ref) for actor in actors])
         buckets += 1
+        if len(in_flight) > BUCKETS_IN_FLIGHT:
+            confirmed = _answers(in_flight)
+    while in_flight:
+        confirmed = _answers(in_flight)
     num_bytes = ray.get(learner_ranks[0].last_export_bytes.remote())
     version = confirmed_version(role, confirmed, ray.get(learner_ranks[0].version.remote(role)), buckets)
     return SyncReport(
         role=role, version=version, buckets=buckets, num_bytes=num_bytes, seconds=time.perf_counter() - t0
     )
+
+
+def _answers(in_flight: deque) -> list[int]:
+    """The actors' answers to the oldest bucket in flight (the versions they hold after it). On a failure every bucket
+    already sent is awaited first (each refuses, or the actor is gone), so none is still loading once this raises."""
+    try:
+        return ray.get(in_flight.popleft())
+    except Exception:
+        ray.wait([ref for refs in in_flight for ref in refs], num_returns=sum(map(len, in_flight)), fetch_local=False)
+        in_flight.clear()
+        raise
 
 
 def _buckets(streams: list) -> Iterator[ray.ObjectRef]:

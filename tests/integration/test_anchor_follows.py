@@ -54,5 +54,37 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
         assert "anchor actor 0 restarted (1/" in capfd.readouterr().out
         want, got = _learner_anchor(system.learner.ranks[0]), _actor_anchor(anchor)
         assert want.keys() == got.keys() and all(torch.equal(got[k], v) for k, v in want.items())
+        _refused_push_moves_nothing(system, anchor, job)
     finally:
         system.shutdown()
+
+
+def _refused_push_moves_nothing(system, anchor, job) -> None:
+    """A policy push whose first bucket carries a NaN is refused whole, although the driver has sent its later buckets
+    before the first was answered: neither the engine nor the anchor's EMA moves, and the same push, repaired, then
+    goes through."""
+    from cluster.runtime.weight_sync import push_weights
+
+    rank, targets = system.learner.ranks[0], [system.samplers.fleet.actors[r][0] for r in (Role.POLICY, Role.ANCHOR)]
+    assert job.learner.bucket_bytes < ray.get(rank.model_bytes.remote())  # several buckets, the NaN in the first
+    held = ray.get(rank.__ray_call__.remote(lambda r: r._export.params[0].data.flatten()[0].item()))
+
+    def set_first(value: float, last_scale: float) -> None:  # the last tensor changed too, so that a partial load shows
+        def edit(r) -> None:
+            r._export.params[0].data.flatten()[0].fill_(value)
+            r._export.params[-1].data.mul_(last_scale)  # x2 then x0.5: exact in floating point
+
+        ray.get(rank.__ray_call__.remote(edit))
+
+    def served() -> list:  # what the policy actor's engine computes: log pi of a fixed completion
+        return ray.get(targets[0].token_logprobs.remote(["the movie"], [[5, 6, 7, 8]]))
+
+    before, logprobs = _actor_anchor(anchor), served()
+    set_first(float("nan"), 2.0)
+    with pytest.raises(ray.exceptions.RayTaskError, match="non-finite values"):
+        push_weights([rank], targets, Role.POLICY)
+    after = _actor_anchor(anchor)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert served() == logprobs  # no bucket of the refused push reached the engine
+    set_first(held, 0.5)
+    assert push_weights([rank], targets, Role.POLICY).version == 3
