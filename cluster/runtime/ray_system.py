@@ -175,7 +175,7 @@ def _start_samplers(
     sampler_cls, engine_kwargs = sampler_class(job.models.sampler_backend), sampler_kwargs(job)
     follows = anchor_follows(job, tuple(layout.actors))
     role_kwargs = {Role.ANCHOR: {"anchor_ema": job.algorithm.eta}} if follows else {}
-    env = {**sampler_env(job.actor_gpus), **thread_env(threads.actor)}
+    env = {**sampler_env(job.actor_gpus, job.engine.enforce_eager), **thread_env(threads.actor)}
     return {
         role: [
             ray.remote(sampler_cls)

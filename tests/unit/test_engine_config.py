@@ -67,9 +67,13 @@ def test_tensor_parallel_actors_reserve_their_gpus():
 
 
 def test_cpu_vllm_variables_only_for_cpu_actors():
-    assert sampler_env(0.0)["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert sampler_env(0.0)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert not any(k.startswith("VLLM_CPU") or k == "VLLM_ENABLE_V1_MULTIPROCESSING" for k in sampler_env(1.0))
+    assert sampler_env(0.0, True)["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert sampler_env(0.0, True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    gpu = sampler_env(1.0, True)
+    assert not any(k.startswith("VLLM_CPU") or k == "VLLM_ENABLE_V1_MULTIPROCESSING" for k in gpu)
+    # torch.compile is off only where nothing is meant to be compiled: an eager engine on CPU
+    assert sampler_env(0.0, True)["TORCHDYNAMO_DISABLE"] == "1"
+    assert "TORCHDYNAMO_DISABLE" not in sampler_env(0.0, False) and "TORCHDYNAMO_DISABLE" not in gpu
 
 
 @pytest.mark.parametrize("name,gpus", [("gpu_1node_qwen0.5b.yaml", 1.0), ("gpu_8gpu_7b.yaml", 8.0)])
