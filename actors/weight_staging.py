@@ -136,8 +136,10 @@ class WeightStaging:
         return self._complete_groups(pending)  # if this refuses the push, all of its buckets are gone
 
     def discard(self) -> None:
-        """Forget a half-received push (its sender is gone or one of its buckets was refused)."""
-        self._pending, self._pending_version = {}, None
+        """Forget a half-received push (its sender is gone or one of its buckets was refused). A caller that discards
+        after a refusal takes the rest of that push's buckets off the wire itself (the collective push drains them),
+        so they are not refused again here."""
+        self._pending, self._pending_version, self._refused_version = {}, None, None
 
     def without_host_copy(self) -> WeightStaging:
         """The same checks and version, no host weights: what a worker process needs to validate a push."""
