@@ -1,7 +1,7 @@
 """The collective weight push: one process group per role between learner rank 0 and every engine worker.
 
 Wire format, per bucket of a push (one role, one version), all broadcast from group rank 0 (the learner):
-  1. an int64 header length,  2. the header (UTF-8 JSON: role, version, last_bucket, names, dtypes, shapes,
+  1. an int64 header length,  2. the header (UTF-8 JSON: role, version, last_bucket, bucket, names, dtypes, shapes,
   byte offsets),  3. ONE flat uint8 buffer holding every tensor of the bucket.
 Three broadcasts per bucket, never one per parameter: open-instruct's per-parameter round trips, not the
 wire, were what made its sync take minutes. The receiver allocates the bucket's buffer from the header
@@ -82,6 +82,7 @@ class WeightGroup:
             "role": update.role.value,
             "version": update.version,
             "last_bucket": update.last_bucket,
+            "bucket": update.bucket,
             "names": names,
             "dtypes": [str(t.dtype) for t in tensors],
             "shapes": [list(t.shape) for t in tensors],
@@ -124,7 +125,11 @@ class WeightGroup:
                 try:
                     tensors = split(header["names"], header["dtypes"], header["shapes"], header["offsets"], flat)
                     update = WeightUpdate(
-                        Role(header["role"]), int(header["version"]), tensors, last_bucket=bool(header["last_bucket"])
+                        Role(header["role"]),
+                        int(header["version"]),
+                        tensors,
+                        last_bucket=bool(header["last_bucket"]),
+                        bucket=int(header["bucket"]),
                     )
                     ready = staging.stage(update)
                 except ValueError as exc:  # keep draining: the sender broadcasts the whole push regardless

@@ -29,6 +29,7 @@ class FlatUpdate:
     role: Role
     version: int
     last_bucket: bool
+    bucket: int
     names: tuple[str, ...]
     dtypes: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
@@ -56,6 +57,7 @@ class FlatUpdate:
             role=update.role,
             version=update.version,
             last_bucket=update.last_bucket,
+            bucket=update.bucket,
             names=names,
             dtypes=tuple(str(t.dtype) for t in tensors),
             shapes=tuple(tuple(t.shape) for t in tensors),
@@ -69,7 +71,7 @@ class FlatUpdate:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             flat = torch.from_numpy(self.buffer)
         tensors = split(self.names, self.dtypes, self.shapes, self.offsets, flat)
-        return WeightUpdate(role=self.role, version=self.version, tensors=tensors, last_bucket=self.last_bucket)
+        return WeightUpdate(self.role, self.version, tensors, last_bucket=self.last_bucket, bucket=self.bucket)
 
 
 def as_weight_update(update: WeightUpdate | FlatUpdate) -> WeightUpdate:

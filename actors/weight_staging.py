@@ -6,6 +6,7 @@ message and apply bucketed pushes the same way:
   first, so a bad push leaves the serving weights untouched;
 - buckets of one version are held until the bucket marked `last_bucket`, then applied together: a
   sampler never serves a half-updated model, and never tags samples with a version it only half holds;
+  they must arrive numbered in order from 0, so a push with a bucket refused or lost is refused whole;
 - a partial update is completed to whole fused layers from a host copy of the current weights. vLLM
   fuses q/k/v and gate/up into one layer and re-processes a layer as a whole; a layer given only
   q_proj would otherwise keep garbage in its k/v rows (the tiny model then emits one token forever).
@@ -57,7 +58,7 @@ class WeightStaging:
         self.host_weights = host_weights  # HF name -> CPU tensor of the weights now served, or None
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_version: int | None = None
-        self._refused_version: int | None = None  # a push one of whose buckets was refused: its later ones are too
+        self._next_bucket = 0  # the bucket of the pending push due next
 
     def _group_key(self, name: str) -> str:
         module, _, _ = name.rpartition(".")
@@ -104,42 +105,44 @@ class WeightStaging:
     def stage(self, update: WeightUpdate) -> dict[str, torch.Tensor] | None:
         """Check and hold `update`; on its last bucket return every tensor to load now (else None).
 
-        A refused bucket refuses the rest of its push: the sender may have queued the later buckets already (the
-        object-store push keeps several in flight), and staging them would apply a push missing the refused one."""
-        if update.version == self._refused_version:
-            if update.last_bucket:
-                self._refused_version = None  # the push is over; a retried push of this version starts clean
-            raise ValueError(
-                f"weight update version {update.version}: an earlier bucket of this push was refused, so is the rest"
-            )
+        A push's buckets must come in order from bucket 0, and a push with a bucket missing is refused whole. A
+        bucket can be missing because it was refused here while the sender had already queued the later ones (the
+        object-store push keeps several in flight), because it was never delivered, or because this actor was
+        restarted mid-push; staging the rest would apply a push without it."""
+        self._check_order(update)
         try:
             self.check(update)
         except ValueError:
-            self.discard()
-            self._refused_version = None if update.last_bucket else update.version
+            self.discard()  # the push is broken: its later buckets now fail _check_order
             raise
-        if self._pending_version is not None and update.version != self._pending_version:
-            if update.version < self._pending_version:
-                raise ValueError(
-                    f"weight update version {update.version} arrived while version "
-                    f"{self._pending_version} was half received"
-                )
-            log.warning(
-                "dropping the unfinished weight update version %d for version %d", self._pending_version, update.version
-            )
-            self._pending.clear()
-        self._pending_version = update.version
+        self._pending_version, self._next_bucket = update.version, update.bucket + 1
         self._pending.update(update.tensors)
         if not update.last_bucket:
             return None
-        pending, self._pending, self._pending_version = self._pending, {}, None
+        pending = self._pending
+        self.discard()
         return self._complete_groups(pending)  # if this refuses the push, all of its buckets are gone
 
+    def _check_order(self, update: WeightUpdate) -> None:
+        held = self._pending_version
+        if held is not None and update.version < held:
+            raise ValueError(f"weight update version {update.version} arrived while version {held} was half received")
+        if update.bucket == 0:  # a push starts: whatever is half received will not be completed
+            if held is not None:
+                log.warning("dropping the unfinished weight update version %d for version %d", held, update.version)
+            self.discard()
+            return
+        if (update.version, update.bucket) != (held, self._next_bucket):
+            expected = f"bucket {self._next_bucket} of version {held}" if held is not None else "a push's bucket 0"
+            self.discard()
+            raise ValueError(
+                f"weight update version {update.version}: bucket {update.bucket} arrived where {expected} was due "
+                f"(an earlier bucket of this push was refused or never arrived): the push is refused whole"
+            )
+
     def discard(self) -> None:
-        """Forget a half-received push (its sender is gone or one of its buckets was refused). A caller that discards
-        after a refusal takes the rest of that push's buckets off the wire itself (the collective push drains them),
-        so they are not refused again here."""
-        self._pending, self._pending_version, self._refused_version = {}, None, None
+        """Forget a half-received push (its sender is gone or one of its buckets was refused)."""
+        self._pending, self._pending_version, self._next_bucket = {}, None, 0
 
     def without_host_copy(self) -> WeightStaging:
         """The same checks and version, no host weights: what a worker process needs to validate a push."""

@@ -243,13 +243,15 @@ class WeightUpdate:
     """A versioned push of (part of) one role's weights, in Hugging Face parameter names.
 
     A full update carries every parameter; a bucketed update sends a model in several updates that
-    share a version, the last one with `last_bucket=True` (only then does the version take effect).
+    share a version, numbered from `bucket=0`, the last one with `last_bucket=True` (only then does the
+    version take effect). The numbers let a receiver refuse a push with a bucket missing.
     """
 
     role: Role
     version: int
     tensors: Mapping[str, torch.Tensor] = field(repr=False)  # name -> tensor, HF checkpoint names
     last_bucket: bool = True
+    bucket: int = 0  # this bucket's place in its push
 
     @property
     def num_bytes(self) -> int:

@@ -85,7 +85,7 @@ class WeightExport:
             tensors = self.gather(role, indices, self.dtype, self._kept.get(b) if reuse else None)
             if reuse:
                 self._kept[b] = tensors
-            yield WeightUpdate(role=role, version=version, tensors=tensors, last_bucket=b == len(plan) - 1)
+            yield WeightUpdate(role=role, version=version, tensors=tensors, last_bucket=b == len(plan) - 1, bucket=b)
 
     def gather(
         self, role: Role, indices: list[int], dtype: torch.dtype, into: dict[str, torch.Tensor] | None = None

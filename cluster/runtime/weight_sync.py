@@ -56,9 +56,9 @@ def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncR
     """Stream `role`'s weights from the learner ranks (all take part: ZeRO-3 gathers are collective) to `actors`.
 
     Up to BUCKETS_IN_FLIGHT buckets are sent before the oldest is confirmed: an actor runs one caller's tasks in the
-    order they were sent, so its loads keep their order, and the round trips overlap instead of adding up. If an
-    actor refuses a bucket it refuses the rest of that push too (actors/weight_staging.py), and the error is raised
-    here once the buckets already sent have been answered."""
+    order they were sent, so its loads keep their order, and the round trips overlap instead of adding up. Buckets
+    are numbered, and an actor refuses a push with one refused or missing (actors/weight_staging.py); the error is
+    raised here once the buckets already sent have been answered, and no more are sent."""
     t0 = time.perf_counter()
     streams = [rank.weights.options(num_returns="streaming").remote(role) for rank in learner_ranks]
     buckets, in_flight, confirmed = 0, deque(), []
@@ -79,10 +79,12 @@ def push_weights(learner_ranks: Sequence, actors: Sequence, role: Role) -> SyncR
 def _answers(in_flight: deque) -> list[int]:
     """The actors' answers to the oldest bucket in flight (the versions they hold after it). On a failure every bucket
     already sent is awaited first (each refuses, or the actor is gone), so none is still loading once this raises."""
+    oldest = in_flight.popleft()
     try:
-        return ray.get(in_flight.popleft())
+        return ray.get(oldest)
     except Exception:
-        ray.wait([ref for refs in in_flight for ref in refs], num_returns=sum(map(len, in_flight)), fetch_local=False)
+        sent = oldest + [ref for refs in in_flight for ref in refs]  # ray.get may raise before all answers are in
+        ray.wait(sent, num_returns=len(sent), fetch_local=False)
         in_flight.clear()
         raise
 

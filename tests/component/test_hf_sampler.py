@@ -79,7 +79,7 @@ def test_bucketed_update_and_refusals(tiny_dir):
     assert s.load_weights(WeightUpdate(Role.POLICY, 1, {"lm_head.weight": -head}, last_bucket=False)) == 0
     assert [c.token_ids for c in s.generate(PROMPTS, 1, greedy)] == before
     norm = s.model.model.norm.weight.detach().clone()
-    assert s.load_weights(WeightUpdate(Role.POLICY, 1, {"model.norm.weight": norm})) == 1
+    assert s.load_weights(WeightUpdate(Role.POLICY, 1, {"model.norm.weight": norm}, bucket=1)) == 1
     assert torch.equal(s.model.lm_head.weight, -head)
     assert [c.token_ids for c in s.generate(PROMPTS, 1, greedy)] != before
     assert all(c.weights_version == 1 for c in s.generate(PROMPTS[:2], 1, greedy))
@@ -112,7 +112,7 @@ def test_staging_fused_layers_and_bucket_versions():
     assert list(bare.stage(WeightUpdate(Role.POLICY, 1, {names[3]: t}))) == [names[3]]  # o_proj stands alone
     held = WeightStaging(specs, Role.POLICY, 0, fused=fused, host_weights={n: torch.zeros(2, 2) for n in names})
     assert held.stage(WeightUpdate(Role.POLICY, 1, {names[0]: t}, last_bucket=False)) is None
-    out = held.stage(WeightUpdate(Role.POLICY, 2, {names[1]: t}))  # version 2 drops version 1's bucket
+    out = held.stage(WeightUpdate(Role.POLICY, 2, {names[1]: t}))  # version 2's bucket 0 drops version 1's
     assert list(out) == names[:3] and torch.equal(out[names[0]], torch.zeros(2, 2))
     held.applied(out, 2)
     assert held.version == 2 and torch.equal(held.host_weights[names[1]], t)

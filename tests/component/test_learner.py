@@ -375,6 +375,7 @@ def test_weight_buckets_respect_size_and_cover_the_checkpoint(tiny_dir):
         updates = list(lrn.weights(role))
         assert len(updates) > 2 and all(u.num_bytes <= bucket_bytes for u in updates)
         assert [u.last_bucket for u in updates] == [False] * (len(updates) - 1) + [True]
+        assert [u.bucket for u in updates] == list(range(len(updates)))
         assert {u.version for u in updates} == {0} and {u.role for u in updates} == {role}
         names = [k for u in updates for k in u.tensors]
         assert len(names) == len(set(names)) and set(names) == on_disk.keys()

@@ -61,9 +61,9 @@ def other_reference(other_dir, tiny_dir):
     return HfSampler(str(other_dir), Role.POLICY, tokenizer=str(tiny_dir / "tokenizer"))
 
 
-def push(sampler, tensors, last_bucket=True, version=None):
+def push(sampler, tensors, last_bucket=True, version=None, bucket=0):
     version = sampler.weights_version + 1 if version is None else version
-    return sampler.load_weights(WeightUpdate(sampler.role, version, tensors, last_bucket=last_bucket))
+    return sampler.load_weights(WeightUpdate(sampler.role, version, tensors, last_bucket=last_bucket, bucket=bucket))
 
 
 def assert_same(got, want):
@@ -148,9 +148,9 @@ def test_bucketed_partial_update(policy, original, other_dir, tiny_dir):
     before, version = policy.generate(PROMPTS, 1, GREEDY), policy.weights_version
     assert push(policy, bucket1, last_bucket=False, version=version + 1) == version
     assert_same(policy.generate(PROMPTS, 1, GREEDY), before)  # a half-received push is not served
-    assert push(policy, bucket2, last_bucket=True, version=version + 1) == version + 1
-    for bucket, last in ((bucket1, False), (bucket2, True)):
-        ref.load_weights(WeightUpdate(Role.POLICY, version + 1, bucket, last_bucket=last))
+    assert push(policy, bucket2, last_bucket=True, version=version + 1, bucket=1) == version + 1
+    for i, (bucket, last) in enumerate(((bucket1, False), (bucket2, True))):
+        ref.load_weights(WeightUpdate(Role.POLICY, version + 1, bucket, last_bucket=last, bucket=i))
     got = policy.generate(PROMPTS, 1, GREEDY)
     assert [c.token_ids for c in got] != [c.token_ids for c in before]
     assert_same(got, ref.generate(PROMPTS, 1, GREEDY))

@@ -31,7 +31,8 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
     from cluster.runtime.threads import job_threads
     from cluster.training.loop import train
 
-    job = smoke_job(tmp_path, tiny_dir, run__steps=3)
+    # buckets of 200 kB (the largest tiny tensor is 197 kB): a push of about ten buckets, more than are kept in flight
+    job = smoke_job(tmp_path, tiny_dir, run__steps=3, learner__bucket_bytes=200_000)
     system = start_system(job)
     try:
         assert system.learner.method is WeightSyncMethod.OBJECT_STORE and system.learner.anchor_follows
@@ -60,18 +61,20 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
 
 
 def _refused_push_moves_nothing(system, anchor, job) -> None:
-    """A policy push whose first bucket carries a NaN is refused whole, although the driver has sent its later buckets
-    before the first was answered: neither the engine nor the anchor's EMA moves, and the same push, repaired, then
-    goes through."""
-    from cluster.runtime.weight_sync import push_weights
+    """A policy push with a NaN in its second bucket is refused whole, although the driver has sent later buckets
+    before that one was answered, and stopped before its last: neither the engine nor the anchor's EMA moves, and
+    the same push, repaired, then goes through."""
+    from cluster.runtime.weight_sync import BUCKETS_IN_FLIGHT, push_weights
 
     rank, targets = system.learner.ranks[0], [system.samplers.fleet.actors[r][0] for r in (Role.POLICY, Role.ANCHOR)]
-    assert job.learner.bucket_bytes < ray.get(rank.model_bytes.remote())  # several buckets, the NaN in the first
-    held = ray.get(rank.__ray_call__.remote(lambda r: r._export.params[0].data.flatten()[0].item()))
+    plan = ray.get(rank.__ray_call__.remote(lambda r: r._export.bucket_plan(r._export.dtype)))
+    assert len(plan) > 2 + BUCKETS_IN_FLIGHT  # the refused bucket's push is cut short before its last bucket
+    poisoned = plan[1][0]
+    held = ray.get(rank.__ray_call__.remote(lambda r: r._export.params[poisoned].data.flatten()[0].item()))
 
     def set_first(value: float, last_scale: float) -> None:  # the last tensor changed too, so that a partial load shows
         def edit(r) -> None:
-            r._export.params[0].data.flatten()[0].fill_(value)
+            r._export.params[poisoned].data.flatten()[0].fill_(value)
             r._export.params[-1].data.mul_(last_scale)  # x2 then x0.5: exact in floating point
 
         ray.get(rank.__ray_call__.remote(edit))

@@ -18,11 +18,11 @@ def test_pack_unpack_is_exact_aligned_and_copy_free():
         "c": torch.randn(2, 3, generator=gen).to(torch.float16).t(),
         "d": torch.randn(1, generator=gen),
     }
-    flat = FlatUpdate.pack(WeightUpdate(Role.POLICY, 4, tensors, last_bucket=False))
+    flat = FlatUpdate.pack(WeightUpdate(Role.POLICY, 4, tensors, last_bucket=False, bucket=3))
     assert all(off % ALIGN == 0 for off in flat.offsets) and isinstance(flat.buffer, np.ndarray)
     shipped = pickle.loads(pickle.dumps(flat, protocol=5))  # what Ray's object store does
     update = as_weight_update(shipped)
-    assert (update.role, update.version, update.last_bucket) == (Role.POLICY, 4, False)
+    assert (update.role, update.version, update.last_bucket, update.bucket) == (Role.POLICY, 4, False, 3)
     for name, t in tensors.items():
         got = update.tensors[name]
         assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t)

@@ -1,5 +1,6 @@
-"""WeightStaging across the buckets of one push: a refused bucket refuses the rest of its push, so a sender that
-queued later buckets before the refusal came back never gets a push applied without the refused bucket."""
+"""WeightStaging across the buckets of one push: buckets come numbered in order from 0, and a push with a bucket
+refused or missing is refused whole, so a sender that queued later buckets before a refusal came back (the
+object-store push keeps several in flight) never gets a push applied without one of them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def _staging() -> WeightStaging:
 
 
 def _bucket(version: int, i: int, value: float = 1.0) -> WeightUpdate:
-    return WeightUpdate(Role.POLICY, version, {NAMES[i]: torch.full((2, 2), value)}, last_bucket=i == len(NAMES) - 1)
+    tensors = {NAMES[i]: torch.full((2, 2), value)}
+    return WeightUpdate(Role.POLICY, version, tensors, last_bucket=i == len(NAMES) - 1, bucket=i)
+
+
+def _whole(staging: WeightStaging, version: int) -> list[str]:
+    assert [staging.stage(_bucket(version, i)) for i in range(len(NAMES) - 1)] == [None] * (len(NAMES) - 1)
+    return list(staging.stage(_bucket(version, len(NAMES) - 1)))
 
 
 def test_a_refused_bucket_refuses_the_rest_of_its_push():
@@ -25,25 +32,40 @@ def test_a_refused_bucket_refuses_the_rest_of_its_push():
     assert staging.stage(_bucket(1, 0)) is None
     with pytest.raises(ValueError, match="non-finite"):
         staging.stage(_bucket(1, 1, float("nan")))
-    with pytest.raises(ValueError, match="an earlier bucket of this push was refused"):
-        staging.stage(_bucket(1, 2))  # the last bucket: without the mark it would release buckets 0 and 2
-    # the push is over: the same version, sent again whole, is taken
-    assert [staging.stage(_bucket(1, i)) for i in range(2)] == [None, None]
-    assert list(staging.stage(_bucket(1, 2))) == NAMES
+    with pytest.raises(ValueError, match="bucket 2 arrived where a push's bucket 0 was due"):
+        staging.stage(_bucket(1, 2))  # the last bucket: staged, it would release buckets 0 and 2
+    assert _whole(staging, 1) == NAMES  # the same version sent again whole is taken
 
 
-def test_a_refused_last_bucket_leaves_nothing_behind():
+def test_a_push_cut_short_does_not_block_its_retry():
+    """The first bucket refused and the rest never sent (the sender stopped): a retry of that version is taken."""
+    staging = _staging()
+    with pytest.raises(ValueError, match="non-finite"):
+        staging.stage(_bucket(1, 0, float("inf")))
+    assert _whole(staging, 1) == NAMES
+
+
+def test_the_tail_of_a_push_alone_is_refused():
+    """What a receiver restarted mid-push gets: the push's later buckets without its first."""
+    staging = _staging()
+    with pytest.raises(ValueError, match="bucket 1 arrived where a push's bucket 0 was due"):
+        staging.stage(_bucket(1, 1))
+    with pytest.raises(ValueError, match="bucket 2 arrived"):
+        staging.stage(_bucket(1, 2))
+    assert staging.version == 0
+
+
+def test_a_skipped_bucket_refuses_the_push():
+    staging = _staging()
+    staging.stage(_bucket(1, 0))
+    with pytest.raises(ValueError, match="bucket 2 arrived where bucket 1 of version 1 was due"):
+        staging.stage(_bucket(1, 2))
+
+
+def test_a_newer_push_replaces_a_half_received_one():
     staging = _staging()
     staging.stage(_bucket(1, 0))
     staging.stage(_bucket(1, 1))
-    with pytest.raises(ValueError, match="non-finite"):
-        staging.stage(_bucket(1, 2, float("inf")))
-    assert list(staging.stage(_bucket(2, 2))) == [NAMES[2]]  # buckets 0 and 1 of the refused push are gone
-
-
-def test_a_newer_push_is_not_refused_for_an_older_ones_bad_bucket():
-    staging = _staging()
-    with pytest.raises(ValueError, match="non-finite"):
-        staging.stage(_bucket(1, 0, float("nan")))
-    assert staging.stage(_bucket(2, 0)) is None
-    assert list(staging.stage(_bucket(2, 2))) == [NAMES[0], NAMES[2]]
+    assert _whole(staging, 2) == NAMES
+    with pytest.raises(ValueError, match="bucket 1 arrived where a push's bucket 0 was due"):
+        staging.stage(_bucket(1, 1))  # nothing of version 1 is pending any more
