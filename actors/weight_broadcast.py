@@ -132,7 +132,7 @@ class WeightGroup:
                         bucket=int(header["bucket"]),
                     )
                     ready = staging.stage(update)
-                except ValueError as exc:  # keep draining: the sender broadcasts the whole push regardless
+                except (ValueError, KeyError) as exc:  # keep draining: the sender broadcasts the whole push regardless
                     error = exc
                     staging.discard()
             if header["last_bucket"]:

@@ -61,33 +61,43 @@ def test_anchor_actor_follows_the_policy_push_and_survives_a_restart(local_ray, 
 
 
 def _refused_push_moves_nothing(system, anchor, job) -> None:
-    """A policy push with a NaN in its second bucket is refused whole, although the driver has sent later buckets
-    before that one was answered, and stopped before its last: neither the engine nor the anchor's EMA moves, and
-    the same push, repaired, then goes through."""
+    """A policy push with a NaN in one bucket is refused whole, although the driver has sent later buckets before
+    that one was answered: neither the engine nor the anchor's EMA moves, and the same push, repaired, then goes
+    through. Twice: the NaN in the next-to-last bucket (the last one is still sent: staged, it would release the
+    push without the refused bucket), then in the second (the driver stops before the last: the retry must not be
+    refused for it)."""
     from cluster.runtime.weight_sync import BUCKETS_IN_FLIGHT, push_weights
 
     rank, targets = system.learner.ranks[0], [system.samplers.fleet.actors[r][0] for r in (Role.POLICY, Role.ANCHOR)]
     plan = ray.get(rank.__ray_call__.remote(lambda r: r._export.bucket_plan(r._export.dtype)))
-    assert len(plan) > 2 + BUCKETS_IN_FLIGHT  # the refused bucket's push is cut short before its last bucket
-    poisoned = plan[1][0]
-    held = ray.get(rank.__ray_call__.remote(lambda r: r._export.params[poisoned].data.flatten()[0].item()))
+    assert len(plan) > 2 + BUCKETS_IN_FLIGHT
 
-    def set_first(value: float, last_scale: float) -> None:  # the last tensor changed too, so that a partial load shows
-        def edit(r) -> None:
-            r._export.params[poisoned].data.flatten()[0].fill_(value)
+    def edit(index: int, value: float | None, last_scale: float) -> float:
+        """Set the first element of parameter `index` (None: leave it) and scale the last parameter, so that a
+        partial load would show; returns the element's value before."""
+
+        def apply(r) -> float:
+            element = r._export.params[index].data.view(-1)[:1]
+            was = element.item()
+            if value is not None:
+                element.fill_(value)
             r._export.params[-1].data.mul_(last_scale)  # x2 then x0.5: exact in floating point
+            return was
 
-        ray.get(rank.__ray_call__.remote(edit))
+        return ray.get(rank.__ray_call__.remote(apply))
 
     def served() -> list:  # what the policy actor's engine computes: log pi of a fixed completion
         return ray.get(targets[0].token_logprobs.remote(["the movie"], [[5, 6, 7, 8]]))
 
-    before, logprobs = _actor_anchor(anchor), served()
-    set_first(float("nan"), 2.0)
-    with pytest.raises(ray.exceptions.RayTaskError, match="non-finite values"):
-        push_weights([rank], targets, Role.POLICY)
-    after = _actor_anchor(anchor)
-    assert all(torch.equal(after[k], v) for k, v in before.items())
-    assert served() == logprobs  # no bucket of the refused push reached the engine
-    set_first(held, 0.5)
-    assert push_weights([rank], targets, Role.POLICY).version == 3
+    anchor_before, logprobs = _actor_anchor(anchor), served()
+    for bucket in (len(plan) - 2, 1):
+        index = plan[bucket][0]
+        held = edit(index, float("nan"), 2.0)
+        with pytest.raises(ray.exceptions.RayTaskError, match="non-finite values"):
+            push_weights([rank], targets, Role.POLICY)
+        anchor_after = _actor_anchor(anchor)
+        assert all(torch.equal(anchor_after[k], v) for k, v in anchor_before.items())
+        assert served() == logprobs, f"a push refused at bucket {bucket} reached the engine"
+        edit(index, held, 0.5)
+        assert push_weights([rank], targets, Role.POLICY).version == 3
+        assert served() == logprobs  # the repaired push is the weights the engine served before

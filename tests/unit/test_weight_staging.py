@@ -64,8 +64,28 @@ def test_a_skipped_bucket_refuses_the_push():
 
 def test_a_newer_push_replaces_a_half_received_one():
     staging = _staging()
-    staging.stage(_bucket(1, 0))
-    staging.stage(_bucket(1, 1))
-    assert _whole(staging, 2) == NAMES
+    staging.stage(_bucket(1, 0, 5.0))
+    staging.stage(_bucket(1, 1, 5.0))
+    assert [staging.stage(_bucket(2, i, 7.0)) for i in range(2)] == [None, None]
+    out = staging.stage(_bucket(2, 2, 7.0))
+    assert list(out) == NAMES and all(torch.equal(t, torch.full((2, 2), 7.0)) for t in out.values())
     with pytest.raises(ValueError, match="bucket 1 arrived where a push's bucket 0 was due"):
         staging.stage(_bucket(1, 1))  # nothing of version 1 is pending any more
+
+
+def test_a_newer_push_without_its_first_bucket_is_refused():
+    staging = _staging()
+    staging.stage(_bucket(1, 0))
+    with pytest.raises(ValueError, match="bucket 1 arrived where bucket 1 of version 1 was due"):
+        staging.stage(_bucket(2, 1))
+    with pytest.raises(ValueError, match="bucket 2 arrived where a push's bucket 0 was due"):
+        staging.stage(_bucket(2, 2))  # version 1's half push is gone too: nothing can complete it
+
+
+def test_an_older_push_does_not_disturb_a_newer_one():
+    staging = _staging()
+    staging.stage(_bucket(2, 0))
+    with pytest.raises(ValueError, match="version 1 arrived while version 2 was half received"):
+        staging.stage(_bucket(1, 0))
+    staging.stage(_bucket(2, 1))
+    assert list(staging.stage(_bucket(2, 2))) == NAMES
