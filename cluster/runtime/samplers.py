@@ -34,10 +34,11 @@ CPU_SAMPLER_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
 
-# vLLM-CPU compiles two small sampler helpers with torch.compile (inductor, a C++ build) at an engine's first
-# generate even with enforce_eager: 1.5 s of the first step per engine with a warm compile cache, more on a fresh
-# machine, and no faster afterwards (27 M, 32 prompts x 3 x 32 tokens, 2026-12-06: 3.34-3.44 s a generate either
-# way). With enforce_eager nothing else is compiled, so an eager engine on CPU runs them uncompiled.
+# vLLM-CPU compiles sampler helpers with torch.compile (inductor, a C++ build; e.g. the rank count of the sampled
+# tokens' log-probs, vllm/v1/sample/ops/logprobs.py) at an engine's first generate even with enforce_eager: 1.5 s of the
+# first step per engine with a warm compile cache, more on a fresh machine, and no faster afterwards (27 M, 32 prompts x
+# 3 x 32 tokens, 2026-12-06: 3.34-3.44 s a generate either way). With enforce_eager nothing else is compiled, so an
+# eager engine on CPU runs them uncompiled.
 EAGER_CPU_SAMPLER_ENV = {"TORCHDYNAMO_DISABLE": "1"}
 
 # A restarted sampler re-imports vLLM and starts its engine: seconds on a GPU node, up to a minute on a busy CPU.
