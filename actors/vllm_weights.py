@@ -92,7 +92,8 @@ class FullWeights:
             return
         anchor = self.ema.follow(policy, update.version)
         self.follow.applied({}, update.version)
-        if anchor is not None and self.ema_in_engine:  # the EMA step moved the served weights: nothing to apply
+        if anchor is not None and self.ema_in_engine:  # the EMA step moved the served weights: nothing to load
+            self.llm.collective_rpc("repack_plain_weights")
             self.llm.reset_prefix_cache()
             self.staging.applied({}, update.version)
         elif anchor is not None:  # None: the version already followed (a retried push)

@@ -58,6 +58,7 @@ class WeightReceiver:
         items = [(name, t.to(device, non_blocking=True)) for name, t in tensors.items()]
         if getattr(self, "_plain_weights", False):
             self._copy_into_parameters(items)
+            self.repack_plain_weights()
             return len(items)
         # the worker's reload_weights sets the current vLLM config around the model runner's
         self.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)  # type: ignore[attr-defined]
@@ -94,13 +95,28 @@ class WeightReceiver:
                 materialize_layer(layer, info)
                 unpacked.append(f"{name}.weight")
             layer.cpu_linear = torch.nn.functional.linear  # drops the packed copy (the handler is freed with it)
-        self._plain_weights = True
+        self._plain_weights, self._plain_layers = True, [layer for _, layer in layers]
         traced = {name: _Traced.of(name, t) for name, t in tensors.items()}
         loaded = self._copy_into_parameters(list(traced.items()))
         if missing := [n for n in unpacked if n not in loaded]:  # an unloaded weight is uninitialised memory
             raise ValueError(f"plain weights: {missing[:3]} were not loaded from the {len(tensors)} tensors given")
         self._views = _parameter_views(model, tensors, _Traced.destinations(traced.values()))
+        self.repack_plain_weights()
         return len(layers)
+
+    def repack_plain_weights(self) -> None:
+        """Plain weights: give every linear layer a fresh kernel copy of its weight, after the weights changed.
+
+        vLLM's own dispatch picks this CPU's packed GEMM (oneDNN here) and, told to keep the weight, leaves the
+        plain parameter in place: loads and the anchor's EMA keep writing there, and the kernel's copy (its own
+        memory, which nothing else can update) is rebuilt from it. At decode-sized batches the packed kernel is
+        1.3-1.6x faster than F.linear on the plain weight; the re-pack costs about one pass over the model per
+        push (docs/actors.md). Tied heads need nothing more: every layer is re-packed from its current weight."""
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        with torch.no_grad():
+            for layer in self._plain_layers:
+                dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
 
     def parameter_views(self) -> dict[str, torch.Tensor] | None:
         """Plain weights: each checkpoint tensor's place in the served parameters (a view, in this process), where

@@ -213,18 +213,30 @@ def test_policy_and_anchor_engines_coexist(policy, reference, other_reference, o
         anchor.close()
 
 
+def _linear_kernels(worker) -> list[tuple[bool, bool]]:
+    """(keeps a plain weight, serves a kernel other than F.linear) for each linear layer of a vLLM worker's model."""
+    layers = [m for m in worker.model_runner.get_model().modules() if hasattr(m, "cpu_linear")]
+    return [(m.weight.numel() > 0, m.cpu_linear is not torch.nn.functional.linear) for m in layers]
+
+
 @pytest.mark.slow
 def test_plain_weight_push_scores_like_a_fresh_engine_of_the_pushed_weights(original, other_dir, tiny_dir):
-    """The CPU fast path (plain weight parameters, a push is one copy into them) gives the log-probs of an engine
-    started from the pushed checkpoint with vLLM's own packed kernels; a packed copy left stale would score the
-    original model instead (>= 1e-2 away, asserted). The packed engine's own reload (plain_weights=False) is
-    checked the same way on the way back. It starts its own engines: closing an in-process engine (the test above
-    does) runs vLLM's cleanup_dist_env_and_memory, which leaves the module's engine without its process groups."""
+    """The CPU fast path (plain weight parameters, a push is one copy into them, then the kernels' packed copies
+    are rebuilt from them) gives the log-probs of an engine started from the pushed checkpoint with vLLM's own
+    packed kernels; a packed copy left stale would score the original model instead (>= 1e-2 away, asserted). The
+    packed engine's own reload (plain_weights=False) is checked the same way on the way back. It starts its own
+    engines: closing an in-process engine (the test above does) runs vLLM's cleanup_dist_env_and_memory, which
+    leaves the module's engine without its process groups."""
     plain = VllmSampler(str(tiny_dir / "policy"), Role.POLICY, max_model_len=64)
     fresh = VllmSampler(
         str(other_dir), Role.POLICY, tokenizer=str(tiny_dir / "tokenizer"), max_model_len=64, plain_weights=False
     )
     try:
+        from vllm import _custom_ops as ops
+
+        # every linear layer keeps its plain weight (pushes write there) and runs vLLM's packed kernel, not F.linear
+        kernels = plain.llm.collective_rpc(_linear_kernels)[0]
+        assert kernels and all(plain_weight and packed is ops._supports_onednn for plain_weight, packed in kernels)
         ys = [c.token_ids for c in plain.generate(PROMPTS, 1, SamplingSettings(max_new_tokens=16, seed=0))]
         before = plain.token_logprobs(PROMPTS, ys)
         want = fresh.token_logprobs(PROMPTS, ys)
