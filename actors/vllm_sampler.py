@@ -66,10 +66,10 @@ class VllmSampler(SamplerBase):
     anchor_ema: (anchor role) the EMA rate eta: the actor also takes POLICY pushes and moves its fp32 anchor toward
     them (actors/weight_ema.py): the engine's own parameters where it serves plain weights in this process, else
     an fp32 copy applied to the engine after each step (actors/vllm_weights.py).
-    plain_weights: (CPU, fp32, full weights) serve the linear layers from plain weight parameters instead of vLLM's
-    packed oneDNN copies, so a push is one copy into the parameters instead of a re-pack of every layer
-    (actors/vllm_worker_extension.py; README "Weight sync" has the measurements). False, or bf16/fp16 (whose plain
-    GEMM rate on CPU was not measured): vLLM's packed kernels and its layerwise reload.
+    plain_weights: (CPU, fp32, full weights) keep each linear layer's weight as a plain parameter beside vLLM's
+    packed oneDNN copy, so a push is one copy into the parameters and one re-pack, not vLLM's layerwise reload
+    (actors/vllm_worker_extension.py; docs/architecture.md has the measurements). False, or bf16/fp16: vLLM's
+    packed kernels and its layerwise reload.
     """
 
     def __init__(

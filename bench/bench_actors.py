@@ -1,4 +1,5 @@
-"""Actors: vLLM vs HF-transformers generate (tokens/s, same model and batch), and weight-push time vs a memcpy.
+"""Actors: vLLM vs HF-transformers generate (tokens/s, same model and batch), weight-push time vs a memcpy, and
+the 30 M engine's rate on the kernels it serves against F.linear on the same weights.
 
 Both ratios are measured side by side in one run on this machine, so they compare like with like.
 The tiny policy is what tests and the local job use; a ~30 M-parameter random Llama shows how the push
@@ -68,6 +69,41 @@ def _push_vs_memcpy(sampler, tensors: dict[str, torch.Tensor], label: str) -> No
     print(
         f"  {label}: {nbytes / 1e6:.1f} MB  push {t_push * 1e3:.1f} ms ({nbytes / t_push / 1e9:.2f} GB/s)  "
         f"memcpy {t_copy * 1e3:.2f} ms ({nbytes / t_copy / 1e9:.2f} GB/s)  push/memcpy {t_push / t_copy:.1f}x",
+        flush=True,
+    )
+
+
+def _kernel_rates(sampler, prompts, settings, repeats: int = 3) -> None:
+    """The engine's sampling rate with its linear layers on the kernels it serves (plain weights re-packed for
+    vLLM's CPU GEMM after every push, actors/vllm_worker_extension.py) and on F.linear over the same plain weights
+    (what the engine served before), rounds interleaved, best of `repeats`, at a J-BOND step's batches (32 prompts:
+    the policy's one sample each, the anchor's two) and at this bench's 64 x 4; the served kernels are restored."""
+
+    def f_linear(worker) -> None:
+        for m in worker.model_runner.get_model().modules():
+            if hasattr(m, "cpu_linear"):
+                m.cpu_linear = torch.nn.functional.linear
+
+    kernels = {"packed": lambda w: w.repack_plain_weights(), "F.linear": f_linear}
+    batches = ((prompts[:32], 1), (prompts[:32], 2), (prompts, N))
+    best = {(name, b): 0.0 for name in kernels for b in range(len(batches))}
+    for round_ in range(repeats + 1):
+        for b, (batch, n) in enumerate(batches):
+            for name, use in kernels.items():
+                sampler.llm.collective_rpc(use)
+                t0 = time.perf_counter()
+                tokens = sum(len(c.token_ids) for c in sampler.generate(batch, n, settings))
+                if round_:  # the first round warms up
+                    best[name, b] = max(best[name, b], tokens / (time.perf_counter() - t0))
+    sampler.llm.collective_rpc(kernels["packed"])
+    rows = ", ".join(
+        f"{len(batch)} x {n}: {best['packed', b]:,.0f} against {best['F.linear', b]:,.0f} tok/s "
+        f"({best['packed', b] / best['F.linear', b]:.2f}x)"
+        for b, (batch, n) in enumerate(batches)
+    )
+    print(
+        f"  random 30M Llama, {torch.get_num_threads()} thread(s), the served (packed) kernels against F.linear on "
+        f"the plain weights: {rows}",
         flush=True,
     )
 
@@ -143,6 +179,7 @@ def main() -> None:
         params = load_file(str(big / "model.safetensors"))
         print(f"  ({sum(t.numel() for t in params.values()) / 1e6:.1f} M params)", flush=True)
         _push_vs_memcpy(big_sampler, params, "random 30M Llama")
+        _kernel_rates(big_sampler, prompts, seeded)
         big_sampler.close()
 
 
