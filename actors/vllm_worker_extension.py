@@ -110,9 +110,10 @@ class WeightReceiver:
 
         vLLM's own dispatch picks this CPU's packed GEMM (oneDNN here) and, told to keep the weight, leaves the
         plain parameter in place: loads and the anchor's EMA keep writing there, and the kernel's copy (its own
-        memory, which nothing else can update) is rebuilt from it. At decode-sized batches the packed kernel is
-        1.3-1.6x faster than F.linear on the plain weight; the re-pack costs about one pass over the model per
-        push (docs/actors.md). Tied heads need nothing more: every layer is re-packed from its current weight."""
+        memory, which nothing else can update) is rebuilt from it. At a J-BOND step's batches the packed kernel
+        samples 1.37x faster than F.linear on the plain weight on one thread, 1.5-1.8x on two; the re-pack costs
+        about one pass over the model per push (docs/actors.md). Tied heads need nothing more: every layer is
+        re-packed from its current weight."""
         from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
         with torch.no_grad():
