@@ -5,8 +5,8 @@ the system's Ray workers are frozen (SIGSTOP) and thawed (SIGCONT) in turn, in w
 Frozen workers take no CPU and wake no thread, so their windows show what the idle workers' background work costs.
 
 Prints the median step of each window kind against the learner alone, and each system process's CPU while the
-system was idle and thawed (as a share of one core). On this 2-core machine the learner's gap to the naive loop in
-`python -m bench system` is this cost; on a GPU node, where the learner owns its device, it is not paid.
+system was idle and thawed (as a share of one core). On this 2-core machine this cost is part of the learner's gap
+to the naive loop in `python -m bench system`; a learner on a GPU of its own should not pay it (not measured here).
 """
 
 from __future__ import annotations
@@ -65,12 +65,8 @@ class _Steps:
     """The learner child and the step lines it printed so far (read after the windows: the pipe holds them)."""
 
     def __init__(self, policy: str):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_background", "--learner", policy],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
+            [sys.executable, "-m", "bench.bench_background", "--learner", policy], stdout=subprocess.PIPE, text=True
         )
         self.seen: list[tuple[float, float]] = []
 
@@ -79,8 +75,11 @@ class _Steps:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"the learner child exited ({self.proc.wait()}) after {len(self.seen)} steps")
-            t, dt = line.split()
-            self.seen.append((float(t), float(dt)))
+            try:
+                t, dt = map(float, line.split())
+            except ValueError:  # a library's own line on stdout, not a step
+                continue
+            self.seen.append((t, dt))
 
     def drain_until(self, t_end: float) -> None:
         """Read steps until one ends after t_end (the child steps every few seconds)."""
