@@ -124,13 +124,15 @@ def _labelled(procs) -> list[tuple[object, str]]:
 
 def _cpu_seconds(procs: list[tuple[object, str]]) -> dict[str, float]:
     """CPU seconds so far of the processes, summed by label."""
+    import psutil
+
     out: dict[str, float] = defaultdict(float)
     for p, label in procs:
         try:
             t = p.cpu_times()
-            out[label] += t.user + t.system
-        except Exception:  # noqa: BLE001 - a process that exited counts nothing
-            pass
+        except psutil.Error:  # a process that exited counts nothing
+            continue
+        out[label] += t.user + t.system
     return dict(out)
 
 
