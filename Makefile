@@ -9,7 +9,6 @@ GPU_BIN   := $(GPU_VENV)/bin
 GPU_STAMP := $(GPU_VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TINY    := artifacts/tiny
 PYTEST_ARGS ?=
-export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # vLLM on CPU only: a 1 GiB KV cache (its default reservation would not fit several engines in a small machine's
 # memory), the engine in the calling process (no extra process per engine), OpenMP threads not bound to cores
