@@ -99,12 +99,14 @@ def _signal_all(pids: Sequence[int], sig: int) -> None:
             pass
 
 
-def _name(p) -> str:
-    """ray::VllmSampler, raylet, gcs_server, dashboard.py, ray-dashboard-NodeHead-0, ...: Ray's process title, or
-    the program's (a Python daemon's script)."""
+def process_name(p) -> str:
+    """ray::VllmSampler, raylet, gcs_server, dashboard.py, ray-dashboard-NodeHead-0, cluster.main, ...: Ray's
+    process title, or the program's (a Python daemon's script, the module of `python -m`)."""
     args = p.cmdline() or [p.name()]
     if args[0].startswith("ray"):
         return args[0].split()[0]
+    if "-m" in args[1:-1]:
+        return args[args.index("-m") + 1]
     return next((os.path.basename(a) for a in args[1:] if a.endswith(".py")), os.path.basename(args[0]))
 
 
@@ -115,7 +117,7 @@ def _labelled(procs) -> list[tuple[object, str]]:
     named = []
     for p in procs:
         try:
-            named.append((p, _name(p)))
+            named.append((p, process_name(p)))
         except psutil.Error:  # exited since it was listed
             pass
     count = Counter(name for _, name in named)
