@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 from bench import idle
@@ -90,8 +90,10 @@ def _one_start(run_dir: Path) -> tuple[float, str, dict[str, float]]:
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
     job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler, start, up, parts, cpu = _CpuSampler(job.pid), None, None, "", {}
+    tail: deque[str] = deque(maxlen=20)  # what the job said last, for the error if it fails
     assert job.stdout is not None
     for line in job.stdout:
+        tail.append(line)
         if line.startswith("run.mode"):
             time.sleep(SAMPLE_S)  # a fresh sample, taken after the line
             start = sampler.snapshot()
@@ -102,7 +104,10 @@ def _one_start(run_dir: Path) -> tuple[float, str, dict[str, float]]:
             cpu, parts = window_cpu(start, sampler.snapshot()), line.strip()
     sampler.close()
     if job.wait() != 0 or up is None or not cpu:
-        raise RuntimeError(f"the default job failed or printed no start-up times (exit {job.returncode})")
+        raise RuntimeError(
+            f"the default job failed or printed no start-up times (exit {job.returncode}); its last lines:\n"
+            + "".join(tail)
+        )
     return up, parts, cpu
 
 
