@@ -72,8 +72,8 @@ def _vllm_llm() -> type[LLM]:
 
     Importing vLLM builds about 600,000 long-lived objects (modules, classes, pydantic schemas), and every full
     collection scans them all: nine run during the import, and the engine's start calls gc.collect() five more
-    times around its memory profiling. Paused and frozen, a CPU sampler's imports and engine start take 6.0-6.4
-    CPU-seconds instead of 8.6-9.3 (docs/actors.md): on a 2-core machine that starts two engines beside the
+    times around its memory profiling. Paused and frozen, a CPU sampler's imports and engine start take 6.6-7.0
+    CPU-seconds instead of 9.0-9.8 (docs/actors.md): on a 2-core machine that starts two engines beside the
     learner and Serve, the job is up seconds sooner. vLLM's start ends by freezing its whole heap itself
     (EngineCore, freeze_gc_heap), so nothing is frozen here that it would not freeze anyway."""
     if "vllm" in sys.modules:  # imported already (a second engine in this process): nothing to pause or freeze
