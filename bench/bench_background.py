@@ -120,8 +120,13 @@ def _labelled(procs) -> list[tuple[object, str]]:
             named.append((p, process_name(p)))
         except psutil.Error:  # exited since it was listed
             pass
-    count = Counter(name for _, name in named)
-    return [(p, name if count[name] == 1 else f"{name} x{count[name]}") for p, name in named]
+    return list(zip([p for p, _ in named], with_counts([name for _, name in named]), strict=True))
+
+
+def with_counts(names: Sequence[str]) -> list[str]:
+    """Each name, suffixed with how many share it where more than one does ('ray::VllmSampler x2')."""
+    count = Counter(names)
+    return [name if count[name] == 1 else f"{name} x{count[name]}" for name in names]
 
 
 def _cpu_seconds(procs: list[tuple[object, str]]) -> dict[str, float]:

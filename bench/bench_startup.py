@@ -24,13 +24,11 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from bench import idle
-from bench.bench_background import process_name
+from bench.bench_background import process_name, with_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 3
 SAMPLE_S = 0.2
-# What the Makefile's CPU targets export (CPU_VLLM_ENV): `python -m bench startup` run by hand starts the same job.
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 class _CpuSampler:
@@ -73,21 +71,21 @@ class _CpuSampler:
 def window_cpu(start: dict[int, tuple[float, str]], end: dict[int, tuple[float, str]]) -> dict[str, float]:
     """CPU-seconds each process spent between two snapshots, summed by its title at the end ('ray::X x2' where
     two processes share it); a process that started in between counts from zero."""
-    by_pid = {pid: (cpu - start.get(pid, (0.0, ""))[0], name) for pid, (cpu, name) in end.items()}
-    count: dict[str, int] = defaultdict(int)
-    for _, name in by_pid.values():
-        count[name] += 1
+    pids = list(end)
     out: dict[str, float] = defaultdict(float)
-    for cpu, name in by_pid.values():
-        out[name if count[name] == 1 else f"{name} x{count[name]}"] += cpu
+    for pid, label in zip(pids, with_counts([end[pid][1] for pid in pids]), strict=True):
+        out[label] += end[pid][0] - start.get(pid, (0.0, ""))[0]
     return dict(out)
 
 
 def _one_start(run_dir: Path) -> tuple[float, str, dict[str, float]]:
     """The job's 'system up' seconds, its 'up after' line and the CPU-seconds by process over the start."""
+    from cluster.runtime.samplers import CPU_SAMPLER_ENV
+
     cmd = [sys.executable, "-m", "cluster.main", "--config", "configs/local.yaml"]
     cmd += ["--set", f"run.run_dir={run_dir}", "--set", "run.steps=1"]
-    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_ENV.items()}}
+    # what the Makefile's CPU targets export (a value the caller set wins), so a start by hand is `make run`'s
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CPU_SAMPLER_ENV.items()}}
     job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler, start, up, parts, cpu = _CpuSampler(job.pid), None, None, "", {}
     tail: deque[str] = deque(maxlen=20)  # what the job said last, for the error if it fails
@@ -122,11 +120,10 @@ def main() -> None:
             ups.append(up)
             cpus.append(cpu)
             print(f"  run {i + 1}: system up in {up:.1f} s; {parts}", flush=True)
-    names = sorted({n for cpu in cpus for n in cpu}, key=lambda n: -statistics.median(c.get(n, 0.0) for c in cpus))
+    medians = {n: statistics.median(c.get(n, 0.0) for c in cpus) for n in {n for cpu in cpus for n in cpu}}
     totals = [sum(cpu.values()) for cpu in cpus]
     print(f"CPU-seconds from Ray up to the system up, by process (median of {RUNS} runs):", flush=True)
-    for name in names:
-        seconds = statistics.median(c.get(name, 0.0) for c in cpus)
+    for name, seconds in sorted(medians.items(), key=lambda kv: -kv[1]):
         if seconds >= 0.05:
             print(f"  {name:42s} {seconds:6.2f}", flush=True)
     total, wall = statistics.median(totals), statistics.median(ups)
